@@ -1,0 +1,227 @@
+"""``params.yaml`` -> typed, validated settings.
+
+Every section is a frozen dataclass. :func:`load_params` walks the YAML against the
+dataclass fields and fails before any work is done, naming the offending key
+(``train.ng_gnn.hiden: unknown key``, ``zoo.steps: expected int, got str``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A key of ``params.yaml`` is unknown, missing or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "mnist_offline"
+    n_train: int = 4000
+    n_val: int = 500
+    n_test: int = 500
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    family: str = "siren"
+    hidden: list[int] = field(default_factory=lambda: [32, 32])
+    omega0: float = 30.0
+    init: str = "standard"
+    steps: int = 300
+    lr: float = 5e-4
+    target_psnr: float = 50.0
+    psnr_floor: float = 20.0
+    inrs_per_train_image: int = 1
+    shard_size: int = 250
+    chunk_size: int = 16
+    threads_per_task: int = 1
+
+
+@dataclass(frozen=True)
+class GraphsConfig:
+    reverse_edges: bool = False
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    hidden: int = 256
+    layers: int = 3
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class NGGNNConfig:
+    hidden: int = 32
+    layers: int = 4
+    dropout: float = 0.0
+    fourier_features: int = 16
+    fourier_scale: float = 3.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    models: list[str] = field(default_factory=lambda: ["mlp", "ng_gnn"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    warmup_steps: int = 100
+    grad_clip: float = 10.0
+    threads_per_task: int = 1
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    ng_gnn: NGGNNConfig = field(default_factory=NGGNNConfig)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""
+    num_cpus: int = 0
+    gpus_per_task: float = 0.0
+    max_retries: int = 2
+
+
+@dataclass(frozen=True)
+class MLflowConfig:
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "metazoo"
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    zoo: ZooConfig = field(default_factory=ZooConfig)
+    graphs: GraphsConfig = field(default_factory=GraphsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return it converted (int -> float allowed)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: {value!r} matches none of {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{path}: expected null")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected bool, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected str, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported annotation {tp}")
+
+
+def _build(cls: type, raw: dict, path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where}: unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in raw.items():
+        where = f"{path}.{key}" if path else key
+        kwargs[key] = _coerce(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def params_from_dict(raw: dict | None) -> Params:
+    """Validate a parsed ``params.yaml``; missing keys take the dataclass defaults."""
+    params = _build(Params, raw or {}, "")
+    validate(params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``. Raises :class:`ConfigError` naming the bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return params_from_dict(raw)
+
+
+def validate(p: Params) -> None:
+    """Value checks that types alone cannot express."""
+    from pipeline.data import OFFLINE_SOURCES
+    from pipeline.zoo.siren import INIT_VARIANTS
+
+    checks = [
+        (p.data.source in OFFLINE_SOURCES, "data.source", f"must be one of {OFFLINE_SOURCES}"),
+        (p.zoo.family == "siren", "zoo.family", "only 'siren' is implemented"),
+        (p.zoo.init in INIT_VARIANTS, "zoo.init", f"must be one of {INIT_VARIANTS}"),
+        (len(p.zoo.hidden) >= 1 and min(p.zoo.hidden) > 0, "zoo.hidden", "needs >= 1 positive width"),
+        (p.zoo.steps > 0, "zoo.steps", "must be > 0"),
+        (p.zoo.lr > 0, "zoo.lr", "must be > 0"),
+        (p.zoo.shard_size > 0, "zoo.shard_size", "must be > 0"),
+        (p.zoo.chunk_size > 0, "zoo.chunk_size", "must be > 0"),
+        (p.zoo.inrs_per_train_image >= 1, "zoo.inrs_per_train_image", "must be >= 1"),
+        (min(p.data.n_train, p.data.n_val, p.data.n_test) > 0, "data.n_*", "split sizes must be > 0"),
+        (len(p.train.seeds) >= 1, "train.seeds", "needs at least one seed"),
+        (p.train.epochs > 0, "train.epochs", "must be > 0"),
+        (p.train.batch_size > 0, "train.batch_size", "must be > 0"),
+        (p.ray.gpus_per_task >= 0, "ray.gpus_per_task", "must be >= 0"),
+    ]
+    from pipeline.models import MODEL_NAMES
+
+    for m in p.train.models:
+        checks.append((m in MODEL_NAMES, "train.models", f"{m!r} is not one of {MODEL_NAMES}"))
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+
+
+def to_flat_dict(p: Params) -> dict[str, Any]:
+    """``{"zoo.steps": 300, ...}`` for logging as MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                walk(v, f"{prefix}{f.name}.")
+            else:
+                out[f"{prefix}{f.name}"] = v
+
+    walk(p, "")
+    return out

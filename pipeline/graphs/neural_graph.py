@@ -1,0 +1,161 @@
+"""Neural graphs (Kofinas et al., 2024): a network as the graph of its computation.
+
+Built from a :class:`~pipeline.weightspace.spec.ParamSpec` alone, so every family whose spec
+tags its tensors as ``edge`` (two neuron axes) or ``node`` (one) gets a graph for free:
+
+* one node per neuron of every layer ``0..L``; node ``(l, j)`` has id ``offset_l + j``;
+* node features: the concatenated ``node`` tensors of that neuron (an MLP's bias; 0 for inputs);
+* edges ``(l, i) -> (l+1, j)`` for every pair of neighbouring layers, ordered destination-major
+  (all in-edges of a node are contiguous), feature = the concatenated ``edge`` tensors'
+  entries for ``(i, j)`` (an MLP's ``W[j, i]``; a KAN's ``[coef_ij, scale_base_ij, scale_sp_ij]``),
+  zero-padded to the widest layer;
+* positional ids: one per input neuron, one shared by each hidden layer, one per output neuron.
+
+Every net of a spec shares the topology (:class:`GraphTemplate`); only features differ, so a
+zoo batch converts with a few reshapes, no Python loop over nets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.weightspace.spec import ParamSpec, Params, TensorSpec
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one spec tensor lives in the node or edge feature matrix."""
+
+    tensor: TensorSpec
+    rows: tuple[int, int]  # node or edge index range
+    cols: tuple[int, int]  # feature column range
+    order: tuple[int, ...]  # permutation of per-net axes to (dst, src, *feat) or (neuron, *feat)
+
+
+@dataclass(frozen=True)
+class GraphTemplate:
+    """Topology shared by every net of one spec.
+
+    Attributes:
+        edge_index: ``(2, E)`` long, rows (source, destination).
+        node_layer: ``(N,)`` neuron layer of each node.
+        edge_layer: ``(E,)`` parameter layer ``l`` of edge ``(l, i) -> (l+1, j)``.
+        node_pos: ``(N,)`` positional id, ``< n_pos``.
+        n_pos: number of positional ids, ``n_0 + (L - 1) + n_L``.
+        node_dim, edge_dim: feature widths.
+    """
+
+    spec: ParamSpec
+    edge_index: Tensor
+    node_layer: Tensor
+    edge_layer: Tensor
+    node_pos: Tensor
+    n_pos: int
+    node_dim: int
+    edge_dim: int
+    node_slots: tuple[_Slot, ...]
+    edge_slots: tuple[_Slot, ...]
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.node_layer.numel())
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_layer.numel())
+
+
+def graph_template(spec: ParamSpec) -> GraphTemplate:
+    """Topology and feature layout of the neural graph of ``spec``."""
+    sizes = spec.layer_sizes
+    L = spec.n_layers
+    offsets = [0]
+    for s in sizes:
+        offsets.append(offsets[-1] + s)
+    node_layer = torch.cat([torch.full((s,), l, dtype=torch.long) for l, s in enumerate(sizes)])
+    pos = []
+    for l, s in enumerate(sizes):
+        if l == 0:
+            pos.append(torch.arange(s))
+        elif l < L:
+            pos.append(torch.full((s,), sizes[0] + l - 1))
+        else:
+            pos.append(torch.arange(s) + sizes[0] + L - 1)
+    node_pos = torch.cat(pos)
+
+    src, dst, edge_layer, edge_start = [], [], [], [0]
+    for l in range(L):
+        j, i = torch.meshgrid(torch.arange(sizes[l + 1]), torch.arange(sizes[l]), indexing="ij")
+        src.append(i.reshape(-1) + offsets[l])
+        dst.append(j.reshape(-1) + offsets[l + 1])
+        edge_layer.append(torch.full((j.numel(),), l, dtype=torch.long))
+        edge_start.append(edge_start[-1] + j.numel())
+
+    node_slots, edge_slots = [], []
+    node_cols = [0] * (L + 1)
+    edge_cols = [0] * L
+    for t in spec.tensors:
+        neuron_axes = [a for a, layer in enumerate(t.axes) if layer is not None]
+        feat_axes = [a for a, layer in enumerate(t.axes) if layer is None]
+        width = 1
+        for a in feat_axes:
+            width *= t.shape[a]
+        if t.role == "node":
+            l = t.axes[neuron_axes[0]]
+            cols = (node_cols[l], node_cols[l] + width)
+            node_cols[l] += width
+            node_slots.append(_Slot(t, (offsets[l], offsets[l + 1]), cols, (neuron_axes[0], *feat_axes)))
+        else:
+            a0, a1 = neuron_axes
+            lo = min(t.axes[a0], t.axes[a1])
+            if abs(t.axes[a0] - t.axes[a1]) != 1:
+                raise ValueError(f"{t.name}: edge tensors must join neighbouring layers")
+            dst_axis, src_axis = (a0, a1) if t.axes[a0] > t.axes[a1] else (a1, a0)
+            cols = (edge_cols[lo], edge_cols[lo] + width)
+            edge_cols[lo] += width
+            edge_slots.append(_Slot(t, (edge_start[lo], edge_start[lo + 1]), cols, (dst_axis, src_axis, *feat_axes)))
+    return GraphTemplate(
+        spec=spec,
+        edge_index=torch.stack([torch.cat(src), torch.cat(dst)]),
+        node_layer=node_layer,
+        edge_layer=torch.cat(edge_layer),
+        node_pos=node_pos,
+        n_pos=sizes[0] + L - 1 + sizes[-1],
+        node_dim=max(max(node_cols), 1),
+        edge_dim=max(edge_cols),
+        node_slots=tuple(node_slots),
+        edge_slots=tuple(edge_slots),
+    )
+
+
+def params_to_features(params: Params, template: GraphTemplate) -> tuple[Tensor, Tensor]:
+    """Zoo batch -> node features ``(B, N, node_dim)`` and edge features ``(B, E, edge_dim)``."""
+    B = next(iter(params.values())).shape[0]
+    ref = next(iter(params.values()))
+    x = ref.new_zeros(B, template.n_nodes, template.node_dim)
+    e = ref.new_zeros(B, template.n_edges, template.edge_dim)
+    for slots, out in ((template.node_slots, x), (template.edge_slots, e)):
+        for s in slots:
+            v = params[s.tensor.name].permute(0, *(a + 1 for a in s.order))
+            out[:, s.rows[0] : s.rows[1], s.cols[0] : s.cols[1]] = v.reshape(B, s.rows[1] - s.rows[0], -1)
+    return x, e
+
+
+def features_to_params(x: Tensor, e: Tensor, template: GraphTemplate) -> Params:
+    """Inverse of :func:`params_to_features`: ``(B, N, ·)``, ``(B, E, ·)`` -> zoo batch."""
+    B = x.shape[0]
+    out: Params = {}
+    for slots, feats in ((template.node_slots, x), (template.edge_slots, e)):
+        for s in slots:
+            t = s.tensor
+            block = feats[:, s.rows[0] : s.rows[1], s.cols[0] : s.cols[1]]
+            permuted_shape = [t.shape[a] for a in s.order]
+            v = block.reshape(B, *permuted_shape)
+            inverse = [0] * len(s.order)
+            for k, a in enumerate(s.order):
+                inverse[a] = k
+            out[t.name] = v.permute(0, *(k + 1 for k in inverse)).contiguous()
+    return {t.name: out[t.name] for t in template.spec.tensors}

@@ -1,0 +1,33 @@
+"""Per-layer normalization of parameters, fitted on the training split.
+
+One mean and one standard deviation per spec tensor (per layer, separately for weights and
+biases). Per-neuron statistics would break the permutation symmetry; statistics from one
+batch instead of the whole training split were a bug of earlier code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pipeline.weightspace.spec import ParamSpec, Params
+
+Stats = dict[str, tuple[float, float]]
+
+
+def fit_stats(params: Mapping, spec: ParamSpec, eps: float = 1e-8) -> Stats:
+    """``{tensor name: (mean, std)}`` over every net and entry of ``params``."""
+    out: Stats = {}
+    for t in spec.tensors:
+        x = params[t.name].double()
+        out[t.name] = (float(x.mean()), float(x.std().clamp_min(eps)))
+    return out
+
+
+def apply_stats(params: Mapping, spec: ParamSpec, stats: Stats) -> Params:
+    """``(p - mean) / std`` per tensor; shapes unchanged."""
+    return {t.name: (params[t.name] - stats[t.name][0]) / stats[t.name][1] for t in spec.tensors}
+
+
+def invert_stats(params: Mapping, spec: ParamSpec, stats: Stats) -> Params:
+    """Inverse of :func:`apply_stats`."""
+    return {t.name: params[t.name] * stats[t.name][1] + stats[t.name][0] for t in spec.tensors}

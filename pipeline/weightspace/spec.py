@@ -1,0 +1,207 @@
+"""One representation of a batch of networks' parameters, with its symmetry declared once.
+
+A *zoo batch* is a ``dict[str, Tensor]`` whose tensors all carry a leading net axis ``B``.
+Its :class:`ParamSpec` names every tensor, its per-net shape, and tags each axis with the
+neuron layer it indexes (or ``None`` for a feature axis such as a kernel offset or a spline
+coefficient). Neuron layers are numbered ``0 .. L`` (inputs ``0``, outputs ``L``); the hidden
+layers ``1 .. L-1`` are the ones whose neurons may be permuted without changing the function.
+
+Every family (MLP/SIREN, CNN, KAN) only has to build a spec; permutation, flattening, graph
+conversion and the symmetry tests are written once against the spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One parameter tensor of a network.
+
+    Attributes:
+        name: key in the parameter dict (e.g. ``"layers.0.weight"``).
+        shape: per-net shape (without the leading net axis).
+        axes: for every axis, the neuron layer it indexes, or ``None`` for a feature axis.
+        role: ``"edge"`` if the tensor has exactly two neuron axes (``dst`` layer first for
+            MLP/CNN weights), ``"node"`` if it has one (biases), as read by the graph builder.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    axes: tuple[int | None, ...]
+    role: str
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != len(self.axes):
+            raise ValueError(f"{self.name}: shape {self.shape} and axes {self.axes} differ in rank")
+        n_neuron_axes = sum(a is not None for a in self.axes)
+        expected = {"edge": 2, "node": 1}[self.role]
+        if n_neuron_axes != expected:
+            raise ValueError(f"{self.name}: role {self.role!r} needs {expected} neuron axes")
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def neuron_layers(self) -> tuple[int, ...]:
+        return tuple(a for a in self.axes if a is not None)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """The parameter layout of one architecture and its permutation symmetry.
+
+    Attributes:
+        family: architecture family name (``"mlp"``, ``"cnn"``, ``"kan"``).
+        layer_sizes: neurons per layer ``(n_0, ..., n_L)``.
+        tensors: the parameter tensors in storage / flattening order.
+    """
+
+    family: str
+    layer_sizes: tuple[int, ...]
+    tensors: tuple[TensorSpec, ...]
+
+    @property
+    def n_layers(self) -> int:
+        """Number of parameter layers ``L`` (neuron layers are ``0..L``)."""
+        return len(self.layer_sizes) - 1
+
+    @property
+    def hidden_layers(self) -> range:
+        """Neuron layers whose order is a symmetry of the function."""
+        return range(1, self.n_layers)
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tensors)
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        """JSON-ready description (stored beside every zoo shard set)."""
+        return {
+            "family": self.family,
+            "layer_sizes": list(self.layer_sizes),
+            "tensors": [
+                {"name": t.name, "shape": list(t.shape), "axes": list(t.axes), "role": t.role}
+                for t in self.tensors
+            ],
+        }
+
+    @staticmethod
+    def from_dict(d: Mapping) -> ParamSpec:
+        return ParamSpec(
+            family=str(d["family"]),
+            layer_sizes=tuple(int(s) for s in d["layer_sizes"]),
+            tensors=tuple(
+                TensorSpec(t["name"], tuple(t["shape"]), tuple(t["axes"]), t["role"])
+                for t in d["tensors"]
+            ),
+        )
+
+
+def mlp_spec(layer_sizes: tuple[int, ...] | list[int]) -> ParamSpec:
+    """Spec of a fully connected net ``n_0 -> n_1 -> ... -> n_L``.
+
+    ``layers.{l}.weight`` has shape ``(n_{l+1}, n_l)`` (PyTorch ``nn.Linear`` order: rows are
+    the destination neurons) and ``layers.{l}.bias`` shape ``(n_{l+1},)``.
+    """
+    sizes = tuple(int(s) for s in layer_sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"an MLP needs at least 2 neuron layers, got {sizes}")
+    tensors = []
+    for l in range(len(sizes) - 1):
+        tensors.append(TensorSpec(f"layers.{l}.weight", (sizes[l + 1], sizes[l]), (l + 1, l), "edge"))
+        tensors.append(TensorSpec(f"layers.{l}.bias", (sizes[l + 1],), (l + 1,), "node"))
+    return ParamSpec("mlp", sizes, tuple(tensors))
+
+
+def check_params(params: Mapping[str, Tensor], spec: ParamSpec) -> int:
+    """Validate a zoo batch against its spec; return the batch size ``B``."""
+    missing = set(spec.names) - set(params)
+    extra = set(params) - set(spec.names)
+    if missing or extra:
+        raise ValueError(f"parameter keys differ from spec: missing {sorted(missing)}, extra {sorted(extra)}")
+    sizes = {params[t.name].shape[0] for t in spec.tensors}
+    if len(sizes) != 1:
+        raise ValueError(f"tensors disagree on the batch size: {sizes}")
+    for t in spec.tensors:
+        if tuple(params[t.name].shape[1:]) != t.shape:
+            raise ValueError(f"{t.name}: expected per-net shape {t.shape}, got {tuple(params[t.name].shape[1:])}")
+    return sizes.pop()
+
+
+def random_permutations(
+    spec: ParamSpec, batch: int, generator: torch.Generator | None = None
+) -> dict[int, Tensor]:
+    """One random permutation per net of every hidden layer: ``{layer: (B, n_layer) long}``."""
+    return {
+        l: torch.argsort(torch.rand(batch, spec.layer_sizes[l], generator=generator), dim=1)
+        for l in spec.hidden_layers
+    }
+
+
+def permute(params: Mapping[str, Tensor], spec: ParamSpec, perms: Mapping[int, Tensor]) -> Params:
+    """Reorder neurons: every axis tagged with layer ``l`` is indexed by ``perms[l]``.
+
+    Args:
+        params: zoo batch, tensors ``(B, *shape)``.
+        spec: its layout.
+        perms: ``{layer: (n_l,) or (B, n_l) long}``; new neuron ``k`` is old ``perms[l][k]``.
+            Layers absent from ``perms`` keep their order. Permuting an input or output layer
+            is allowed (tests use it as a *wrong* permutation that must change the function).
+    Returns:
+        A new zoo batch with the same keys and shapes.
+    """
+    out: Params = {}
+    for t in spec.tensors:
+        x = params[t.name]
+        for axis, layer in enumerate(t.axes):
+            if layer is None or layer not in perms:
+                continue
+            p = perms[layer].to(x.device)
+            dim = axis + 1
+            if p.dim() == 1:
+                x = x.index_select(dim, p)
+            else:
+                shape = [1] * x.dim()
+                shape[0], shape[dim] = p.shape[0], p.shape[1]
+                x = torch.gather(x, dim, p.view(shape).expand(*x.shape[:dim], p.shape[1], *x.shape[dim + 1 :]))
+        out[t.name] = x
+    return out
+
+
+def flatten(params: Mapping[str, Tensor], spec: ParamSpec) -> Tensor:
+    """Concatenate a zoo batch into ``(B, spec.n_params)`` in spec order."""
+    return torch.cat([params[t.name].reshape(params[t.name].shape[0], -1) for t in spec.tensors], dim=1)
+
+
+def unflatten(flat: Tensor, spec: ParamSpec) -> Params:
+    """Inverse of :func:`flatten`: ``(B, n_params)`` -> zoo batch (views into ``flat``)."""
+    out: Params = {}
+    offset = 0
+    for t in spec.tensors:
+        out[t.name] = flat[:, offset : offset + t.numel].view(flat.shape[0], *t.shape)
+        offset += t.numel
+    if offset != flat.shape[1]:
+        raise ValueError(f"flat vector has {flat.shape[1]} entries, spec needs {offset}")
+    return out

@@ -1,0 +1,203 @@
+"""SIREN implicit neural representations, fitted many at once.
+
+A SIREN with neuron layers ``n_0=2 -> n_1 -> ... -> n_L`` computes, for coordinates ``x``:
+
+    h_0 = x,   h_l = sin(omega0 * (W_l h_{l-1} + b_l))  for l < L,   f(x) = W_L h_{L-1} + b_L + c
+
+with ``c = 0.5`` for the DWSNets variant and ``0`` otherwise. Parameters follow
+:func:`pipeline.weightspace.spec.mlp_spec`, so the zoo, graphs and models share one layout.
+
+:func:`fit_sirens` trains a batch of ``B`` SIRENs with a hand-written forward/backward pass
+and Adam on one flat ``(B, P)`` buffer: no autograd graph, no Python loop over nets, and
+``omega0`` folded into the matrix products. Each net's trajectory depends only on its own
+seed and image (batched matrix products reduce per net), so a net's bytes do not depend on
+which other nets share its shard.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.weightspace.spec import ParamSpec, Params, mlp_spec, unflatten
+
+INIT_VARIANTS = ("standard", "dwsnets")
+
+
+def siren_spec(hidden: list[int] | tuple[int, ...], in_dim: int = 2, out_dim: int = 1) -> ParamSpec:
+    """Parameter spec of a SIREN ``in_dim -> hidden... -> out_dim``."""
+    return mlp_spec((in_dim, *hidden, out_dim))
+
+
+def output_offset(variant: str) -> float:
+    """Constant added to the SIREN output (the DWSNets data used +0.5)."""
+    return 0.5 if variant == "dwsnets" else 0.0
+
+
+def coordinate_grid(height: int, width: int) -> Tensor:
+    """Pixel-centre-free grid on ``[-1, 1]^2``: ``(H*W, 2)``, row-major, columns ``(x, y)``."""
+    ys = torch.linspace(-1.0, 1.0, height)
+    xs = torch.linspace(-1.0, 1.0, width)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+
+
+def init_sirens(spec: ParamSpec, seeds: list[int], omega0: float, variant: str) -> Tensor:
+    """Initial flat parameters ``(B, P)``, net ``b`` drawn from ``torch.Generator(seeds[b])``.
+
+    ``standard`` (Sitzmann et al.): first layer ``U(-1/n_in, 1/n_in)``, later layers
+    ``U(-sqrt(6/n_in)/omega0, +)``, biases ``U(-1/sqrt(n_in), +)`` (``nn.Linear``'s default).
+    ``dwsnets``: every weight ``U(-sqrt(6/n_in)/omega0, +)``, biases zero, output ``+0.5``.
+    """
+    if variant not in INIT_VARIANTS:
+        raise ValueError(f"unknown SIREN init variant {variant!r}; choose from {INIT_VARIANTS}")
+    rows = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(int(seed))
+        parts = []
+        for t in spec.tensors:
+            fan_in = spec.layer_sizes[t.axes[-1]] if t.role == "edge" else spec.layer_sizes[t.axes[0] - 1]
+            first = t.name.startswith("layers.0.")
+            if t.role == "edge":
+                bound = 1.0 / fan_in if (first and variant == "standard") else math.sqrt(6.0 / fan_in) / omega0
+            else:
+                bound = 0.0 if variant == "dwsnets" else 1.0 / math.sqrt(fan_in)
+            parts.append((torch.rand(t.numel, generator=g) * 2.0 - 1.0) * bound)
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def siren_forward(params: Params, spec: ParamSpec, coords: Tensor, omega0: float, offset: float = 0.0) -> Tensor:
+    """Differentiable batched SIREN: coords ``(P, in)`` or ``(B, P, in)`` -> ``(B, P, out)``."""
+    h = coords
+    n = spec.n_layers
+    for l in range(n):
+        w, b = params[f"layers.{l}.weight"], params[f"layers.{l}.bias"]
+        h = torch.matmul(h, w.transpose(1, 2)) + b.unsqueeze(1)
+        if l < n - 1:
+            h = torch.sin(omega0 * h)
+    return h + offset
+
+
+def psnr_from_mse(mse: Tensor) -> Tensor:
+    """PSNR in dB for signals in ``[0, 1]``."""
+    return -10.0 * torch.log10(mse.clamp_min(1e-12))
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How every INR of a zoo is fitted (all recorded in the zoo manifest)."""
+
+    steps: int
+    lr: float
+    omega0: float
+    variant: str
+    target_psnr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass
+class FitResult:
+    """Fitted parameters ``(B, P)``, final per-net MSE and PSNR, steps used per net."""
+
+    params: Tensor
+    mse: Tensor
+    psnr: Tensor
+    steps: Tensor
+
+
+class _BatchedSiren:
+    """Manual forward/backward of ``B`` SIRENs on shared coordinates (no autograd)."""
+
+    def __init__(self, spec: ParamSpec, coords: Tensor, omega0: float, offset: float):
+        self.spec, self.coords, self.omega0, self.offset = spec, coords, omega0, offset
+
+    def loss_and_grad(self, flat: Tensor, target: Tensor, grad: Tensor | None) -> Tensor:
+        """Per-net MSE ``(B,)``; if ``grad`` is given, writes ``d mean-MSE_b / d theta_b`` into it.
+
+        Shapes: flat ``(B, P)``, target ``(B, n_pix, out)``, grad ``(B, P)``.
+        """
+        p = unflatten(flat, self.spec)
+        n, w0 = self.spec.n_layers, self.omega0
+        hs, zs = [self.coords.unsqueeze(0).expand(flat.shape[0], -1, -1)], []
+        for l in range(n - 1):
+            w, b = p[f"layers.{l}.weight"], p[f"layers.{l}.bias"]
+            # z = omega0 * (h W^T + b) in one fused product
+            z = torch.baddbmm(b.unsqueeze(1), hs[-1], w.transpose(1, 2), beta=w0, alpha=w0)
+            zs.append(z)
+            hs.append(torch.sin(z))
+        w, b = p[f"layers.{n - 1}.weight"], p[f"layers.{n - 1}.bias"]
+        resid = torch.baddbmm(b.unsqueeze(1), hs[-1], w.transpose(1, 2))
+        resid.add_(self.offset).sub_(target)
+        mse = resid.square().mean(dim=(1, 2))
+        if grad is None:
+            return mse
+        g = unflatten(grad, self.spec)
+        g_out = resid.mul_(2.0 / (resid.shape[1] * resid.shape[2]))  # d loss / d output
+        for l in range(n - 1, -1, -1):
+            h = hs[l]
+            torch.bmm(g_out.transpose(1, 2), h, out=g[f"layers.{l}.weight"])
+            torch.sum(g_out, dim=1, out=g[f"layers.{l}.bias"])
+            if l == 0:
+                break
+            # d loss / d z_{l-1} = (g_out W_l) * omega0 * cos(z_{l-1}); omega0 folded into W
+            w = p[f"layers.{l}.weight"] * w0
+            g_h = torch.bmm(g_out, w)
+            g_out = g_h.mul_(torch.cos_(zs[l - 1]))
+        return mse
+
+
+def fit_sirens(
+    images: Tensor, seeds: list[int], spec: ParamSpec, settings: FitSettings, coords: Tensor | None = None
+) -> FitResult:
+    """Fit one SIREN per image, all at once.
+
+    Args:
+        images: ``(B, H, W)`` grayscale in ``[0, 1]`` (or ``(B, n_pix, out)`` with ``coords``).
+        seeds: one initialization seed per net.
+        spec: SIREN layout (:func:`siren_spec`).
+        settings: steps, Adam lr, omega0, init variant, early-stop PSNR.
+        coords: ``(n_pix, in)``; default the ``[-1, 1]^2`` grid of the images.
+    Returns:
+        :class:`FitResult`. A net stops at the first step its PSNR reaches
+        ``settings.target_psnr``; its parameters at that step are kept.
+    """
+    if coords is None:
+        coords = coordinate_grid(images.shape[1], images.shape[2])
+        target = images.reshape(images.shape[0], -1, 1).float()
+    else:
+        target = images.float()
+    B = target.shape[0]
+    model = _BatchedSiren(spec, coords.float(), settings.omega0, output_offset(settings.variant))
+    theta = init_sirens(spec, seeds, settings.omega0, settings.variant)
+    final = theta.clone()
+    final_mse = torch.full((B,), float("nan"))
+    steps_used = torch.full((B,), settings.steps, dtype=torch.long)
+    active = torch.arange(B)
+    m, v, grad = torch.zeros_like(theta), torch.zeros_like(theta), torch.empty_like(theta)
+    b1, b2 = settings.betas
+    target_mse = 10.0 ** (-settings.target_psnr / 10.0)
+    for step in range(1, settings.steps + 1):
+        mse = model.loss_and_grad(theta, target[active], grad)
+        done = mse <= target_mse
+        if bool(done.any()):
+            idx = active[done]
+            final[idx], final_mse[idx], steps_used[idx] = theta[done], mse[done], step - 1
+            keep = ~done
+            active, theta, m, v = active[keep], theta[keep], m[keep], v[keep]
+            grad = grad[keep]
+            if active.numel() == 0:
+                break
+        # Adam, same arithmetic as torch.optim.Adam (foreach=False)
+        m.mul_(b1).add_(grad, alpha=1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(settings.eps)
+        theta.addcdiv_(m, denom, value=-settings.lr / (1 - b1**step))
+    if active.numel():
+        final[active] = theta
+        final_mse[active] = model.loss_and_grad(theta, target[active], None)
+    return FitResult(final, final_mse, psnr_from_mse(final_mse), steps_used)

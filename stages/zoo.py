@@ -1,0 +1,100 @@
+"""DVC stage ``zoo``: fit a SIREN per image, shards fanned out as Ray tasks, resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import Params, to_flat_dict
+from pipeline.data import load_images, split_indices
+from pipeline.io import write_json
+from pipeline.zoo.build import (
+    PlannedNet,
+    fit_and_write_shard,
+    plan_inr_zoo,
+    records_from_shards,
+    shard_fingerprint,
+    shard_plan,
+)
+from pipeline.zoo.siren import FitSettings, siren_spec
+from pipeline.zoo.store import shard_is_complete, shard_name, write_manifest
+from stages.common import parse
+
+
+def _fit_task(path: str, nets: list[PlannedNet], images: torch.Tensor, spec, settings, chunk: int, fp: str,
+              threads: int) -> str:
+    # fixed thread count: reduction order, hence bytes, must not depend on the worker
+    torch.set_num_threads(threads)
+    return fit_and_write_shard(Path(path), nets, images, spec, settings, chunk, fp)
+
+
+def run(params: Params, out: Path) -> dict:
+    """Plan, fit the missing shards, write ``manifest.csv`` and ``zoo.json``; return a summary."""
+    from pipeline import distributed, tracking
+
+    zc = params.zoo
+    images, labels = load_images(params.data.source)
+    sizes = {"train": params.data.n_train, "val": params.data.n_val, "test": params.data.n_test}
+    splits = split_indices(len(images), sizes, params.seed)
+    spec = siren_spec(zc.hidden)
+    settings = FitSettings(steps=zc.steps, lr=zc.lr, omega0=zc.omega0, variant=zc.init, target_psnr=zc.target_psnr)
+    plan = plan_inr_zoo(labels, splits, zc.inrs_per_train_image, params.seed)
+    shards = shard_plan(plan, zc.shard_size)
+    recipe = {"spec": spec.to_dict(), "fit": dataclasses.asdict(settings), "source": params.data.source,
+              "chunk_size": zc.chunk_size, "threads_per_task": zc.threads_per_task}
+    fps = [shard_fingerprint(recipe, nets) for nets in shards]
+    shard_dir = out / "shards"
+    todo = [k for k in range(len(shards)) if not shard_is_complete(shard_dir / shard_name(k), fps[k])]
+    print(f"zoo: {len(plan)} nets in {len(shards)} shards; {len(shards) - len(todo)} complete, fitting {len(todo)}")
+    for stale in shard_dir.glob("shard_*.safetensors"):
+        if int(stale.stem.split("_")[1]) >= len(shards):
+            stale.unlink()
+
+    with tracking.stage_run(params.mlflow, "zoo", to_flat_dict(params), {"data_source": params.data.source}):
+        t0 = time.time()
+        if todo:
+            resources = distributed.init_ray(params.ray)
+            distributed.check_resources(resources, zc.threads_per_task, params.ray.gpus_per_task)
+            items = [
+                (str(shard_dir / shard_name(k)), shards[k], images[[n.image_index for n in shards[k]]], spec,
+                 settings, zc.chunk_size, fps[k], zc.threads_per_task)
+                for k in todo
+            ]
+            distributed.map_tasks(_fit_task, items, num_cpus=zc.threads_per_task, num_gpus=params.ray.gpus_per_task,
+                                  max_retries=params.ray.max_retries, desc="zoo shards")
+        fit_seconds = time.time() - t0
+        records = records_from_shards(shard_dir, shards, spec, zc.psnr_floor)
+        write_manifest(out / "manifest.csv", records)
+        ok = [r for r in records if not r.diverged]
+        psnr = torch.tensor([r.psnr for r in ok]) if ok else torch.tensor([float("nan")])
+        summary = {
+            "n_nets": len(records),
+            "n_diverged": len(records) - len(ok),
+            "psnr_mean": float(psnr.mean()),
+            "psnr_min": float(psnr.min()),
+            "steps_mean": float(sum(r.steps for r in records) / len(records)),
+            "fit_seconds": fit_seconds,
+            "shards_fitted": len(todo),
+        }
+        write_json(out / "zoo.json", {
+            "spec": spec.to_dict(), "recipe": recipe, "splits": {k: v.tolist() for k, v in splits.items()},
+            "image_shape": list(images.shape[1:]), "summary": summary,
+        })
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+    print(f"zoo: {summary['n_diverged']} diverged nets flagged in the manifest (excluded downstream); "
+          f"mean PSNR {summary['psnr_mean']:.2f} dB")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    params, args = parse(__doc__, {"out": "data/zoo"}, argv)
+    run(params, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
