@@ -46,11 +46,6 @@ class ZooConfig:
 
 
 @dataclass(frozen=True)
-class GraphsConfig:
-    reverse_edges: bool = False
-
-
-@dataclass(frozen=True)
 class MLPConfig:
     hidden: int = 256
     layers: int = 3
@@ -100,7 +95,6 @@ class Params:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
-    graphs: GraphsConfig = field(default_factory=GraphsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
@@ -201,6 +195,13 @@ def validate(p: Params) -> None:
         (p.train.epochs > 0, "train.epochs", "must be > 0"),
         (p.train.batch_size > 0, "train.batch_size", "must be > 0"),
         (p.ray.gpus_per_task >= 0, "ray.gpus_per_task", "must be >= 0"),
+        # the readout sees only output neurons: fewer layers than the INR has would leave
+        # its input layer outside the receptive field
+        (
+            p.train.ng_gnn.layers >= len(p.zoo.hidden) + 1,
+            "train.ng_gnn.layers",
+            f"must be >= {len(p.zoo.hidden) + 1} (parameter layers of the zoo's nets)",
+        ),
     ]
     from pipeline.models import MODEL_NAMES
 

@@ -29,8 +29,10 @@ def run(params: Params, zoo_dir: Path, out: Path) -> dict:
         p, recs = zoo.select(split)
         n_all = sum(r.split == split for r in zoo.records)
         gs = GraphSet.from_params(
-            apply_stats(p, zoo.spec, stats), template,
-            torch.tensor([r.label for r in recs]), torch.tensor([r.net_id for r in recs]),
+            apply_stats(p, zoo.spec, stats),
+            template,
+            torch.tensor([r.label for r in recs]),
+            torch.tensor([r.net_id for r in recs]),
         )
         gs.save(out / f"{split}.safetensors")
         meta["counts"][split] = len(gs)

@@ -24,8 +24,9 @@ from pipeline.zoo.store import shard_is_complete, shard_name, write_manifest
 from stages.common import parse
 
 
-def _fit_task(path: str, nets: list[PlannedNet], images: torch.Tensor, spec, settings, chunk: int, fp: str,
-              threads: int) -> str:
+def _fit_task(
+    path: str, nets: list[PlannedNet], images: torch.Tensor, spec, settings, chunk: int, fp: str, threads: int
+) -> str:
     # fixed thread count: reduction order, hence bytes, must not depend on the worker
     torch.set_num_threads(threads)
     return fit_and_write_shard(Path(path), nets, images, spec, settings, chunk, fp)
@@ -43,8 +44,13 @@ def run(params: Params, out: Path) -> dict:
     settings = FitSettings(steps=zc.steps, lr=zc.lr, omega0=zc.omega0, variant=zc.init, target_psnr=zc.target_psnr)
     plan = plan_inr_zoo(labels, splits, zc.inrs_per_train_image, params.seed)
     shards = shard_plan(plan, zc.shard_size)
-    recipe = {"spec": spec.to_dict(), "fit": dataclasses.asdict(settings), "source": params.data.source,
-              "chunk_size": zc.chunk_size, "threads_per_task": zc.threads_per_task}
+    recipe = {
+        "spec": spec.to_dict(),
+        "fit": dataclasses.asdict(settings),
+        "source": params.data.source,
+        "chunk_size": zc.chunk_size,
+        "threads_per_task": zc.threads_per_task,
+    }
     fps = [shard_fingerprint(recipe, nets) for nets in shards]
     shard_dir = out / "shards"
     todo = [k for k in range(len(shards)) if not shard_is_complete(shard_dir / shard_name(k), fps[k])]
@@ -59,12 +65,26 @@ def run(params: Params, out: Path) -> dict:
             resources = distributed.init_ray(params.ray)
             distributed.check_resources(resources, zc.threads_per_task, params.ray.gpus_per_task)
             items = [
-                (str(shard_dir / shard_name(k)), shards[k], images[[n.image_index for n in shards[k]]], spec,
-                 settings, zc.chunk_size, fps[k], zc.threads_per_task)
+                (
+                    str(shard_dir / shard_name(k)),
+                    shards[k],
+                    images[[n.image_index for n in shards[k]]],
+                    spec,
+                    settings,
+                    zc.chunk_size,
+                    fps[k],
+                    zc.threads_per_task,
+                )
                 for k in todo
             ]
-            distributed.map_tasks(_fit_task, items, num_cpus=zc.threads_per_task, num_gpus=params.ray.gpus_per_task,
-                                  max_retries=params.ray.max_retries, desc="zoo shards")
+            distributed.map_tasks(
+                _fit_task,
+                items,
+                num_cpus=zc.threads_per_task,
+                num_gpus=params.ray.gpus_per_task,
+                max_retries=params.ray.max_retries,
+                desc="zoo shards",
+            )
         fit_seconds = time.time() - t0
         records = records_from_shards(shard_dir, shards, spec, zc.psnr_floor)
         write_manifest(out / "manifest.csv", records)
@@ -79,15 +99,23 @@ def run(params: Params, out: Path) -> dict:
             "fit_seconds": fit_seconds,
             "shards_fitted": len(todo),
         }
-        write_json(out / "zoo.json", {
-            "spec": spec.to_dict(), "recipe": recipe, "splits": {k: v.tolist() for k, v in splits.items()},
-            "image_shape": list(images.shape[1:]), "summary": summary,
-        })
+        write_json(
+            out / "zoo.json",
+            {
+                "spec": spec.to_dict(),
+                "recipe": recipe,
+                "splits": {k: v.tolist() for k, v in splits.items()},
+                "image_shape": list(images.shape[1:]),
+                "summary": summary,
+            },
+        )
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
-    print(f"zoo: {summary['n_diverged']} diverged nets flagged in the manifest (excluded downstream); "
-          f"mean PSNR {summary['psnr_mean']:.2f} dB")
+    print(
+        f"zoo: {summary['n_diverged']} diverged nets flagged in the manifest (excluded downstream); "
+        f"mean PSNR {summary['psnr_mean']:.2f} dB"
+    )
     return summary
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.weightspace.spec import ParamSpec, Params, TensorSpec
+from pipeline.weightspace.spec import Params, ParamSpec, TensorSpec
 
 
 @dataclass(frozen=True)

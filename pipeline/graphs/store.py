@@ -109,8 +109,10 @@ class GraphSet:
     def get(self, i: int) -> Data:
         """Graph ``i`` as a standalone :class:`torch_geometric.data.Data`."""
         b = self.batch(torch.tensor([i]))
-        return Data(**{k: b[k] for k in ("x", "edge_index", "edge_attr", "node_layer", "node_pos", "edge_layer",
-                                         "node_out")}, y=b.y)
+        return Data(
+            **{k: b[k] for k in ("x", "edge_index", "edge_attr", "node_layer", "node_pos", "edge_layer", "node_out")},
+            y=b.y,
+        )
 
     def save(self, path: str | Path) -> None:
         tensors = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,3 +1,52 @@
-"""Metanetworks. Each model lives in its own module and is registered in :data:`REGISTRY`."""
+"""Metanetworks: one module per model, one entry per model in :data:`MODEL_NAMES` / :func:`build_model`.
+
+Adding a model: write ``pipeline/models/<name>.py`` with an ``nn.Module`` whose class attribute
+``input_kind`` is ``"flat"`` (a ``(B, P)`` parameter vector) or ``"graph"`` (a PyG batch of
+neural graphs), add its settings dataclass to :mod:`pipeline.config` and a branch below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
 
 MODEL_NAMES = ("mlp", "ng_gnn")
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a model needs to know about its inputs and targets."""
+
+    n_params: int
+    node_dim: int
+    edge_dim: int
+    n_pos: int
+    n_out: int
+    n_classes: int
+    avg_log_degree: float
+
+
+def build_model(name: str, cfg, shape: DataShape) -> nn.Module:
+    """Instantiate model ``name`` with its settings section ``cfg`` (a dataclass)."""
+    if name == "mlp":
+        from pipeline.models.mlp import FlatMLP
+
+        return FlatMLP(shape.n_params, shape.n_classes, cfg.hidden, cfg.layers, cfg.dropout)
+    if name == "ng_gnn":
+        from pipeline.models.ng_gnn import NGGNN
+
+        return NGGNN(
+            shape.node_dim,
+            shape.edge_dim,
+            shape.n_pos,
+            shape.n_out,
+            shape.n_classes,
+            cfg.hidden,
+            cfg.layers,
+            cfg.dropout,
+            cfg.fourier_features,
+            cfg.fourier_scale,
+            shape.avg_log_degree,
+        )
+    raise ValueError(f"unknown model {name!r}; known: {MODEL_NAMES}")

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.weightspace.spec import ParamSpec, Params
+from pipeline.weightspace.spec import Params, ParamSpec
 
 Stats = dict[str, tuple[float, float]]
 
 
 def fit_stats(params: Mapping, spec: ParamSpec, eps: float = 1e-8) -> Stats:
-    """``{tensor name: (mean, std)}`` over every net and entry of ``params``."""
+    """``{tensor name: (mean, std)}`` over every net and entry of ``params`` (population std)."""
     out: Stats = {}
     for t in spec.tensors:
         x = params[t.name].double()
-        out[t.name] = (float(x.mean()), float(x.std().clamp_min(eps)))
+        out[t.name] = (float(x.mean()), float(x.std(correction=0).clamp_min(eps)))
     return out
 
 

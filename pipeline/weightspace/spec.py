@@ -102,8 +102,7 @@ class ParamSpec:
             "family": self.family,
             "layer_sizes": list(self.layer_sizes),
             "tensors": [
-                {"name": t.name, "shape": list(t.shape), "axes": list(t.axes), "role": t.role}
-                for t in self.tensors
+                {"name": t.name, "shape": list(t.shape), "axes": list(t.axes), "role": t.role} for t in self.tensors
             ],
         }
 
@@ -112,10 +111,7 @@ class ParamSpec:
         return ParamSpec(
             family=str(d["family"]),
             layer_sizes=tuple(int(s) for s in d["layer_sizes"]),
-            tensors=tuple(
-                TensorSpec(t["name"], tuple(t["shape"]), tuple(t["axes"]), t["role"])
-                for t in d["tensors"]
-            ),
+            tensors=tuple(TensorSpec(t["name"], tuple(t["shape"]), tuple(t["axes"]), t["role"]) for t in d["tensors"]),
         )
 
 
@@ -150,13 +146,10 @@ def check_params(params: Mapping[str, Tensor], spec: ParamSpec) -> int:
     return sizes.pop()
 
 
-def random_permutations(
-    spec: ParamSpec, batch: int, generator: torch.Generator | None = None
-) -> dict[int, Tensor]:
+def random_permutations(spec: ParamSpec, batch: int, generator: torch.Generator | None = None) -> dict[int, Tensor]:
     """One random permutation per net of every hidden layer: ``{layer: (B, n_layer) long}``."""
     return {
-        l: torch.argsort(torch.rand(batch, spec.layer_sizes[l], generator=generator), dim=1)
-        for l in spec.hidden_layers
+        l: torch.argsort(torch.rand(batch, spec.layer_sizes[l], generator=generator), dim=1) for l in spec.hidden_layers
     }
 
 

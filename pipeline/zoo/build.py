@@ -86,8 +86,13 @@ def fit_shard(
 
 
 def fit_and_write_shard(
-    path: Path, nets: list[PlannedNet], images: Tensor, spec: ParamSpec, settings: FitSettings,
-    chunk_size: int, fp: str,
+    path: Path,
+    nets: list[PlannedNet],
+    images: Tensor,
+    spec: ParamSpec,
+    settings: FitSettings,
+    chunk_size: int,
+    fp: str,
 ) -> str:
     """Fit a shard and store it atomically; returns the file name (idempotent on retry)."""
     params, extras = fit_shard(nets, images, spec, settings, chunk_size)
@@ -108,6 +113,7 @@ def records_from_shards(
             nets, extras["mse"].tolist(), extras["psnr"].tolist(), extras["steps"].tolist(), hashes, strict=True
         ):
             bad = not math.isfinite(mse) or not math.isfinite(psnr) or psnr < psnr_floor
-            records.append(NetRecord(n.net_id, n.image_index, n.label, n.split, n.seed, mse, psnr, int(st), bad,
-                                     path.name, h))
+            records.append(
+                NetRecord(n.net_id, n.image_index, n.label, n.split, n.seed, mse, psnr, int(st), bad, path.name, h)
+            )
     return records

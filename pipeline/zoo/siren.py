@@ -10,8 +10,8 @@ with ``c = 0.5`` for the DWSNets variant and ``0`` otherwise. Parameters follow
 :func:`fit_sirens` trains a batch of ``B`` SIRENs with a hand-written forward/backward pass
 and Adam on one flat ``(B, P)`` buffer: no autograd graph, no Python loop over nets, and
 ``omega0`` folded into the matrix products. Each net's trajectory depends only on its own
-seed and image (batched matrix products reduce per net), so a net's bytes do not depend on
-which other nets share its shard.
+seed and image (batched matrix products reduce per net, and a net left alone in a batch gets a
+ghost partner), so a net's bytes do not depend on which other nets share its chunk.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.weightspace.spec import ParamSpec, Params, mlp_spec, unflatten
+from pipeline.weightspace.spec import Params, ParamSpec, mlp_spec, unflatten
 
 INIT_VARIANTS = ("standard", "dwsnets")
 
@@ -178,26 +178,37 @@ def fit_sirens(
     final_mse = torch.full((B,), float("nan"))
     steps_used = torch.full((B,), settings.steps, dtype=torch.long)
     active = torch.arange(B)
+    # CPU bmm reduces a batch of one in another order than a batch of >= 2, so a lone net is
+    # kept company by a "ghost" row whose results are discarded: bytes never depend on partners.
+    ghost = torch.zeros(B, dtype=torch.bool)
+    if B == 1:
+        theta, active, ghost = theta.repeat(2, 1), active.repeat(2), torch.tensor([False, True])
     m, v, grad = torch.zeros_like(theta), torch.zeros_like(theta), torch.empty_like(theta)
     b1, b2 = settings.betas
     target_mse = 10.0 ** (-settings.target_psnr / 10.0)
     for step in range(1, settings.steps + 1):
         mse = model.loss_and_grad(theta, target[active], grad)
-        done = mse <= target_mse
+        done = (mse <= target_mse) & ~ghost
         if bool(done.any()):
             idx = active[done]
             final[idx], final_mse[idx], steps_used[idx] = theta[done], mse[done], step - 1
-            keep = ~done
-            active, theta, m, v = active[keep], theta[keep], m[keep], v[keep]
-            grad = grad[keep]
-            if active.numel() == 0:
+            keep = ~done & ~ghost
+            if not bool(keep.any()):  # every real net is finished
+                active = active[:0]
                 break
+            if int(keep.sum()) == 1:
+                spare = int(torch.nonzero(~keep)[0])
+                keep[spare], ghost[spare] = True, True
+            keep |= ghost  # ghosts stay
+            active, theta, m, v, grad, ghost = active[keep], theta[keep], m[keep], v[keep], grad[keep], ghost[keep]
         # Adam, same arithmetic as torch.optim.Adam (foreach=False)
         m.mul_(b1).add_(grad, alpha=1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(settings.eps)
         theta.addcdiv_(m, denom, value=-settings.lr / (1 - b1**step))
-    if active.numel():
-        final[active] = theta
-        final_mse[active] = model.loss_and_grad(theta, target[active], None)
+    real = ~ghost
+    if bool(real.any()):
+        idx = active[real]
+        final[idx] = theta[real]
+        final_mse[idx] = model.loss_and_grad(theta, target[active], None)[real]
     return FitResult(final, final_mse, psnr_from_mse(final_mse), steps_used)

@@ -22,10 +22,20 @@ import torch
 from torch import Tensor
 
 from pipeline.io import CorruptFileError, load_tensors, read_json, read_metadata, save_tensors, tensor_hash, write_text
-from pipeline.weightspace.spec import ParamSpec, Params, flatten
+from pipeline.weightspace.spec import Params, ParamSpec, flatten
 
 MANIFEST_FIELDS = (
-    "net_id", "image_index", "label", "split", "seed", "mse", "psnr", "steps", "diverged", "shard", "sha256",
+    "net_id",
+    "image_index",
+    "label",
+    "split",
+    "seed",
+    "mse",
+    "psnr",
+    "steps",
+    "diverged",
+    "shard",
+    "sha256",
 )
 
 
@@ -101,8 +111,17 @@ def read_manifest(path: Path) -> list[NetRecord]:
     try:
         return [
             NetRecord(
-                int(r["net_id"]), int(r["image_index"]), int(r["label"]), r["split"], int(r["seed"]),
-                float(r["mse"]), float(r["psnr"]), int(r["steps"]), bool(int(r["diverged"])), r["shard"], r["sha256"],
+                int(r["net_id"]),
+                int(r["image_index"]),
+                int(r["label"]),
+                r["split"],
+                int(r["seed"]),
+                float(r["mse"]),
+                float(r["psnr"]),
+                int(r["steps"]),
+                bool(int(r["diverged"])),
+                r["shard"],
+                r["sha256"],
             )
             for r in rows
         ]

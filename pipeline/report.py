@@ -1,0 +1,139 @@
+"""Tables and figures from training results (plain functions: dicts in, text/PNGs out)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from pipeline.io import atomic_write  # noqa: E402
+
+MODEL_LABELS = {"mlp": "MLP on flattened weights", "ng_gnn": "NG-GNN"}
+
+# Published MNIST-INR test accuracies (%), from ../shared/reference/anchors.md. They were
+# measured on the published 55k-INR MNIST zoo on GPUs: a different data set from ours.
+PUBLISHED_INR_CLS = {
+    "mlp": ("17.6 ± 0.0", "DWSNets, MLP on flattened weights"),
+    "ng_gnn": ("91.4 ± 0.6", "Neural Graphs, NG-GNN, 0 probe features"),
+}
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """``{model: {test_acc_mean, test_acc_std, n_params, ...}}`` over seeds (test acc at best val epoch)."""
+    out: dict[str, dict[str, float]] = {}
+    for model in dict.fromkeys(r["model"] for r in runs):
+        rs = [r for r in runs if r["model"] == model]
+        acc_m, acc_s = _mean_std([r["test_acc"] for r in rs])
+        val_m, val_s = _mean_std([r["best_val_acc"] for r in rs])
+        out[model] = {
+            "test_acc_mean": acc_m,
+            "test_acc_std": acc_s,
+            "val_acc_mean": val_m,
+            "val_acc_std": val_s,
+            "n_params": rs[0]["n_params"],
+            "n_seeds": len(rs),
+            "best_epoch_mean": statistics.fmean(r["best_epoch"] for r in rs),
+            "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in rs),
+            "epochs": len(rs[0]["history"]),
+        }
+    return out
+
+
+def curves(runs: list[dict], model: str) -> list[dict[str, float]]:
+    """Per-epoch means over seeds of one model's history (rows for a DVC plot CSV)."""
+    rs = [r for r in runs if r["model"] == model]
+    rows = []
+    for e in range(len(rs[0]["history"])):
+        hs = [r["history"][e] for r in rs]
+        row = {"epoch": hs[0]["epoch"]}
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            row[key] = statistics.fmean(h[key] for h in hs)
+        rows.append(row)
+    return rows
+
+
+def results_markdown(summary: dict, zoo_summary: dict, graph_counts: dict, profile: str, n_seeds: int) -> str:
+    """The report a researcher pastes into a paper: ours beside the published numbers."""
+    lines = [
+        "# metazoo results",
+        "",
+        f"Profile: `{profile}`. Task: INR classification (10 digits), SIRENs of the offline MNIST subset.",
+        f"Zoo: {zoo_summary['n_nets']} INRs, mean PSNR {zoo_summary['psnr_mean']:.2f} dB "
+        f"(min {zoo_summary['psnr_min']:.2f} dB); {zoo_summary['n_diverged']} diverged INRs excluded. "
+        f"Graphs per split: {graph_counts}.",
+        f"Test accuracy at the best validation epoch, mean ± std over {n_seeds} seeds.",
+        "",
+        "| model | parameters | test acc. (%) | best val. acc. (%) | best epoch | s / epoch "
+        "| published, MNIST INRs (%)* |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, s in summary.items():
+        pub = PUBLISHED_INR_CLS.get(model, ("–", ""))[0]
+        lines.append(
+            f"| {MODEL_LABELS.get(model, model)} | {s['n_params']:,} | {100 * s['test_acc_mean']:.1f} ± "
+            f"{100 * s['test_acc_std']:.1f} | {100 * s['val_acc_mean']:.1f} ± {100 * s['val_acc_std']:.1f} | "
+            f"{s['best_epoch_mean']:.1f} / {s['epochs']} | {s['seconds_per_epoch']:.1f} | {pub} |"
+        )
+    lines += [
+        "",
+        "\\* Published numbers are from a **different data set**: the published 55k-INR MNIST zoo, "
+        "trained for 200 epochs on GPUs (DWSNets; Neural Graphs, Tables 3-4). They are shown for "
+        "orientation, not as the same experiment.",
+        "",
+        "![learning curves](figures/learning_curves.png)",
+        "",
+        "![INR reconstructions](figures/reconstructions.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_learning_curves(runs: list[dict], path: str | Path) -> None:
+    """Validation accuracy and training loss per epoch; mean ± std band over seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for model in dict.fromkeys(r["model"] for r in runs):
+        rs = [r for r in runs if r["model"] == model]
+        epochs = torch.tensor([h["epoch"] for h in rs[0]["history"]])
+        for ax, key in zip(axes, ("val_acc", "train_loss"), strict=True):
+            vals = torch.tensor([[h[key] for h in r["history"]] for r in rs])
+            m, s = vals.mean(0), vals.std(0) if len(rs) > 1 else torch.zeros(len(epochs))
+            ax.plot(epochs, m, label=MODEL_LABELS.get(model, model))
+            ax.fill_between(epochs, m - s, m + s, alpha=0.2)
+    axes[0].set(xlabel="epoch", ylabel="validation accuracy", title="INR classification")
+    axes[1].set(xlabel="epoch", ylabel="training cross-entropy")
+    axes[0].legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_reconstructions(
+    images: Tensor, renders: Tensor, labels: list[int], psnr: list[float], path: str | Path
+) -> None:
+    """Top row: images; bottom row: the INRs rendered on the same grid."""
+    n = images.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.0))
+    for k in range(n):
+        axes[0, k].imshow(images[k], cmap="gray", vmin=0, vmax=1)
+        axes[0, k].set_title(f"digit {labels[k]}", fontsize=8)
+        axes[1, k].imshow(renders[k].clamp(0, 1), cmap="gray", vmin=0, vmax=1)
+        axes[1, k].set_title(f"{psnr[k]:.1f} dB", fontsize=8)
+        for ax in axes[:, k]:
+            ax.axis("off")
+    fig.suptitle("test images (top) and their SIREN INRs (bottom)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> None:
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)

@@ -1,0 +1,78 @@
+"""DVC stage ``report``: metrics.json, per-epoch CSVs, results.md and figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+from pipeline import report
+from pipeline.config import Params, to_flat_dict
+from pipeline.io import read_json, write_json, write_text
+from pipeline.zoo.siren import coordinate_grid, output_offset, siren_forward
+from pipeline.zoo.store import load_zoo
+from stages.common import parse
+
+
+def _render_examples(zoo_dir: Path, images: torch.Tensor, n: int = 8) -> tuple:
+    zoo = load_zoo(zoo_dir)
+    params, recs = zoo.select("test")
+    recipe = zoo.info["recipe"]["fit"]
+    h, w = zoo.info["image_shape"]
+    picked = list(range(min(n, len(recs))))
+    sub = {k: v[picked] for k, v in params.items()}
+    with torch.no_grad():
+        out = siren_forward(sub, zoo.spec, coordinate_grid(h, w), recipe["omega0"], output_offset(recipe["variant"]))
+    renders = out.reshape(len(picked), h, w)
+    idx = [recs[i].image_index for i in picked]
+    return images[idx], renders, [recs[i].label for i in picked], [recs[i].psnr for i in picked]
+
+
+def run(params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: Path, profile: str) -> dict:
+    from pipeline import tracking
+    from pipeline.data import load_images
+
+    results = read_json(train_dir / "results.json")
+    runs = results["runs"]
+    summary = report.summarize(runs)
+    write_json(out / "metrics.json", {"inr_classification": summary})
+    for model in summary:
+        rows = report.curves(runs, model)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        write_text(out / "curves" / f"{model}.csv", buf.getvalue())
+    zoo_info = read_json(zoo_dir / "zoo.json")
+    graph_meta = read_json(graphs_dir / "meta.json")
+    report.plot_learning_curves(runs, out / "figures" / "learning_curves.png")
+    images, _ = load_images(params.data.source)
+    report.plot_reconstructions(*_render_examples(zoo_dir, images), out / "figures" / "reconstructions.png")
+    md = report.results_markdown(summary, zoo_info["summary"], graph_meta["counts"], profile, len(params.train.seeds))
+    write_text(out / "results.md", md)
+    with tracking.stage_run(params.mlflow, "report", to_flat_dict(params), {"data_version": results["data_version"]}):
+        import mlflow
+
+        for model, s in summary.items():
+            mlflow.log_metrics(
+                {f"{model}.test_acc_mean": s["test_acc_mean"], f"{model}.test_acc_std": s["test_acc_std"]}
+            )
+        for name in ("results.md", "metrics.json", "figures/learning_curves.png", "figures/reconstructions.png"):
+            mlflow.log_artifact(str(out / name))
+    print(md)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    params, args = parse(
+        __doc__,
+        {"zoo": "data/zoo", "graphs": "data/graphs", "train": "data/train", "out": "reports", "profile": "default"},
+        argv,
+    )
+    run(params, Path(args.zoo), Path(args.graphs), Path(args.train), Path(args.out), args.profile)
+
+
+if __name__ == "__main__":
+    main()

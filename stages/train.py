@@ -1,0 +1,100 @@
+"""DVC stage ``train``: every (model, seed) as a Ray task; the driver logs each to MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import Params, to_flat_dict
+from pipeline.graphs.neural_graph import graph_template
+from pipeline.graphs.store import GraphSet
+from pipeline.io import fingerprint, read_json, write_json
+from pipeline.models import build_model
+from pipeline.train import TrainSettings, data_shape, fit_classifier, model_inputs
+from pipeline.weightspace.spec import ParamSpec
+from stages.common import parse
+
+N_CLASSES = 10
+
+
+def train_one(graphs_dir: str, model_name: str, model_cfg, settings: TrainSettings, seed: int, threads: int) -> dict:
+    """Load the splits, build and train one model; return its result as a plain dict."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    gdir = Path(graphs_dir)
+    template = graph_template(ParamSpec.from_dict(read_json(gdir / "meta.json")["spec"]))
+    splits = {s: GraphSet.load(gdir / f"{s}.safetensors") for s in ("train", "val", "test")}
+    shape = data_shape(splits["train"], template, N_CLASSES)
+    model = build_model(model_name, model_cfg, shape)
+    data = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
+    t0 = time.time()
+    res = fit_classifier(model, data["train"], data["val"], data["test"], settings, seed)
+    out = dataclasses.asdict(res)
+    out.update(model=model_name, seed=seed, wall_seconds=time.time() - t0, config=dataclasses.asdict(model_cfg))
+    return out
+
+
+def run(params: Params, graphs_dir: Path, out: Path) -> list[dict]:
+    from pipeline import distributed, tracking
+
+    tc = params.train
+    settings = TrainSettings(tc.epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.warmup_steps, tc.grad_clip)
+    jobs = [(m, s) for m in tc.models for s in tc.seeds]
+    data_version = fingerprint(read_json(graphs_dir / "meta.json"))
+    results: list[dict] = [{} for _ in jobs]
+    with tracking.stage_run(params.mlflow, "train", to_flat_dict(params), {"data_version": data_version}) as parent:
+        resources = distributed.init_ray(params.ray)
+        distributed.check_resources(resources, tc.threads_per_task, params.ray.gpus_per_task)
+        items = [(str(graphs_dir.resolve()), m, getattr(tc, m), settings, s, tc.threads_per_task) for m, s in jobs]
+
+        def log(i: int, r: dict) -> None:
+            results[i] = r
+            write_json(out / f"{r['model']}_seed{r['seed']}.json", r)
+            tracking.log_child_run(
+                f"{r['model']}-seed{r['seed']}",
+                {
+                    "model": r["model"],
+                    "seed": r["seed"],
+                    **{f"model.{k}": v for k, v in r["config"].items()},
+                    **dataclasses.asdict(settings),
+                },
+                {"model": r["model"], "data_version": data_version, "parent_stage": "train"},
+                r["history"],
+                {
+                    "test_acc": r["test_acc"],
+                    "best_val_acc": r["best_val_acc"],
+                    "best_epoch": r["best_epoch"],
+                    "n_params": r["n_params"],
+                    "seconds_per_epoch": r["seconds_per_epoch"],
+                },
+            )
+
+        distributed.map_tasks(
+            train_one,
+            items,
+            num_cpus=tc.threads_per_task,
+            num_gpus=params.ray.gpus_per_task,
+            max_retries=params.ray.max_retries,
+            desc="train runs",
+            on_result=log,
+        )
+        run_id = parent.info.run_id
+    write_json(out / "results.json", {"parent_run_id": run_id, "data_version": data_version, "runs": results})
+    for r in results:
+        print(
+            f"train: {r['model']:>8} seed {r['seed']}: test acc {r['test_acc']:.4f} at best val epoch "
+            f"{r['best_epoch']} ({r['seconds_per_epoch']:.1f} s/epoch)"
+        )
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    params, args = parse(__doc__, {"graphs": "data/graphs", "out": "data/train"}, argv)
+    run(params, Path(args.graphs), Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

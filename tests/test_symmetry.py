@@ -1,0 +1,258 @@
+"""Hidden-neuron permutation symmetry of SIRENs, and which metanetworks respect it.
+
+A valid permutation reorders the neurons of a hidden layer ``l`` *consistently*: the rows of
+``layers.{l-1}.weight`` / ``layers.{l-1}.bias`` and the columns of ``layers.{l}.weight``. It
+leaves the SIREN's function unchanged, so an invariant metanetwork (NG-GNN) must give the same
+logits. Wrongly coupled permutations (input neurons, or rows without the matching columns)
+change the function, and the metanetwork must be able to tell.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import MLPConfig, NGGNNConfig
+from pipeline.graphs.neural_graph import graph_template
+from pipeline.graphs.store import GraphSet
+from pipeline.models import build_model
+from pipeline.train import data_shape, model_inputs
+from pipeline.weightspace.spec import Params, ParamSpec, permute, random_permutations, unflatten
+from pipeline.zoo.siren import coordinate_grid, init_sirens, siren_forward, siren_spec
+
+OMEGA0 = 30.0
+B = 3
+LAYOUTS = [[32, 32], [16, 24, 8]]
+LAYOUT_IDS = ["hidden32x32", "hidden16-24-8"]
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    """Fixed seed; one intra-op thread (tiny ops on a shared 2-core box spin-wait otherwise)."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _params(hidden: list[int], seeds: tuple[int, ...] = (11, 12, 13)) -> tuple[ParamSpec, Params]:
+    spec = siren_spec(hidden)
+    flat = init_sirens(spec, list(seeds), OMEGA0, "standard")
+    return spec, {k: v.clone() for k, v in unflatten(flat, spec).items()}
+
+
+def _forward(params: Params, spec: ParamSpec) -> torch.Tensor:
+    return siren_forward(params, spec, coordinate_grid(28, 28), OMEGA0)
+
+
+def _non_identity_perm(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        p = torch.randperm(n, generator=g)
+        if not torch.equal(p, torch.arange(n)):
+            return p
+
+
+def _rows_only(params: Params, layer: int, perm: torch.Tensor) -> Params:
+    """Permute hidden ``layer``'s neurons in their incoming weights/bias only (wrong coupling)."""
+    out = dict(params)
+    out[f"layers.{layer - 1}.weight"] = params[f"layers.{layer - 1}.weight"][:, perm]
+    out[f"layers.{layer - 1}.bias"] = params[f"layers.{layer - 1}.bias"][:, perm]
+    return out
+
+
+def _shared_perms(spec: ParamSpec, seed: int) -> dict[int, torch.Tensor]:
+    sizes = spec.layer_sizes
+    return {lay: _non_identity_perm(sizes[lay], seed + lay) for lay in spec.hidden_layers}
+
+
+def _assert_perms_not_identity(perms: dict[int, torch.Tensor]) -> None:
+    for p in perms.values():
+        ident = torch.arange(p.shape[-1]).expand_as(p)
+        assert not torch.equal(p, ident), "test setup: permutation is the identity"
+
+
+# --------------------------------------------------------------------------------------------
+# SIREN function
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_siren_output_invariant_under_per_net_hidden_permutations(hidden):
+    spec, params = _params(hidden)
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(5))
+    assert set(perms) == set(spec.hidden_layers)
+    for lay, p in perms.items():
+        assert p.shape == (B, spec.layer_sizes[lay])
+        assert torch.equal(p.sort(dim=1).values, torch.arange(spec.layer_sizes[lay]).expand(B, -1))
+    _assert_perms_not_identity(perms)
+    permuted = permute(params, spec, perms)
+    # the parameters really moved
+    assert any(not torch.equal(params[k], permuted[k]) for k in params)
+    torch.testing.assert_close(_forward(permuted, spec), _forward(params, spec), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_siren_output_invariant_under_shared_hidden_permutation(hidden):
+    spec, params = _params(hidden)
+    perms = _shared_perms(spec, seed=3)
+    permuted = permute(params, spec, perms)
+    assert any(not torch.equal(params[k], permuted[k]) for k in params)
+    torch.testing.assert_close(_forward(permuted, spec), _forward(params, spec), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_permute_moves_rows_and_matching_columns(hidden):
+    """A valid permutation of layer l moves rows of W_{l-1}, b_{l-1} and columns of W_l together."""
+    spec, params = _params(hidden)
+    lay = 1
+    perm = _non_identity_perm(spec.layer_sizes[lay], 0)
+    out = permute(params, spec, {lay: perm})
+    w_in = params[f"layers.{lay - 1}.weight"]
+    assert torch.equal(out[f"layers.{lay - 1}.weight"], w_in[:, perm, :])
+    assert torch.equal(out[f"layers.{lay - 1}.bias"], params[f"layers.{lay - 1}.bias"][:, perm])
+    assert torch.equal(out[f"layers.{lay}.weight"], params[f"layers.{lay}.weight"][:, :, perm])
+    for name in spec.names:
+        moved = (f"layers.{lay - 1}.weight", f"layers.{lay - 1}.bias", f"layers.{lay}.weight")
+        if name not in moved:
+            assert torch.equal(out[name], params[name]), name
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_siren_output_changes_under_wrongly_coupled_permutations(hidden):
+    spec, params = _params(hidden)
+    ref = _forward(params, spec)
+    # input layer (swap x and y coordinates): not a symmetry
+    swapped = permute(params, spec, {0: torch.tensor([1, 0])})
+    assert (_forward(swapped, spec) - ref).abs().max() > 1e-3
+    # rows of each hidden layer without the next layer's columns: not a symmetry
+    for lay in spec.hidden_layers:
+        wrong = _rows_only(params, lay, _non_identity_perm(spec.layer_sizes[lay], lay))
+        assert (_forward(wrong, spec) - ref).abs().max() > 1e-3, f"layer {lay}"
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_per_net_permutation_matches_permuting_each_net_alone(hidden):
+    """The gather path ((B, n) perms) equals the index_select path (1-D perm) net by net."""
+    spec, params = _params(hidden)
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(9))
+    batched = permute(params, spec, perms)
+    for b in range(B):
+        single = permute({k: v[b : b + 1] for k, v in params.items()}, spec, {lay: p[b] for lay, p in perms.items()})
+        for k in spec.names:
+            assert torch.equal(batched[k][b : b + 1], single[k]), (b, k)
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_permute_composed_with_inverse_is_identity(hidden):
+    spec, params = _params(hidden)
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(21))
+    _assert_perms_not_identity(perms)
+    inverse = {lay: torch.argsort(p, dim=-1) for lay, p in perms.items()}
+    there = permute(params, spec, perms)
+    back = permute(there, spec, inverse)
+    assert set(back) == set(params)
+    for k in spec.names:
+        assert torch.equal(back[k], params[k]), k
+    # the shared (1-D) path too
+    shared = _shared_perms(spec, seed=40)
+    inverse = {lay: torch.argsort(p) for lay, p in shared.items()}
+    back = permute(permute(params, spec, shared), spec, inverse)
+    for k in spec.names:
+        assert torch.equal(back[k], params[k]), k
+
+
+# --------------------------------------------------------------------------------------------
+# Metanetworks
+# --------------------------------------------------------------------------------------------
+
+
+def _graphs(params: Params, spec: ParamSpec) -> GraphSet:
+    n = next(iter(params.values())).shape[0]
+    return GraphSet.from_params(params, graph_template(spec), torch.zeros(n), torch.arange(n))
+
+
+def _ng_gnn(gs: GraphSet, spec: ParamSpec, layers: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    shape = data_shape(gs, graph_template(spec), n_classes=10)
+    model = build_model("ng_gnn", NGGNNConfig(hidden=16, layers=layers), shape)
+    return model.double().eval()
+
+
+def _logits(model: torch.nn.Module, params: Params, spec: ParamSpec) -> torch.Tensor:
+    gs = _graphs(params, spec)
+    with torch.no_grad():
+        return model(gs.batch(torch.arange(len(gs))))
+
+
+def _double(params: Params) -> Params:
+    return {k: v.double() for k, v in params.items()}
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_ng_gnn_invariant_under_hidden_permutations(hidden):
+    spec, params = _params(hidden)
+    params = _double(params)
+    model = _ng_gnn(_graphs(params, spec), spec, layers=3)
+    ref = _logits(model, params, spec)
+    assert ref.shape == (B, 10) and ref.dtype == torch.float64
+    assert ref.abs().max() > 1e-3  # not a degenerate constant-zero output
+    per_net = random_permutations(spec, B, torch.Generator().manual_seed(2))
+    _assert_perms_not_identity(per_net)
+    for perms in (per_net, _shared_perms(spec, seed=7)):
+        out = _logits(model, permute(params, spec, perms), spec)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        # in float64 the only differences are summation order: far below the tolerance
+        assert (out - ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_ng_gnn_detects_wrongly_coupled_permutations(hidden):
+    spec, params = _params(hidden)
+    params = _double(params)
+    # The readout sees only output neurons: the input layer is within reach only if the
+    # number of message-passing layers is at least the number of parameter layers.
+    model = _ng_gnn(_graphs(params, spec), spec, layers=max(3, spec.n_layers))
+    ref = _logits(model, params, spec)
+    swapped = permute(params, spec, {0: torch.tensor([1, 0])})
+    assert (_logits(model, swapped, spec) - ref).abs().max() > 1e-4
+    for lay in spec.hidden_layers:
+        wrong = _rows_only(params, lay, _non_identity_perm(spec.layer_sizes[lay], lay))
+        assert (_logits(model, wrong, spec) - ref).abs().max() > 1e-4, f"layer {lay}"
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_ng_gnn_batch_order_equivariant(hidden):
+    """Logits of a shuffled batch are the shuffled logits (graphs do not leak into each other)."""
+    spec, params = _params(hidden)
+    params = _double(params)
+    gs = _graphs(params, spec)
+    model = _ng_gnn(gs, spec, layers=3)
+    idx = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        full = model(gs.batch(torch.arange(B)))
+        shuffled = model(gs.batch(idx))
+        single = model(gs.batch(torch.tensor([1])))
+    torch.testing.assert_close(shuffled, full[idx], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(single, full[1:2], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_flat_mlp_baseline_is_not_permutation_invariant(hidden):
+    spec, params = _params(hidden)
+    template = graph_template(spec)
+    gs = _graphs(params, spec)
+    torch.manual_seed(0)
+    model = build_model("mlp", MLPConfig(hidden=32, layers=2), data_shape(gs, template, 10)).eval()
+    perms = _shared_perms(spec, seed=1)
+    permuted = permute(params, spec, perms)
+    # the permuted SIRENs compute the same function ...
+    torch.testing.assert_close(_forward(permuted, spec), _forward(params, spec), atol=1e-5, rtol=0)
+    flat = model_inputs(gs, template, "flat")
+    flat_p = model_inputs(_graphs(permuted, spec), template, "flat")
+    idx = torch.arange(B)
+    with torch.no_grad():
+        diff = (model(flat.batch(idx)) - model(flat_p.batch(idx))).abs().max()
+    # ... but the flat MLP sees a different input vector and gives different logits
+    assert diff > 1e-4
