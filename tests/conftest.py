@@ -24,7 +24,7 @@ TINY = {
         "batch_size": 16,
         "warmup_steps": 2,
         "mlp": {"hidden": 32, "layers": 2},
-        "ng_gnn": {"hidden": 8, "layers": 2, "fourier_features": 4},
+        "ng_gnn": {"hidden": 8, "layers": 3, "fourier_features": 4},
     },
     "ray": {"num_cpus": 2},
 }

@@ -77,18 +77,23 @@ class DegreeBuckets:
             e_start += d * c
         return DegreeBuckets(order, buckets, deg)
 
-    def aggregate(self, m: Tensor, n_nodes: int) -> Tensor:
-        r"""PNA aggregators over in-edges: ``[mean, min, max, std]``.
+    def aggregate(self, dst_term: Tensor, edge_term: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        r"""PNA aggregators ``[mean, min, max, std]`` of FiLM messages over every node's in-edges.
 
-        Shapes: messages ``(E, H)`` in bucket order -> ``(N, 4H)`` (zeros for nodes without
-        in-edges). :math:`\mathrm{std} = \sqrt{\mathrm{relu}(E[m^2] - E[m]^2) + 10^{-5}}`.
+        The message of edge :math:`j \to i` is :math:`m_{ij} = s_{ij} \odot (u_i + v_{ij}) + t_{ij}`,
+        formed per bucket so that the destination term :math:`u_i` is broadcast over the node's
+        ``d`` in-edges instead of gathered per edge (its gradient is then a dense sum, not a
+        scatter). :math:`\mathrm{std} = \sqrt{\mathrm{Var}[m] + 10^{-5}}`.
+
+        Shapes: dst_term ``(N, H)``; edge_term, scale, shift ``(E, H)`` in bucket order
+        -> ``(N, 4H)`` (zeros for nodes without in-edges).
         """
-        H = m.shape[1]
-        out = m.new_zeros(n_nodes, 4 * H)
+        n_nodes, H = dst_term.shape
+        out = dst_term.new_zeros(n_nodes, 4 * H)
         for d, nodes, s, e in self.buckets:
-            blk = m[s:e].view(-1, d, H)
-            mean = blk.mean(1)
-            var = (blk.square().mean(1) - mean.square()).clamp_min(0.0)
-            agg = torch.cat([mean, blk.amin(1), blk.amax(1), torch.sqrt(var + 1e-5)], dim=1)
-            out = out.index_copy(0, nodes, agg)
+            u = dst_term.index_select(0, nodes).unsqueeze(1)  # (n_d, 1, H)
+            blk = torch.addcmul(shift[s:e].view(-1, d, H), scale[s:e].view(-1, d, H), edge_term[s:e].view(-1, d, H) + u)
+            var, mean = torch.var_mean(blk, dim=1, correction=0)
+            lo, hi = torch.aminmax(blk, dim=1)
+            out = out.index_copy(0, nodes, torch.cat([mean, lo, hi, torch.sqrt(var + 1e-5)], dim=1))
         return out

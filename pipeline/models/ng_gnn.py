@@ -55,8 +55,7 @@ class NGGNNLayer(nn.Module):
         H = x.shape[1]
         ax, bx = self.node_pair(x).split(H, dim=1)
         gamma, beta = self.film(e).split(H, dim=1)
-        m = torch.addcmul(beta, gamma, ax.index_select(0, dst) + bx.index_select(0, src))
-        agg = buckets.aggregate(m, x.shape[0])
+        agg = buckets.aggregate(ax, bx.index_select(0, src), gamma, beta)
         amp = (torch.log1p(buckets.degree.to(x.dtype)) / self.delta).unsqueeze(1)
         h = self.post(torch.cat([x, agg, agg * amp], dim=1))
         x = x + self.drop(nn.functional.silu(self.norm(h)))

@@ -1,0 +1,141 @@
+"""The real pipeline, small: stage processes with their own local Ray cluster, SQLite MLflow, DVC in Git."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import run_stage, write_params
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_unknown_or_ill_typed_param_fails_before_any_work(tmp_path: Path):
+    params = write_params(tmp_path / "params.yaml", {"train": {"ng_gnn": {"hiden": 64}}})
+    res = run_stage("zoo", ["--params", str(params), "--out", str(tmp_path / "zoo")], tmp_path, timeout=60)
+    assert res.returncode == 2
+    assert "train.ng_gnn.hiden: unknown key" in res.stderr
+    assert not (tmp_path / "zoo").exists()
+
+    params = write_params(tmp_path / "params.yaml", {"zoo": {"steps": "many"}})
+    res = run_stage("train", ["--params", str(params)], tmp_path, timeout=60)
+    assert res.returncode == 2
+    assert "zoo.steps: expected int" in res.stderr
+
+
+def test_zoo_bytes_identical_with_one_or_two_ray_workers(tmp_path: Path):
+    digests = []
+    for workers in (1, 2):
+        params = write_params(tmp_path / f"p{workers}.yaml", {"ray": {"num_cpus": workers}})
+        out = tmp_path / f"zoo{workers}"
+        res = run_stage("zoo", ["--params", str(params), "--out", str(out)], tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        shards = sorted((out / "shards").glob("*.safetensors"))
+        assert len(shards) == 5  # 80 nets / 16 per shard
+        digests.append({p.name: _digest(p) for p in shards} | {"manifest": _digest(out / "manifest.csv")})
+    assert digests[0] == digests[1]
+
+
+def test_killed_zoo_stage_resumes_with_only_the_missing_shards(tmp_path: Path):
+    over = {"zoo": {"steps": 300, "shard_size": 8}, "ray": {"num_cpus": 1}}
+    params = write_params(tmp_path / "params.yaml", over)
+    out = tmp_path / "zoo"
+    shard_dir = out / "shards"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [os.sys.executable, "-m", "stages.zoo", "--params", str(params), "--out", str(out)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(shard_dir.glob("shard_*.safetensors"))) < 2:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Ray workers may finish the shard they hold before the reaper stops them; wait until stable
+    count, stable_since = -1, time.time()
+    while time.time() - stable_since < 5:
+        now = len(list(shard_dir.glob("shard_*.safetensors")))
+        if now != count:
+            count, stable_since = now, time.time()
+        time.sleep(0.2)
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shard_dir.glob("shard_*.safetensors")}
+    assert 2 <= len(kept) < 10, f"the stage should have been killed mid-way, found {len(kept)} shards"
+    assert not (out / "manifest.csv").exists()
+
+    res = run_stage("zoo", ["--params", str(params), "--out", str(out)], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"{len(kept)} complete, fitting {10 - len(kept)}" in res.stdout
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shard_dir.glob("shard_*.safetensors")}
+    assert len(after) == 10
+    for name, stamp in kept.items():
+        assert after[name] == stamp, f"{name} was refitted"
+    assert len((out / "manifest.csv").read_text().strip().splitlines()) == 1 + 80
+    assert not list(shard_dir.glob(".*.tmp"))
+
+
+def test_corrupt_shard_is_named_by_the_graphs_stage(tmp_path: Path):
+    params = write_params(tmp_path / "params.yaml")
+    zoo = tmp_path / "zoo"
+    assert run_stage("zoo", ["--params", str(params), "--out", str(zoo)], tmp_path).returncode == 0
+    victim = zoo / "shards" / "shard_00002.safetensors"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    res = run_stage("graphs", ["--params", str(params), "--zoo", str(zoo), "--out", str(tmp_path / "g")], tmp_path)
+    assert res.returncode != 0
+    assert "shard_00002.safetensors" in res.stderr
+    assert not (tmp_path / "g" / "train.safetensors").exists()
+
+
+def test_dvc_repro_end_to_end_then_noop(project: Path):
+    t0 = time.time()
+    res = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    first = time.time() - t0
+
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    cls = metrics["inr_classification"]
+    assert set(cls) == {"mlp", "ng_gnn"}
+    for m in cls.values():
+        assert 0.0 <= m["test_acc_mean"] <= 1.0 and m["n_seeds"] == 2 and m["n_params"] > 0
+    md = (project / "reports" / "results.md").read_text()
+    assert "NG-GNN" in md and "different data set" in md
+    for fig in ("learning_curves.png", "reconstructions.png"):
+        assert (project / "reports" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
+    curve = (project / "reports" / "curves" / "ng_gnn.csv").read_text().splitlines()
+    assert curve[0].startswith("epoch,") and len(curve) == 1 + 2
+
+    # MLflow: a parent run per stage, a child run per (model, seed) with per-epoch metrics
+    con = sqlite3.connect(project / "mlflow.db")
+    names = [r[0] for r in con.execute("select name from runs")]
+    for stage in ("zoo", "graphs", "train", "report"):
+        assert stage in names
+    children = {r[0] for r in con.execute("select r.name from runs r join tags t on r.run_uuid = t.run_uuid "
+                                          "where t.key = 'mlflow.parentRunId'")}
+    assert children == {"mlp-seed0", "mlp-seed1", "ng_gnn-seed0", "ng_gnn-seed1"}
+    steps = con.execute("select count(*) from metrics where key = 'val_acc'").fetchone()[0]
+    assert steps == 4 * 2  # 4 runs x 2 epochs
+    tags = {r[0] for r in con.execute("select key from tags")}
+    assert {"git_commit", "data_version"} <= tags
+
+    t0 = time.time()
+    res = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0
+    assert "didn't change" in res.stdout or "up to date" in res.stdout
+    assert time.time() - t0 < 15, f"no-op repro took {time.time() - t0:.1f} s (first run {first:.0f} s)"
+
+    # a changed training param reruns train and report only
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    res = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert "train" in res.stdout and "zoo:" not in res.stdout
