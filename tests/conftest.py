@@ -9,9 +9,35 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from pipeline.weightspace.spec import Params, ParamSpec, unflatten
+from pipeline.zoo.siren import init_sirens, siren_spec
+
 REPO = Path(__file__).resolve().parents[1]
+
+# two SIREN layouts for every symmetry test: the default, and three hidden layers of different widths
+LAYOUTS = [[32, 32], [16, 24, 8]]
+LAYOUT_IDS = ["hidden32x32", "hidden16-24-8"]
+
+
+def siren_params(hidden: list[int], seeds) -> tuple[ParamSpec, Params]:
+    """Freshly initialized SIRENs (one per seed) as a zoo batch."""
+    spec = siren_spec(hidden)
+    flat = init_sirens(spec, list(seeds), 30.0, "standard")
+    return spec, {k: v.clone() for k, v in unflatten(flat, spec).items()}
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_one_thread():
+    """Fixed seed; one intra-op thread (tiny ops on a shared 2-core box spin-wait otherwise)."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 TINY = {
     "seed": 0,

@@ -28,16 +28,6 @@ from pipeline.zoo.store import read_shard, shard_name, write_shard
 REPO_PARAMS = Path(__file__).parents[1] / "params.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Fixed seed; one intra-op thread (tiny ops on a shared 2-core box spin-wait otherwise)."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------
 # params.yaml validation
 # --------------------------------------------------------------------------------------------

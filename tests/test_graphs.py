@@ -9,27 +9,9 @@ from torch_geometric.data import Batch
 from pipeline.graphs.neural_graph import features_to_params, graph_template, params_to_features
 from pipeline.graphs.store import GraphSet
 from pipeline.weightspace.normalize import apply_stats, fit_stats, invert_stats
-from pipeline.weightspace.spec import Params, ParamSpec, permute, random_permutations, unflatten
-from pipeline.zoo.siren import init_sirens, siren_spec
-
-LAYOUTS = [[32, 32], [16, 24, 8]]
-LAYOUT_IDS = ["hidden32x32", "hidden16-24-8"]
-
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Fixed seed; one intra-op thread (tiny ops on a shared 2-core box spin-wait otherwise)."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _params(hidden: list[int], n: int = 4, seed0: int = 100) -> tuple[ParamSpec, Params]:
-    spec = siren_spec(hidden)
-    flat = init_sirens(spec, list(range(seed0, seed0 + n)), 30.0, "standard")
-    return spec, {k: v.clone() for k, v in unflatten(flat, spec).items()}
+from pipeline.weightspace.spec import Params, ParamSpec, permute, random_permutations
+from pipeline.zoo.siren import siren_spec
+from tests.conftest import LAYOUT_IDS, LAYOUTS, siren_params
 
 
 def _graphset(params: Params, spec: ParamSpec) -> GraphSet:
@@ -45,7 +27,7 @@ def _graphset(params: Params, spec: ParamSpec) -> GraphSet:
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_features_round_trip_is_exact(hidden):
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, range(100, 104))
     template = graph_template(spec)
     x, e = params_to_features(params, template)
     assert x.shape == (4, template.n_nodes, template.node_dim)
@@ -59,7 +41,7 @@ def test_features_round_trip_is_exact(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_graphset_to_params_round_trip(hidden):
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, range(100, 104))
     template = graph_template(spec)
     gs = _graphset(params, spec)
     assert len(gs) == 4
@@ -70,7 +52,7 @@ def test_graphset_to_params_round_trip(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_graphset_save_load_round_trip(hidden, tmp_path):
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, range(100, 104))
     gs = _graphset(params, spec)
     path = tmp_path / "split.safetensors"
     gs.save(path)
@@ -134,7 +116,7 @@ def test_graph_edges_connect_neighbouring_layers_completely(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_graph_features_are_weights_and_biases(hidden):
-    spec, params = _params(hidden, n=2)
+    spec, params = siren_params(hidden, range(100, 100 + 2))
     t = graph_template(spec)
     x, e = params_to_features(params, t)
     sizes = spec.layer_sizes
@@ -189,7 +171,7 @@ def test_positional_ids(hidden):
 def test_graph_of_permuted_net_is_isomorphic(hidden):
     """Permuting hidden neurons = relabelling graph nodes: same multiset of (pos, bias), same
     multiset of (src pos, dst pos, weight) edges."""
-    spec, params = _params(hidden, n=2)
+    spec, params = siren_params(hidden, range(100, 100 + 2))
     t = graph_template(spec)
     perms = random_permutations(spec, 2, torch.Generator().manual_seed(4))
     x, e = params_to_features(params, t)
@@ -217,7 +199,7 @@ def test_graph_of_permuted_net_is_isomorphic(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_batch_matches_pyg_from_data_list(hidden):
-    spec, params = _params(hidden, n=6)
+    spec, params = siren_params(hidden, range(100, 100 + 6))
     gs = _graphset(params, spec)
     idx = torch.randperm(6)[:5]
     assert not torch.equal(idx, torch.arange(5))
@@ -246,7 +228,7 @@ def test_batch_matches_pyg_from_data_list(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_get_returns_single_graph(hidden):
-    spec, params = _params(hidden, n=3)
+    spec, params = siren_params(hidden, range(100, 100 + 3))
     t = graph_template(spec)
     gs = _graphset(params, spec)
     g = gs.get(2)
@@ -266,7 +248,7 @@ def test_get_returns_single_graph(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_normalization_standardizes_each_tensor_and_inverts(hidden):
-    spec, params = _params(hidden, n=8)
+    spec, params = siren_params(hidden, range(100, 100 + 8))
     stats = fit_stats(params, spec)
     assert set(stats) == set(spec.names)
     normed = apply_stats(params, spec, stats)
@@ -279,7 +261,7 @@ def test_normalization_standardizes_each_tensor_and_inverts(hidden):
     for k in spec.names:
         torch.testing.assert_close(restored[k], params[k], rtol=1e-5, atol=1e-6)
     # held-out nets are normalized with the training statistics, not their own
-    _, other = _params(hidden, n=3, seed0=500)
+    _, other = siren_params(hidden, range(500, 500 + 3))
     other_normed = apply_stats(other, spec, stats)
     k = "layers.0.weight"
     mean, std = stats[k]
@@ -289,7 +271,7 @@ def test_normalization_standardizes_each_tensor_and_inverts(hidden):
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_normalization_commutes_with_hidden_permutations(hidden):
     """Per-tensor (not per-neuron) statistics keep the symmetry."""
-    spec, params = _params(hidden, n=5)
+    spec, params = siren_params(hidden, range(100, 100 + 5))
     perms = random_permutations(spec, 5, torch.Generator().manual_seed(8))
     permuted = permute(params, spec, perms)
     stats = fit_stats(params, spec)

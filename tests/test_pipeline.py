@@ -54,7 +54,11 @@ def test_killed_zoo_stage_resumes_with_only_the_missing_shards(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(
         [os.sys.executable, "-m", "stages.zoo", "--params", str(params), "--out", str(out)],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 240
     while time.time() < deadline and len(list(shard_dir.glob("shard_*.safetensors"))) < 2:
@@ -119,8 +123,12 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     names = [r[0] for r in con.execute("select name from runs")]
     for stage in ("zoo", "graphs", "train", "report"):
         assert stage in names
-    children = {r[0] for r in con.execute("select r.name from runs r join tags t on r.run_uuid = t.run_uuid "
-                                          "where t.key = 'mlflow.parentRunId'")}
+    children = {
+        r[0]
+        for r in con.execute(
+            "select r.name from runs r join tags t on r.run_uuid = t.run_uuid where t.key = 'mlflow.parentRunId'"
+        )
+    }
     assert children == {"mlp-seed0", "mlp-seed1", "ng_gnn-seed0", "ng_gnn-seed1"}
     steps = con.execute("select count(*) from metrics where key = 'val_acc'").fetchone()[0]
     assert steps == 4 * 2  # 4 runs x 2 epochs

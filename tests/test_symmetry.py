@@ -17,29 +17,12 @@ from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_model
 from pipeline.train import data_shape, model_inputs
-from pipeline.weightspace.spec import Params, ParamSpec, permute, random_permutations, unflatten
-from pipeline.zoo.siren import coordinate_grid, init_sirens, siren_forward, siren_spec
+from pipeline.weightspace.spec import Params, ParamSpec, permute, random_permutations
+from pipeline.zoo.siren import coordinate_grid, siren_forward
+from tests.conftest import LAYOUT_IDS, LAYOUTS, siren_params
 
 OMEGA0 = 30.0
 B = 3
-LAYOUTS = [[32, 32], [16, 24, 8]]
-LAYOUT_IDS = ["hidden32x32", "hidden16-24-8"]
-
-
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Fixed seed; one intra-op thread (tiny ops on a shared 2-core box spin-wait otherwise)."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _params(hidden: list[int], seeds: tuple[int, ...] = (11, 12, 13)) -> tuple[ParamSpec, Params]:
-    spec = siren_spec(hidden)
-    flat = init_sirens(spec, list(seeds), OMEGA0, "standard")
-    return spec, {k: v.clone() for k, v in unflatten(flat, spec).items()}
 
 
 def _forward(params: Params, spec: ParamSpec) -> torch.Tensor:
@@ -80,7 +63,7 @@ def _assert_perms_not_identity(perms: dict[int, torch.Tensor]) -> None:
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_siren_output_invariant_under_per_net_hidden_permutations(hidden):
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, (11, 12, 13))
     perms = random_permutations(spec, B, torch.Generator().manual_seed(5))
     assert set(perms) == set(spec.hidden_layers)
     for lay, p in perms.items():
@@ -95,7 +78,7 @@ def test_siren_output_invariant_under_per_net_hidden_permutations(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_siren_output_invariant_under_shared_hidden_permutation(hidden):
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, (11, 12, 13))
     perms = _shared_perms(spec, seed=3)
     permuted = permute(params, spec, perms)
     assert any(not torch.equal(params[k], permuted[k]) for k in params)
@@ -105,7 +88,7 @@ def test_siren_output_invariant_under_shared_hidden_permutation(hidden):
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_permute_moves_rows_and_matching_columns(hidden):
     """A valid permutation of layer l moves rows of W_{l-1}, b_{l-1} and columns of W_l together."""
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, (11, 12, 13))
     lay = 1
     perm = _non_identity_perm(spec.layer_sizes[lay], 0)
     out = permute(params, spec, {lay: perm})
@@ -121,7 +104,7 @@ def test_permute_moves_rows_and_matching_columns(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_siren_output_changes_under_wrongly_coupled_permutations(hidden):
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, (11, 12, 13))
     ref = _forward(params, spec)
     # input layer (swap x and y coordinates): not a symmetry
     swapped = permute(params, spec, {0: torch.tensor([1, 0])})
@@ -135,7 +118,7 @@ def test_siren_output_changes_under_wrongly_coupled_permutations(hidden):
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_per_net_permutation_matches_permuting_each_net_alone(hidden):
     """The gather path ((B, n) perms) equals the index_select path (1-D perm) net by net."""
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, (11, 12, 13))
     perms = random_permutations(spec, B, torch.Generator().manual_seed(9))
     batched = permute(params, spec, perms)
     for b in range(B):
@@ -146,7 +129,7 @@ def test_per_net_permutation_matches_permuting_each_net_alone(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_permute_composed_with_inverse_is_identity(hidden):
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, (11, 12, 13))
     perms = random_permutations(spec, B, torch.Generator().manual_seed(21))
     _assert_perms_not_identity(perms)
     inverse = {lay: torch.argsort(p, dim=-1) for lay, p in perms.items()}
@@ -192,7 +175,7 @@ def _double(params: Params) -> Params:
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_ng_gnn_invariant_under_hidden_permutations(hidden):
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, (11, 12, 13))
     params = _double(params)
     model = _ng_gnn(_graphs(params, spec), spec, layers=3)
     ref = _logits(model, params, spec)
@@ -209,7 +192,7 @@ def test_ng_gnn_invariant_under_hidden_permutations(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_ng_gnn_detects_wrongly_coupled_permutations(hidden):
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, (11, 12, 13))
     params = _double(params)
     # The readout sees only output neurons: the input layer is within reach only if the
     # number of message-passing layers is at least the number of parameter layers.
@@ -225,7 +208,7 @@ def test_ng_gnn_detects_wrongly_coupled_permutations(hidden):
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_ng_gnn_batch_order_equivariant(hidden):
     """Logits of a shuffled batch are the shuffled logits (graphs do not leak into each other)."""
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, (11, 12, 13))
     params = _double(params)
     gs = _graphs(params, spec)
     model = _ng_gnn(gs, spec, layers=3)
@@ -240,7 +223,7 @@ def test_ng_gnn_batch_order_equivariant(hidden):
 
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
 def test_flat_mlp_baseline_is_not_permutation_invariant(hidden):
-    spec, params = _params(hidden)
+    spec, params = siren_params(hidden, (11, 12, 13))
     template = graph_template(spec)
     gs = _graphs(params, spec)
     torch.manual_seed(0)
