@@ -111,15 +111,23 @@ def main() -> None:
     flops = siren_step_flops(spec.layer_sizes, images.shape[1] * images.shape[2]) * args.steps * args.nets
     achieved = flops / batched_s
     print(f"matmul peak (1024^3 sgemm):  {peak / 1e9:8.1f} GFLOP/s")
-    print(f"batched trainer: {args.nets:4d} INRs in {batched_s:7.2f} s = {batched_rate:7.2f} INRs/s, "
-          f"mean PSNR {float(extras['psnr'].mean()):.2f} dB")
-    print(f"nn.Module loop:  {args.loop_nets:4d} INRs in {loop_s:7.2f} s = {loop_rate:7.2f} INRs/s, "
-          f"mean PSNR {float(loop_psnr.mean()):.2f} dB")
+    print(
+        f"batched trainer: {args.nets:4d} INRs in {batched_s:7.2f} s = {batched_rate:7.2f} INRs/s, "
+        f"mean PSNR {float(extras['psnr'].mean()):.2f} dB"
+    )
+    print(
+        f"nn.Module loop:  {args.loop_nets:4d} INRs in {loop_s:7.2f} s = {loop_rate:7.2f} INRs/s, "
+        f"mean PSNR {float(loop_psnr.mean()):.2f} dB"
+    )
     diff = float((common - loop_psnr).abs().max())
-    print(f"PSNR on the same {args.loop_nets} INRs: batched {float(common.mean()):.2f} dB, loop "
-          f"{float(loop_psnr.mean()):.2f} dB, max |diff| {diff:.3f} dB ({'agree' if diff <= 0.5 else 'DISAGREE'})")
-    print(f"batched matmul throughput: {achieved / 1e9:.2f} GFLOP/s = {100 * achieved / peak:.1f} % of peak "
-          f"(sin/cos and elementwise work are not counted)")
+    print(
+        f"PSNR on the same {args.loop_nets} INRs: batched {float(common.mean()):.2f} dB, loop "
+        f"{float(loop_psnr.mean()):.2f} dB, max |diff| {diff:.3f} dB ({'agree' if diff <= 0.5 else 'DISAGREE'})"
+    )
+    print(
+        f"batched matmul throughput: {achieved / 1e9:.2f} GFLOP/s = {100 * achieved / peak:.1f} % of peak "
+        f"(sin/cos and elementwise work are not counted)"
+    )
     print(f"ratio: {batched_rate / loop_rate:.2f}")
 
 

@@ -59,6 +59,7 @@ class NGGNNConfig:
     dropout: float = 0.0
     fourier_features: int = 16
     fourier_scale: float = 3.0
+    probe_features: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_steps: int = 100
     grad_clip: float = 10.0
+    augment: str = "none"
     threads_per_task: int = 1
     mlp: MLPConfig = field(default_factory=MLPConfig)
     ng_gnn: NGGNNConfig = field(default_factory=NGGNNConfig)
@@ -203,8 +205,10 @@ def validate(p: Params) -> None:
             f"must be >= {len(p.zoo.hidden) + 1} (parameter layers of the zoo's nets)",
         ),
     ]
+    from pipeline.augment import AUGMENTATIONS
     from pipeline.models import MODEL_NAMES
 
+    checks.append((p.train.augment in AUGMENTATIONS, "train.augment", f"must be one of {AUGMENTATIONS}"))
     for m in p.train.models:
         checks.append((m in MODEL_NAMES, "train.models", f"{m!r} is not one of {MODEL_NAMES}"))
     for ok, key, msg in checks:

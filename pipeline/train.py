@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.graphs.store import GraphSet
 from pipeline.models import DataShape
-from pipeline.weightspace.spec import flatten
+from pipeline.models.probes import ForwardSpec
+from pipeline.weightspace.spec import ParamSpec, flatten
 
 
 @dataclass
@@ -44,7 +45,9 @@ def model_inputs(graphs: GraphSet, template: GraphTemplate, kind: str) -> FlatSe
     raise ValueError(f"unknown input kind {kind!r}")
 
 
-def data_shape(train: GraphSet, template: GraphTemplate, n_classes: int) -> DataShape:
+def data_shape(
+    train: GraphSet, template: GraphTemplate, n_classes: int, forward_spec: ForwardSpec | None = None
+) -> DataShape:
     """Sizes a model needs, with PNA's mean log-degree computed on the training graphs."""
     deg = torch.bincount(
         train.edge_index[1] + torch.repeat_interleave(train.node_ptr[:-1], train.edge_ptr[1:] - train.edge_ptr[:-1]),
@@ -58,6 +61,21 @@ def data_shape(train: GraphSet, template: GraphTemplate, n_classes: int) -> Data
         n_out=template.spec.layer_sizes[-1],
         n_classes=n_classes,
         avg_log_degree=float(torch.log1p(deg.double()).mean()),
+        forward_spec=forward_spec,
+    )
+
+
+def forward_spec_from_meta(meta: dict) -> ForwardSpec:
+    """The zoo's forward pass and normalization, as written by the graphs stage."""
+    spec = ParamSpec.from_dict(meta["spec"])
+    stats = meta["norm_stats"]
+    L = spec.n_layers
+    return ForwardSpec(
+        activation=meta["forward"]["activation"],
+        omega0=float(meta["forward"]["omega0"]),
+        output_offset=float(meta["forward"]["output_offset"]),
+        weight_stats=tuple(tuple(stats[f"layers.{l}.weight"]) for l in range(L)),
+        bias_stats=tuple(tuple(stats[f"layers.{l}.bias"]) for l in range(L)),
     )
 
 
@@ -106,8 +124,12 @@ def fit_classifier(
     settings: TrainSettings,
     seed: int,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    augment: Callable | None = None,
 ) -> RunResult:
-    """AdamW with linear warm-up, gradient clipping, selection on validation accuracy."""
+    """AdamW with linear warm-up, gradient clipping, selection on validation accuracy.
+
+    ``augment(inputs, generator)`` transforms every training batch (never val/test batches).
+    """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     warm = max(settings.warmup_steps, 1)
@@ -121,7 +143,10 @@ def fit_classifier(
         tot_loss, correct = 0.0, 0
         for start in range(0, len(train), settings.batch_size):
             idx = perm[start : start + settings.batch_size]
-            logits = model(train.batch(idx))
+            inputs = train.batch(idx)
+            if augment is not None:
+                inputs = augment(inputs, gen)
+            logits = model(inputs)
             y = train.y[idx]
             loss = nn.functional.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)

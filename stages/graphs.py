@@ -11,6 +11,7 @@ from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import write_json
 from pipeline.weightspace.normalize import apply_stats, fit_stats
+from pipeline.zoo.siren import output_offset
 from pipeline.zoo.store import load_zoo
 from stages.common import parse
 
@@ -24,7 +25,15 @@ def run(params: Params, zoo_dir: Path, out: Path) -> dict:
     template = graph_template(zoo.spec)
     train_params, _ = zoo.select("train")
     stats = fit_stats(train_params, zoo.spec)
-    meta = {"spec": zoo.spec.to_dict(), "norm_stats": stats, "n_pos": template.n_pos, "counts": {}, "excluded": {}}
+    fit = zoo.info["recipe"]["fit"]
+    meta = {
+        "spec": zoo.spec.to_dict(),
+        "norm_stats": stats,
+        "forward": {"activation": "sin", "omega0": fit["omega0"], "output_offset": output_offset(fit["variant"])},
+        "n_pos": template.n_pos,
+        "counts": {},
+        "excluded": {},
+    }
     for split in SPLITS:
         p, recs = zoo.select(split)
         n_all = sum(r.split == split for r in zoo.records)

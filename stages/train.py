@@ -8,30 +8,42 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Params, to_flat_dict
+from pipeline.augment import augmenter, check_augmentation
+from pipeline.config import ConfigError, Params, to_flat_dict
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import fingerprint, read_json, write_json
 from pipeline.models import build_model
-from pipeline.train import TrainSettings, data_shape, fit_classifier, model_inputs
+from pipeline.train import TrainSettings, data_shape, fit_classifier, forward_spec_from_meta, model_inputs
 from pipeline.weightspace.spec import ParamSpec
 from stages.common import parse
 
 N_CLASSES = 10
 
 
-def train_one(graphs_dir: str, model_name: str, model_cfg, settings: TrainSettings, seed: int, threads: int) -> dict:
+def train_one(
+    graphs_dir: str, model_name: str, model_cfg, settings: TrainSettings, augment: str, seed: int, threads: int
+) -> dict:
     """Load the splits, build and train one model; return its result as a plain dict."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     gdir = Path(graphs_dir)
-    template = graph_template(ParamSpec.from_dict(read_json(gdir / "meta.json")["spec"]))
+    meta = read_json(gdir / "meta.json")
+    template = graph_template(ParamSpec.from_dict(meta["spec"]))
     splits = {s: GraphSet.load(gdir / f"{s}.safetensors") for s in ("train", "val", "test")}
-    shape = data_shape(splits["train"], template, N_CLASSES)
+    shape = data_shape(splits["train"], template, N_CLASSES, forward_spec_from_meta(meta))
     model = build_model(model_name, model_cfg, shape)
     data = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
     t0 = time.time()
-    res = fit_classifier(model, data["train"], data["val"], data["test"], settings, seed)
+    res = fit_classifier(
+        model,
+        data["train"],
+        data["val"],
+        data["test"],
+        settings,
+        seed,
+        augment=augmenter(augment, model.input_kind, template.spec),
+    )
     out = dataclasses.asdict(res)
     out.update(model=model_name, seed=seed, wall_seconds=time.time() - t0, config=dataclasses.asdict(model_cfg))
     return out
@@ -43,12 +55,20 @@ def run(params: Params, graphs_dir: Path, out: Path) -> list[dict]:
     tc = params.train
     settings = TrainSettings(tc.epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.warmup_steps, tc.grad_clip)
     jobs = [(m, s) for m in tc.models for s in tc.seeds]
-    data_version = fingerprint(read_json(graphs_dir / "meta.json"))
+    meta = read_json(graphs_dir / "meta.json")
+    data_version = fingerprint(meta)
+    try:
+        check_augmentation(tc.augment, ParamSpec.from_dict(meta["spec"]))
+    except ValueError as e:
+        raise ConfigError(f"train.augment: {e}") from e
     results: list[dict] = [{} for _ in jobs]
     with tracking.stage_run(params.mlflow, "train", to_flat_dict(params), {"data_version": data_version}) as parent:
         resources = distributed.init_ray(params.ray)
         distributed.check_resources(resources, tc.threads_per_task, params.ray.gpus_per_task)
-        items = [(str(graphs_dir.resolve()), m, getattr(tc, m), settings, s, tc.threads_per_task) for m, s in jobs]
+        items = [
+            (str(graphs_dir.resolve()), m, getattr(tc, m), settings, tc.augment, s, tc.threads_per_task)
+            for m, s in jobs
+        ]
 
         def log(i: int, r: dict) -> None:
             results[i] = r

@@ -12,12 +12,22 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.augment import sign_flip_flat, sign_flip_graphs
 from pipeline.config import MLPConfig, NGGNNConfig
-from pipeline.graphs.neural_graph import graph_template
+from pipeline.graphs.neural_graph import features_to_params, graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_model
 from pipeline.train import data_shape, model_inputs
-from pipeline.weightspace.spec import Params, ParamSpec, permute, random_permutations
+from pipeline.weightspace.spec import (
+    Params,
+    ParamSpec,
+    flatten,
+    flip_signs,
+    permute,
+    random_permutations,
+    random_signs,
+    unflatten,
+)
 from pipeline.zoo.siren import coordinate_grid, siren_forward
 from tests.conftest import LAYOUT_IDS, LAYOUTS, siren_params
 
@@ -239,3 +249,47 @@ def test_flat_mlp_baseline_is_not_permutation_invariant(hidden):
         diff = (model(flat.batch(idx)) - model(flat_p.batch(idx))).abs().max()
     # ... but the flat MLP sees a different input vector and gives different logits
     assert diff > 1e-4
+
+
+# --- sign symmetry of odd activations (SIREN): the basis of the sign_flip augmentation ---
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_siren_output_invariant_under_hidden_sign_flips(hidden):
+    spec, params = siren_params(hidden, (11, 12, 13))
+    assert spec.sign_symmetric
+    flipped = flip_signs(params, spec, random_signs(spec, B, torch.Generator().manual_seed(5)))
+    assert not torch.equal(flipped["layers.0.weight"], params["layers.0.weight"])
+    torch.testing.assert_close(_forward(flipped, spec), _forward(params, spec), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_siren_output_changes_under_half_done_sign_flip(hidden):
+    """Negating a neuron's incoming weights and bias without its outgoing weights is no symmetry."""
+    spec, params = siren_params(hidden, (11, 12, 13))
+    wrong = dict(params)
+    wrong["layers.0.weight"] = -params["layers.0.weight"]
+    wrong["layers.0.bias"] = -params["layers.0.bias"]
+    assert (_forward(wrong, spec) - _forward(params, spec)).abs().max() > 1e-3
+    # flipping an output neuron is no symmetry either
+    out_layer = spec.n_layers
+    signs = {out_layer: -torch.ones(B, spec.layer_sizes[out_layer])}
+    assert (_forward(flip_signs(params, spec, signs), spec) - _forward(params, spec)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_graph_sign_flip_augmentation_preserves_every_function(hidden):
+    spec, params = siren_params(hidden, (11, 12, 13))
+    template = graph_template(spec)
+    gs = GraphSet.from_params(params, template, torch.zeros(B), torch.arange(B))
+    batch = gs.batch(torch.arange(B))
+    aug = sign_flip_graphs(batch, torch.Generator().manual_seed(3))
+    assert not torch.equal(aug.edge_attr, batch.edge_attr)
+    x = aug.x.view(B, template.n_nodes, -1)
+    e = aug.edge_attr.view(B, template.n_edges, -1)
+    back = features_to_params(x, e, template)
+    torch.testing.assert_close(_forward(back, spec), _forward(params, spec), rtol=0, atol=1e-5)
+    # and the flat version
+    flat = flatten(params, spec)
+    back_flat = unflatten(sign_flip_flat(flat, spec, torch.Generator().manual_seed(4)), spec)
+    torch.testing.assert_close(_forward(back_flat, spec), _forward(params, spec), rtol=0, atol=1e-5)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from pipeline.models.probes import ForwardSpec
+
 MODEL_NAMES = ("mlp", "ng_gnn")
 
 
@@ -25,6 +27,7 @@ class DataShape:
     n_out: int
     n_classes: int
     avg_log_degree: float
+    forward_spec: ForwardSpec | None = None
 
 
 def build_model(name: str, cfg, shape: DataShape) -> nn.Module:
@@ -48,5 +51,7 @@ def build_model(name: str, cfg, shape: DataShape) -> nn.Module:
             cfg.fourier_features,
             cfg.fourier_scale,
             shape.avg_log_degree,
+            cfg.probe_features,
+            shape.forward_spec,
         )
     raise ValueError(f"unknown model {name!r}; known: {MODEL_NAMES}")

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from pipeline.models.layers import DegreeBuckets, FourierFeatures
+from pipeline.models.probes import ForwardSpec, ProbeFeatures
 
 
 class NGGNNLayer(nn.Module):
@@ -78,7 +79,8 @@ class NGGNN(nn.Module):
 
     with :math:`\gamma` random Fourier features of the scalar node/edge features and
     :math:`P` the positional embedding table (own row per input and output neuron, one row
-    shared by each hidden layer).
+    shared by each hidden layer). With ``probe_features = M > 0``, :math:`f_v` also holds the
+    neuron's activations at ``M`` learned input points (:class:`ProbeFeatures`).
 
     Args:
         node_dim, edge_dim: raw feature widths of the graphs.
@@ -86,6 +88,7 @@ class NGGNN(nn.Module):
         hidden, layers, dropout: width, depth, dropout.
         fourier_features, fourier_scale: ``F`` and ``sigma`` of :class:`FourierFeatures`.
         avg_log_degree: PNA's :math:`\delta` from the training graphs.
+        probe_features: ``M`` learned probe points (0: none); needs ``forward_spec``.
     Shapes: a PyG :class:`Batch` of ``B`` graphs -> logits ``(B, n_classes)``.
     """
 
@@ -104,11 +107,19 @@ class NGGNN(nn.Module):
         fourier_features: int = 16,
         fourier_scale: float = 3.0,
         avg_log_degree: float = 1.0,
+        probe_features: int = 0,
+        forward_spec: ForwardSpec | None = None,
     ):
         super().__init__()
         self.node_ff = FourierFeatures(node_dim, fourier_features, fourier_scale, seed=1)
         self.edge_ff = FourierFeatures(edge_dim, fourier_features, fourier_scale, seed=2)
-        self.node_in = nn.Linear(self.node_ff.out_dim, hidden)
+        self.probes = None
+        if probe_features > 0:
+            if forward_spec is None:
+                raise ValueError("probe features need the zoo's forward spec (activation, normalization)")
+            n_in = n_pos - n_out - (len(forward_spec.weight_stats) - 1)
+            self.probes = ProbeFeatures(probe_features, n_in, forward_spec)
+        self.node_in = nn.Linear(self.node_ff.out_dim + probe_features, hidden)
         self.edge_in = nn.Linear(self.edge_ff.out_dim, hidden)
         self.pos = nn.Embedding(n_pos, hidden)
         self.layers = nn.ModuleList(
@@ -126,7 +137,10 @@ class NGGNN(nn.Module):
         buckets = DegreeBuckets.build(dst, n)
         order = buckets.edge_order
         src, dst = src[order], dst[order]
-        x = self.node_in(self.node_ff(batch.x)) + self.pos(batch.node_pos)
+        feats = self.node_ff(batch.x)
+        if self.probes is not None:
+            feats = torch.cat([feats, self.probes(batch)], dim=1)
+        x = self.node_in(feats) + self.pos(batch.node_pos)
         e = self.edge_in(self.edge_ff(batch.edge_attr[order]))
         for layer in self.layers:
             x, e = layer(x, e, src, dst, buckets)

@@ -15,11 +15,20 @@ Stats = dict[str, tuple[float, float]]
 
 
 def fit_stats(params: Mapping, spec: ParamSpec, eps: float = 1e-8) -> Stats:
-    """``{tensor name: (mean, std)}`` over every net and entry of ``params`` (population std)."""
+    """``{tensor name: (mean, std)}`` over every net and entry of ``params``.
+
+    For a sign-symmetric spec, a tensor with a hidden-neuron axis has mean zero by symmetry;
+    its mean is fixed at 0 (an estimate would only add noise that breaks the symmetry of the
+    normalized data) and the scale is the root mean square.
+    """
+    hidden = set(spec.hidden_layers)
     out: Stats = {}
     for t in spec.tensors:
         x = params[t.name].double()
-        out[t.name] = (float(x.mean()), float(x.std(correction=0).clamp_min(eps)))
+        if spec.sign_symmetric and hidden & set(t.neuron_layers):
+            out[t.name] = (0.0, float(x.square().mean().sqrt().clamp_min(eps)))
+        else:
+            out[t.name] = (float(x.mean()), float(x.std(correction=0).clamp_min(eps)))
     return out
 
 

@@ -66,11 +66,14 @@ class ParamSpec:
         family: architecture family name (``"mlp"``, ``"cnn"``, ``"kan"``).
         layer_sizes: neurons per layer ``(n_0, ..., n_L)``.
         tensors: the parameter tensors in storage / flattening order.
+        sign_symmetric: the hidden activation is odd (``sin``, ``tanh``), so negating a hidden
+            neuron (every axis tagged with its layer, at that index) also keeps the function.
     """
 
     family: str
     layer_sizes: tuple[int, ...]
     tensors: tuple[TensorSpec, ...]
+    sign_symmetric: bool = False
 
     @property
     def n_layers(self) -> int:
@@ -100,6 +103,7 @@ class ParamSpec:
         """JSON-ready description (stored beside every zoo shard set)."""
         return {
             "family": self.family,
+            "sign_symmetric": self.sign_symmetric,
             "layer_sizes": list(self.layer_sizes),
             "tensors": [
                 {"name": t.name, "shape": list(t.shape), "axes": list(t.axes), "role": t.role} for t in self.tensors
@@ -112,6 +116,7 @@ class ParamSpec:
             family=str(d["family"]),
             layer_sizes=tuple(int(s) for s in d["layer_sizes"]),
             tensors=tuple(TensorSpec(t["name"], tuple(t["shape"]), tuple(t["axes"]), t["role"]) for t in d["tensors"]),
+            sign_symmetric=bool(d.get("sign_symmetric", False)),
         )
 
 
@@ -179,6 +184,33 @@ def permute(params: Mapping[str, Tensor], spec: ParamSpec, perms: Mapping[int, T
                 shape = [1] * x.dim()
                 shape[0], shape[dim] = p.shape[0], p.shape[1]
                 x = torch.gather(x, dim, p.view(shape).expand(*x.shape[:dim], p.shape[1], *x.shape[dim + 1 :]))
+        out[t.name] = x
+    return out
+
+
+def random_signs(spec: ParamSpec, batch: int, generator: torch.Generator | None = None) -> dict[int, Tensor]:
+    """Independent random signs ``{layer: (B, n_layer)}`` in ``{-1, +1}`` for every hidden layer."""
+    return {
+        l: torch.randint(0, 2, (batch, spec.layer_sizes[l]), generator=generator).float() * 2 - 1
+        for l in spec.hidden_layers
+    }
+
+
+def flip_signs(params: Mapping[str, Tensor], spec: ParamSpec, signs: Mapping[int, Tensor]) -> Params:
+    """Multiply every axis tagged with layer ``l`` by ``signs[l]`` (``(B, n_l)``, entries ±1).
+
+    For a ``sign_symmetric`` spec and hidden layers only, the function is unchanged: a hidden
+    neuron's incoming weights, bias and outgoing weights are all negated.
+    """
+    out: Params = {}
+    for t in spec.tensors:
+        x = params[t.name]
+        for axis, layer in enumerate(t.axes):
+            if layer is None or layer not in signs:
+                continue
+            shape = [1] * x.dim()
+            shape[0], shape[axis + 1] = x.shape[0], x.shape[axis + 1]
+            x = x * signs[layer].to(x).view(shape)
         out[t.name] = x
     return out
 

@@ -16,6 +16,7 @@ ghost partner), so a net's bytes do not depend on which other nets share its chu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -28,8 +29,8 @@ INIT_VARIANTS = ("standard", "dwsnets")
 
 
 def siren_spec(hidden: list[int] | tuple[int, ...], in_dim: int = 2, out_dim: int = 1) -> ParamSpec:
-    """Parameter spec of a SIREN ``in_dim -> hidden... -> out_dim``."""
-    return mlp_spec((in_dim, *hidden, out_dim))
+    """Parameter spec of a SIREN ``in_dim -> hidden... -> out_dim`` (sin is odd: sign symmetric)."""
+    return dataclasses.replace(mlp_spec((in_dim, *hidden, out_dim)), sign_symmetric=True)
 
 
 def output_offset(variant: str) -> float:

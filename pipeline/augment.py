@@ -1,0 +1,59 @@
+"""Function-preserving augmentations of training batches, one per symmetry of the spec.
+
+``sign_flip``: for a sign-symmetric spec (odd activation, e.g. a SIREN's ``sin``), negating a
+hidden neuron's incoming weights, bias and outgoing weights keeps the function. Invariant
+metanetworks are not built to be invariant to it, so random flips are a free augmentation
+(2^(hidden neurons) variants of every training net). Normalization keeps these tensors'
+mean at 0 (:func:`pipeline.weightspace.normalize.fit_stats`), so the flip is exact on
+normalized features too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch
+
+from pipeline.weightspace.spec import ParamSpec, flatten, flip_signs, random_signs, unflatten
+
+AUGMENTATIONS = ("none", "sign_flip")
+
+
+def sign_flip_flat(flat: Tensor, spec: ParamSpec, generator: torch.Generator) -> Tensor:
+    """Random hidden-neuron sign flips of flattened parameters ``(B, P)`` -> ``(B, P)``."""
+    params = unflatten(flat, spec)
+    return flatten(flip_signs(params, spec, random_signs(spec, flat.shape[0], generator)), spec)
+
+
+def sign_flip_graphs(batch: Batch, generator: torch.Generator) -> Batch:
+    """Random sign flips of the hidden nodes of a batch of MLP neural graphs.
+
+    A node with sign ``s`` scales its features (bias) by ``s``; an edge ``i -> j`` scales its
+    feature (weight) by ``s_i s_j``. Input and output nodes keep ``s = 1``.
+    """
+    hidden = (batch.node_layer > 0) & ~batch.node_out
+    flip = torch.rand(hidden.shape[0], generator=generator) < 0.5
+    s = torch.where(hidden & flip, -1.0, 1.0).to(batch.x.dtype)
+    src, dst = batch.edge_index
+    out = batch.clone()
+    out.x = batch.x * s.unsqueeze(1)
+    out.edge_attr = batch.edge_attr * (s[src] * s[dst]).unsqueeze(1)
+    return out
+
+
+def check_augmentation(name: str, spec: ParamSpec) -> None:
+    """Raise ``ValueError`` if augmentation ``name`` is not a symmetry of ``spec``."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; choose from {AUGMENTATIONS}")
+    if name == "sign_flip" and not spec.sign_symmetric:
+        raise ValueError(f"sign_flip needs a sign-symmetric (odd activation) spec; {spec.family} is not")
+
+
+def augmenter(name: str, input_kind: str, spec: ParamSpec):
+    """The batch transform for augmentation ``name`` and a model's input kind (None for ``none``)."""
+    check_augmentation(name, spec)
+    if name == "none":
+        return None
+    if input_kind == "graph":
+        return sign_flip_graphs
+    return lambda flat, generator: sign_flip_flat(flat, spec, generator)
