@@ -19,9 +19,23 @@ MODEL_LABELS = {"mlp": "MLP on flattened weights", "ng_gnn": "NG-GNN"}
 # Published MNIST-INR test accuracies (%), from ../shared/reference/anchors.md. They were
 # measured on the published 55k-INR MNIST zoo on GPUs: a different data set from ours.
 PUBLISHED_INR_CLS = {
-    "mlp": ("17.6 ± 0.0", "DWSNets, MLP on flattened weights"),
-    "ng_gnn": ("91.4 ± 0.6", "Neural Graphs, NG-GNN, 0 probe features"),
+    "mlp": "17.6 ± 0.0",
+    "ng_gnn": "91.4 ± 0.6",
+    "ng_gnn+probes": "94.7 ± 0.3 (64 probes)",
 }
+
+
+def model_key(model: str, config: dict) -> str:
+    """Key of the published number matching a run's model and configuration."""
+    return "ng_gnn+probes" if model == "ng_gnn" and config.get("probe_features", 0) > 0 else model
+
+
+def model_label(model: str, config: dict) -> str:
+    """Human-readable model name, with the variant that matters for comparisons."""
+    label = MODEL_LABELS.get(model, model)
+    if config.get("probe_features", 0) > 0:
+        label += f" ({config['probe_features']} probe features)"
+    return label
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -45,6 +59,8 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
             "best_epoch_mean": statistics.fmean(r["best_epoch"] for r in rs),
             "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in rs),
             "epochs": len(rs[0]["history"]),
+            "label": model_label(model, rs[0]["config"]),
+            "published": PUBLISHED_INR_CLS.get(model_key(model, rs[0]["config"]), "–"),
         }
     return out
 
@@ -77,12 +93,11 @@ def results_markdown(summary: dict, zoo_summary: dict, graph_counts: dict, profi
         "| published, MNIST INRs (%)* |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for model, s in summary.items():
-        pub = PUBLISHED_INR_CLS.get(model, ("–", ""))[0]
+    for s in summary.values():
         lines.append(
-            f"| {MODEL_LABELS.get(model, model)} | {s['n_params']:,} | {100 * s['test_acc_mean']:.1f} ± "
+            f"| {s['label']} | {s['n_params']:,} | {100 * s['test_acc_mean']:.1f} ± "
             f"{100 * s['test_acc_std']:.1f} | {100 * s['val_acc_mean']:.1f} ± {100 * s['val_acc_std']:.1f} | "
-            f"{s['best_epoch_mean']:.1f} / {s['epochs']} | {s['seconds_per_epoch']:.1f} | {pub} |"
+            f"{s['best_epoch_mean']:.1f} / {s['epochs']} | {s['seconds_per_epoch']:.1f} | {s['published']} |"
         )
     lines += [
         "",
@@ -107,7 +122,7 @@ def plot_learning_curves(runs: list[dict], path: str | Path) -> None:
         for ax, key in zip(axes, ("val_acc", "train_loss"), strict=True):
             vals = torch.tensor([[h[key] for h in r["history"]] for r in rs])
             m, s = vals.mean(0), vals.std(0) if len(rs) > 1 else torch.zeros(len(epochs))
-            ax.plot(epochs, m, label=MODEL_LABELS.get(model, model))
+            ax.plot(epochs, m, label=model_label(model, rs[0]["config"]))
             ax.fill_between(epochs, m - s, m + s, alpha=0.2)
     axes[0].set(xlabel="epoch", ylabel="validation accuracy", title="INR classification")
     axes[1].set(xlabel="epoch", ylabel="training cross-entropy")

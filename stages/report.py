@@ -37,7 +37,8 @@ def run(params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: P
     results = read_json(train_dir / "results.json")
     runs = results["runs"]
     summary = report.summarize(runs)
-    write_json(out / "metrics.json", {"inr_classification": summary})
+    numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
+    write_json(out / "metrics.json", {"inr_classification": numbers})
     for model in summary:
         rows = report.curves(runs, model)
         buf = io.StringIO()

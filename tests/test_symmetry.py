@@ -17,6 +17,7 @@ from pipeline.config import MLPConfig, NGGNNConfig
 from pipeline.graphs.neural_graph import features_to_params, graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_model
+from pipeline.models.probes import ForwardSpec, ProbeFeatures
 from pipeline.train import data_shape, model_inputs
 from pipeline.weightspace.spec import (
     Params,
@@ -166,10 +167,15 @@ def _graphs(params: Params, spec: ParamSpec) -> GraphSet:
     return GraphSet.from_params(params, graph_template(spec), torch.zeros(n), torch.arange(n))
 
 
-def _ng_gnn(gs: GraphSet, spec: ParamSpec, layers: int) -> torch.nn.Module:
+PROBES = [0, 8]
+
+
+def _ng_gnn(gs: GraphSet, spec: ParamSpec, layers: int, probes: int = 0) -> torch.nn.Module:
     torch.manual_seed(0)
-    shape = data_shape(gs, graph_template(spec), n_classes=10)
-    model = build_model("ng_gnn", NGGNNConfig(hidden=16, layers=layers), shape)
+    # the graphs hold raw (unnormalized) parameters: identity normalization for the probes
+    fwd = ForwardSpec("sin", OMEGA0, 0.0, ((0.0, 1.0),) * spec.n_layers, ((0.0, 1.0),) * spec.n_layers)
+    shape = data_shape(gs, graph_template(spec), n_classes=10, forward_spec=fwd)
+    model = build_model("ng_gnn", NGGNNConfig(hidden=16, layers=layers, probe_features=probes), shape)
     return model.double().eval()
 
 
@@ -183,11 +189,12 @@ def _double(params: Params) -> Params:
     return {k: v.double() for k, v in params.items()}
 
 
+@pytest.mark.parametrize("probes", PROBES, ids=lambda m: f"probes{m}")
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
-def test_ng_gnn_invariant_under_hidden_permutations(hidden):
+def test_ng_gnn_invariant_under_hidden_permutations(hidden, probes):
     spec, params = siren_params(hidden, (11, 12, 13))
     params = _double(params)
-    model = _ng_gnn(_graphs(params, spec), spec, layers=3)
+    model = _ng_gnn(_graphs(params, spec), spec, layers=3, probes=probes)
     ref = _logits(model, params, spec)
     assert ref.shape == (B, 10) and ref.dtype == torch.float64
     assert ref.abs().max() > 1e-3  # not a degenerate constant-zero output
@@ -200,13 +207,14 @@ def test_ng_gnn_invariant_under_hidden_permutations(hidden):
         assert (out - ref).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("probes", PROBES, ids=lambda m: f"probes{m}")
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
-def test_ng_gnn_detects_wrongly_coupled_permutations(hidden):
+def test_ng_gnn_detects_wrongly_coupled_permutations(hidden, probes):
     spec, params = siren_params(hidden, (11, 12, 13))
     params = _double(params)
     # The readout sees only output neurons: the input layer is within reach only if the
     # number of message-passing layers is at least the number of parameter layers.
-    model = _ng_gnn(_graphs(params, spec), spec, layers=max(3, spec.n_layers))
+    model = _ng_gnn(_graphs(params, spec), spec, layers=max(3, spec.n_layers), probes=probes)
     ref = _logits(model, params, spec)
     swapped = permute(params, spec, {0: torch.tensor([1, 0])})
     assert (_logits(model, swapped, spec) - ref).abs().max() > 1e-4
@@ -215,13 +223,14 @@ def test_ng_gnn_detects_wrongly_coupled_permutations(hidden):
         assert (_logits(model, wrong, spec) - ref).abs().max() > 1e-4, f"layer {lay}"
 
 
+@pytest.mark.parametrize("probes", PROBES, ids=lambda m: f"probes{m}")
 @pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
-def test_ng_gnn_batch_order_equivariant(hidden):
+def test_ng_gnn_batch_order_equivariant(hidden, probes):
     """Logits of a shuffled batch are the shuffled logits (graphs do not leak into each other)."""
     spec, params = siren_params(hidden, (11, 12, 13))
     params = _double(params)
     gs = _graphs(params, spec)
-    model = _ng_gnn(gs, spec, layers=3)
+    model = _ng_gnn(gs, spec, layers=3, probes=probes)
     idx = torch.tensor([2, 0, 1])
     with torch.no_grad():
         full = model(gs.batch(torch.arange(B)))
@@ -293,3 +302,27 @@ def test_graph_sign_flip_augmentation_preserves_every_function(hidden):
     flat = flatten(params, spec)
     back_flat = unflatten(sign_flip_flat(flat, spec, torch.Generator().manual_seed(4)), spec)
     torch.testing.assert_close(_forward(back_flat, spec), _forward(params, spec), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_probe_features_are_the_networks_own_activations(hidden):
+    """At the output nodes, probe features equal the SIREN evaluated at the probe points."""
+    spec, params = siren_params(hidden, (11, 12, 13))
+    stats = {k: (0.1, 2.0) for k in spec.names}  # any normalization must be undone exactly
+    normed = {k: (v - 0.1) / 2.0 for k, v in params.items()}
+    L = spec.n_layers
+    fwd = ForwardSpec(
+        "sin",
+        OMEGA0,
+        0.0,
+        tuple(stats[f"layers.{l}.weight"] for l in range(L)),
+        tuple(stats[f"layers.{l}.bias"] for l in range(L)),
+    )
+    probes = ProbeFeatures(5, 2, fwd)
+    batch = _graphs(normed, spec).batch(torch.arange(B))
+    with torch.no_grad():
+        h = probes(batch)
+        ref = siren_forward(params, spec, probes.points, OMEGA0)
+    torch.testing.assert_close(h[batch.node_out].view(B, 5), ref[..., 0], rtol=0, atol=1e-4)
+    inputs = batch.node_layer == 0
+    torch.testing.assert_close(h[inputs].view(B, 2, 5), probes.points.t().expand(B, 2, 5).detach())
