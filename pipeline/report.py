@@ -136,14 +136,15 @@ def plot_reconstructions(
 ) -> None:
     """Top row: images; bottom row: the INRs rendered on the same grid."""
     n = images.shape[0]
-    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.0))
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.2))
     for k in range(n):
         axes[0, k].imshow(images[k], cmap="gray", vmin=0, vmax=1)
         axes[0, k].set_title(f"digit {labels[k]}", fontsize=8)
         axes[1, k].imshow(renders[k].clamp(0, 1), cmap="gray", vmin=0, vmax=1)
-        axes[1, k].set_title(f"{psnr[k]:.1f} dB", fontsize=8)
+        axes[1, k].set_xlabel(f"{psnr[k]:.1f} dB", fontsize=8)
         for ax in axes[:, k]:
-            ax.axis("off")
+            ax.set_xticks([])
+            ax.set_yticks([])
     fig.suptitle("test images (top) and their SIREN INRs (bottom)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)

@@ -16,12 +16,16 @@ from pipeline.zoo.store import load_zoo
 from stages.common import parse
 
 
-def _render_examples(zoo_dir: Path, images: torch.Tensor, n: int = 8) -> tuple:
+def _render_examples(zoo_dir: Path, images: torch.Tensor) -> tuple:
+    """The first test INR of every label, rendered on its image grid."""
     zoo = load_zoo(zoo_dir)
     params, recs = zoo.select("test")
     recipe = zoo.info["recipe"]["fit"]
     h, w = zoo.info["image_shape"]
-    picked = list(range(min(n, len(recs))))
+    first: dict[int, int] = {}
+    for i, r in enumerate(recs):
+        first.setdefault(r.label, i)
+    picked = [first[k] for k in sorted(first)]
     sub = {k: v[picked] for k, v in params.items()}
     with torch.no_grad():
         out = siren_forward(sub, zoo.spec, coordinate_grid(h, w), recipe["omega0"], output_offset(recipe["variant"]))

@@ -35,6 +35,14 @@ def train_one(
     model = build_model(model_name, model_cfg, shape)
     data = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
     t0 = time.time()
+
+    def progress(row: dict) -> None:  # shown in the driver's output (Ray forwards worker prints)
+        print(
+            f"{model_name} seed {seed}: epoch {int(row['epoch'])}/{settings.epochs} "
+            f"train loss {row['train_loss']:.3f} val acc {row['val_acc']:.3f} ({row['epoch_seconds']:.0f} s)",
+            flush=True,
+        )
+
     res = fit_classifier(
         model,
         data["train"],
@@ -42,6 +50,7 @@ def train_one(
         data["test"],
         settings,
         seed,
+        on_epoch=progress,
         augment=augmenter(augment, model.input_kind, template.spec),
     )
     out = dataclasses.asdict(res)
