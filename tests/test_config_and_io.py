@@ -336,3 +336,16 @@ def test_fit_sirens_early_stopped_partner_does_not_change_a_net():
     assert with_easy.steps[0] < 5 and with_easy.steps[1] == 30
     assert with_hard.steps.tolist() == [30, 30]
     assert torch.equal(with_easy.params[1], with_hard.params[1])
+
+
+def test_fit_sirens_when_every_net_stops_at_once():
+    """Early stopping of every net at the first step keeps the initial parameters."""
+    from pipeline.zoo.siren import init_sirens
+
+    spec = siren_spec([8])
+    s = FitSettings(steps=20, lr=1e-3, omega0=30.0, variant="standard", target_psnr=0.0)
+    for n in (1, 3):
+        res = fit_sirens(torch.rand(n, 4, 4), list(range(n)), spec, s)
+        assert res.steps.tolist() == [0] * n
+        assert torch.equal(res.params, init_sirens(spec, list(range(n)), 30.0, "standard"))
+        assert bool(torch.isfinite(res.psnr).all())

@@ -193,14 +193,13 @@ def fit_sirens(
         if bool(done.any()):
             idx = active[done]
             final[idx], final_mse[idx], steps_used[idx] = theta[done], mse[done], step - 1
-            keep = ~done & ~ghost
-            if not bool(keep.any()):  # every real net is finished
-                active = active[:0]
+            keep = ~done  # ghosts are never done: they stay
+            if not bool((keep & ~ghost).any()):  # every real net is finished
+                active, ghost = active[:0], ghost[:0]
                 break
             if int(keep.sum()) == 1:
                 spare = int(torch.nonzero(~keep)[0])
                 keep[spare], ghost[spare] = True, True
-            keep |= ghost  # ghosts stay
             active, theta, m, v, grad, ghost = active[keep], theta[keep], m[keep], v[keep], grad[keep], ghost[keep]
         # Adam, same arithmetic as torch.optim.Adam (foreach=False)
         m.mul_(b1).add_(grad, alpha=1 - b1)
