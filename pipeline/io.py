@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -90,8 +89,3 @@ def tensor_hash(t: Tensor) -> str:
 def fingerprint(obj: Any) -> str:
     """Stable short hash of a JSON-serialisable object."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load_torch(path: str | Path) -> Any:
-    """``torch.load`` restricted to tensors and plain containers (never executes code)."""
-    return torch.load(path, map_location="cpu", weights_only=True)

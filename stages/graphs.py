@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Params, to_flat_dict
+from pipeline.data import SPLITS
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import write_json
@@ -14,8 +15,6 @@ from pipeline.weightspace.normalize import apply_stats, fit_stats
 from pipeline.zoo.siren import output_offset
 from pipeline.zoo.store import load_zoo
 from stages.common import parse
-
-SPLITS = ("train", "val", "test")
 
 
 def run(params: Params, zoo_dir: Path, out: Path) -> dict:
@@ -37,6 +36,11 @@ def run(params: Params, zoo_dir: Path, out: Path) -> dict:
     for split in SPLITS:
         p, recs = zoo.select(split)
         n_all = sum(r.split == split for r in zoo.records)
+        if not recs:
+            raise SystemExit(
+                f"graphs: no usable INR in split {split!r} ({n_all} diverged): lower zoo.psnr_floor "
+                "or fit longer (zoo.steps)"
+            )
         gs = GraphSet.from_params(
             apply_stats(p, zoo.spec, stats),
             template,
