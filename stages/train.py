@@ -10,7 +10,6 @@ import torch
 
 from pipeline.augment import augmenter, check_augmentation
 from pipeline.config import ConfigError, Params, to_flat_dict
-from pipeline.data import SPLITS
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import fingerprint, read_json, write_json
@@ -31,7 +30,7 @@ def train_one(
     gdir = Path(graphs_dir)
     meta = read_json(gdir / "meta.json")
     template = graph_template(ParamSpec.from_dict(meta["spec"]))
-    splits = {s: GraphSet.load(gdir / f"{s}.safetensors") for s in SPLITS}
+    splits = {s: GraphSet.load(gdir / f"{s}.safetensors") for s in ("train", "val", "test")}
     shape = data_shape(splits["train"], template, N_CLASSES, forward_spec_from_meta(meta))
     model = build_model(model_name, model_cfg, shape)
     data = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
