@@ -42,7 +42,9 @@ def test_zoo_bytes_identical_with_one_or_two_ray_workers(tmp_path: Path):
         assert res.returncode == 0, res.stderr[-3000:]
         shards = sorted((out / "shards").glob("*.safetensors"))
         assert len(shards) == 5  # 80 nets / 16 per shard
-        digests.append({p.name: _digest(p) for p in shards} | {"manifest": _digest(out / "manifest.csv")})
+        digests.append(
+            {p.name: _digest(p) for p in shards} | {f: _digest(out / f) for f in ("manifest.csv", "zoo.json")}
+        )
     assert digests[0] == digests[1]
 
 
