@@ -170,22 +170,16 @@ def permute(params: Mapping[str, Tensor], spec: ParamSpec, perms: Mapping[int, T
     Returns:
         A new zoo batch with the same keys and shapes.
     """
-    out: Params = {}
-    for t in spec.tensors:
-        x = params[t.name]
-        for axis, layer in enumerate(t.axes):
-            if layer is None or layer not in perms:
-                continue
-            p = perms[layer].to(x.device)
-            dim = axis + 1
-            if p.dim() == 1:
-                x = x.index_select(dim, p)
-            else:
-                shape = [1] * x.dim()
-                shape[0], shape[dim] = p.shape[0], p.shape[1]
-                x = torch.gather(x, dim, p.view(shape).expand(*x.shape[:dim], p.shape[1], *x.shape[dim + 1 :]))
-        out[t.name] = x
-    return out
+
+    def reorder(x: Tensor, dim: int, p: Tensor) -> Tensor:
+        p = p.to(x.device)
+        if p.dim() == 1:
+            return x.index_select(dim, p)
+        shape = [1] * x.dim()
+        shape[0], shape[dim] = p.shape[0], p.shape[1]
+        return torch.gather(x, dim, p.view(shape).expand(*x.shape[:dim], p.shape[1], *x.shape[dim + 1 :]))
+
+    return _map_neuron_axes(params, spec, perms, reorder)
 
 
 def random_signs(spec: ParamSpec, batch: int, generator: torch.Generator | None = None) -> dict[int, Tensor]:
@@ -202,15 +196,23 @@ def flip_signs(params: Mapping[str, Tensor], spec: ParamSpec, signs: Mapping[int
     For a ``sign_symmetric`` spec and hidden layers only, the function is unchanged: a hidden
     neuron's incoming weights, bias and outgoing weights are all negated.
     """
+
+    def scale(x: Tensor, dim: int, sign: Tensor) -> Tensor:
+        shape = [1] * x.dim()
+        shape[0], shape[dim] = x.shape[0], x.shape[dim]
+        return x * sign.to(x).view(shape)
+
+    return _map_neuron_axes(params, spec, signs, scale)
+
+
+def _map_neuron_axes(params: Mapping[str, Tensor], spec: ParamSpec, per_layer: Mapping[int, Tensor], fn) -> Params:
+    """Apply ``fn(tensor, dim, per_layer[l])`` along every axis tagged with a layer ``l`` in ``per_layer``."""
     out: Params = {}
     for t in spec.tensors:
         x = params[t.name]
         for axis, layer in enumerate(t.axes):
-            if layer is None or layer not in signs:
-                continue
-            shape = [1] * x.dim()
-            shape[0], shape[axis + 1] = x.shape[0], x.shape[axis + 1]
-            x = x * signs[layer].to(x).view(shape)
+            if layer is not None and layer in per_layer:
+                x = fn(x, axis + 1, per_layer[layer])
         out[t.name] = x
     return out
 
