@@ -1,0 +1,207 @@
+"""Kolmogorov-Arnold networks (pykan's parametrization), evaluated and trained many at once.
+
+A KAN with neuron layers ``n_0 -> n_1 -> ... -> n_L`` computes, for layer ``l``,
+
+    h_{l+1, j} = sum_i phi_{l, j, i}(h_{l, i}),
+    phi_{l, j, i}(x) = scale_base[j, i] * silu(x) + scale_sp[j, i] * sum_m coef[j, i, m] B_m(x; grid[i])
+
+where ``B_m( . ; grid[i])`` are the ``G + k`` B-splines of order ``k`` on the ``G + 2k + 1``
+knots of source node ``i`` (pykan's ``B_batch``: Cox-de Boor recursion, zero outside the knots).
+Nodes carry no bias (pykan's default ``node_bias`` / ``subnode_bias`` are 0 and its scales 1).
+
+Spec layout (:func:`kan_spec`), every tensor with a leading net axis ``B``:
+
+* ``layers.{l}.coef``       ``(n_{l+1}, n_l, G + k)``  axes ``(l+1, l, None)``  edge
+* ``layers.{l}.scale_base`` ``(n_{l+1}, n_l)``         axes ``(l+1, l)``        edge
+* ``layers.{l}.scale_sp``   ``(n_{l+1}, n_l)``         axes ``(l+1, l)``        edge
+* ``layers.{l}.grid``       ``(n_l, G + 2k + 1)``      axes ``(l, None)``       node (source)
+
+Edge tensors are destination-major like an ``nn.Linear`` weight; pykan stores them
+source-major (``(in, out, ...)``), :mod:`pipeline.zoo.pykan_io` transposes. Permuting hidden
+node ``i`` of layer ``l`` moves row ``i`` of layer ``l-1``'s edge tensors, column ``i`` of layer
+``l``'s and row ``i`` of layer ``l``'s grid: the spec's axis tags say exactly that, so
+:func:`pipeline.weightspace.spec.permute` needs nothing KAN-specific.
+
+:func:`train_kans` fits ``B`` KANs in one process with a leading model axis on every tensor
+(two batched matrix products per layer, no Python loop over nets) and Adam with per-net
+learning rates and weight decays, the arithmetic of ``torch.optim.Adam``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.weightspace.spec import Params, ParamSpec, TensorSpec
+
+TRAINABLE = ("coef", "scale_base", "scale_sp")
+
+
+def kan_spec(layer_sizes: list[int] | tuple[int, ...], grid_size: int, order: int = 3) -> ParamSpec:
+    """Spec of a KAN ``n_0 -> ... -> n_L`` with ``grid_size`` intervals and spline ``order``."""
+    sizes = tuple(int(s) for s in layer_sizes)
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise ValueError(f"a KAN needs at least 2 non-empty neuron layers, got {sizes}")
+    if grid_size < 1 or order < 0:
+        raise ValueError(f"grid_size must be >= 1 and order >= 0, got {grid_size}, {order}")
+    n_coef, n_knots = grid_size + order, grid_size + 2 * order + 1
+    tensors = []
+    for l in range(len(sizes) - 1):
+        o, i = sizes[l + 1], sizes[l]
+        tensors += [
+            TensorSpec(f"layers.{l}.coef", (o, i, n_coef), (l + 1, l, None), "edge"),
+            TensorSpec(f"layers.{l}.scale_base", (o, i), (l + 1, l), "edge"),
+            TensorSpec(f"layers.{l}.scale_sp", (o, i), (l + 1, l), "edge"),
+            TensorSpec(f"layers.{l}.grid", (i, n_knots), (l, None), "node"),
+        ]
+    return ParamSpec("kan", sizes, tuple(tensors))
+
+
+def kan_grid_order(spec: ParamSpec) -> tuple[int, int]:
+    """``(G, k)`` of a KAN spec, read from the coefficient and knot counts."""
+    n_coef = spec.tensor("layers.0.coef").shape[-1]
+    n_knots = spec.tensor("layers.0.grid").shape[-1]
+    k = n_knots - n_coef - 1
+    return n_coef - k, k
+
+
+def uniform_grid(n_nodes: int, grid_size: int, order: int, lo: float = -1.0, hi: float = 1.0) -> Tensor:
+    """pykan's initial knots: ``G + 1`` uniform points on ``[lo, hi]`` extended by ``k`` per side.
+
+    Returns ``(n_nodes, G + 2k + 1)``.
+    """
+    h = (hi - lo) / grid_size
+    knots = lo + h * torch.arange(-order, grid_size + order + 1, dtype=torch.float64)
+    return knots.float().expand(n_nodes, -1).clone()
+
+
+def b_splines(x: Tensor, grid: Tensor, order: int) -> Tensor:
+    """B-spline basis values, batched over nets (pykan's ``B_batch`` arithmetic).
+
+    Args:
+        x: ``(B, N, n)`` inputs of ``n`` source nodes at ``N`` points.
+        grid: ``(B, n, K)`` knots per source node (``K = G + 2k + 1``).
+        order: spline order ``k``.
+    Returns:
+        ``(B, N, n, G + k)``; all zero outside ``[grid[0], grid[-1])``.
+    """
+    g = grid.unsqueeze(1)  # (B, 1, n, K)
+    xx = x.unsqueeze(-1)  # (B, N, n, 1)
+    value = ((xx >= g[..., :-1]) & (xx < g[..., 1:])).to(x.dtype)
+    for p in range(1, order + 1):
+        left = (xx - g[..., : -(p + 1)]) / (g[..., p:-1] - g[..., : -(p + 1)]) * value[..., :-1]
+        right = (g[..., p + 1 :] - xx) / (g[..., p + 1 :] - g[..., 1:-p]) * value[..., 1:]
+        value = torch.nan_to_num(left + right)
+    return value
+
+
+def kan_layer(h: Tensor, coef: Tensor, scale_base: Tensor, scale_sp: Tensor, grid: Tensor, order: int) -> Tensor:
+    """One KAN layer for a batch of nets.
+
+    ``y[b, :, j] = sum_i scale_base[b, j, i] silu(h[b, :, i])
+    + sum_{i, m} scale_sp[b, j, i] coef[b, j, i, m] B_m(h[b, :, i]; grid[b, i])``
+
+    Args:
+        h: ``(B, N, n_in)``; coef ``(B, n_out, n_in, C)``; scale_base, scale_sp ``(B, n_out, n_in)``;
+            grid ``(B, n_in, K)``.
+    Returns:
+        ``(B, N, n_out)``.
+    """
+    B, N, n_in = h.shape
+    basis = b_splines(h, grid, order).reshape(B, N, -1)  # (B, N, n_in * C)
+    w_sp = (scale_sp.unsqueeze(-1) * coef).reshape(B, coef.shape[1], -1)  # (B, n_out, n_in * C)
+    out = torch.bmm(torch.nn.functional.silu(h), scale_base.transpose(1, 2))
+    return out + torch.bmm(basis, w_sp.transpose(1, 2))
+
+
+def kan_forward(params: Params, spec: ParamSpec, x: Tensor) -> Tensor:
+    """Outputs of every net: ``x`` ``(N, n_0)`` shared or ``(B, N, n_0)`` -> ``(B, N, n_L)``."""
+    _, k = kan_grid_order(spec)
+    B = params["layers.0.coef"].shape[0]
+    h = x.expand(B, *x.shape) if x.dim() == 2 else x
+    for l in range(spec.n_layers):
+        p = f"layers.{l}."
+        h = kan_layer(h, params[p + "coef"], params[p + "scale_base"], params[p + "scale_sp"], params[p + "grid"], k)
+    return h
+
+
+def init_kans(spec: ParamSpec, seeds: list[int], noise_scale: float = 0.5, grid_range=(-1.0, 1.0)) -> Params:
+    """pykan's initialization, net ``b`` drawn from ``torch.Generator(seeds[b])``.
+
+    Knots uniform on ``grid_range`` (extended by ``k``); ``coef`` the least-squares
+    (minimum-norm) spline through uniform noise of amplitude ``noise_scale / G`` at the ``G + 1``
+    grid points; ``scale_base ~ U(-1, 1) / sqrt(n_in)``; ``scale_sp = 1 / sqrt(n_in)``.
+    """
+    G, k = kan_grid_order(spec)
+    B = len(seeds)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    out: Params = {}
+    knots = uniform_grid(1, G, k, *grid_range)
+    pinv = torch.linalg.pinv(b_splines(knots[:, k:-k].reshape(1, -1, 1), knots.unsqueeze(0), k)[0, :, 0, :])
+    for l in range(spec.n_layers):
+        o, i = spec.layer_sizes[l + 1], spec.layer_sizes[l]
+        noise = torch.stack([(torch.rand(G + 1, o, i, generator=g) - 0.5) * noise_scale / G for g in gens])
+        out[f"layers.{l}.coef"] = torch.einsum("cp,bpoi->boic", pinv, noise).contiguous()
+        base = torch.stack([torch.rand(o, i, generator=g) * 2 - 1 for g in gens])
+        out[f"layers.{l}.scale_base"] = base / math.sqrt(i)
+        out[f"layers.{l}.scale_sp"] = torch.full((B, o, i), 1.0 / math.sqrt(i))
+        out[f"layers.{l}.grid"] = uniform_grid(i, G, k, *grid_range).expand(B, i, -1).clone()
+    return {t.name: out[t.name] for t in spec.tensors}
+
+
+@dataclass(frozen=True)
+class AdamSettings:
+    """Full-batch Adam (``torch.optim.Adam`` arithmetic) with per-net lr and L2 weight decay."""
+
+    steps: int
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+def train_kans(
+    params: Params,
+    spec: ParamSpec,
+    loss_fn: Callable[[Params], Tensor],
+    settings: AdamSettings,
+    lr: Tensor,
+    weight_decay: Tensor | None = None,
+) -> tuple[Params, Tensor]:
+    """Train ``B`` KANs at once; the knots stay fixed (no grid update).
+
+    Args:
+        params: initial zoo batch (not modified).
+        loss_fn: ``params -> (B,)`` per-net loss; nets must not interact (so the summed loss's
+            gradient w.r.t. net ``b`` is net ``b``'s own gradient).
+        lr: ``(B,)`` learning rates.
+        weight_decay: ``(B,)`` L2 coefficients added to the gradient (``torch.optim.Adam``'s
+            ``weight_decay``), default 0.
+    Returns:
+        ``(trained params, (B,) loss at the last step before the final update)``.
+    """
+    B = lr.shape[0]
+    names = [t.name for t in spec.tensors if t.name.rsplit(".", 1)[1] in TRAINABLE]
+    theta = {n: params[n].clone().requires_grad_(True) for n in names}
+    fixed = {n: v for n, v in params.items() if n not in theta}
+    m = {n: torch.zeros_like(v) for n, v in theta.items()}
+    v2 = {n: torch.zeros_like(v) for n, v in theta.items()}
+    b1, b2 = settings.betas
+    loss = torch.full((B,), float("nan"))
+    for step in range(1, settings.steps + 1):
+        per_net = loss_fn({**fixed, **theta})
+        grads = torch.autograd.grad(per_net.sum(), list(theta.values()))
+        loss = per_net.detach()
+        with torch.no_grad():
+            for (n, p), g in zip(theta.items(), grads, strict=True):
+                shape = (B,) + (1,) * (p.dim() - 1)
+                if weight_decay is not None:
+                    g = g + weight_decay.view(shape) * p
+                m[n].mul_(b1).add_(g, alpha=1 - b1)
+                v2[n].mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v2[n].sqrt() / math.sqrt(1 - b2**step)).add_(settings.eps)
+                p.addcdiv_(m[n], denom * (1 - b1**step) / lr.view(shape), value=-1.0)
+    out = {**fixed, **{n: p.detach() for n, p in theta.items()}}
+    return {t.name: out[t.name] for t in spec.tensors}, loss
