@@ -14,7 +14,15 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from pipeline.weightspace.spec import ParamSpec, flatten, flip_signs, random_signs, unflatten
+from pipeline.weightspace.spec import (
+    ParamSpec,
+    flatten,
+    flip_signs,
+    permute,
+    random_permutations,
+    random_signs,
+    unflatten,
+)
 
 AUGMENTATIONS = ("none", "sign_flip")
 
@@ -23,6 +31,17 @@ def sign_flip_flat(flat: Tensor, spec: ParamSpec, generator: torch.Generator) ->
     """Random hidden-neuron sign flips of flattened parameters ``(B, P)`` -> ``(B, P)``."""
     params = unflatten(flat, spec)
     return flatten(flip_signs(params, spec, random_signs(spec, flat.shape[0], generator)), spec)
+
+
+def permute_flat(flat: Tensor, spec: ParamSpec, generator: torch.Generator) -> Tensor:
+    """Random hidden-neuron permutations (one per net and layer) of flattened parameters ``(B, P)``.
+
+    The augmentation of the "MLP + permutation augmentation" baselines: it shows a
+    non-invariant model many equivalent copies of every training net. Graph models need none
+    (they are invariant by construction).
+    """
+    params = unflatten(flat, spec)
+    return flatten(permute(params, spec, random_permutations(spec, flat.shape[0], generator)), spec)
 
 
 def sign_flip_graphs(batch: Batch, generator: torch.Generator) -> Batch:
@@ -49,11 +68,25 @@ def check_augmentation(name: str, spec: ParamSpec) -> None:
         raise ValueError(f"sign_flip needs a sign-symmetric (odd activation) spec; {spec.family} is not")
 
 
-def augmenter(name: str, input_kind: str, spec: ParamSpec):
-    """The batch transform for augmentation ``name`` and a model's input kind (None for ``none``)."""
+def augmenter(name: str, input_kind: str, spec: ParamSpec, permutations: bool = False):
+    """The batch transform for augmentation ``name`` and a model's input kind (None if nothing).
+
+    ``permutations=True`` adds :func:`permute_flat` (flat models only) after ``name``'s transform.
+    """
     check_augmentation(name, spec)
-    if name == "none":
+    if permutations and input_kind != "flat":
+        raise ValueError("permutation augmentation is for flat models; graph models are permutation invariant")
+    steps = []
+    if name == "sign_flip":
+        steps.append(sign_flip_graphs if input_kind == "graph" else lambda x, g: sign_flip_flat(x, spec, g))
+    if permutations:
+        steps.append(lambda x, g: permute_flat(x, spec, g))
+    if not steps:
         return None
-    if input_kind == "graph":
-        return sign_flip_graphs
-    return lambda flat, generator: sign_flip_flat(flat, spec, generator)
+
+    def apply(inputs, generator: torch.Generator):
+        for step in steps:
+            inputs = step(inputs, generator)
+        return inputs
+
+    return apply

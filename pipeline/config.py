@@ -79,6 +79,69 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class WSKANConfig:
+    hidden: int = 64
+    layers: int = 4
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class KanInrConfig:
+    hidden: list[int] = field(default_factory=lambda: [8, 8])
+    grid: int = 5
+    order: int = 3
+    steps: int = 300
+    lr: float = 2e-2
+    n_train: int = 2000
+    n_val: int = 250
+    n_test: int = 250
+    forward_points: int = 16
+
+
+@dataclass(frozen=True)
+class KanClassifierConfig:
+    hidden: list[int] = field(default_factory=lambda: [8])
+    grid: int = 5
+    order: int = 3
+    n_train: int = 1500
+    n_val: int = 250
+    n_test: int = 250
+    digits_test: int = 500
+    lr: list[float] = field(default_factory=lambda: [1e-3, 1e-1])
+    weight_decay: list[float] = field(default_factory=lambda: [1e-5, 1e-1])
+    steps: list[int] = field(default_factory=lambda: [50, 100, 200])
+    label_noise: list[float] = field(default_factory=lambda: [0.0, 0.5])
+    train_fraction: list[float] = field(default_factory=lambda: [0.05, 1.0])
+
+
+@dataclass(frozen=True)
+class KanTrainConfig:
+    models: list[str] = field(default_factory=lambda: ["mlp", "mlp_perm", "ng_gnn", "ws_kan"])
+    forward_models: list[str] = field(default_factory=lambda: ["mlp", "ws_kan"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    warmup_steps: int = 100
+    grad_clip: float = 10.0
+    threads_per_task: int = 1
+    mlp: MLPConfig = field(default_factory=MLPConfig)
+    ng_gnn: NGGNNConfig = field(default_factory=lambda: NGGNNConfig(probe_features=0))
+    ws_kan: WSKANConfig = field(default_factory=WSKANConfig)
+
+
+@dataclass(frozen=True)
+class KanConfig:
+    inr: KanInrConfig = field(default_factory=KanInrConfig)
+    classifier: KanClassifierConfig = field(default_factory=KanClassifierConfig)
+    shard_size: int = 250
+    chunk_size: int = 16
+    threads_per_task: int = 1
+    train: KanTrainConfig = field(default_factory=KanTrainConfig)
+
+
+@dataclass(frozen=True)
 class RayConfig:
     address: str = ""
     num_cpus: int = 0
@@ -98,6 +161,7 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    kan: KanConfig = field(default_factory=KanConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
@@ -206,11 +270,47 @@ def validate(p: Params) -> None:
         ),
     ]
     from pipeline.augment import AUGMENTATIONS
-    from pipeline.models import MODEL_NAMES
+    from pipeline.models import MODEL_NAMES, split_model_name
 
     checks.append((p.train.augment in AUGMENTATIONS, "train.augment", f"must be one of {AUGMENTATIONS}"))
     for m in p.train.models:
-        checks.append((m in MODEL_NAMES, "train.models", f"{m!r} is not one of {MODEL_NAMES}"))
+        ok = split_model_name(m)[0] in ("mlp", "ng_gnn")
+        checks.append((ok, "train.models", f"{m!r}: the SIREN zoo trains 'mlp', 'ng_gnn' (optionally + '_perm')"))
+    for key, names in (
+        ("kan.train.models", p.kan.train.models),
+        ("kan.train.forward_models", p.kan.train.forward_models),
+    ):
+        for m in names:
+            ok = split_model_name(m)[0] in MODEL_NAMES
+            checks.append((ok, key, f"{m!r} is not one of {MODEL_NAMES} (optionally + '_perm')"))
+    kc, kt = p.kan.classifier, p.kan.train
+    for key, pair in (("lr", kc.lr), ("weight_decay", kc.weight_decay)):
+        checks.append((len(pair) == 2 and 0 < pair[0] <= pair[1], f"kan.classifier.{key}", "needs [low, high] > 0"))
+    for key, pair in (("label_noise", kc.label_noise), ("train_fraction", kc.train_fraction)):
+        ok = len(pair) == 2 and 0 <= pair[0] <= pair[1] <= 1
+        checks.append((ok, f"kan.classifier.{key}", "needs [low, high] in [0, 1]"))
+    checks += [
+        (len(kc.steps) >= 1 and min(kc.steps) > 0, "kan.classifier.steps", "needs >= 1 positive step count"),
+        (p.kan.inr.steps > 0, "kan.inr.steps", "must be > 0"),
+        (p.kan.inr.lr > 0, "kan.inr.lr", "must be > 0"),
+        (min(p.kan.inr.n_train, p.kan.inr.n_val, p.kan.inr.n_test) > 0, "kan.inr.n_*", "split sizes must be > 0"),
+        (min(kc.n_train, kc.n_val, kc.n_test) > 0, "kan.classifier.n_*", "split sizes must be > 0"),
+        (p.kan.inr.grid > 0 and kc.grid > 0, "kan.*.grid", "must be > 0"),
+        (p.kan.inr.order >= 0 and kc.order >= 0, "kan.*.order", "must be >= 0"),
+        (min(p.kan.shard_size, p.kan.chunk_size) > 0, "kan.shard_size/chunk_size", "must be > 0"),
+        (len(kt.seeds) >= 1 and kt.epochs > 0 and kt.batch_size > 0, "kan.train", "needs seeds, epochs > 0, batch > 0"),
+        (kt.ng_gnn.probe_features == 0, "kan.train.ng_gnn.probe_features", "probe features need a SIREN zoo; use 0"),
+        (
+            kt.ng_gnn.layers >= max(len(p.kan.inr.hidden), len(kc.hidden)) + 1,
+            "kan.train.ng_gnn.layers",
+            "must be >= the KANs' parameter layers",
+        ),
+        (
+            kt.ws_kan.layers >= max(len(p.kan.inr.hidden), len(kc.hidden)) + 1,
+            "kan.train.ws_kan.layers",
+            "must be >= the KANs' parameter layers",
+        ),
+    ]
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")

@@ -1,8 +1,8 @@
-"""One training loop for any (metanetwork, classification task).
+"""One training loop for any (metanetwork, task): classification or regression.
 
-Model selection is on validation accuracy; the test split is evaluated only at epochs where
-validation accuracy improves, and the reported test accuracy is the one at the best
-validation epoch.
+Model selection is on a validation metric (accuracy, or R² for regression); the test split is
+evaluated only at epochs where it improves, and the reported test metrics are those of the
+best validation epoch.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pipeline.weightspace.spec import ParamSpec, flatten
 
 @dataclass
 class FlatSet:
-    """Flattened parameter vectors ``(G, P)`` and labels, batched by index."""
+    """Flattened parameter vectors ``(G, P)`` and targets, batched by index."""
 
     flat: Tensor
     y: Tensor
 
     def __len__(self) -> int:
-        return int(self.y.numel())
+        return int(self.flat.shape[0])
 
     def batch(self, idx: Tensor) -> Tensor:
         return self.flat[idx]
@@ -89,52 +89,109 @@ class TrainSettings:
     grad_clip: float
 
 
+@dataclass(frozen=True)
+class Classification:
+    """Cross-entropy; selection on accuracy."""
+
+    n_classes: int
+    select: str = "acc"
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return nn.functional.cross_entropy(out, y)
+
+    def metrics(self, out: Tensor, y: Tensor) -> dict[str, float]:
+        return {
+            "loss": float(nn.functional.cross_entropy(out, y)),
+            "acc": float((out.argmax(1) == y).float().mean()),
+        }
+
+
+@dataclass(frozen=True)
+class Regression:
+    """MSE on targets standardized with training-split statistics; selection on R².
+
+    Metrics are in the targets' own units: ``mse``, ``r2`` (1 - SSE / SST, pooled over
+    targets) and, for a single target, Kendall's ``tau`` between predictions and targets.
+    """
+
+    mean: Tensor
+    std: Tensor
+    select: str = "r2"
+
+    @staticmethod
+    def fit(y_train: Tensor) -> Regression:
+        y = y_train.float().reshape(y_train.shape[0], -1)
+        return Regression(y.mean(0), y.std(0).clamp_min(1e-8))
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.mean.numel())
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return nn.functional.mse_loss(out, (y.float().reshape(out.shape) - self.mean) / self.std)
+
+    def metrics(self, out: Tensor, y: Tensor) -> dict[str, float]:
+        y = y.float().reshape(out.shape)
+        pred = out * self.std + self.mean
+        sse = float((pred - y).square().sum())
+        sst = float((y - y.mean(0)).square().sum())
+        m = {"loss": self.loss(out, y).item(), "mse": sse / y.numel(), "r2": 1.0 - sse / max(sst, 1e-12)}
+        if self.n_targets == 1:
+            from scipy.stats import kendalltau
+
+            m["tau"] = float(kendalltau(pred.flatten().numpy(), y.flatten().numpy()).statistic)
+        return m
+
+
+Objective = Classification | Regression
+
+
 @dataclass
 class RunResult:
     """Per-epoch history and the selected (best validation) epoch's metrics."""
 
     history: list[dict[str, float]] = field(default_factory=list)
+    select: str = "acc"
     best_epoch: int = -1
-    best_val_acc: float = -1.0
-    test_acc: float = float("nan")
-    test_loss: float = float("nan")
+    best_val: float = -math.inf
+    test: dict[str, float] = field(default_factory=dict)
     n_params: int = 0
     seconds_per_epoch: float = 0.0
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, batch_size: int = 512) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split (dropout off)."""
+def evaluate(model: nn.Module, data, objective: Objective, batch_size: int = 512) -> dict[str, float]:
+    """The objective's metrics over a whole split (dropout off)."""
     model.eval()
-    loss, correct = 0.0, 0
+    outs = []
     for start in range(0, len(data), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(data)))
-        logits = model(data.batch(idx))
-        y = data.y[idx]
-        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-    return loss / len(data), correct / len(data)
+        outs.append(model(data.batch(torch.arange(start, min(start + batch_size, len(data))))))
+    return objective.metrics(torch.cat(outs), data.y)
 
 
-def fit_classifier(
+def fit_model(
     model: nn.Module,
     train,
     val,
     test,
     settings: TrainSettings,
     seed: int,
+    objective: Objective,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     augment: Callable | None = None,
 ) -> RunResult:
-    """AdamW with linear warm-up, gradient clipping, selection on validation accuracy.
+    """AdamW with linear warm-up, gradient clipping, selection on the validation metric.
 
-    ``augment(inputs, generator)`` transforms every training batch (never val/test batches).
+    The test split is evaluated only when the validation metric (``objective.select``,
+    higher is better) improves; the reported test metrics are those of the best validation
+    epoch. ``augment(inputs, generator)`` transforms every training batch (never val/test).
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     warm = max(settings.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    res = RunResult(n_params=sum(p.numel() for p in model.parameters()))
+    res = RunResult(select=objective.select, n_params=sum(p.numel() for p in model.parameters()))
+    classify = isinstance(objective, Classification)
     train_time = 0.0
     for epoch in range(1, settings.epochs + 1):
         model.train()
@@ -146,33 +203,29 @@ def fit_classifier(
             inputs = train.batch(idx)
             if augment is not None:
                 inputs = augment(inputs, gen)
-            logits = model(inputs)
+            out = model(inputs)
             y = train.y[idx]
-            loss = nn.functional.cross_entropy(logits, y)
+            loss = objective.loss(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
             sched.step()
             tot_loss += loss.item() * idx.numel()
-            correct += int((logits.argmax(1) == y).sum())
+            if classify:
+                correct += int((out.argmax(1) == y).sum())
         train_time += time.time() - t0
         if not math.isfinite(tot_loss):
             raise FloatingPointError(f"training loss became {tot_loss} at epoch {epoch}")
-        val_loss, val_acc = evaluate(model, val)
-        row = {
-            "epoch": epoch,
-            "train_loss": tot_loss / len(train),
-            "train_acc": correct / len(train),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": sched.get_last_lr()[0],
-            "epoch_seconds": time.time() - t0,
-        }
-        if val_acc > res.best_val_acc:
-            res.best_val_acc, res.best_epoch = val_acc, epoch
-            res.test_loss, res.test_acc = evaluate(model, test)
-        row["test_acc_at_best_val"] = res.test_acc
+        row = {"epoch": epoch, "train_loss": tot_loss / len(train)}
+        if classify:
+            row["train_acc"] = correct / len(train)
+        row |= {f"val_{k}": v for k, v in evaluate(model, val, objective).items()}
+        row |= {"lr": sched.get_last_lr()[0], "epoch_seconds": time.time() - t0}
+        if row[f"val_{objective.select}"] > res.best_val:
+            res.best_val, res.best_epoch = row[f"val_{objective.select}"], epoch
+            res.test = evaluate(model, test, objective)
+        row[f"test_{objective.select}_at_best_val"] = res.test[objective.select]
         res.history.append(row)
         if on_epoch is not None:
             on_epoch(row)

@@ -20,8 +20,8 @@ from pipeline.zoo.build import (
     shard_plan,
 )
 from pipeline.zoo.siren import FitSettings, siren_spec
-from pipeline.zoo.store import shard_is_complete, shard_name, write_manifest
-from stages.common import parse
+from pipeline.zoo.store import shard_name, write_manifest
+from stages.common import fit_missing_shards, parse
 
 
 def _fit_task(
@@ -34,7 +34,7 @@ def _fit_task(
 
 def run(params: Params, out: Path) -> dict:
     """Plan, fit the missing shards, write ``manifest.csv`` and ``zoo.json``; return a summary."""
-    from pipeline import distributed, tracking
+    from pipeline import tracking
 
     zc = params.zoo
     images, labels = load_images(params.data.source)
@@ -53,38 +53,16 @@ def run(params: Params, out: Path) -> dict:
     }
     fps = [shard_fingerprint(recipe, nets) for nets in shards]
     shard_dir = out / "shards"
-    todo = [k for k in range(len(shards)) if not shard_is_complete(shard_dir / shard_name(k), fps[k])]
-    print(f"zoo: {len(plan)} nets in {len(shards)} shards; {len(shards) - len(todo)} complete, fitting {len(todo)}")
-    for stale in shard_dir.glob("shard_*.safetensors"):
-        if int(stale.stem.split("_")[1]) >= len(shards):
-            stale.unlink()
+
+    def item(k: int) -> tuple:
+        nets = shards[k]
+        path = str(shard_dir / shard_name(k))
+        images_k = images[[n.image_index for n in nets]]
+        return path, nets, images_k, spec, settings, zc.chunk_size, fps[k], zc.threads_per_task
 
     with tracking.stage_run(params.mlflow, "zoo", to_flat_dict(params), {"data_source": params.data.source}):
         t0 = time.time()
-        if todo:
-            resources = distributed.init_ray(params.ray)
-            distributed.check_resources(resources, zc.threads_per_task, params.ray.gpus_per_task)
-            items = [
-                (
-                    str(shard_dir / shard_name(k)),
-                    shards[k],
-                    images[[n.image_index for n in shards[k]]],
-                    spec,
-                    settings,
-                    zc.chunk_size,
-                    fps[k],
-                    zc.threads_per_task,
-                )
-                for k in todo
-            ]
-            distributed.map_tasks(
-                _fit_task,
-                items,
-                num_cpus=zc.threads_per_task,
-                num_gpus=params.ray.gpus_per_task,
-                max_retries=params.ray.max_retries,
-                desc="zoo shards",
-            )
+        n_fitted = fit_missing_shards(params, shard_dir, fps, item, _fit_task, zc.threads_per_task)
         fit_seconds = time.time() - t0
         records = records_from_shards(shard_dir, shards, spec, zc.psnr_floor)
         write_manifest(out / "manifest.csv", records)
@@ -111,7 +89,7 @@ def run(params: Params, out: Path) -> dict:
 
         # timings go to MLflow only: the zoo's files must not change when nothing was refitted
         mlflow.log_metrics(
-            {k: float(v) for k, v in summary.items()} | {"fit_seconds": fit_seconds, "shards_fitted": len(todo)}
+            {k: float(v) for k, v in summary.items()} | {"fit_seconds": fit_seconds, "shards_fitted": n_fitted}
         )
     print(
         f"zoo: {summary['n_diverged']} diverged nets flagged in the manifest (excluded downstream); "

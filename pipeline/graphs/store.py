@@ -37,7 +37,7 @@ class GraphSet:
         node_ptr, edge_ptr: ``(G + 1,)`` slice boundaries.
         node_layer, node_pos: ``(ΣN,)``.  edge_layer: ``(ΣE,)``.
         node_out: ``(ΣN,)`` bool, output neurons (read out by invariant models).
-        y: ``(G,)`` labels.  net_id: ``(G,)`` zoo ids.
+        y: ``(G,)`` labels or ``(G, ...)`` regression targets.  net_id: ``(G,)`` zoo ids.
     """
 
     x: Tensor
@@ -53,7 +53,7 @@ class GraphSet:
     net_id: Tensor
 
     def __len__(self) -> int:
-        return int(self.y.numel())
+        return int(self.node_ptr.numel() - 1)
 
     @staticmethod
     def from_params(params: Params, template: GraphTemplate, y: Tensor, net_id: Tensor) -> GraphSet:
@@ -71,7 +71,7 @@ class GraphSet:
             node_pos=template.node_pos.repeat(G),
             edge_layer=template.edge_layer.repeat(G),
             node_out=(template.node_layer == last).repeat(G),
-            y=y.long(),
+            y=y,
             net_id=net_id.long(),
         )
 

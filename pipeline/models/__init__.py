@@ -13,7 +13,16 @@ from torch import nn
 
 from pipeline.models.probes import ForwardSpec
 
-MODEL_NAMES = ("mlp", "ng_gnn")
+MODEL_NAMES = ("mlp", "ng_gnn", "ws_kan")
+PERM_SUFFIX = "_perm"
+
+
+def split_model_name(name: str) -> tuple[str, bool]:
+    """``"mlp_perm"`` -> ``("mlp", True)``: a ``_perm`` suffix trains the base model with random
+    hidden-neuron permutations of every training batch (settings from the base model's section)."""
+    if name.endswith(PERM_SUFFIX):
+        return name[: -len(PERM_SUFFIX)], True
+    return name, False
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,7 @@ class DataShape:
     edge_dim: int
     n_pos: int
     n_out: int
-    n_classes: int
+    n_classes: int  # outputs: classes, or regression targets
     avg_log_degree: float
     forward_spec: ForwardSpec | None = None
 
@@ -54,4 +63,9 @@ def build_model(name: str, cfg, shape: DataShape) -> nn.Module:
             cfg.probe_features,
             shape.forward_spec,
         )
+    if name == "ws_kan":
+        from pipeline.models.ws_kan import WSKAN
+
+        s = shape
+        return WSKAN(s.node_dim, s.edge_dim, s.n_pos, s.n_out, s.n_classes, cfg.hidden, cfg.layers, cfg.dropout)
     raise ValueError(f"unknown model {name!r}; known: {MODEL_NAMES}")

@@ -274,6 +274,7 @@ def train_kans(
     settings: AdamSettings,
     lr: Tensor,
     weight_decay: Tensor | None = None,
+    steps: Tensor | None = None,
 ) -> tuple[Params, Tensor]:
     """Train ``B`` KANs at once; the knots stay fixed (no grid update).
 
@@ -284,6 +285,8 @@ def train_kans(
         lr: ``(B,)`` learning rates.
         weight_decay: ``(B,)`` L2 coefficients added to the gradient (``torch.optim.Adam``'s
             ``weight_decay``), default 0.
+        steps: ``(B,)`` per-net step counts ``<= settings.steps`` (a finished net's learning
+            rate drops to 0, so it no longer moves); default ``settings.steps`` for all.
     Returns:
         ``(trained params, (B,) loss at the last step before the final update)``.
     """
@@ -296,6 +299,7 @@ def train_kans(
     b1, b2 = settings.betas
     loss = torch.full((B,), float("nan"))
     for step in range(1, settings.steps + 1):
+        step_lr = lr if steps is None else torch.where(steps >= step, lr, 0.0)
         per_net = loss_fn({**fixed, **theta})
         grads = torch.autograd.grad(per_net.sum(), list(theta.values()))
         loss = per_net.detach()
@@ -307,6 +311,6 @@ def train_kans(
                 m[n].mul_(b1).add_(g, alpha=1 - b1)
                 v2[n].mul_(b2).addcmul_(g, g, value=1 - b2)
                 denom = (v2[n].sqrt() / math.sqrt(1 - b2**step)).add_(settings.eps)
-                p.addcdiv_(m[n], denom * (1 - b1**step) / lr.view(shape), value=-1.0)
+                p.sub_(m[n] / denom * (step_lr / (1 - b1**step)).view(shape))
     out = {**fixed, **{n: p.detach() for n, p in theta.items()}}
     return {t.name: out[t.name] for t in spec.tensors}, loss

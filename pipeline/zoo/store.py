@@ -145,6 +145,37 @@ class Zoo:
         return {k: v[idx] for k, v in self.params.items()}, [self.records[i] for i in keep]
 
 
+def load_shards(
+    zoo_dir: Path, spec: ParamSpec, hash_by_id: dict[int, str], verify: bool = True
+) -> tuple[Params, list[int], dict[str, Tensor]]:
+    """Every shard of ``zoo_dir/shards`` that holds a net of ``hash_by_id``, in shard order.
+
+    Returns ``(params, net ids, extras)``; each net's hash is checked against ``hash_by_id``
+    (raises :class:`CorruptFileError` naming the shard on a mismatch or an unreadable file).
+    """
+    chunks: dict[str, list[Tensor]] = {t.name: [] for t in spec.tensors}
+    extra_chunks: dict[str, list[Tensor]] = {}
+    ids: list[int] = []
+    for path in sorted((zoo_dir / "shards").glob("shard_*.safetensors")):
+        params, extras = read_shard(path, spec)
+        shard_ids = extras["net_id"].tolist()
+        if not any(i in hash_by_id for i in shard_ids):
+            continue
+        if verify:
+            for net_id, h in zip(shard_ids, net_hashes(params, spec), strict=True):
+                if hash_by_id.get(net_id) != h:
+                    raise CorruptFileError(f"{path}: net {net_id} does not match its manifest hash")
+        for t in spec.tensors:
+            chunks[t.name].append(params[t.name])
+        for k, v in extras.items():
+            extra_chunks.setdefault(k, []).append(v)
+        ids.extend(shard_ids)
+    missing = set(hash_by_id) - set(ids)
+    if missing:
+        raise CorruptFileError(f"{zoo_dir / 'shards'}: no shard holds nets {sorted(missing)[:5]} of the manifest")
+    return {k: torch.cat(v) for k, v in chunks.items()}, ids, {k: torch.cat(v) for k, v in extra_chunks.items()}
+
+
 def load_zoo(zoo_dir: str | Path, verify: bool = True) -> Zoo:
     """Load every shard of a zoo, checking each net's hash against the manifest.
 
@@ -155,17 +186,23 @@ def load_zoo(zoo_dir: str | Path, verify: bool = True) -> Zoo:
     spec = ParamSpec.from_dict(info["spec"])
     records = read_manifest(zoo_dir / "manifest.csv")
     by_id = {r.net_id: r for r in records}
-    chunks: dict[str, list[Tensor]] = {t.name: [] for t in spec.tensors}
-    ordered: list[NetRecord] = []
-    for shard in sorted({r.shard for r in records}):
-        path = zoo_dir / "shards" / shard
-        params, extras = read_shard(path, spec)
-        ids = extras["net_id"].tolist()
-        if verify:
-            for net_id, h in zip(ids, net_hashes(params, spec), strict=True):
-                if by_id[net_id].sha256 != h:
-                    raise CorruptFileError(f"{path}: net {net_id} does not match its manifest hash")
-        for t in spec.tensors:
-            chunks[t.name].append(params[t.name])
-        ordered.extend(by_id[i] for i in ids)
-    return Zoo(spec, {k: torch.cat(v) for k, v in chunks.items()}, ordered, info)
+    params, ids, _ = load_shards(zoo_dir, spec, {r.net_id: r.sha256 for r in records}, verify)
+    return Zoo(spec, params, [by_id[i] for i in ids], info)
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """A CSV table with the keys of the first row as header (atomic)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV table written by :func:`write_rows`; raises :class:`CorruptFileError` naming it."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError as e:
+        raise CorruptFileError(f"{path}: cannot read table ({e})") from e

@@ -1,0 +1,149 @@
+"""KAN zoo throughput: the batched KAN trainer against pykan's own ``KAN.fit``, one net at a time.
+
+Both fit KAN-INRs of the same offline MNIST digits (the zoo's ``inr`` task: ``(x, y) in [-1, 1]^2
+-> intensity``, full-batch MSE on the 784 pixels, no grid update) from the same initial
+parameters (``init_kans`` on the same seeds; pykan gets them through ``to_pykan``) with the same
+Adam steps and learning rate, in this process, with the same torch thread count. Ours is
+``pipeline.zoo.kan_zoo.fit_kan_inrs`` called in chunks of ``--chunk`` nets, as the zoo does;
+pykan's is ``model.fit(..., opt="Adam", update_grid=False, lamb=0.)`` with its other defaults
+(progress bar and per-step test evaluation included, swallowed by ``quiet_pykan``; nothing is
+written to disk: ``auto_save=False``, ``save_fig=False``). Only the ``fit`` calls are timed on
+pykan's side (model export excluded); ours includes its own init and final evaluation.
+Run: ``python benchmarks/kan_zoo_throughput.py [--n-ours 64 --n-pykan 4 --threads 2]``.
+The last line is ``ratio (ours / pykan fit): N.NN`` (ours KANs/s over pykan KANs/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import time
+
+import torch
+
+from pipeline.data import load_images
+from pipeline.zoo.kan import init_kans, kan_spec
+from pipeline.zoo.kan_zoo import InrFit, fit_kan_inrs
+from pipeline.zoo.pykan_io import quiet_pykan, to_pykan
+from pipeline.zoo.siren import coordinate_grid
+
+TARGET_RATIO = 30.0
+AGREE_REL = 0.05
+
+
+def matmul_peak(n: int = 1024, reps: int = 10) -> float:
+    """Measured float32 GEMM FLOP/s of this machine (best of ``reps``), as in ``zoo_throughput.py``."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def ours_fit(images: torch.Tensor, seeds: list[int], spec, fit: InrFit, chunk: int) -> torch.Tensor:
+    """The zoo's way: ``fit_kan_inrs`` on consecutive chunks of ``chunk`` nets; returns ``(B,)`` MSE."""
+    mses = []
+    for start in range(0, len(seeds), chunk):
+        _, extras = fit_kan_inrs(images[start : start + chunk], seeds[start : start + chunk], spec, fit)
+        mses.append(extras["mse"])
+    return torch.cat(mses)
+
+
+def pykan_fit(images: torch.Tensor, seeds: list[int], spec, fit: InrFit) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """pykan's ``KAN.fit`` per net from our initial parameters.
+
+    Returns ``(final MSE after the last update, fit's own train_loss[-1]^2, seconds inside fit)``.
+    """
+    coords = coordinate_grid(images.shape[1], images.shape[2])
+    init = init_kans(spec, seeds)
+    final, reported, fit_s = [], [], 0.0
+    for i in range(len(seeds)):
+        model = to_pykan(init, spec, i)
+        y = images[i].reshape(-1, 1).float()
+        dataset = {"train_input": coords, "train_label": y, "test_input": coords, "test_label": y}
+        with quiet_pykan():
+            t = time.perf_counter()
+            results = model.fit(dataset, opt="Adam", steps=fit.steps, lr=fit.lr, update_grid=False, lamb=0.0)
+            fit_s += time.perf_counter() - t
+            with torch.no_grad():
+                final.append((model(coords) - y).square().mean())
+        reported.append(float(results["train_loss"][-1]) ** 2)  # fit reports RMSE
+    return torch.stack(final), torch.tensor(reported), fit_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n-ours", type=int, default=64, help="KAN-INRs fitted by ours (a multiple of --chunk)")
+    ap.add_argument("--n-pykan", type=int, default=4, help="KAN-INRs fitted by pykan's fit (first of --n-ours)")
+    ap.add_argument("--chunk", type=int, default=16, help="nets per fit_kan_inrs call, as in the zoo")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=2e-2)
+    ap.add_argument("--width", type=int, nargs="+", default=[2, 8, 8, 1])
+    ap.add_argument("--grid", type=int, default=5)
+    ap.add_argument("--order", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads, for both trainers")
+    args = ap.parse_args()
+    if args.n_ours % args.chunk:
+        ap.error(f"--n-ours ({args.n_ours}) must be a multiple of --chunk ({args.chunk})")
+    if not 1 <= args.n_pykan <= args.n_ours:
+        ap.error(f"--n-pykan must be in [1, --n-ours], got {args.n_pykan}")
+
+    torch.set_num_threads(args.threads)
+    images, _ = load_images("mnist_offline")
+    images = images[: args.n_ours]
+    seeds = list(range(args.n_ours))
+    spec = kan_spec(args.width, args.grid, args.order)
+    fit = InrFit(steps=args.steps, lr=args.lr)
+    arch = "-".join(str(w) for w in args.width)
+    print(
+        f"torch {torch.__version__}, pykan {importlib.metadata.version('pykan')}, {torch.get_num_threads()} threads; "
+        f"KAN-INR {arch}, G={args.grid}, k={args.order}, {args.steps} Adam steps, lr {args.lr:g}, "
+        f"{images.shape[1] * images.shape[2]} pixels full batch, no grid update"
+    )
+
+    peak = matmul_peak()
+
+    t = time.perf_counter()
+    ours_mse = ours_fit(images, seeds, spec, fit, args.chunk)
+    ours_s = time.perf_counter() - t
+    ours_rate = args.n_ours / ours_s
+
+    py_mse, py_reported, py_s = pykan_fit(images[: args.n_pykan], seeds[: args.n_pykan], spec, fit)
+    py_rate = args.n_pykan / py_s
+
+    common = ours_mse[: args.n_pykan]
+    rel = (common - py_mse).abs() / py_mse
+    worst = float(rel.max())
+    verdict = "PASS" if worst <= AGREE_REL else "FAIL"
+    print(f"matmul peak (1024^3 sgemm):  {peak / 1e9:8.1f} GFLOP/s")
+    print(f"per-net final MSE on the {args.n_pykan} nets fitted by both (after the last update):")
+    for i in range(args.n_pykan):
+        print(
+            f"  net {i}: pykan {float(py_mse[i]):.4e}  ours {float(common[i]):.4e}  rel diff {float(rel[i]):.2%}  "
+            f"(pykan fit's train_loss[-1]^2, before its last step: {float(py_reported[i]):.4e})"
+        )
+    print()
+    print("summary")
+    print(
+        f"ours (fit_kan_inrs, chunks of {args.chunk}): {args.n_ours:4d} KANs in {ours_s:7.2f} s = "
+        f"{ours_rate:8.3f} KANs/s, mean MSE {float(ours_mse.mean()):.4e}"
+    )
+    print(
+        f"pykan KAN.fit (one at a time):     {args.n_pykan:4d} KANs in {py_s:7.2f} s = "
+        f"{py_rate:8.3f} KANs/s, mean MSE {float(py_mse.mean()):.4e}"
+    )
+    print(
+        f"loss agreement on the same {args.n_pykan} nets: ours mean MSE {float(common.mean()):.4e}, pykan "
+        f"{float(py_mse.mean()):.4e}, max rel diff {worst:.2%} ({verdict}, threshold {AGREE_REL:.0%})"
+    )
+    ratio = ours_rate / py_rate
+    met = "met" if ratio >= TARGET_RATIO else "NOT met"
+    print(f"threads: {torch.get_num_threads()}; target ratio >= {TARGET_RATIO:g} ({met})")
+    print(f"ratio (ours / pykan fit): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The two KAN zoo tasks: what each net is fitted to, with which hyper-parameters.
+
+* ``inr``: one KAN-INR per MNIST image, ``(x, y) in [-1, 1]^2 -> intensity``, full-batch MSE on
+  the 28x28 grid; labelled by digit (classification target).
+* ``classifier``: KAN classifiers of scikit-learn's 8x8 digits pooled to 4x4 (16 inputs in
+  ``[-1, 1]``, 10 logits), each with its own learning rate, weight decay, step count, label
+  noise and training fraction drawn from its seed, so that test accuracies spread; the target
+  is the test accuracy on a held-out digit split shared by every net.
+
+Every net of a chunk is trained at once by :func:`pipeline.zoo.kan.train_kans` on pykan's
+initialization and fixed uniform knots (no grid update: the knots are then the same for every
+net and the graph carries no grid information, see ``README.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pipeline.io import read_json
+from pipeline.weightspace.spec import Params, ParamSpec
+from pipeline.zoo.kan import AdamSettings, init_kans, kan_forward, train_kans
+from pipeline.zoo.siren import coordinate_grid, psnr_from_mse
+from pipeline.zoo.store import load_shards, read_rows
+
+KAN_TASKS = ("inr", "classifier")
+GRID_RANGE = (-1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class InrFit:
+    """Full-batch Adam on the pixel grid, the same for every KAN-INR."""
+
+    steps: int
+    lr: float
+
+
+def fit_kan_inrs(images: Tensor, seeds: list[int], spec: ParamSpec, fit: InrFit) -> tuple[Params, dict[str, Tensor]]:
+    """Fit one KAN-INR per image, all at once.
+
+    Args:
+        images: ``(B, H, W)`` in ``[0, 1]``.
+    Returns:
+        ``(params, extras)`` with extras ``mse`` and ``psnr`` ``(B,)``.
+    """
+    B, H, W = images.shape
+    coords = coordinate_grid(H, W)
+    target = images.reshape(B, H * W, 1).float()
+
+    def loss_fn(p: Params) -> Tensor:
+        return (kan_forward(p, spec, coords, uniform=GRID_RANGE) - target).square().mean(dim=(1, 2))
+
+    params = init_kans(spec, seeds, grid_range=GRID_RANGE)
+    trained, _ = train_kans(params, spec, loss_fn, AdamSettings(fit.steps), torch.full((B,), fit.lr))
+    with torch.no_grad():
+        mse = loss_fn(trained)
+    return trained, {"mse": mse, "psnr": psnr_from_mse(mse)}
+
+
+@dataclass(frozen=True)
+class ClassifierRanges:
+    """Ranges the per-net hyper-parameters are drawn from (log-uniform for lr and decay)."""
+
+    lr: tuple[float, float]
+    weight_decay: tuple[float, float]
+    steps: tuple[int, ...]
+    label_noise: tuple[float, float]
+    train_fraction: tuple[float, float]
+
+
+HYPER_FIELDS = ("lr", "weight_decay", "steps", "label_noise", "train_fraction")
+
+
+def draw_hyper(seed: int, ranges: ClassifierRanges) -> dict[str, float]:
+    """One net's hyper-parameters, from its own seed only."""
+    g = torch.Generator().manual_seed(int(seed) + 1)
+    u = torch.rand(5, generator=g, dtype=torch.float64).tolist()
+
+    def log_uniform(lo: float, hi: float, v: float) -> float:
+        return math.exp(math.log(lo) + v * (math.log(hi) - math.log(lo)))
+
+    return {
+        "lr": log_uniform(*ranges.lr, u[0]),
+        "weight_decay": log_uniform(*ranges.weight_decay, u[1]),
+        "steps": int(ranges.steps[min(int(u[2] * len(ranges.steps)), len(ranges.steps) - 1)]),
+        "label_noise": ranges.label_noise[0] + u[3] * (ranges.label_noise[1] - ranges.label_noise[0]),
+        "train_fraction": ranges.train_fraction[0] + u[4] * (ranges.train_fraction[1] - ranges.train_fraction[0]),
+    }
+
+
+def digits_task(seed: int, n_test: int = 500) -> dict[str, Tensor]:
+    """scikit-learn digits, 2x2-average-pooled to 4x4, scaled to ``[-1, 1]``, split once.
+
+    Returns ``x_train (N, 16)``, ``y_train``, ``x_test``, ``y_test``.
+    """
+    from pipeline.data import load_images, split_indices
+
+    images, labels = load_images("digits_offline")
+    pooled = torch.nn.functional.avg_pool2d(images.unsqueeze(1), 2).flatten(1) * 2 - 1
+    splits = split_indices(len(images), {"train": len(images) - n_test, "test": n_test}, seed)
+    return {
+        "x_train": pooled[splits["train"]],
+        "y_train": labels[splits["train"]],
+        "x_test": pooled[splits["test"]],
+        "y_test": labels[splits["test"]],
+    }
+
+
+def _subset_and_labels(hyper: dict[str, float], seed: int, y: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-net training mask ``(N,)`` and noisy labels ``(N,)`` from the net's seed."""
+    g = torch.Generator().manual_seed(int(seed) + 2)
+    n = y.numel()
+    keep = torch.zeros(n)
+    keep[torch.randperm(n, generator=g)[: max(int(round(hyper["train_fraction"] * n)), n_classes)]] = 1.0
+    noisy = torch.rand(n, generator=g) < hyper["label_noise"]
+    random_labels = torch.randint(0, n_classes, (n,), generator=g)
+    return keep, torch.where(noisy, random_labels, y)
+
+
+def fit_kan_classifiers(
+    data: dict[str, Tensor], seeds: list[int], spec: ParamSpec, ranges: ClassifierRanges
+) -> tuple[Params, dict[str, Tensor]]:
+    """Train one KAN classifier per seed, each with its own hyper-parameters, all at once.
+
+    Returns ``(params, extras)``: extras ``test_acc``, ``train_acc`` (on its own noisy
+    subset), ``train_loss`` and every field of :data:`HYPER_FIELDS`, each ``(B,)``.
+    """
+    n_classes = spec.layer_sizes[-1]
+    hypers = [draw_hyper(s, ranges) for s in seeds]
+    pairs = [_subset_and_labels(h, s, data["y_train"], n_classes) for h, s in zip(hypers, seeds, strict=True)]
+    weight = torch.stack([p[0] for p in pairs])
+    weight = weight / weight.sum(1, keepdim=True)
+    labels = torch.stack([p[1] for p in pairs])
+
+    def loss_fn(p: Params) -> Tensor:
+        logits = kan_forward(p, spec, data["x_train"], uniform=GRID_RANGE)  # (B, N, classes)
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        return (ce * weight).sum(1)
+
+    col = {k: torch.tensor([h[k] for h in hypers], dtype=torch.float32) for k in HYPER_FIELDS}
+    params = init_kans(spec, seeds, grid_range=GRID_RANGE)
+    settings = AdamSettings(int(max(h["steps"] for h in hypers)))
+    trained, _ = train_kans(params, spec, loss_fn, settings, col["lr"], col["weight_decay"], col["steps"].long())
+    with torch.no_grad():
+        train_loss = loss_fn(trained)
+        train_pred = kan_forward(trained, spec, data["x_train"], uniform=GRID_RANGE).argmax(-1)
+        test_pred = kan_forward(trained, spec, data["x_test"], uniform=GRID_RANGE).argmax(-1)
+    extras = {
+        "test_acc": (test_pred == data["y_test"]).float().mean(1),
+        "train_acc": ((train_pred == labels).float() * weight).sum(1),
+        "train_loss": train_loss,
+        **col,
+    }
+    return trained, extras
+
+
+def load_kan_zoo(zoo_dir: str | Path, verify: bool = True) -> tuple[ParamSpec, Params, list[dict[str, str]], dict]:
+    """``(spec, params, manifest rows, zoo.json)`` of a KAN zoo, nets in manifest order.
+
+    Every net's hash is checked (:class:`~pipeline.io.CorruptFileError` names a bad shard).
+    """
+    zoo_dir = Path(zoo_dir)
+    info = read_json(zoo_dir / "zoo.json")
+    spec = ParamSpec.from_dict(info["spec"])
+    rows = read_rows(zoo_dir / "manifest.csv")
+    by_id = {int(r["net_id"]): r for r in rows}
+    params, ids, _ = load_shards(zoo_dir, spec, {i: r["sha256"] for i, r in by_id.items()}, verify)
+    return spec, params, [by_id[i] for i in ids], info

@@ -1,0 +1,31 @@
+"""DVC stage ``kan_train@<task>``: every (model, seed) on one KAN-graph task as Ray tasks, logged to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import Params
+from pipeline.train import TrainSettings
+from stages.common import parse
+from stages.train import run_training
+
+
+def run(params: Params, task: str, graphs_dir: Path, out: Path) -> list[dict]:
+    kt = params.kan.train
+    settings = TrainSettings(kt.epochs, kt.batch_size, kt.lr, kt.weight_decay, kt.warmup_steps, kt.grad_clip)
+    models = kt.forward_models if task == "inr_forward" else kt.models
+    configs = {"mlp": kt.mlp, "ng_gnn": kt.ng_gnn, "ws_kan": kt.ws_kan}
+    # KANs have no sign symmetry (SiLU is not odd): no sign flips; "_perm" models add permutations
+    return run_training(
+        params, graphs_dir, out, models, kt.seeds, settings, configs, "none", kt.threads_per_task, f"kan_train@{task}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    params, args = parse(__doc__, {"task": "inr", "graphs": "", "out": ""}, argv)
+    graphs = Path(args.graphs or f"data/kan/{args.task}/graphs")
+    run(params, args.task, graphs, Path(args.out or f"data/kan/{args.task}/train"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""DVC stage ``kan_zoo@<task>``: a zoo of KANs (``inr`` or ``classifier``), shards as Ray tasks, resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import Params, to_flat_dict
+from pipeline.data import load_images, split_indices
+from pipeline.io import fingerprint, write_json
+from pipeline.weightspace.spec import ParamSpec
+from pipeline.zoo.build import PlannedNet, net_seed, plan_inr_zoo, shard_fingerprint, shard_plan
+from pipeline.zoo.kan import kan_spec
+from pipeline.zoo.kan_zoo import (
+    KAN_TASKS,
+    ClassifierRanges,
+    InrFit,
+    digits_task,
+    fit_kan_classifiers,
+    fit_kan_inrs,
+)
+from pipeline.zoo.store import net_hashes, read_shard, shard_name, write_rows, write_shard
+from stages.common import fit_missing_shards, parse
+
+
+def _fit_task(
+    path: str, task: str, nets: list[PlannedNet], inputs, spec: ParamSpec, fit, chunk: int, fp: str, threads: int
+) -> str:
+    """Fit one shard ``chunk`` nets at a time and write it atomically (idempotent on retry)."""
+    torch.set_num_threads(threads)  # fixed: reduction order, hence bytes, must not depend on the worker
+    parts, extras = [], []
+    for start in range(0, len(nets), chunk):
+        seeds = [n.seed for n in nets[start : start + chunk]]
+        if task == "inr":
+            p, e = fit_kan_inrs(inputs[start : start + len(seeds)], seeds, spec, fit)
+        else:
+            p, e = fit_kan_classifiers(inputs, seeds, spec, fit)
+        parts.append(p)
+        extras.append(e)
+    params = {t.name: torch.cat([p[t.name] for p in parts]).contiguous() for t in spec.tensors}
+    cols = {k: torch.cat([e[k] for e in extras]) for k in extras[0]}
+    cols["net_id"] = torch.tensor([n.net_id for n in nets], dtype=torch.long)
+    write_shard(Path(path), params, spec, cols, fp)
+    return Path(path).name
+
+
+def plan(params: Params, task: str) -> tuple[list[PlannedNet], dict]:
+    """The nets of one KAN task and the data they are fitted to."""
+    if task == "inr":
+        c = params.kan.inr
+        images, labels = load_images("mnist_offline")
+        splits = split_indices(len(images), {"train": c.n_train, "val": c.n_val, "test": c.n_test}, params.seed)
+        return plan_inr_zoo(labels, splits, 1, params.seed + 1), {"images": images}
+    c = params.kan.classifier
+    nets = []
+    for split, n in (("train", c.n_train), ("val", c.n_val), ("test", c.n_test)):
+        for _ in range(n):
+            net_id = len(nets)
+            nets.append(PlannedNet(net_id, -1, -1, split, net_seed(params.seed + 2, net_id)))
+    return nets, {"digits": digits_task(params.seed, c.digits_test)}
+
+
+def run(params: Params, task: str, out: Path) -> dict:
+    """Plan, fit the missing shards, write ``manifest.csv`` and ``zoo.json``; return a summary."""
+    from pipeline import tracking
+
+    if task not in KAN_TASKS:
+        raise SystemExit(f"kan_zoo: unknown task {task!r}; choose from {KAN_TASKS}")
+    kc = params.kan
+    cfg = kc.inr if task == "inr" else kc.classifier
+    nets, data = plan(params, task)
+    if task == "inr":
+        spec = kan_spec([2, *cfg.hidden, 1], cfg.grid, cfg.order)
+        fit = InrFit(cfg.steps, cfg.lr)
+    else:
+        spec = kan_spec([16, *cfg.hidden, 10], cfg.grid, cfg.order)
+        fit = ClassifierRanges(
+            tuple(cfg.lr), tuple(cfg.weight_decay), tuple(cfg.steps), tuple(cfg.label_noise), tuple(cfg.train_fraction)
+        )
+    shards = shard_plan(nets, kc.shard_size)
+    recipe = {
+        "task": task,
+        "spec": spec.to_dict(),
+        "fit": dataclasses.asdict(fit),
+        "chunk_size": kc.chunk_size,
+        "threads_per_task": kc.threads_per_task,
+        "data": fingerprint({k: v.tolist() for k, v in data.get("digits", {}).items()}) if task != "inr" else "mnist",
+    }
+    fps = [shard_fingerprint(recipe, s) for s in shards]
+    shard_dir = out / "shards"
+
+    def item(k: int) -> tuple:
+        inputs = data["images"][[n.image_index for n in shards[k]]] if task == "inr" else data["digits"]
+        path = str(shard_dir / shard_name(k))
+        return path, task, shards[k], inputs, spec, fit, kc.chunk_size, fps[k], kc.threads_per_task
+
+    with tracking.stage_run(params.mlflow, f"kan_zoo@{task}", to_flat_dict(params), {"kan_task": task}):
+        t0 = time.time()
+        n_fitted = fit_missing_shards(params, shard_dir, fps, item, _fit_task, kc.threads_per_task)
+        fit_seconds = time.time() - t0
+        rows = []
+        for k, s in enumerate(shards):
+            p, extras = read_shard(shard_dir / shard_name(k), spec)
+            for i, (n, h) in enumerate(zip(s, net_hashes(p, spec), strict=True)):
+                row = {"net_id": n.net_id, "split": n.split, "seed": n.seed}
+                if task == "inr":
+                    row |= {"image_index": n.image_index, "label": n.label}
+                row |= {c: f"{float(extras[c][i]):.6g}" for c in sorted(extras) if c != "net_id"}
+                rows.append(row | {"shard": shard_name(k), "sha256": h})
+        write_rows(out / "manifest.csv", rows)
+        metric = "psnr" if task == "inr" else "test_acc"
+        vals = torch.tensor([float(r[metric]) for r in rows])
+        finite = vals[torch.isfinite(vals)]
+        summary = {
+            "n_nets": len(rows),
+            "n_nonfinite": int((~torch.isfinite(vals)).sum()),
+            f"{metric}_mean": float(finite.mean()),
+            f"{metric}_std": float(finite.std()),
+            f"{metric}_min": float(finite.min()),
+            f"{metric}_max": float(finite.max()),
+        }
+        write_json(out / "zoo.json", {"task": task, "spec": spec.to_dict(), "recipe": recipe, "summary": summary})
+        import mlflow
+
+        timing = {"fit_seconds": fit_seconds, "shards_fitted": n_fitted}
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()} | timing)
+    print(f"kan_zoo@{task}: {summary}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    params, args = parse(__doc__, {"task": "inr", "out": ""}, argv)
+    run(params, args.task, Path(args.out or f"data/kan/{args.task}/zoo"))
+
+
+if __name__ == "__main__":
+    main()
