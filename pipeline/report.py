@@ -14,7 +14,12 @@ from torch import Tensor  # noqa: E402
 
 from pipeline.io import atomic_write  # noqa: E402
 
-MODEL_LABELS = {"mlp": "MLP on flattened weights", "ng_gnn": "NG-GNN"}
+MODEL_LABELS = {
+    "mlp": "MLP on flattened weights",
+    "mlp_perm": "MLP + permutation augmentation",
+    "ng_gnn": "NG-GNN",
+    "ws_kan": "WS-KAN",
+}
 
 # Published MNIST-INR test accuracies (%), from ../shared/reference/anchors.md. They were
 # measured on the published 55k-INR MNIST zoo on GPUs: a different data set from ours.
@@ -22,6 +27,19 @@ PUBLISHED_INR_CLS = {
     "mlp": "17.6 ± 0.0",
     "ng_gnn": "91.4 ± 0.6",
     "ng_gnn+probes": "94.7 ± 0.3 (64 probes)",
+}
+
+
+# Published WS-KAN numbers (anchors.md, quoted second-hand; their zoos are unpublished, so
+# these are a different data set). Baselines were not published.
+PUBLISHED_KAN = {
+    "inr": {"ws_kan": "94.3 % (MNIST KAN-INRs)"},
+    "classifier": {"ws_kan": "MSE 2.94 (F-MNIST), 1.45 (K-MNIST); scale unknown"},
+}
+KAN_TASK_TITLES = {
+    "inr": "(a) KAN-INR classification (digit of the image a KAN-INR encodes)",
+    "classifier": "(b) Accuracy prediction of KAN classifiers (target: the classifier's test accuracy)",
+    "inr_forward": "(c) Expressivity check: predict a held-out KAN-INR's outputs at 16 fixed points",
 }
 
 
@@ -63,6 +81,103 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
             "published": PUBLISHED_INR_CLS.get(model_key(model, rs[0]["config"]), "–"),
         }
     return out
+
+
+def summarize_metrics(runs: list[dict]) -> dict[str, dict]:
+    """``{model: {<metric>_mean, <metric>_std for every test metric, n_params, ...}}`` over seeds.
+
+    Test metrics are those at each run's best validation epoch.
+    """
+    out: dict[str, dict] = {}
+    for model in dict.fromkeys(r["model"] for r in runs):
+        rs = [r for r in runs if r["model"] == model]
+        row: dict = {}
+        for key in rs[0]["test"]:
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r["test"][key] for r in rs])
+        row |= {
+            "n_params": rs[0]["n_params"],
+            "n_seeds": len(rs),
+            "best_epoch_mean": statistics.fmean(r["best_epoch"] for r in rs),
+            "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in rs),
+            "epochs": len(rs[0]["history"]),
+            "label": model_label(model, rs[0]["config"]),
+        }
+        out[model] = row
+    return out
+
+
+def _pm(s: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
+    return f"{scale * s[key + '_mean']:.{digits}f} ± {scale * s[key + '_std']:.{digits}f}"
+
+
+def kan_markdown(summaries: dict[str, dict], zoos: dict[str, dict], counts: dict[str, dict], n_seeds: int) -> str:
+    """The KAN section of ``results.md``: one table per task, published WS-KAN numbers beside."""
+    inr, cls = zoos["inr"], zoos["classifier"]
+    lines = [
+        "## KANs: WS-KAN vs baselines",
+        "",
+        f"KAN-INR zoo: {inr['n_nets']} KANs {inr['spec']} (mean PSNR {inr['psnr_mean']:.1f} ± "
+        f"{inr['psnr_std']:.1f} dB, min {inr['psnr_min']:.1f}). "
+        f"KAN classifier zoo: {cls['n_nets']} KANs {cls['spec']}, test accuracies "
+        f"{100 * cls['test_acc_mean']:.1f} ± {100 * cls['test_acc_std']:.1f} % (range {100 * cls['test_acc_min']:.1f}"
+        f"-{100 * cls['test_acc_max']:.1f} %). Settings and reasons: README, \"KAN zoo\".",
+        f"Test metrics at the best validation epoch, mean ± std over {n_seeds} seeds; graphs per split: "
+        + "; ".join(f"{t}: {c}" for t, c in counts.items())
+        + ".",
+        "",
+    ]
+    for task, summary in summaries.items():
+        pub = PUBLISHED_KAN.get(task, {})
+        lines += [f"### {KAN_TASK_TITLES[task]}", ""]
+        if task == "inr":
+            lines += ["| model | parameters | test acc. (%) | s / epoch | published WS-KAN* |"]
+            lines += ["|---|---:|---:|---:|---:|"]
+            for m, s in summary.items():
+                lines.append(
+                    f"| {s['label']} | {s['n_params']:,} | {_pm(s, 'acc', 100)} | {s['seconds_per_epoch']:.1f} "
+                    f"| {pub.get(m, '–')} |"
+                )
+        else:
+            tau = "tau_mean" in next(iter(summary.values()))
+            head = "| model | parameters |" + (" Kendall τ |" if tau else "") + " R² | test MSE | s / epoch |"
+            head += " published WS-KAN* |" if task == "classifier" else ""
+            lines += [head, "|---|---:|" + ("---:|" if tau else "") + "---:|---:|---:|" + ("---:|" if pub else "")]
+            for m, s in summary.items():
+                row = f"| {s['label']} | {s['n_params']:,} |"
+                row += f" {_pm(s, 'tau', 1, 3)} |" if tau else ""
+                row += f" {_pm(s, 'r2', 1, 3)} | {s['mse_mean']:.2e} ± {s['mse_std']:.1e} |"
+                row += f" {s['seconds_per_epoch']:.1f} |"
+                row += f" {pub.get(m, '–')} |" if pub else ""
+                lines.append(row)
+        lines.append("")
+    lines += [
+        "\\* WS-KAN's published numbers are quoted second-hand from zoos that were never released: a "
+        "**different data set**, shown for orientation only.",
+        "",
+        "![KAN learning curves](figures/kan_learning_curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_kan_curves(task_runs: dict[str, list[dict]], path: str | Path) -> None:
+    """Validation metric per epoch for every KAN task and model; mean ± std band over seeds."""
+    fig, axes = plt.subplots(1, len(task_runs), figsize=(4.2 * len(task_runs), 3.6), squeeze=False)
+    for ax, (task, runs) in zip(axes[0], task_runs.items(), strict=True):
+        sel = runs[0]["select"]
+        for model in dict.fromkeys(r["model"] for r in runs):
+            rs = [r for r in runs if r["model"] == model]
+            epochs = torch.tensor([h["epoch"] for h in rs[0]["history"]])
+            vals = torch.tensor([[h[f"val_{sel}"] for h in r["history"]] for r in rs])
+            m, s = vals.mean(0), vals.std(0) if len(rs) > 1 else torch.zeros(len(epochs))
+            ax.plot(epochs, m, label=model_label(model, rs[0]["config"]))
+            ax.fill_between(epochs, m - s, m + s, alpha=0.2)
+        ax.set(xlabel="epoch", ylabel=f"validation {sel}", title=f"KAN task: {task}")
+        if sel == "r2":
+            ax.set_ylim(bottom=max(-0.2, float(ax.get_ylim()[0])))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def curves(runs: list[dict], model: str) -> list[dict[str, float]]:

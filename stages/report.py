@@ -34,7 +34,36 @@ def _render_examples(zoo_dir: Path, images: torch.Tensor) -> tuple:
     return images[idx], renders, [recs[i].label for i in picked], [recs[i].psnr for i in picked]
 
 
-def run(params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: Path, profile: str) -> dict:
+KAN_TASKS = ("inr", "classifier", "inr_forward")
+
+
+def _kan_section(kan_dir: Path, out: Path, n_seeds: int) -> tuple[str, dict]:
+    """KAN tables, metrics and learning curves, if every KAN task has been trained."""
+    if not all((kan_dir / t / "train" / "results.json").exists() for t in KAN_TASKS):
+        return "", {}
+    task_runs = {t: read_json(kan_dir / t / "train" / "results.json")["runs"] for t in KAN_TASKS}
+    summaries = {t: report.summarize_metrics(runs) for t, runs in task_runs.items()}
+    zoos, counts = {}, {}
+    for t in ("inr", "classifier"):
+        info = read_json(kan_dir / t / "zoo" / "zoo.json")
+        sizes = "-".join(str(n) for n in info["spec"]["layer_sizes"])
+        fit = info["recipe"]["spec"]["tensors"]
+        n_coef, n_knots = fit[0]["shape"][-1], fit[3]["shape"][-1]
+        k = n_knots - n_coef - 1
+        zoos[t] = info["summary"] | {"spec": f"{sizes} (G={n_coef - k}, k={k})"}
+    for t in KAN_TASKS:
+        counts[t] = read_json(kan_dir / t / "graphs" / "meta.json")["counts"]
+    report.plot_kan_curves(task_runs, out / "figures" / "kan_learning_curves.png")
+    numbers = {
+        f"kan_{t}": {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
+        for t, summary in summaries.items()
+    }
+    return report.kan_markdown(summaries, zoos, counts, n_seeds), numbers
+
+
+def run(
+    params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: Path, profile: str, kan_dir: Path
+) -> dict:
     from pipeline import tracking
     from pipeline.data import load_images
 
@@ -42,7 +71,8 @@ def run(params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: P
     runs = results["runs"]
     summary = report.summarize(runs)
     numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
-    write_json(out / "metrics.json", {"inr_classification": numbers})
+    kan_md, kan_numbers = _kan_section(kan_dir, out, len(params.kan.train.seeds))
+    write_json(out / "metrics.json", {"inr_classification": numbers} | kan_numbers)
     for model in summary:
         rows = report.curves(runs, model)
         buf = io.StringIO()
@@ -56,6 +86,7 @@ def run(params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: P
     images, _ = load_images(params.data.source)
     report.plot_reconstructions(*_render_examples(zoo_dir, images), out / "figures" / "reconstructions.png")
     md = report.results_markdown(summary, zoo_info["summary"], graph_meta["counts"], profile, len(params.train.seeds))
+    md += "\n" + kan_md if kan_md else ""
     write_text(out / "results.md", md)
     with tracking.stage_run(params.mlflow, "report", to_flat_dict(params), {"data_version": results["data_version"]}):
         import mlflow
@@ -66,6 +97,8 @@ def run(params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: P
             )
         for name in ("results.md", "metrics.json", "figures/learning_curves.png", "figures/reconstructions.png"):
             mlflow.log_artifact(str(out / name))
+        if kan_md:
+            mlflow.log_artifact(str(out / "figures" / "kan_learning_curves.png"))
     print(md)
     return summary
 
@@ -73,10 +106,17 @@ def run(params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: P
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(
         __doc__,
-        {"zoo": "data/zoo", "graphs": "data/graphs", "train": "data/train", "out": "reports", "profile": "default"},
+        {
+            "zoo": "data/zoo",
+            "graphs": "data/graphs",
+            "train": "data/train",
+            "kan": "data/kan",
+            "out": "reports",
+            "profile": "default",
+        },
         argv,
     )
-    run(params, Path(args.zoo), Path(args.graphs), Path(args.train), Path(args.out), args.profile)
+    run(params, Path(args.zoo), Path(args.graphs), Path(args.train), Path(args.out), args.profile, Path(args.kan))
 
 
 if __name__ == "__main__":
