@@ -157,6 +157,7 @@ class MLflowConfig:
 
 @dataclass(frozen=True)
 class Params:
+    profile: str = "default"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)

@@ -26,7 +26,13 @@ def parse(description: str, paths: dict[str, str], argv: list[str] | None = None
 
 
 def fit_missing_shards(
-    params: Params, shard_dir: Path, fingerprints: list[str], make_item: Callable[[int], tuple], task, threads: int
+    params: Params,
+    shard_dir: Path,
+    fingerprints: list[str],
+    make_item: Callable[[int], tuple],
+    task,
+    threads: int,
+    desc: str = "zoo shards",
 ) -> int:
     """Run ``task(*make_item(k))`` as a Ray task for every shard ``k`` not yet complete.
 
@@ -50,6 +56,6 @@ def fit_missing_shards(
             num_cpus=threads,
             num_gpus=params.ray.gpus_per_task,
             max_retries=params.ray.max_retries,
-            desc=f"{shard_dir.parent.name} shards",
+            desc=desc,
         )
     return len(todo)

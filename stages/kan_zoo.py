@@ -19,8 +19,7 @@ from pipeline.zoo.kan_zoo import (
     ClassifierRanges,
     InrFit,
     digits_task,
-    fit_kan_classifiers,
-    fit_kan_inrs,
+    fit_kan_shard,
 )
 from pipeline.zoo.store import net_hashes, read_shard, shard_name, write_rows, write_shard
 from stages.common import fit_missing_shards, parse
@@ -31,17 +30,7 @@ def _fit_task(
 ) -> str:
     """Fit one shard ``chunk`` nets at a time and write it atomically (idempotent on retry)."""
     torch.set_num_threads(threads)  # fixed: reduction order, hence bytes, must not depend on the worker
-    parts, extras = [], []
-    for start in range(0, len(nets), chunk):
-        seeds = [n.seed for n in nets[start : start + chunk]]
-        if task == "inr":
-            p, e = fit_kan_inrs(inputs[start : start + len(seeds)], seeds, spec, fit)
-        else:
-            p, e = fit_kan_classifiers(inputs, seeds, spec, fit)
-        parts.append(p)
-        extras.append(e)
-    params = {t.name: torch.cat([p[t.name] for p in parts]).contiguous() for t in spec.tensors}
-    cols = {k: torch.cat([e[k] for e in extras]) for k in extras[0]}
+    params, cols = fit_kan_shard(task, [n.seed for n in nets], inputs, spec, fit, chunk)
     cols["net_id"] = torch.tensor([n.net_id for n in nets], dtype=torch.long)
     write_shard(Path(path), params, spec, cols, fp)
     return Path(path).name
@@ -99,7 +88,8 @@ def run(params: Params, task: str, out: Path) -> dict:
 
     with tracking.stage_run(params.mlflow, f"kan_zoo@{task}", to_flat_dict(params), {"kan_task": task}):
         t0 = time.time()
-        n_fitted = fit_missing_shards(params, shard_dir, fps, item, _fit_task, kc.threads_per_task)
+        desc = f"{task} KAN shards"
+        n_fitted = fit_missing_shards(params, shard_dir, fps, item, _fit_task, kc.threads_per_task, desc)
         fit_seconds = time.time() - t0
         rows = []
         for k, s in enumerate(shards):

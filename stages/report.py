@@ -62,7 +62,7 @@ def _kan_section(kan_dir: Path, out: Path, n_seeds: int) -> tuple[str, dict]:
 
 
 def run(
-    params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: Path, profile: str, kan_dir: Path
+    params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: Path, kan_dir: Path
 ) -> dict:
     from pipeline import tracking
     from pipeline.data import load_images
@@ -85,7 +85,9 @@ def run(
     report.plot_learning_curves(runs, out / "figures" / "learning_curves.png")
     images, _ = load_images(params.data.source)
     report.plot_reconstructions(*_render_examples(zoo_dir, images), out / "figures" / "reconstructions.png")
-    md = report.results_markdown(summary, zoo_info["summary"], graph_meta["counts"], profile, len(params.train.seeds))
+    md = report.results_markdown(
+        summary, zoo_info["summary"], graph_meta["counts"], params.profile, len(params.train.seeds)
+    )
     md += "\n" + kan_md if kan_md else ""
     write_text(out / "results.md", md)
     with tracking.stage_run(params.mlflow, "report", to_flat_dict(params), {"data_version": results["data_version"]}):
@@ -112,11 +114,10 @@ def main(argv: list[str] | None = None) -> None:
             "train": "data/train",
             "kan": "data/kan",
             "out": "reports",
-            "profile": "default",
         },
         argv,
     )
-    run(params, Path(args.zoo), Path(args.graphs), Path(args.train), Path(args.out), args.profile, Path(args.kan))
+    run(params, Path(args.zoo), Path(args.graphs), Path(args.train), Path(args.out), Path(args.kan))
 
 
 if __name__ == "__main__":

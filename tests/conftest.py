@@ -52,6 +52,21 @@ TINY = {
         "mlp": {"hidden": 32, "layers": 2},
         "ng_gnn": {"hidden": 8, "layers": 3, "fourier_features": 4},
     },
+    "kan": {
+        "inr": {"n_train": 24, "n_val": 8, "n_test": 8, "steps": 20, "forward_points": 4},
+        "classifier": {"n_train": 24, "n_val": 8, "n_test": 8, "steps": [10, 20]},
+        "shard_size": 16,
+        "chunk_size": 8,
+        "train": {
+            "seeds": [0, 1],
+            "epochs": 2,
+            "batch_size": 16,
+            "warmup_steps": 2,
+            "mlp": {"hidden": 32, "layers": 2},
+            "ng_gnn": {"hidden": 8, "layers": 3, "fourier_features": 4},
+            "ws_kan": {"hidden": 8, "layers": 3},
+        },
+    },
     "ray": {"num_cpus": 2},
 }
 

@@ -158,6 +158,32 @@ def fit_kan_classifiers(
     return trained, extras
 
 
+def fit_kan_shard(
+    task: str, seeds: list[int], inputs, spec: ParamSpec, fit: InrFit | ClassifierRanges, chunk: int
+) -> tuple[Params, dict[str, Tensor]]:
+    """Fit the nets of one shard, ``chunk`` at a time; results in the order of ``seeds``.
+
+    ``inr``: ``inputs`` are the nets' images ``(B, H, W)``. ``classifier``: ``inputs`` is the
+    :func:`digits_task` dict; nets are chunked in order of their drawn step counts, so a chunk
+    of short runs does not pay for the longest one (the order depends on the seeds only).
+    """
+    order = list(range(len(seeds)))
+    if task == "classifier":
+        order.sort(key=lambda i: draw_hyper(seeds[i], fit)["steps"])
+    parts: list[tuple[Params, dict[str, Tensor]]] = []
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        chunk_seeds = [seeds[i] for i in idx]
+        if task == "inr":
+            parts.append(fit_kan_inrs(inputs[idx], chunk_seeds, spec, fit))
+        else:
+            parts.append(fit_kan_classifiers(inputs, chunk_seeds, spec, fit))
+    back = torch.argsort(torch.tensor(order))
+    params = {t.name: torch.cat([p[t.name] for p, _ in parts])[back].contiguous() for t in spec.tensors}
+    extras = {k: torch.cat([e[k] for _, e in parts])[back] for k in parts[0][1]}
+    return params, extras
+
+
 def load_kan_zoo(zoo_dir: str | Path, verify: bool = True) -> tuple[ParamSpec, Params, list[dict[str, str]], dict]:
     """``(spec, params, manifest rows, zoo.json)`` of a KAN zoo, nets in manifest order.
 

@@ -1,0 +1,383 @@
+"""KAN zoos: the fast uniform-knot splines, per-net training, the classifier task, and the stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.augment import permute_flat
+from pipeline.train import Regression
+from pipeline.weightspace.spec import flatten, unflatten
+from pipeline.zoo.kan import (
+    TRAINABLE,
+    AdamSettings,
+    b_splines,
+    init_kans,
+    kan_forward,
+    kan_spec,
+    train_kans,
+    uniform_b_splines,
+    uniform_grid,
+)
+from pipeline.zoo.kan_zoo import (
+    ClassifierRanges,
+    InrFit,
+    digits_task,
+    draw_hyper,
+    fit_kan_classifiers,
+    fit_kan_inrs,
+    load_kan_zoo,
+)
+from tests.conftest import run_stage, write_params
+
+GRID = (-1.0, 1.0)
+RANGES = ClassifierRanges(
+    lr=(1e-3, 1e-1), weight_decay=(1e-5, 1e-1), steps=(50, 100, 200), label_noise=(0.0, 0.5), train_fraction=(0.05, 1.0)
+)
+
+
+def _trainable(params):
+    return {n: v for n, v in params.items() if n.rsplit(".", 1)[1] in TRAINABLE}
+
+
+def _net(params, b: int):
+    return {n: v[b] for n, v in params.items()}
+
+
+def _assert_net_close(p, q, atol=1e-5):
+    assert p.keys() == q.keys()
+    for n in p:
+        torch.testing.assert_close(p[n], q[n], atol=atol, rtol=0, msg=lambda m, n=n: f"{n}: {m}")
+
+
+# --- splines -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("G", "k"), [(5, 3), (3, 2), (4, 1)])
+def test_uniform_b_splines_match_general_b_splines_values_and_gradients(G: int, k: int):
+    n = 3
+    gen = torch.Generator().manual_seed(G * 10 + k)
+    x = (torch.rand(1, 400, n, generator=gen, dtype=torch.float64) * 3.2 - 1.6).requires_grad_(True)
+    grid = uniform_grid(n, G, k).double().unsqueeze(0)  # (1, n, G + 2k + 1)
+    if k == 1:  # knots on [-1.5, 1.5]: some inputs must fall outside them
+        assert ((x < grid[0, 0, 0]) | (x >= grid[0, 0, -1])).any()
+
+    ref = b_splines(x, grid, k)  # (1, N, n, G + k)
+    fast = uniform_b_splines(x, -1.0, 1.0, G, k)  # (1, N, n, G + k + 2)
+    assert fast.shape == (*x.shape, G + k + 2)
+    assert ref.abs().sum() > 0
+    torch.testing.assert_close(fast[..., 1:-1], ref, atol=1e-6, rtol=0)
+
+    w = torch.randn(G + k, generator=gen, dtype=torch.float64)
+    (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    (g_fast,) = torch.autograd.grad((fast[..., 1:-1] * w).sum(), x)
+    assert g_ref.abs().max() > 0.1
+    torch.testing.assert_close(g_fast, g_ref, atol=1e-5, rtol=0)
+
+
+def test_kan_forward_uniform_path_matches_general_path():
+    spec = kan_spec([2, 8, 8, 1], 5, 3)
+    params = init_kans(spec, [0, 1, 2], grid_range=GRID)
+    x = torch.rand(64, 2) * 2 - 1
+    general = kan_forward(params, spec, x)
+    fast = kan_forward(params, spec, x, uniform=GRID)
+    assert general.shape == fast.shape == (3, 64, 1)
+    assert general.std() > 1e-3
+    torch.testing.assert_close(fast, general, atol=1e-5, rtol=0)
+    # the uniform path really relies on the knots it is promised: other knots give other outputs
+    wide = kan_forward(params, spec, x, uniform=(-2.0, 2.0))
+    assert (wide - general).abs().max() > 1e-3
+
+
+# --- per-net training ---------------------------------------------------------------------
+
+
+def test_fit_kan_inrs_trains_every_net_independently_of_its_partners():
+    spec = kan_spec([2, 8, 8, 1], 5, 3)
+    images = torch.rand(5, 6, 6, generator=torch.Generator().manual_seed(3))
+    fit = InrFit(steps=10, lr=2e-2)
+    together, extras = fit_kan_inrs(images[[0, 1, 2]], [10, 11, 12], spec, fit)
+    # net b (image 1, seed 11) at another position, with other partners and another batch size
+    other, _ = fit_kan_inrs(images[[1, 3]], [11, 13], spec, fit)
+    _assert_net_close(_net(together, 1), _net(other, 0))
+    init = init_kans(spec, [11], grid_range=GRID)
+    moved = max(float((together[n][1] - init[n][0]).abs().max()) for n in _trainable(init))
+    assert moved > 1e-3, "training did not move the net"
+    assert extras["mse"].shape == (3,) and torch.isfinite(extras["psnr"]).all()
+
+
+def _mse_setup(seeds):
+    spec = kan_spec([2, 4, 1], 4, 3)
+    x = torch.rand(32, 2, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    target = torch.sin(3 * x[:, :1]) * x[:, 1:]  # (N, 1), the same task for every net
+
+    def loss_fn(p):
+        return (kan_forward(p, spec, x, uniform=GRID) - target).square().mean(dim=(1, 2))
+
+    return spec, init_kans(spec, seeds, grid_range=GRID), loss_fn
+
+
+def test_train_kans_per_net_steps():
+    spec, params, loss_fn = _mse_setup([4, 4, 4])
+    lr = torch.full((3,), 1e-2)
+    trained, loss = train_kans(params, spec, loss_fn, AdamSettings(5), lr, steps=torch.tensor([0, 5, 2]))
+    for n in _trainable(params):
+        assert torch.equal(trained[n][0], params[n][0]), f"{n} moved with steps=0"
+        assert (trained[n][1] - params[n][1]).abs().max() > 1e-4, f"{n} did not move with steps=5"
+    assert torch.isfinite(loss).all()
+    # a net stopped after 2 of 5 steps is the net trained for exactly 2 steps
+    spec1, params1, loss_fn1 = _mse_setup([4])
+    two, _ = train_kans(params1, spec1, loss_fn1, AdamSettings(2), torch.full((1,), 1e-2))
+    _assert_net_close(_net(trained, 2), _net(two, 0))
+    assert not torch.allclose(trained["layers.0.coef"][2], trained["layers.0.coef"][1], atol=1e-5)
+
+
+def test_train_kans_per_net_lr_and_weight_decay():
+    spec, params, loss_fn = _mse_setup([4, 4, 4])
+    lr = torch.tensor([1e-2, 5e-2, 1e-2])
+    wd = torch.tensor([0.0, 0.0, 1.0])
+    trained, _ = train_kans(params, spec, loss_fn, AdamSettings(5), lr, wd)
+    for b in (1, 2):  # other lr / other weight decay than net 0, same seed and data
+        diff = max(float((trained[n][b] - trained[n][0]).abs().max()) for n in _trainable(params))
+        assert diff > 1e-4, f"net {b} trained like net 0"
+    # each net got exactly its own settings
+    for b in (1, 2):
+        spec1, p1, f1 = _mse_setup([4])
+        alone, _ = train_kans(p1, spec1, f1, AdamSettings(5), lr[b : b + 1], wd[b : b + 1])
+        _assert_net_close(_net(trained, b), _net(alone, 0))
+
+
+# --- the classifier task ------------------------------------------------------------------
+
+
+def test_draw_hyper_deterministic_per_seed_and_within_ranges():
+    assert draw_hyper(3, RANGES) == draw_hyper(3, RANGES)
+    assert draw_hyper(3, RANGES) != draw_hyper(4, RANGES)
+    draws = [draw_hyper(s, RANGES) for s in range(300)]
+    for key in ("lr", "weight_decay", "label_noise", "train_fraction"):
+        lo, hi = getattr(RANGES, key)
+        vals = [d[key] for d in draws]
+        assert all(lo <= v <= hi for v in vals), key
+        assert len(set(vals)) == len(vals), f"{key} repeats across seeds"
+    assert {d["steps"] for d in draws} == set(RANGES.steps)
+    assert all(isinstance(d["steps"], int) for d in draws)
+    # log-uniform: about half the learning rates below the geometric mean of the bounds
+    below = sum(d["lr"] < math.sqrt(1e-3 * 1e-1) for d in draws) / len(draws)
+    assert 0.35 < below < 0.65
+
+
+@pytest.fixture(scope="module")
+def digits_small():
+    data = digits_task(0)
+    return {**data, "x_train": data["x_train"][:200], "y_train": data["y_train"][:200]}
+
+
+def test_fit_kan_classifiers_tiny_digits(digits_small):
+    spec = kan_spec([16, 8, 10], 5, 3)
+    seeds = [0, 1, 2, 3, 4, 5]
+    params, extras = fit_kan_classifiers(digits_small, seeds, spec, RANGES)
+    for n, v in params.items():
+        assert v.shape[0] == len(seeds) and torch.isfinite(v).all(), n
+    acc = extras["test_acc"]
+    assert acc.shape == (len(seeds),)
+    assert ((acc >= 0) & (acc <= 1)).all()
+    assert acc.max() - acc.min() > 0.05, f"no spread in test accuracy: {acc.tolist()}"
+    for i, s in enumerate(seeds):
+        h = draw_hyper(s, RANGES)
+        assert extras["lr"][i].item() == pytest.approx(h["lr"], rel=1e-6)
+        assert int(extras["steps"][i]) == h["steps"]
+
+    good = ClassifierRanges(
+        lr=(0.05, 0.05), weight_decay=(1e-5, 1e-5), steps=(100,), label_noise=(0.0, 0.0), train_fraction=(1.0, 1.0)
+    )
+    _, extras = fit_kan_classifiers(digits_small, [0, 1], spec, good)
+    assert (extras["test_acc"] > 0.3).all(), extras["test_acc"].tolist()
+    assert (extras["train_acc"] > 0.3).all()
+
+
+# --- weight-space symmetry ----------------------------------------------------------------
+
+
+def test_permute_flat_keeps_kan_outputs_and_shuffling_entries_does_not():
+    spec = kan_spec([2, 8, 8, 1], 5, 3)
+    G, k = 5, 3
+    params = init_kans(spec, [0, 1, 2], grid_range=GRID)
+    gen = torch.Generator().manual_seed(0)
+    # make every node's knots and every edge's spline scale distinct, so that moving them matters
+    for l in range(spec.n_layers):
+        grid = params[f"layers.{l}.grid"]
+        for b in range(grid.shape[0]):
+            for i in range(grid.shape[1]):
+                lo, hi = -1.0 - 0.3 * torch.rand(1, generator=gen).item(), 1.0 + 0.3 * torch.rand(1, generator=gen).item()
+                grid[b, i] = uniform_grid(1, G, k, lo, hi)[0]
+        sp = params[f"layers.{l}.scale_sp"]
+        sp.mul_(0.5 + torch.rand(sp.shape, generator=gen))
+    x = torch.rand(50, 2, generator=gen) * 2 - 1
+    ref = kan_forward(params, spec, x)
+
+    flat = flatten(params, spec)
+    perm = permute_flat(flat, spec, torch.Generator().manual_seed(1))
+    assert not torch.equal(perm, flat)
+    torch.testing.assert_close(kan_forward(unflatten(perm, spec), spec, x), ref, atol=1e-5, rtol=0)
+
+    shuffled = flat[:, torch.randperm(flat.shape[1], generator=gen)]
+    assert (kan_forward(unflatten(shuffled, spec), spec, x) - ref).abs().max() > 1e-3
+
+
+# --- the regression objective -------------------------------------------------------------
+
+
+def test_regression_objective_standardizes_and_scores():
+    from scipy.stats import kendalltau
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(60, generator=gen) * 3 + 2
+    reg = Regression.fit(y)
+    assert reg.n_targets == 1
+    assert reg.mean.item() == pytest.approx(y.mean().item(), abs=1e-5)
+    assert reg.std.item() == pytest.approx(y.std().item(), rel=1e-5)
+    z = (y.reshape(-1, 1) - reg.mean) / reg.std
+    assert z.mean().item() == pytest.approx(0.0, abs=1e-5) and z.std().item() == pytest.approx(1.0, abs=1e-5)
+
+    perfect = reg.metrics(z, y)
+    assert perfect["r2"] == pytest.approx(1.0, abs=1e-6)
+    assert perfect["tau"] == pytest.approx(1.0, abs=1e-9)
+    assert perfect["loss"] == pytest.approx(0.0, abs=1e-9) and perfect["mse"] == pytest.approx(0.0, abs=1e-9)
+
+    mean_only = reg.metrics(torch.zeros(60, 1), y)
+    assert mean_only["r2"] == pytest.approx(0.0, abs=1e-5)
+    assert mean_only["loss"] == pytest.approx(59 / 60, abs=1e-4)  # unit variance (n - 1) vs MSE (n)
+
+    out = torch.randn(60, 1, generator=gen)
+    m = reg.metrics(out, y)
+    assert m["tau"] == pytest.approx(kendalltau(out.flatten().numpy(), y.numpy()).statistic, abs=1e-6)
+    assert m["r2"] < 0.5
+
+    multi = Regression.fit(torch.randn(40, 4, generator=gen) * torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert multi.n_targets == 4 and multi.std[3] > multi.std[0]
+    assert "tau" not in multi.metrics(torch.zeros(40, 4), torch.randn(40, 4, generator=gen))
+
+
+# --- stages (real Ray, own processes) -----------------------------------------------------
+
+SMALL = {
+    "kan": {
+        "inr": {"n_train": 8, "n_val": 4, "n_test": 4, "steps": 5},
+        "classifier": {"n_train": 8, "n_val": 4, "n_test": 4, "steps": [5, 10]},
+        "shard_size": 8,
+        "chunk_size": 4,
+    }
+}
+N_NETS, N_SHARDS = 16, 2
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _zoo_digests(out: Path) -> dict[str, str]:
+    shards = sorted((out / "shards").iterdir())
+    return {f"shards/{p.name}": _digest(p) for p in shards} | {"manifest.csv": _digest(out / "manifest.csv")}
+
+
+@pytest.fixture(scope="module")
+def kan_zoos(tmp_path_factory) -> dict:
+    """Both KAN tasks' zoos with 1 and with 2 Ray workers; two stage processes at a time."""
+    tmp = tmp_path_factory.mktemp("kan_zoos")
+    jobs = {}
+    for workers in (1, 2):
+        params = write_params(tmp / f"p{workers}.yaml", SMALL | {"ray": {"num_cpus": workers}})
+        for task in ("inr", "classifier"):
+            jobs[(task, workers)] = (params, tmp / f"{task}{workers}")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            key: pool.submit(run_stage, "kan_zoo", ["--params", str(p), "--task", key[0], "--out", str(out)], tmp)
+            for key, (p, out) in jobs.items()
+        }
+        results = {key: f.result() for key, f in futures.items()}
+    return {"tmp": tmp, "jobs": jobs, "results": results}
+
+
+@pytest.mark.parametrize("task", ["inr", "classifier"])
+def test_kan_zoo_bytes_identical_with_one_or_two_ray_workers(kan_zoos, task: str):
+    digests = []
+    for workers in (1, 2):
+        res = kan_zoos["results"][(task, workers)]
+        assert res.returncode == 0, res.stderr[-3000:]
+        out = kan_zoos["jobs"][(task, workers)][1]
+        d = _zoo_digests(out)
+        assert len([n for n in d if n.endswith(".safetensors")]) == N_SHARDS
+        assert len((out / "manifest.csv").read_text().strip().splitlines()) == 1 + N_NETS
+        digests.append(d)
+    assert digests[0] == digests[1]
+
+
+def test_corrupt_kan_shard_is_named_by_kan_graphs(kan_zoos, tmp_path: Path):
+    assert kan_zoos["results"][("inr", 1)].returncode == 0
+    params, src = kan_zoos["jobs"][("inr", 1)]
+    zoo = tmp_path / "zoo"
+    shutil.copytree(src, zoo)
+    victim = zoo / "shards" / "shard_00001.safetensors"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "g"
+    res = run_stage("kan_graphs", ["--params", str(params), "--task", "inr", "--zoo", str(zoo), "--out", str(out)], tmp_path)
+    assert res.returncode != 0
+    assert "shard_00001.safetensors" in res.stderr
+    assert not (out / "train.safetensors").exists() and not (out / "meta.json").exists()
+
+
+def test_kan_graphs_inr_forward_targets_are_the_zoo_outputs(kan_zoos, tmp_path: Path):
+    from pipeline.graphs.store import GraphSet
+
+    assert kan_zoos["results"][("inr", 1)].returncode == 0
+    params, zoo = kan_zoos["jobs"][("inr", 1)]
+    out = tmp_path / "g"
+    res = run_stage(
+        "kan_graphs", ["--params", str(params), "--task", "inr_forward", "--zoo", str(zoo), "--out", str(out)], tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = json.loads((out / "meta.json").read_text())
+    n_points = 4  # conftest TINY kan.inr.forward_points
+    points = torch.tensor(meta["forward_points"])
+    assert points.shape == (n_points, 2) and points.abs().max() <= 1
+    assert meta["kind"] == "regression" and meta["n_targets"] == n_points
+
+    spec, zoo_params, rows, _ = load_kan_zoo(zoo)
+    index = {int(r["net_id"]): i for i, r in enumerate(rows)}
+    with torch.no_grad():
+        expected = kan_forward(zoo_params, spec, points, uniform=GRID)[..., 0]  # (nets, points)
+    seen = set()
+    for split in ("train", "val", "test"):
+        gs = GraphSet.load(out / f"{split}.safetensors")
+        assert gs.y.shape == (len(gs.net_id), n_points)
+        ids = [int(i) for i in gs.net_id]
+        assert all(rows[index[i]]["split"] == split for i in ids)
+        torch.testing.assert_close(gs.y.float(), expected[[index[i] for i in ids]], atol=1e-5, rtol=1e-5)
+        seen |= set(ids)
+    assert seen == set(index)
+    assert expected.std(0).min() > 1e-4, "the nets' outputs should differ"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"kan": {"classifier": {"lr": "fast"}}}, "kan.classifier.lr"),
+        ({"kan": {"train": {"models": ["mlp", "transformer"]}}}, "kan.train.models"),
+    ],
+    ids=["classifier-lr", "train-models"],
+)
+def test_bad_kan_params_fail_before_any_work(tmp_path: Path, override: dict, key: str):
+    params = write_params(tmp_path / "params.yaml", override)
+    out = tmp_path / "zoo"
+    res = run_stage("kan_zoo", ["--params", str(params), "--task", "classifier", "--out", str(out)], tmp_path, timeout=60)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert key in res.stderr
+    assert not out.exists()
