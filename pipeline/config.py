@@ -95,7 +95,7 @@ class KanInrConfig:
     n_train: int = 2000
     n_val: int = 250
     n_test: int = 250
-    forward_points: int = 16
+    forward_points: int = 2
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class KanClassifierConfig:
 @dataclass(frozen=True)
 class KanTrainConfig:
     models: list[str] = field(default_factory=lambda: ["mlp", "mlp_perm", "ng_gnn", "ws_kan"])
-    forward_models: list[str] = field(default_factory=lambda: ["mlp", "ws_kan"])
+    forward_models: list[str] = field(default_factory=lambda: ["ws_kan"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     epochs: int = 30
     batch_size: int = 32

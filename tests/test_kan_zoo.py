@@ -35,7 +35,7 @@ from pipeline.zoo.kan_zoo import (
     fit_kan_inrs,
     load_kan_zoo,
 )
-from tests.conftest import run_stage, write_params
+from tests.conftest import TINY, run_stage, write_params
 
 GRID = (-1.0, 1.0)
 RANGES = ClassifierRanges(
@@ -215,7 +215,10 @@ def test_permute_flat_keeps_kan_outputs_and_shuffling_entries_does_not():
         grid = params[f"layers.{l}.grid"]
         for b in range(grid.shape[0]):
             for i in range(grid.shape[1]):
-                lo, hi = -1.0 - 0.3 * torch.rand(1, generator=gen).item(), 1.0 + 0.3 * torch.rand(1, generator=gen).item()
+                lo, hi = (
+                    -1.0 - 0.3 * torch.rand(1, generator=gen).item(),
+                    1.0 + 0.3 * torch.rand(1, generator=gen).item(),
+                )
                 grid[b, i] = uniform_grid(1, G, k, lo, hi)[0]
         sp = params[f"layers.{l}.scale_sp"]
         sp.mul_(0.5 + torch.rand(sp.shape, generator=gen))
@@ -293,9 +296,12 @@ def kan_zoos(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("kan_zoos")
     jobs = {}
     for workers in (1, 2):
-        params = write_params(tmp / f"p{workers}.yaml", SMALL | {"ray": {"num_cpus": workers}})
         for task in ("inr", "classifier"):
-            jobs[(task, workers)] = (params, tmp / f"{task}{workers}")
+            # own directory, hence own MLflow SQLite store: concurrent first use of one store races
+            job = tmp / f"{task}{workers}"
+            job.mkdir()
+            params = write_params(job / "params.yaml", SMALL | {"ray": {"num_cpus": workers}})
+            jobs[(task, workers)] = (params, job / "zoo")
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
             key: pool.submit(run_stage, "kan_zoo", ["--params", str(p), "--task", key[0], "--out", str(out)], tmp)
@@ -328,14 +334,18 @@ def test_corrupt_kan_shard_is_named_by_kan_graphs(kan_zoos, tmp_path: Path):
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])
     out = tmp_path / "g"
-    res = run_stage("kan_graphs", ["--params", str(params), "--task", "inr", "--zoo", str(zoo), "--out", str(out)], tmp_path)
+    res = run_stage(
+        "kan_graphs", ["--params", str(params), "--task", "inr", "--zoo", str(zoo), "--out", str(out)], tmp_path
+    )
     assert res.returncode != 0
     assert "shard_00001.safetensors" in res.stderr
     assert not (out / "train.safetensors").exists() and not (out / "meta.json").exists()
 
 
 def test_kan_graphs_inr_forward_targets_are_the_zoo_outputs(kan_zoos, tmp_path: Path):
+    """One graph per (KAN-INR, query point): the point rides on the input nodes, y is the KAN's output there."""
     from pipeline.graphs.store import GraphSet
+    from stages.kan_graphs import QUERY_FREQS, query_features
 
     assert kan_zoos["results"][("inr", 1)].returncode == 0
     params, zoo = kan_zoos["jobs"][("inr", 1)]
@@ -344,26 +354,42 @@ def test_kan_graphs_inr_forward_targets_are_the_zoo_outputs(kan_zoos, tmp_path: 
         "kan_graphs", ["--params", str(params), "--task", "inr_forward", "--zoo", str(zoo), "--out", str(out)], tmp_path
     )
     assert res.returncode == 0, res.stderr[-3000:]
+    n_points = TINY["kan"]["inr"]["forward_points"]
     meta = json.loads((out / "meta.json").read_text())
-    n_points = 4  # conftest TINY kan.inr.forward_points
-    points = torch.tensor(meta["forward_points"])
-    assert points.shape == (n_points, 2) and points.abs().max() <= 1
-    assert meta["kind"] == "regression" and meta["n_targets"] == n_points
+    assert meta["kind"] == "regression" and meta["n_targets"] == 1
+    assert meta["query_points_per_net"] == n_points
 
     spec, zoo_params, rows, _ = load_kan_zoo(zoo)
     index = {int(r["net_id"]): i for i, r in enumerate(rows)}
-    with torch.no_grad():
-        expected = kan_forward(zoo_params, spec, points, uniform=GRID)[..., 0]  # (nets, points)
-    seen = set()
+    seen: dict[int, list] = {}
     for split in ("train", "val", "test"):
         gs = GraphSet.load(out / f"{split}.safetensors")
-        assert gs.y.shape == (len(gs.net_id), n_points)
-        ids = [int(i) for i in gs.net_id]
-        assert all(rows[index[i]]["split"] == split for i in ids)
-        torch.testing.assert_close(gs.y.float(), expected[[index[i] for i in ids]], atol=1e-5, rtol=1e-5)
-        seen |= set(ids)
-    assert seen == set(index)
-    assert expected.std(0).min() > 1e-4, "the nets' outputs should differ"
+        n_graphs = len(gs.net_id)
+        assert n_graphs == n_points * sum(r["split"] == split for r in rows)
+        assert gs.y.reshape(n_graphs, -1).shape == (n_graphs, 1)
+        # read each graph's query point back from its input nodes (first appended query column)
+        q = -(1 + 2 * QUERY_FREQS)
+        pts = torch.full((n_graphs, 2), float("nan"))
+        for g in range(n_graphs):
+            lo, hi = int(gs.node_ptr[g]), int(gs.node_ptr[g + 1])
+            inputs = gs.node_layer[lo:hi] == 0
+            assert int(inputs.sum()) == 2
+            assert (gs.x[lo:hi][~inputs, q:] == 0).all(), "only input nodes carry the query point"
+            pts[g, gs.node_pos[lo:hi][inputs]] = gs.x[lo:hi][inputs, q]
+            torch.testing.assert_close(gs.x[lo:hi][inputs, q:], query_features(gs.x[lo:hi][inputs, q]))
+        assert torch.isfinite(pts).all() and pts.abs().max() <= 1
+        rows_idx = [index[int(i)] for i in gs.net_id]
+        assert all(rows[i]["split"] == split for i in rows_idx)
+        raw = {k: v[rows_idx] for k, v in zoo_params.items()}
+        with torch.no_grad():
+            expected = kan_forward(raw, spec, pts.unsqueeze(1), uniform=GRID)[:, 0, 0]  # (graphs,)
+        torch.testing.assert_close(gs.y.reshape(-1).float(), expected, atol=1e-5, rtol=1e-5)
+        for i, p in zip(gs.net_id.tolist(), pts, strict=True):
+            seen.setdefault(int(i), []).append(p)
+    assert set(seen) == set(index)
+    for i, ps in seen.items():
+        assert len(ps) == n_points
+        assert torch.stack(ps).std(0).min() > 1e-3, f"net {i}: its query points should differ"
 
 
 @pytest.mark.parametrize(
@@ -377,7 +403,9 @@ def test_kan_graphs_inr_forward_targets_are_the_zoo_outputs(kan_zoos, tmp_path: 
 def test_bad_kan_params_fail_before_any_work(tmp_path: Path, override: dict, key: str):
     params = write_params(tmp_path / "params.yaml", override)
     out = tmp_path / "zoo"
-    res = run_stage("kan_zoo", ["--params", str(params), "--task", "classifier", "--out", str(out)], tmp_path, timeout=60)
+    res = run_stage(
+        "kan_zoo", ["--params", str(params), "--task", "classifier", "--out", str(out)], tmp_path, timeout=60
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     assert key in res.stderr
     assert not out.exists()

@@ -27,7 +27,7 @@ class WSKANLayer(nn.Module):
     For an edge :math:`i \to j` (source ``i``, destination ``j``) with features :math:`e_{ij}`:
 
     .. math::
-        m_{ij} = W_2\,\mathrm{SiLU}(W_1^h h_i + W_1^e e_{ij} + b_1) + b_2,\qquad
+        m_{ij} = W_2\,\big[\mathrm{SiLU}(W_1^h h_i + W_1^e e_{ij} + b_1) \odot (W_g e_{ij} + b_g)\big] + b_2,\qquad
         a_j = \mathrm{Dropout}\Big(\sum_{i \to j} m_{ij}\Big)
 
         h_j' = \mathrm{LN}\big(h_j + \mathrm{Dropout}(\mathrm{MLP}_h([h_j \Vert a_j]))\big)
@@ -35,7 +35,10 @@ class WSKANLayer(nn.Module):
         e_{ij}' = \mathrm{LN}\big(e_{ij} + \mathrm{Dropout}(W_4\,\mathrm{SiLU}(W_3^e e_{ij} + W_3^s h_i' + W_3^d h_j'
         + b_3) + b_4)\big)\quad\text{(if ``update_edges``)}
 
-    with :math:`\mathrm{MLP}_h` two linear maps with a SiLU between. The first linear map of each
+    with :math:`\mathrm{MLP}_h` two linear maps with a SiLU between. The gate :math:`W_g e_{ij}`
+    makes the message bilinear in (function of the source state) x (edge vector), the form of a
+    KAN edge function :math:`\sum_m c_{ijm} B_m(x_i)`: without it the expressivity check
+    (predicting a KAN's output at a query point) does not move off the mean. The first linear map of each
     edge MLP is split by input block so that :math:`W_1^h h`, :math:`W_3^s h'` and
     :math:`W_3^d h'` are computed per node and gathered per edge, and :math:`W_1^e e` and
     :math:`W_3^e e` share one matrix product over the edges. :math:`W_2` is linear, so it is
@@ -56,7 +59,8 @@ class WSKANLayer(nn.Module):
         self.hidden = hidden
         self.update_edges = update_edges
         self.msg_node = nn.Linear(hidden, hidden)  # W_1^h, b_1
-        self.edge_proj = nn.Linear(hidden, 2 * hidden if update_edges else hidden, bias=False)  # [W_1^e, W_3^e]
+        self.edge_proj = nn.Linear(hidden, (3 if update_edges else 2) * hidden, bias=False)  # [W_1^e, W_g, W_3^e]
+        self.gate_bias = nn.Parameter(torch.ones(hidden))  # b_g
         self.msg_out = nn.Linear(hidden, hidden)  # W_2, b_2 (applied after the sum)
         self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.node_norm = nn.LayerNorm(hidden)
@@ -70,13 +74,14 @@ class WSKANLayer(nn.Module):
         H = self.hidden
         proj = self.edge_proj(e)
         e_msg = proj[:, :H]
-        z = F.silu(self.msg_node(h).index_select(0, src) + e_msg)  # (E, H): hidden layer of m_ij
+        gate = proj[:, H : 2 * H] + self.gate_bias
+        z = F.silu(self.msg_node(h).index_select(0, src) + e_msg) * gate  # (E, H): hidden layer of m_ij
         summed = h.new_zeros(h.shape).index_add_(0, dst, z)  # (N, H): sum over in-edges
         a = self.drop(F.linear(summed, self.msg_out.weight) + in_degree * self.msg_out.bias)
         h = self.node_norm(h + self.drop(self.node_mlp(torch.cat([h, a], dim=1))))
         if self.update_edges:
             hs, hd = self.edge_nodes(h).split(H, dim=1)
-            u = F.silu(proj[:, H:] + hs.index_select(0, src) + hd.index_select(0, dst))
+            u = F.silu(proj[:, 2 * H :] + hs.index_select(0, src) + hd.index_select(0, dst))
             e = self.edge_norm(e + self.drop(self.edge_out(u)))
         return h, e
 
