@@ -40,7 +40,7 @@ KAN_TASK_TITLES = {
     "inr": "(a) KAN-INR classification (digit of the image a KAN-INR encodes)",
     "classifier": "(b) Accuracy prediction of KAN classifiers (target: the classifier's test accuracy)",
     "inr_forward": "(c) Expressivity check: predict a held-out KAN-INR's output at a query point "
-    "(R² 0 = predicting the mean; the mean digit image at the point alone gives R² ≈ 0.3)",
+    "(R² 0 = predicting the mean)",
 }
 
 
