@@ -20,6 +20,7 @@ import importlib.metadata
 import time
 
 import torch
+from timing import matmul_peak
 
 from pipeline.data import load_images
 from pipeline.zoo.kan import init_kans, kan_spec
@@ -29,18 +30,6 @@ from pipeline.zoo.siren import coordinate_grid
 
 TARGET_RATIO = 30.0
 AGREE_REL = 0.05
-
-
-def matmul_peak(n: int = 1024, reps: int = 10) -> float:
-    """Measured float32 GEMM FLOP/s of this machine (best of ``reps``), as in ``zoo_throughput.py``."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def ours_fit(images: torch.Tensor, seeds: list[int], spec, fit: InrFit, chunk: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ import argparse
 import time
 
 import torch
+from timing import matmul_peak
 from torch import nn
 
 from pipeline.data import load_images
@@ -58,18 +59,6 @@ def loop_fit(images: torch.Tensor, seeds: list[int], hidden: list[int], s: FitSe
         with torch.no_grad():
             psnrs.append(psnr_from_mse(nn.functional.mse_loss(net(coords), target)))
     return torch.stack(psnrs)
-
-
-def matmul_peak(n: int = 1024, reps: int = 10) -> float:
-    """Measured float32 GEMM FLOP/s of this machine (best of ``reps``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def siren_step_flops(sizes: tuple[int, ...], n_pix: int) -> float:
