@@ -325,6 +325,22 @@ def test_kan_zoo_bytes_identical_with_one_or_two_ray_workers(kan_zoos, task: str
     assert digests[0] == digests[1]
 
 
+@pytest.mark.parametrize("task", ["inr", "classifier"])
+def test_every_stored_kan_exports_to_pykan_with_the_same_outputs(kan_zoos, task: str, tmp_path: Path, monkeypatch):
+    """Trained zoo KANs (not just fresh ones) become real ``kan.KAN`` models matching our forward to 1e-5."""
+    from pipeline.zoo.pykan_io import pykan_forward, to_pykan
+
+    assert kan_zoos["results"][(task, 1)].returncode == 0
+    monkeypatch.chdir(tmp_path)
+    spec, params, rows, _ = load_kan_zoo(kan_zoos["jobs"][(task, 1)][1])
+    x = torch.rand(64, spec.layer_sizes[0], generator=torch.Generator().manual_seed(3)) * 2.4 - 1.2
+    with torch.no_grad():
+        ours = kan_forward(params, spec, x)
+    for i in range(len(rows)):
+        torch.testing.assert_close(pykan_forward(to_pykan(params, spec, i), x), ours[i], atol=1e-5, rtol=1e-5)
+    assert not (tmp_path / "model").exists()
+
+
 def test_corrupt_kan_shard_is_named_by_kan_graphs(kan_zoos, tmp_path: Path):
     assert kan_zoos["results"][("inr", 1)].returncode == 0
     params, src = kan_zoos["jobs"][("inr", 1)]
