@@ -341,6 +341,24 @@ def test_every_stored_kan_exports_to_pykan_with_the_same_outputs(kan_zoos, task:
     assert not (tmp_path / "model").exists()
 
 
+def test_kan_zoo_rerun_refits_only_the_missing_shard(kan_zoos, tmp_path: Path):
+    """Resume: a re-run keeps complete shards (same inode and mtime) and refits the missing one identically."""
+    assert kan_zoos["results"][("classifier", 1)].returncode == 0
+    params, src = kan_zoos["jobs"][("classifier", 1)]
+    zoo = tmp_path / "zoo"
+    shutil.copytree(src, zoo)
+    shards = sorted((zoo / "shards").glob("shard_*.safetensors"))
+    victim, kept = shards[-1], shards[:-1]
+    before = victim.read_bytes()
+    victim.unlink()
+    stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept}
+    res = run_stage("kan_zoo", ["--params", str(params), "--task", "classifier", "--out", str(zoo)], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "fitting 1" in res.stdout
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept} == stamps
+    assert victim.read_bytes() == before
+
+
 def test_corrupt_kan_shard_is_named_by_kan_graphs(kan_zoos, tmp_path: Path):
     assert kan_zoos["results"][("inr", 1)].returncode == 0
     params, src = kan_zoos["jobs"][("inr", 1)]
