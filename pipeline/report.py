@@ -111,8 +111,13 @@ def _pm(s: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
     return f"{scale * s[key + '_mean']:.{digits}f} ± {scale * s[key + '_std']:.{digits}f}"
 
 
-def kan_markdown(summaries: dict[str, dict], zoos: dict[str, dict], counts: dict[str, dict], n_seeds: int) -> str:
-    """The KAN section of ``results.md``: one table per task, published WS-KAN numbers beside."""
+def kan_markdown(
+    summaries: dict[str, dict], zoos: dict[str, dict], counts: dict[str, dict], n_seeds: int, position_r2: float
+) -> str:
+    """The KAN section of ``results.md``: one table per task, published WS-KAN numbers beside.
+
+    ``position_r2``: test R² of the query-position-only reference for the expressivity check.
+    """
     inr, cls = zoos["inr"], zoos["classifier"]
     lines = [
         "## KANs: WS-KAN vs baselines",
@@ -150,6 +155,13 @@ def kan_markdown(summaries: dict[str, dict], zoos: dict[str, dict], counts: dict
                 row += f" {s['seconds_per_epoch']:.1f} |"
                 row += f" {pub.get(m, '–')} |" if pub else ""
                 lines.append(row)
+            if task == "inr_forward":
+                lines += [
+                    "",
+                    f"Reference that ignores the KAN: the mean training target in the query's cell (cell grid "
+                    f"chosen on validation), test R² {position_r2:.3f}. A model near it has not learned to run "
+                    "the input KAN.",
+                ]
         lines.append("")
     lines += [
         "\\* WS-KAN's published numbers are quoted second-hand from zoos that were never released: a "
