@@ -90,7 +90,7 @@ def _kan_section(kan_dir: Path, out: Path, n_seeds: int) -> tuple[str, dict]:
         f"kan_{t}": {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
         for t, summary in summaries.items()
     }
-    numbers["kan_inr_forward"]["position_only_reference"] = {"r2": reference}
+    numbers["kan_inr_forward_position_only_reference"] = {"test_r2": reference}
     return report.kan_markdown(summaries, zoos, counts, n_seeds, reference), numbers
 
 

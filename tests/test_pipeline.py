@@ -143,6 +143,7 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     for task, metric in (("kan_inr", "acc_mean"), ("kan_classifier", "tau_mean"), ("kan_inr_forward", "r2_mean")):
         assert "ws_kan" in metrics[task] and all(metric in m for m in metrics[task].values())
     assert set(metrics["kan_classifier"]) == {"mlp", "mlp_perm", "ng_gnn", "ws_kan"}
+    assert -1.0 <= metrics["kan_inr_forward_position_only_reference"]["test_r2"] <= 1.0
     assert "WS-KAN" in md and "Kendall" in md
     assert (project / "reports" / "figures" / "kan_learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     tags = {r[0] for r in con.execute("select key from tags")}
