@@ -62,23 +62,21 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
-    """``{model: {test_acc_mean, test_acc_std, n_params, ...}}`` over seeds (test acc at best val epoch)."""
+    """``{model: {test_acc_mean, test_acc_std, n_params, ...}}`` over seeds (test acc at best val epoch).
+
+    The classification view of :func:`summarize_metrics`, plus validation accuracy and the
+    published number for the SIREN table.
+    """
     out: dict[str, dict[str, float]] = {}
-    for model in dict.fromkeys(r["model"] for r in runs):
+    for model, row in summarize_metrics(runs).items():
         rs = [r for r in runs if r["model"] == model]
-        acc_m, acc_s = _mean_std([r["test_acc"] for r in rs])
-        val_m, val_s = _mean_std([r["best_val_acc"] for r in rs])
+        val_m, val_s = _mean_std([r["best_val"] for r in rs])
         out[model] = {
-            "test_acc_mean": acc_m,
-            "test_acc_std": acc_s,
+            "test_acc_mean": row["acc_mean"],
+            "test_acc_std": row["acc_std"],
             "val_acc_mean": val_m,
             "val_acc_std": val_s,
-            "n_params": rs[0]["n_params"],
-            "n_seeds": len(rs),
-            "best_epoch_mean": statistics.fmean(r["best_epoch"] for r in rs),
-            "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in rs),
-            "epochs": len(rs[0]["history"]),
-            "label": model_label(model, rs[0]["config"]),
+            **{k: row[k] for k in ("n_params", "n_seeds", "best_epoch_mean", "seconds_per_epoch", "epochs", "label")},
             "published": PUBLISHED_INR_CLS.get(model_key(model, rs[0]["config"]), "–"),
         }
     return out
