@@ -118,19 +118,17 @@ def _cardinal_matrix(order: int) -> Tensor:
     return torch.linalg.solve(vander, torch.stack(vals, dim=1)).float()
 
 
-def _horner(coeffs: list[list[float]], u: Tensor) -> list[Tensor]:
-    """``[sum_e coeffs[e][r] u^e for r]``: one polynomial per column, each of ``u``'s shape.
+@functools.cache
+def _spline_polynomials(order: int, h: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(M, dM, shifts)``: the spline pieces, their ``x``-derivatives and column offsets.
 
-    Scalar coefficients on contiguous arrays are several times faster on CPU than
-    broadcasting a coefficient row over a ``(..., V)`` array or stacking the columns.
+    ``[1, u, .., u^k] @ M`` are the values of the ``k + 1`` splines a point at offset ``u`` in its
+    knot interval touches, ``[1, .., u^(k-1)] @ dM`` their derivatives in ``x`` (knot spacing
+    ``h``), ``shifts[r] = 1 - r`` the column of spline ``j - r`` relative to interval ``j``.
     """
-    cols = []
-    for r in range(len(coeffs[0])):
-        v = u * coeffs[-1][r] + coeffs[-2][r] if len(coeffs) > 1 else torch.full_like(u, coeffs[0][r])
-        for e in range(len(coeffs) - 3, -1, -1):
-            v.mul_(u).add_(coeffs[e][r])
-        cols.append(v)
-    return cols
+    M = _cardinal_matrix(order)
+    dM = M[1:] * torch.arange(1, order + 1, dtype=M.dtype).unsqueeze(1) / h
+    return M, dM, 1 - torch.arange(order + 1)
 
 
 class _UniformBSplines(torch.autograd.Function):
@@ -138,40 +136,38 @@ class _UniformBSplines(torch.autograd.Function):
 
     A point in knot interval ``j`` at local offset ``u`` touches splines ``m = j - r``
     (``r = 0..k``) with values ``[1, u, .., u^k] @ M`` (:func:`_cardinal_matrix`). They are
-    scattered into a ``(..., C + 2)`` buffer whose first and last columns collect the
-    out-of-range splines; the caller gives those columns zero weights, so no slicing copy is
-    needed and their gradient is exactly 0. The backward pass gathers with the derivative
-    polynomial. ``O(k)`` work per input, no autograd graph through a recursion.
+    put into a ``(..., C + 2)`` buffer whose first and last columns collect the out-of-range
+    splines (several may land on one junk entry; which value wins does not matter); the caller gives those columns zero weights, so no slicing copy is needed and their
+    gradient is exactly 0. The backward pass takes the same ``k + 1`` entries of the incoming
+    gradient and contracts them with the derivative polynomial. ``O(k)`` work per input, a
+    handful of whole-tensor operations (one ``put_`` / ``take`` on flat indices, faster on CPU
+    than ``scatter_`` / ``gather``), no autograd graph through a recursion.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, lo: float, h: float, grid_size: int, order: int) -> Tensor:
         k, C = order, grid_size + order
-        M = _cardinal_matrix(k)
+        M, dM, shifts = _spline_polynomials(k, h)
         t = (x - (lo - k * h)) / h  # in knot units from the first knot
         j = t.floor()
         u = t - j
-        j = j.long().unsqueeze(-1)
+        cols = [torch.ones_like(u), u]
+        for _ in range(k - 1):
+            cols.append(cols[-1] * u)
+        powers = torch.stack(cols[: k + 1], dim=-1)  # (..., k + 1): 1, u, .., u^k
         # spline j - r sits in column j - r + 1; out-of-range ones land in junk columns 0, C + 1
-        idx = [(j + (1 - r)).clamp_(0, C + 1) for r in range(k + 1)]
+        row = torch.arange(0, x.numel() * (C + 2), C + 2, device=x.device).view(*x.shape, 1)
+        idx = (j.long().unsqueeze(-1) + shifts).clamp_(0, C + 1).add_(row)  # (..., k + 1) flat
         out = x.new_zeros(*x.shape, C + 2)
-        for i, v in zip(idx, _horner(M.tolist(), u), strict=True):
-            out.scatter_(-1, i, v.unsqueeze(-1))
-        if k > 0:
-            dM = M[1:] * torch.arange(1, k + 1, dtype=M.dtype).unsqueeze(1) / h
-            ctx.save_for_backward(*idx, *_horner(dM.tolist(), u))
-        ctx.k = k
+        out.put_(idx, powers @ M.to(x.dtype))
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(idx, powers[..., :k] @ dM.to(x.dtype))
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        k = ctx.k
-        if k == 0:
-            return torch.zeros(grad.shape[:-1], dtype=grad.dtype), None, None, None, None
-        saved = ctx.saved_tensors
-        gx = grad.gather(-1, saved[0]).squeeze(-1).mul_(saved[k + 1])
-        for r in range(1, k + 1):
-            gx.addcmul_(grad.gather(-1, saved[r]).squeeze(-1), saved[k + 1 + r])
+        idx, deriv = ctx.saved_tensors
+        gx = (grad.contiguous().take(idx) * deriv).sum(-1)
         return gx, None, None, None, None
 
 
@@ -292,25 +288,30 @@ def train_kans(
     """
     B = lr.shape[0]
     names = [t.name for t in spec.tensors if t.name.rsplit(".", 1)[1] in TRAINABLE]
-    theta = {n: params[n].clone().requires_grad_(True) for n in names}
-    fixed = {n: v for n, v in params.items() if n not in theta}
-    m = {n: torch.zeros_like(v) for n, v in theta.items()}
-    v2 = {n: torch.zeros_like(v) for n, v in theta.items()}
+    shapes = [params[n].shape[1:] for n in names]
+    sizes = [math.prod(s) for s in shapes]
+    # one (B, D) leaf: Adam is a handful of ops per step whatever the number of tensors
+    flat = torch.cat([params[n].reshape(B, -1) for n in names], dim=1).requires_grad_(True)
+    fixed = {n: v for n, v in params.items() if n not in names}
+
+    def unflatten(f: Tensor) -> Params:
+        return {n: p.view(B, *s) for n, p, s in zip(names, f.split(sizes, dim=1), shapes, strict=True)}
+
+    m, v2 = torch.zeros_like(flat), torch.zeros_like(flat)
+    wd = None if weight_decay is None else weight_decay.view(B, 1)
     b1, b2 = settings.betas
     loss = torch.full((B,), float("nan"))
     for step in range(1, settings.steps + 1):
         step_lr = lr if steps is None else torch.where(steps >= step, lr, 0.0)
-        per_net = loss_fn({**fixed, **theta})
-        grads = torch.autograd.grad(per_net.sum(), list(theta.values()))
+        per_net = loss_fn({**fixed, **unflatten(flat)})
+        (g,) = torch.autograd.grad(per_net.sum(), [flat])
         loss = per_net.detach()
         with torch.no_grad():
-            for (n, p), g in zip(theta.items(), grads, strict=True):
-                shape = (B,) + (1,) * (p.dim() - 1)
-                if weight_decay is not None:
-                    g = g + weight_decay.view(shape) * p
-                m[n].mul_(b1).add_(g, alpha=1 - b1)
-                v2[n].mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (v2[n].sqrt() / math.sqrt(1 - b2**step)).add_(settings.eps)
-                p.sub_(m[n] / denom * (step_lr / (1 - b1**step)).view(shape))
-    out = {**fixed, **{n: p.detach() for n, p in theta.items()}}
+            if wd is not None:
+                g = g.addcmul_(wd, flat)
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v2.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = v2.sqrt().div_(math.sqrt(1 - b2**step)).add_(settings.eps)
+            flat.sub_(m / denom * (step_lr / (1 - b1**step)).view(B, 1))
+    out = {**fixed, **{n: p.detach().clone() for n, p in unflatten(flat).items()}}
     return {t.name: out[t.name] for t in spec.tensors}, loss
