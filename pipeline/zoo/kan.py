@@ -137,10 +137,11 @@ class _UniformBSplines(torch.autograd.Function):
     A point in knot interval ``j`` at local offset ``u`` touches splines ``m = j - r``
     (``r = 0..k``) with values ``[1, u, .., u^k] @ M`` (:func:`_cardinal_matrix`). They are
     put into a ``(..., C + 2)`` buffer whose first and last columns collect the out-of-range
-    splines (several may land on one junk entry; which value wins does not matter); the caller gives those columns zero weights, so no slicing copy is needed and their
-    gradient is exactly 0. The backward pass takes the same ``k + 1`` entries of the incoming
-    gradient and contracts them with the derivative polynomial. ``O(k)`` work per input, a
-    handful of whole-tensor operations (one ``put_`` / ``take`` on flat indices, faster on CPU
+    splines (several may land on one junk entry; which one wins does not matter); the caller
+    gives those columns zero weights, so no slicing copy is needed and their gradient is
+    exactly 0. The backward pass takes the same ``k + 1`` entries of the incoming gradient and
+    contracts them with the derivative polynomial. ``O(k)`` work per input, a handful of
+    whole-tensor operations (one ``put_`` / ``take`` on flat indices, faster on CPU
     than ``scatter_`` / ``gather``), no autograd graph through a recursion.
     """
 
