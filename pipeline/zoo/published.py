@@ -1,0 +1,224 @@
+"""Readers for the published INR weight-space data sets, into metazoo's zoo format.
+
+Layouts (``../shared/reference/formats.md``; the files need a download, never done here):
+
+* **DWSNets MNIST / F-MNIST INRs**: one PyTorch state dict per INR (``seq.0.weight``,
+  ``seq.0.bias``, ... ``seq.2.bias``: SIREN 2 -> 32 -> 32 -> 1, ``omega0 = 30``, output + 0.5),
+  under ``mnist_png_{training,testing}_<label>_<idx>/checkpoints/model_final.pth``; F-MNIST
+  files carry a ``label`` entry; a ``splits.json`` lists the paths (and labels) of each split.
+* **NFN SIREN INRs**: state dicts ``net<idx>.pth`` in one folder per label, named like
+  ``randinit_smaller[_augK]_<label>s`` (standard SIREN, no output offset).
+
+Every file is read with ``torch.load(weights_only=True)``: a pickle from a stranger never runs
+code; a file that is not a plain state dict raises :class:`~pipeline.io.CorruptFileError`
+naming it. :func:`write_imported_zoo` stores the nets exactly as the ``zoo`` stage does (safetensors
+shards, manifest with per-net hashes, ``zoo.json``), so the ``graphs`` stage reads them with
+``--zoo <dir>`` and nothing downstream knows the difference.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pipeline.io import CorruptFileError, write_json
+from pipeline.weightspace.spec import Params, ParamSpec
+from pipeline.zoo.siren import siren_spec
+from pipeline.zoo.store import NetRecord, net_hashes, shard_name, write_manifest, write_shard
+
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+DWSNETS_DIR = re.compile(r"_(training|testing)_(\d+)_(\d+)$")
+NFN_DIR = re.compile(r"_(\d+)s?$")
+
+
+@dataclass(frozen=True)
+class InrFile:
+    """One published INR: its state-dict file, digit label and split."""
+
+    path: Path
+    label: int
+    split: str
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A state dict of tensors (``weights_only=True``: no code from the file ever runs).
+
+    Accepts a bare state dict or one nested under ``state_dict`` / ``model``; non-tensor entries
+    (a ``label`` int, say) are kept as they are. Raises :class:`CorruptFileError` naming the file.
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused, truncated file, not a torch file
+        raise CorruptFileError(f"{path}: not a plain PyTorch state dict ({type(e).__name__}: {e})") from e
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = {**obj[key], **{k: v for k, v in obj.items() if k != key}}
+    if not isinstance(obj, dict) or not any(isinstance(v, Tensor) for v in obj.values()):
+        raise CorruptFileError(f"{path}: holds no tensors")
+    return obj
+
+
+def _layer_key(name: str) -> tuple:
+    """Natural sort key of a parameter name: ``seq.10.weight`` after ``seq.2.weight``."""
+    return tuple(int(p) if p.isdigit() else p for p in name.split("."))
+
+
+def mlp_params(state: dict[str, Tensor], path: str | Path = "<state dict>") -> tuple[tuple[int, ...], Params]:
+    """``(layer sizes, one net's params in mlp_spec naming)`` from a state dict of linear layers.
+
+    The 2-D ``*.weight`` tensors, in natural order of their names, are the layers; each needs a
+    ``*.bias`` of matching length and consecutive layers must chain.
+    """
+    weights = sorted(
+        (k for k, v in state.items() if k.endswith("weight") and getattr(v, "dim", lambda: 0)() == 2), key=_layer_key
+    )
+    if not weights:
+        raise CorruptFileError(f"{path}: no 2-D '*.weight' tensors")
+    sizes = [int(state[weights[0]].shape[1])]
+    params: Params = {}
+    for l, wk in enumerate(weights):
+        w = state[wk].float()
+        bk = wk[: -len("weight")] + "bias"
+        b = state.get(bk)
+        if b is None or b.shape != (w.shape[0],):
+            raise CorruptFileError(f"{path}: {wk} {tuple(w.shape)} has no matching {bk}")
+        if w.shape[1] != sizes[-1]:
+            raise CorruptFileError(f"{path}: {wk} takes {w.shape[1]} inputs, the layer before gives {sizes[-1]}")
+        sizes.append(int(w.shape[0]))
+        params[f"layers.{l}.weight"], params[f"layers.{l}.bias"] = w, b.float()
+    return tuple(sizes), params
+
+
+def dwsnets_files(root: str | Path) -> list[InrFile]:
+    """The INRs of a DWSNets data set directory, with labels and splits.
+
+    With ``splits.json`` (``{split: {"path": [...], "label": [...]}}``, paths absolute or
+    relative to ``root``) that file decides; without it, ``*_training_*`` files are the training
+    split and ``*_testing_*`` the test split (no validation split), labels from folder names.
+    """
+    root = Path(root)
+    splits = root / "splits.json"
+    if splits.exists():
+        try:
+            spec = json.loads(splits.read_text())
+        except (OSError, ValueError) as e:
+            raise CorruptFileError(f"{splits}: {e}") from e
+        files = []
+        for name, entry in spec.items():
+            if name not in SPLIT_NAMES:
+                raise CorruptFileError(f"{splits}: unknown split {name!r}; expected one of {sorted(SPLIT_NAMES)}")
+            for i, p in enumerate(entry["path"]):
+                label = int(entry["label"][i]) if "label" in entry else _dwsnets_label(Path(p))
+                files.append(InrFile(_resolve(root, p), label, SPLIT_NAMES[name]))
+        return files
+    files = []
+    for path in sorted(root.rglob("model_final.pth")):
+        m = DWSNETS_DIR.search(path.parent.parent.name)
+        if m is None:
+            raise CorruptFileError(f"{path}: folder name does not match *_(training|testing)_<label>_<idx>")
+        files.append(InrFile(path, int(m.group(2)), "train" if m.group(1) == "training" else "test"))
+    return files
+
+
+def _dwsnets_label(path: Path) -> int:
+    for part in reversed(path.parts):
+        m = DWSNETS_DIR.search(part)
+        if m:
+            return int(m.group(2))
+    raise CorruptFileError(f"{path}: no label in splits.json or in the folder name")
+
+
+def _resolve(root: Path, p: str) -> Path:
+    q = Path(p)
+    if q.is_absolute() and q.exists():
+        return q
+    if (root / q).exists():
+        return root / q
+    # splits.json written on another machine: keep the part from the INR's own folder on
+    for i, part in enumerate(q.parts):
+        if DWSNETS_DIR.search(part) and (root / Path(*q.parts[i:])).exists():
+            return root / Path(*q.parts[i:])
+    raise CorruptFileError(f"{root / 'splits.json'}: listed file {p} not found under {root}")
+
+
+def nfn_files(root: str | Path, split: str = "train") -> list[InrFile]:
+    """``net<idx>.pth`` files under one folder per label (``..._<label>s``), all in ``split``."""
+    root = Path(root)
+    files = []
+    for path in sorted(root.rglob("net*.pth"), key=lambda p: (str(p.parent), _layer_key(p.stem))):
+        m = NFN_DIR.search(path.parent.name)
+        if m is None:
+            raise CorruptFileError(f"{path}: folder name does not end in _<label>s")
+        files.append(InrFile(path, int(m.group(1)), split))
+    return files
+
+
+def read_inrs(files: list[InrFile]) -> tuple[ParamSpec, Params, list[int]]:
+    """``(spec, zoo batch, labels)`` of every file's SIREN (all must share one layout).
+
+    A ``label`` entry inside a file (F-MNIST) wins over the listing's label.
+    """
+    nets, labels, sizes = [], [], None
+    for f in files:
+        state = read_state_dict(f.path)
+        label = state.get("label")
+        labels.append(int(label) if label is not None else f.label)
+        s, p = mlp_params({k: v for k, v in state.items() if isinstance(v, Tensor) and k != "label"}, f.path)
+        if sizes is None:
+            sizes = s
+        elif s != sizes:
+            raise CorruptFileError(f"{f.path}: layout {s} differs from the first file's {sizes}")
+        nets.append(p)
+    if not nets:
+        raise CorruptFileError("no INR files found")
+    spec = siren_spec(sizes[1:-1], sizes[0], sizes[-1])
+    return spec, {t.name: torch.stack([n[t.name] for n in nets]) for t in spec.tensors}, labels
+
+
+def carve_validation(files: list[InrFile], fraction: float, seed: int = 0) -> list[InrFile]:
+    """Move a seeded ``fraction`` of the training files to ``val`` if there is no validation split."""
+    if any(f.split == "val" for f in files) or fraction <= 0:
+        return files
+    train = [i for i, f in enumerate(files) if f.split == "train"]
+    g = torch.Generator().manual_seed(seed)
+    picked = {train[int(j)] for j in torch.randperm(len(train), generator=g)[: round(fraction * len(train))]}
+    return [InrFile(f.path, f.label, "val") if i in picked else f for i, f in enumerate(files)]
+
+
+def write_imported_zoo(
+    out: str | Path,
+    files: list[InrFile],
+    spec: ParamSpec,
+    params: Params,
+    labels: list[int],
+    recipe: dict,
+    image_shape: tuple[int, int] = (28, 28),
+    shard_size: int = 1000,
+) -> dict:
+    """Store imported nets in the ``zoo`` stage's format (atomic shards, manifest, ``zoo.json``)."""
+    out = Path(out)
+    n = len(files)
+    hashes = net_hashes(params, spec)
+    records, fp = [], f"import:{recipe.get('format', '?')}"
+    for k, start in enumerate(range(0, n, shard_size)):
+        idx = torch.arange(start, min(start + shard_size, n))
+        name = shard_name(k)
+        write_shard(out / "shards" / name, {t: v[idx] for t, v in params.items()}, spec, {"net_id": idx}, fp)
+        for i in idx.tolist():
+            records.append(
+                NetRecord(i, -1, labels[i], files[i].split, -1, float("nan"), float("nan"), 0, False, name, hashes[i])
+            )
+    write_manifest(out / "manifest.csv", records)
+    counts = {s: sum(f.split == s for f in files) for s in ("train", "val", "test")}
+    summary = {"n_nets": n, "n_diverged": 0, "counts": counts}
+    write_json(
+        out / "zoo.json",
+        {"spec": spec.to_dict(), "recipe": recipe, "image_shape": list(image_shape), "summary": summary},
+    )
+    return summary

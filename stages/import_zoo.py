@@ -1,0 +1,56 @@
+"""Import a published INR data set (DWSNets or NFN layout) as a metazoo zoo directory.
+
+Not a DVC stage of the default pipeline (the files need a download). After
+``python -m stages.import_zoo --format dwsnets --src <dir> --out data/zoo_dwsnets`` the ``graphs``
+stage reads it like a zoo we fitted: ``python -m stages.graphs --zoo data/zoo_dwsnets --out
+data/graphs_dwsnets``. Every file is loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.io import CorruptFileError
+from pipeline.zoo.published import carve_validation, dwsnets_files, nfn_files, read_inrs, write_imported_zoo
+
+FORMATS = {
+    # format: (file lister, SIREN omega0, output-offset variant)
+    "dwsnets": (dwsnets_files, 30.0, "dwsnets"),
+    "nfn": (nfn_files, 30.0, "standard"),
+}
+
+
+def run(fmt: str, src: Path, out: Path, val_fraction: float, seed: int, omega0: float | None = None) -> dict:
+    lister, default_omega, variant = FORMATS[fmt]
+    files = carve_validation(lister(src), val_fraction, seed)
+    spec, params, labels = read_inrs(files)
+    recipe = {
+        "format": fmt,
+        "source": str(src),
+        "fit": {"omega0": omega0 or default_omega, "variant": variant},
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }
+    summary = write_imported_zoo(out, files, spec, params, labels, recipe)
+    print(f"import_zoo: {summary['n_nets']} {fmt} INRs {spec.layer_sizes} -> {out} (splits {summary['counts']})")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--format", required=True, choices=sorted(FORMATS))
+    ap.add_argument("--src", required=True, type=Path, help="the downloaded data set's directory")
+    ap.add_argument("--out", required=True, type=Path, help="zoo directory to write")
+    ap.add_argument("--val-fraction", type=float, default=1 / 12, help="of the training INRs, if no validation split")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--omega0", type=float, default=None, help="SIREN frequency (default: the format's, 30)")
+    args = ap.parse_args(argv)
+    try:
+        run(args.format, args.src, args.out, args.val_fraction, args.seed, args.omega0)
+    except CorruptFileError as e:
+        raise SystemExit(f"import_zoo: {e}") from e
+
+
+if __name__ == "__main__":
+    main()
