@@ -95,7 +95,6 @@ class KanInrConfig:
     n_train: int = 2000
     n_val: int = 250
     n_test: int = 250
-    forward_points: int = 2
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,6 @@ class KanClassifierConfig:
 @dataclass(frozen=True)
 class KanTrainConfig:
     models: list[str] = field(default_factory=lambda: ["mlp", "mlp_perm", "ng_gnn", "ws_kan"])
-    forward_models: list[str] = field(default_factory=lambda: ["ws_kan"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     epochs: int = 30
     batch_size: int = 32
@@ -132,6 +130,25 @@ class KanTrainConfig:
 
 
 @dataclass(frozen=True)
+class KanForwardConfig:
+    """The expressivity check (:mod:`pipeline.kan_forward`): fresh query points every step."""
+
+    models: list[str] = field(default_factory=lambda: ["ws_kan"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 2000
+    kans_per_step: int = 32
+    points_per_kan: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 10.0
+    eval_every: int = 250
+    eval_points: int = 16
+    threads_per_task: int = 1
+    ws_kan: WSKANConfig = field(default_factory=WSKANConfig)
+    ng_gnn: NGGNNConfig = field(default_factory=lambda: NGGNNConfig(probe_features=0))
+
+
+@dataclass(frozen=True)
 class KanConfig:
     inr: KanInrConfig = field(default_factory=KanInrConfig)
     classifier: KanClassifierConfig = field(default_factory=KanClassifierConfig)
@@ -139,6 +156,7 @@ class KanConfig:
     chunk_size: int = 16
     threads_per_task: int = 1
     train: KanTrainConfig = field(default_factory=KanTrainConfig)
+    forward: KanForwardConfig = field(default_factory=KanForwardConfig)
 
 
 @dataclass(frozen=True)
@@ -277,13 +295,18 @@ def validate(p: Params) -> None:
     for m in p.train.models:
         ok = split_model_name(m)[0] in ("mlp", "ng_gnn")
         checks.append((ok, "train.models", f"{m!r}: the SIREN zoo trains 'mlp', 'ng_gnn' (optionally + '_perm')"))
-    for key, names in (
-        ("kan.train.models", p.kan.train.models),
-        ("kan.train.forward_models", p.kan.train.forward_models),
-    ):
-        for m in names:
-            ok = split_model_name(m)[0] in MODEL_NAMES
-            checks.append((ok, key, f"{m!r} is not one of {MODEL_NAMES} (optionally + '_perm')"))
+    for m in p.kan.train.models:
+        ok = split_model_name(m)[0] in MODEL_NAMES
+        checks.append((ok, "kan.train.models", f"{m!r} is not one of {MODEL_NAMES} (optionally + '_perm')"))
+    kf = p.kan.forward
+    for m in kf.models:
+        checks.append((m in ("ws_kan", "ng_gnn"), "kan.forward.models", f"{m!r}: graph models 'ws_kan', 'ng_gnn' only"))
+    checks += [
+        (len(kf.seeds) >= 1, "kan.forward.seeds", "needs at least one seed"),
+        (kf.steps > 0 and kf.eval_every > 0, "kan.forward.steps", "steps and eval_every must be > 0"),
+        (min(kf.kans_per_step, kf.points_per_kan, kf.eval_points) > 0, "kan.forward.*_points", "must be > 0"),
+        (kf.lr > 0, "kan.forward.lr", "must be > 0"),
+    ]
     kc, kt = p.kan.classifier, p.kan.train
     for key, pair in (("lr", kc.lr), ("weight_decay", kc.weight_decay)):
         checks.append((len(pair) == 2 and 0 < pair[0] <= pair[1], f"kan.classifier.{key}", "needs [low, high] > 0"))

@@ -109,12 +109,20 @@ def _pm(s: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
     return f"{scale * s[key + '_mean']:.{digits}f} ± {scale * s[key + '_std']:.{digits}f}"
 
 
+def reference_summary(runs: list[dict]) -> dict[str, float]:
+    """Mean ± std over runs of the position-only reference's test metrics (``run["reference"]``)."""
+    out: dict[str, float] = {}
+    for key in runs[0]["reference"]:
+        out[f"test_{key}_mean"], out[f"test_{key}_std"] = _mean_std([r["reference"][key] for r in runs])
+    return out
+
+
 def kan_markdown(
-    summaries: dict[str, dict], zoos: dict[str, dict], counts: dict[str, dict], n_seeds: int, position_r2: float
+    summaries: dict[str, dict], zoos: dict[str, dict], counts: dict[str, dict], n_seeds: int, reference: dict
 ) -> str:
     """The KAN section of ``results.md``: one table per task, published WS-KAN numbers beside.
 
-    ``position_r2``: test R² of the query-position-only reference for the expressivity check.
+    ``reference``: :func:`reference_summary` of the expressivity check's position-only predictor.
     """
     inr, cls = zoos["inr"], zoos["classifier"]
     lines = [
@@ -125,7 +133,7 @@ def kan_markdown(
         f"KAN classifier zoo: {cls['n_nets']} KANs {cls['spec']}, test accuracies "
         f"{100 * cls['test_acc_mean']:.1f} ± {100 * cls['test_acc_std']:.1f} % (range {100 * cls['test_acc_min']:.1f}"
         f"-{100 * cls['test_acc_max']:.1f} %). Settings and reasons: README, \"KAN zoo\".",
-        f"Test metrics at the best validation epoch, mean ± std over {n_seeds} seeds; graphs per split: "
+        f"Test metrics at the best validation epoch, mean ± std over {n_seeds} seeds; KANs per split: "
         + "; ".join(f"{t}: {c}" for t, c in counts.items())
         + ".",
         "",
@@ -156,9 +164,10 @@ def kan_markdown(
             if task == "inr_forward":
                 lines += [
                     "",
-                    f"Reference that ignores the KAN: the mean training target in the query's cell (cell grid "
-                    f"chosen on validation), test R² {position_r2:.3f}. A model near it has not learned to run "
-                    "the input KAN.",
+                    "Reference that ignores the KAN: the mean output of the training KANs at the query point "
+                    f"(the best predictor of the position alone), test R² {_pm(reference, 'test_r2', 1, 3)}. A model "
+                    "near it has not learned to run the input KAN. Fresh (KAN, point) pairs every step; an "
+                    "epoch of the curves is one validation evaluation.",
                 ]
         lines.append("")
     lines += [
@@ -279,3 +288,18 @@ def plot_reconstructions(
 def _save(fig, path: str | Path) -> None:
     atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
+
+
+def plot_long_run(record: dict, path: str | Path) -> None:
+    """Validation R² against training steps of one long run, with the default profile's step
+    budget and the position-only reference marked."""
+    steps = [h["step"] for h in record["history"]]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(steps, [h["val_r2"] for h in record["history"]], marker="o", ms=3, label=f"{record['model']} validation R²")
+    ax.axhline(record["reference"]["r2"], color="gray", ls="--", label="position-only reference (test)")
+    ax.axvline(record["default_steps"], color="k", ls=":", lw=1, label="default profile's steps")
+    ax.set(xlabel="training step", ylabel="R²", title="Expressivity check: one long run")
+    ax.set_ylim(bottom=max(-0.2, float(ax.get_ylim()[0])))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)

@@ -13,11 +13,19 @@ from stages.train import run_training
 def run(params: Params, task: str, graphs_dir: Path, out: Path) -> list[dict]:
     kt = params.kan.train
     settings = TrainSettings(kt.epochs, kt.batch_size, kt.lr, kt.weight_decay, kt.warmup_steps, kt.grad_clip)
-    models = kt.forward_models if task == "inr_forward" else kt.models
     configs = {"mlp": kt.mlp, "ng_gnn": kt.ng_gnn, "ws_kan": kt.ws_kan}
     # KANs have no sign symmetry (SiLU is not odd): no sign flips; "_perm" models add permutations
     return run_training(
-        params, graphs_dir, out, models, kt.seeds, settings, configs, "none", kt.threads_per_task, f"kan_train@{task}"
+        params,
+        graphs_dir,
+        out,
+        kt.models,
+        kt.seeds,
+        settings,
+        configs,
+        "none",
+        kt.threads_per_task,
+        f"kan_train@{task}",
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ from pipeline.zoo.kan_zoo import (
     fit_kan_inrs,
     load_kan_zoo,
 )
-from tests.conftest import TINY, run_stage, write_params
+from tests.conftest import run_stage, write_params
 
 GRID = (-1.0, 1.0)
 RANGES = ClassifierRanges(
@@ -376,70 +375,3 @@ def test_corrupt_kan_shard_is_named_by_kan_graphs(kan_zoos, tmp_path: Path):
     assert not (out / "train.safetensors").exists() and not (out / "meta.json").exists()
 
 
-def test_kan_graphs_inr_forward_targets_are_the_zoo_outputs(kan_zoos, tmp_path: Path):
-    """One graph per (KAN-INR, query point): the point rides on the input nodes, y is the KAN's output there."""
-    from pipeline.graphs.store import GraphSet
-    from stages.kan_graphs import QUERY_FREQS, query_features
-
-    assert kan_zoos["results"][("inr", 1)].returncode == 0
-    params, zoo = kan_zoos["jobs"][("inr", 1)]
-    out = tmp_path / "g"
-    res = run_stage(
-        "kan_graphs", ["--params", str(params), "--task", "inr_forward", "--zoo", str(zoo), "--out", str(out)], tmp_path
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    n_points = TINY["kan"]["inr"]["forward_points"]
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["kind"] == "regression" and meta["n_targets"] == 1
-    assert meta["query_points_per_net"] == n_points
-
-    spec, zoo_params, rows, _ = load_kan_zoo(zoo)
-    index = {int(r["net_id"]): i for i, r in enumerate(rows)}
-    seen: dict[int, list] = {}
-    for split in ("train", "val", "test"):
-        gs = GraphSet.load(out / f"{split}.safetensors")
-        n_graphs = len(gs.net_id)
-        assert n_graphs == n_points * sum(r["split"] == split for r in rows)
-        assert gs.y.reshape(n_graphs, -1).shape == (n_graphs, 1)
-        # read each graph's query point back from its input nodes (first appended query column)
-        q = -(1 + 2 * QUERY_FREQS)
-        pts = torch.full((n_graphs, 2), float("nan"))
-        for g in range(n_graphs):
-            lo, hi = int(gs.node_ptr[g]), int(gs.node_ptr[g + 1])
-            inputs = gs.node_layer[lo:hi] == 0
-            assert int(inputs.sum()) == 2
-            assert (gs.x[lo:hi][~inputs, q:] == 0).all(), "only input nodes carry the query point"
-            pts[g, gs.node_pos[lo:hi][inputs]] = gs.x[lo:hi][inputs, q]
-            torch.testing.assert_close(gs.x[lo:hi][inputs, q:], query_features(gs.x[lo:hi][inputs, q]))
-        assert torch.isfinite(pts).all() and pts.abs().max() <= 1
-        rows_idx = [index[int(i)] for i in gs.net_id]
-        assert all(rows[i]["split"] == split for i in rows_idx)
-        raw = {k: v[rows_idx] for k, v in zoo_params.items()}
-        with torch.no_grad():
-            expected = kan_forward(raw, spec, pts.unsqueeze(1), uniform=GRID)[:, 0, 0]  # (graphs,)
-        torch.testing.assert_close(gs.y.reshape(-1).float(), expected, atol=1e-5, rtol=1e-5)
-        for i, p in zip(gs.net_id.tolist(), pts, strict=True):
-            seen.setdefault(int(i), []).append(p)
-    assert set(seen) == set(index)
-    for i, ps in seen.items():
-        assert len(ps) == n_points
-        assert torch.stack(ps).std(0).min() > 1e-3, f"net {i}: its query points should differ"
-
-
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ({"kan": {"classifier": {"lr": "fast"}}}, "kan.classifier.lr"),
-        ({"kan": {"train": {"models": ["mlp", "transformer"]}}}, "kan.train.models"),
-    ],
-    ids=["classifier-lr", "train-models"],
-)
-def test_bad_kan_params_fail_before_any_work(tmp_path: Path, override: dict, key: str):
-    params = write_params(tmp_path / "params.yaml", override)
-    out = tmp_path / "zoo"
-    res = run_stage(
-        "kan_zoo", ["--params", str(params), "--task", "classifier", "--out", str(out)], tmp_path, timeout=60
-    )
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert key in res.stderr
-    assert not out.exists()
