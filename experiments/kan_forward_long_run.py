@@ -21,7 +21,7 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.io import write_json
-from pipeline.kan_forward import ForwardSettings, fit_forward
+from pipeline.kan_forward import fit_forward, settings_from
 from pipeline.models import build_model
 from pipeline.report import plot_long_run
 from stages.kan_forward import load_forward_data
@@ -43,16 +43,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     params = load_params(args.params)
     fc = params.kan.forward
-    settings = ForwardSettings(
-        args.steps,
-        fc.kans_per_step,
-        fc.points_per_kan,
-        fc.lr,
-        fc.weight_decay,
-        fc.grad_clip,
-        args.eval_every,
-        fc.eval_points,
-    )
+    settings = dataclasses.replace(settings_from(fc), steps=args.steps, eval_every=args.eval_every)
     data = load_forward_data(args.zoo)
     cfg = getattr(fc, args.model)
     model = build_model(args.model, cfg, data.shape())

@@ -18,6 +18,7 @@ operations: no per-graph Python and no per-step collation.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from pipeline.graphs.neural_graph import GraphTemplate, graph_template, params_to_features
 from pipeline.models import DataShape
+from pipeline.train import RunResult
 from pipeline.weightspace.normalize import apply_stats, fit_stats
 from pipeline.weightspace.spec import Params, ParamSpec
 from pipeline.zoo.kan import kan_forward, kan_grid_order, uniform_grid
@@ -192,18 +194,18 @@ class ForwardSettings:
     eval_points: int = 16
 
 
-@dataclass
-class ForwardResult:
-    """Per-evaluation history and the best-validation checkpoint's test metrics (in target units)."""
+def settings_from(cfg) -> ForwardSettings:
+    """:class:`ForwardSettings` from a config section with the same field names (``kan.forward``)."""
+    return ForwardSettings(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ForwardSettings)})
 
-    history: list[dict[str, float]] = field(default_factory=list)
+
+@dataclass
+class ForwardResult(RunResult):
+    """:class:`~pipeline.train.RunResult` (history per evaluation, test metrics in target units at
+    the best validation evaluation) plus the position-only reference's test metrics."""
+
     select: str = "r2"
-    best_epoch: int = -1
-    best_val: float = -math.inf
-    test: dict[str, float] = field(default_factory=dict)
     reference: dict[str, float] = field(default_factory=dict)
-    n_params: int = 0
-    seconds_per_epoch: float = 0.0
 
 
 @torch.no_grad()

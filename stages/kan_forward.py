@@ -16,7 +16,7 @@ import torch
 
 from pipeline.config import ConfigError, Params, to_flat_dict
 from pipeline.io import fingerprint, read_json, write_json
-from pipeline.kan_forward import ForwardData, ForwardSettings, fit_forward
+from pipeline.kan_forward import ForwardData, ForwardSettings, fit_forward, settings_from
 from pipeline.models import build_model
 from pipeline.zoo.kan_zoo import GRID_RANGE, load_kan_zoo
 from stages.common import parse
@@ -65,16 +65,7 @@ def run(params: Params, zoo_dir: Path, out: Path) -> list[dict]:
     from pipeline import distributed, tracking
 
     fc = params.kan.forward
-    settings = ForwardSettings(
-        fc.steps,
-        fc.kans_per_step,
-        fc.points_per_kan,
-        fc.lr,
-        fc.weight_decay,
-        fc.grad_clip,
-        fc.eval_every,
-        fc.eval_points,
-    )
+    settings = settings_from(fc)
     configs = {"ws_kan": fc.ws_kan, "ng_gnn": fc.ng_gnn}
     jobs = [(m, s) for m in fc.models for s in fc.seeds]
     data_version = fingerprint(
