@@ -13,7 +13,7 @@ from pipeline.data import load_images, split_indices
 from pipeline.io import fingerprint, write_json
 from pipeline.weightspace.spec import ParamSpec
 from pipeline.zoo.build import PlannedNet, net_seed, plan_inr_zoo, shard_fingerprint, shard_plan
-from pipeline.zoo.kan import kan_spec
+from pipeline.zoo.kan import kan_backend, kan_spec
 from pipeline.zoo.kan_zoo import (
     KAN_TASKS,
     ClassifierRanges,
@@ -76,6 +76,7 @@ def run(params: Params, task: str, out: Path) -> dict:
         "fit": dataclasses.asdict(fit),
         "chunk_size": kc.chunk_size,
         "threads_per_task": kc.threads_per_task,
+        "backend": kan_backend(),  # fused C++ kernel or PyTorch ops: equal up to float32 rounding, not bytes
         "data": fingerprint({k: v.tolist() for k, v in data.get("digits", {}).items()}) if task != "inr" else "mnist",
     }
     fps = [shard_fingerprint(recipe, s) for s in shards]

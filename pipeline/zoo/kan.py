@@ -23,16 +23,24 @@ node ``i`` of layer ``l`` moves row ``i`` of layer ``l-1``'s edge tensors, colum
 :func:`pipeline.weightspace.spec.permute` needs nothing KAN-specific.
 
 :func:`train_kans` fits ``B`` KANs in one process with a leading model axis on every tensor
-(two batched matrix products per layer, no Python loop over nets) and Adam with per-net
-learning rates and weight decays, the arithmetic of ``torch.optim.Adam``.
+(per layer one batched matrix product for the SiLU term and one spline sum, no Python loop
+over nets) and Adam with per-net learning rates and weight decays, the arithmetic of
+``torch.optim.Adam``. On CPU the spline sum on uniform knots is a fused C++ kernel
+(``csrc/kan_spline.cpp``, :func:`spline_kernel`) that touches only the ``k + 1`` non-zero
+splines of each input; elsewhere it is a dense basis times a batched matrix product.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
+import platform
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -128,7 +136,7 @@ def _spline_polynomials(order: int, h: float) -> tuple[Tensor, Tensor, Tensor]:
     """
     M = _cardinal_matrix(order)
     dM = M[1:] * torch.arange(1, order + 1, dtype=M.dtype).unsqueeze(1) / h
-    return M, dM, 1 - torch.arange(order + 1)
+    return M.contiguous(), dM.contiguous(), 1 - torch.arange(order + 1)
 
 
 class _UniformBSplines(torch.autograd.Function):
@@ -185,7 +193,114 @@ def uniform_b_splines(x: Tensor, lo: float, hi: float, grid_size: int, order: in
     return _UniformBSplines.apply(x, lo, (hi - lo) / grid_size, grid_size, order)
 
 
-def kan_layer(h: Tensor, coef: Tensor, scale_base: Tensor, scale_sp: Tensor, basis: Tensor) -> Tensor:
+def _cpu_tag() -> str:
+    """Short hash of this CPU's model and instruction-set flags (the kernel is built for them)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = [platform.machine(), platform.processor()]
+    ident = [line for line in lines if line.startswith(("model name", "flags"))][:2] or lines
+    return hashlib.sha1("\n".join(ident).encode()).hexdigest()[:10]
+
+
+@functools.cache
+def spline_kernel():
+    """The fused C++ spline kernel (``csrc/kan_spline.cpp``), built once per machine, or ``None``.
+
+    Built by :func:`torch.utils.cpp_extension.load` for this CPU (``-O3 -march=native``, OpenMP;
+    cached under ``~/.cache/torch_extensions`` with the CPU's hash in its name, so a shared home
+    never hands one machine's build to another). Needs a C++ compiler: where the build fails,
+    or with ``METAZOO_KAN_KERNEL=0``, the PyTorch path is used (with a warning for a failed build).
+    Both compute the same function to float32 rounding (``tests/test_kan_zoo.py``).
+    """
+    if os.environ.get("METAZOO_KAN_KERNEL", "1") == "0":
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load(
+            f"metazoo_kan_spline_{_cpu_tag()}",
+            [str(Path(__file__).parent / "csrc" / "kan_spline.cpp")],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as err:  # no compiler, no headers, no OpenMP: the PyTorch path still works
+        warnings.warn(f"KAN spline kernel unavailable ({err}); using the PyTorch path", stacklevel=2)
+        return None
+
+
+def kan_backend() -> str:
+    """``"fused-cpu"`` where :func:`uniform_spline_part` runs the C++ kernel on CPU float32, else ``"torch"``."""
+    return "fused-cpu" if spline_kernel() is not None else "torch"
+
+
+class _FusedUniformSpline(torch.autograd.Function):
+    """``y[b, n, o] = sum_{i, m} w[b, o, i, m] B_m(h[b, n, i])`` on uniform knots, by the C++ kernel.
+
+    Visits only the ``k + 1`` splines each input touches (no dense basis), forward and
+    backward; ``h`` ``(B, N, I)``, ``w`` ``(B, O, I, C)`` -> ``(B, N, O)``. Each net is
+    computed by one thread in a fixed order: the result does not depend on the thread count.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor, lo: float, step: float, grid_size: int, order: int) -> Tensor:
+        M, dM, _ = _spline_polynomials(order, step)
+        wt = w.permute(0, 2, 3, 1).contiguous()  # (B, I, C, O): one spline's outputs contiguous
+        h = h.contiguous()
+        ctx.save_for_backward(h, wt)
+        ctx.consts = (M, dM, lo, step, grid_size, order)
+        return spline_kernel().forward(h, wt, M, lo, step, grid_size, order)
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):
+        h, wt = ctx.saved_tensors
+        M, dM, lo, step, grid_size, order = ctx.consts
+        need_gh = ctx.needs_input_grad[0]
+        gh, gwt = spline_kernel().backward(gy.contiguous(), h, wt, M, dM, lo, step, grid_size, order, need_gh)
+        return (gh if need_gh else None), gwt.permute(0, 3, 1, 2), None, None, None, None
+
+
+def dense_spline_part(basis: Tensor, w: Tensor) -> Tensor:
+    """``sum_{i, m} w[b, o, i, m] basis[b, n, i, m]``: one batched matrix product.
+
+    Args:
+        basis: ``(B, N, I, C)`` or shared ``(N, I, C)`` (:func:`b_splines`), or with ``C + 2``
+            columns (:func:`uniform_b_splines`; its junk columns meet zero weights here).
+        w: ``(B, O, I, C)``.
+    Returns:
+        ``(B, N, O)``.
+    """
+    if basis.shape[-1] == w.shape[-1] + 2:
+        w = torch.nn.functional.pad(w, (1, 1))
+    return torch.matmul(basis.flatten(-2), w.reshape(*w.shape[:2], -1).transpose(1, 2))
+
+
+def uniform_spline_part(
+    h: Tensor, w: Tensor, lo: float, hi: float, grid_size: int, order: int, fused: bool = True
+) -> Tensor:
+    """``sum_{i, m} w[b, o, i, m] B_m(h[b, n, i])`` for the knots of :func:`uniform_grid` on ``[lo, hi]``.
+
+    Args:
+        h: ``(B, N, I)``, or ``(N, I)`` shared by every net.
+        w: ``(B, O, I, G + k)`` spline weights (``scale_sp * coef``).
+        fused: use the C++ kernel (:func:`spline_kernel`) for per-net CPU float32 inputs where
+            it is built; ``False`` forces :func:`uniform_b_splines` + :func:`dense_spline_part`.
+    Returns:
+        ``(B, N, O)``.
+    """
+    # a shared input (a zoo's common points in layer 0) is best served by one dense basis for
+    # every net and a broadcast matrix product; per-net inputs by the kernel
+    per_net = h.dim() == 3
+    cpu32 = h.device.type == "cpu" and h.dtype == w.dtype == torch.float32
+    if fused and per_net and cpu32 and spline_kernel() is not None:
+        return _FusedUniformSpline.apply(h, w, lo, (hi - lo) / grid_size, grid_size, order)
+    return dense_spline_part(uniform_b_splines(h, lo, hi, grid_size, order), w)
+
+
+def kan_layer(
+    h: Tensor, coef: Tensor, scale_base: Tensor, scale_sp: Tensor, spline: Callable[[Tensor, Tensor], Tensor]
+) -> Tensor:
     """One KAN layer for a batch of nets.
 
     ``y[b, :, j] = sum_i scale_base[b, j, i] silu(h[b, :, i])
@@ -194,18 +309,18 @@ def kan_layer(h: Tensor, coef: Tensor, scale_base: Tensor, scale_sp: Tensor, bas
     Args:
         h: ``(B, N, n_in)``, or ``(N, n_in)`` shared by every net.
         coef: ``(B, n_out, n_in, C)``; scale_base, scale_sp ``(B, n_out, n_in)``.
-        basis: ``B_m(h)``, ``(B, N, n_in, C)`` or ``(N, n_in, C)`` (:func:`b_splines`), or with
-            ``C + 2`` columns (:func:`uniform_b_splines`).
+        spline: ``(h, w) -> (B, N, n_out)``, the spline sum for weights ``w = scale_sp * coef``
+            (:func:`uniform_spline_part`, or :func:`dense_spline_part` on :func:`b_splines`).
     Returns:
-        ``(B, N, n_out)``: two (broadcast) batched matrix products.
+        ``(B, N, n_out)``.
     """
-    B, n_out = coef.shape[:2]
-    w_sp = scale_sp.unsqueeze(-1) * coef
-    if basis.shape[-1] == coef.shape[-1] + 2:  # uniform_b_splines' junk columns meet zero weights
-        w_sp = torch.nn.functional.pad(w_sp, (1, 1))
-    w_sp = w_sp.reshape(B, n_out, -1)  # (B, n_out, n_in * C)
     out = torch.matmul(torch.nn.functional.silu(h), scale_base.transpose(1, 2))
-    return out + torch.matmul(basis.flatten(-2), w_sp.transpose(1, 2))
+    return out + spline(h, scale_sp.unsqueeze(-1) * coef)
+
+
+def _grid_spline_part(h: Tensor, w: Tensor, grid: Tensor, order: int) -> Tensor:
+    """Spline sum on each net's and node's own knots ``grid`` ``(B, I, K)``."""
+    return dense_spline_part(b_splines(h, grid, order), w)
 
 
 def kan_forward(
@@ -214,7 +329,7 @@ def kan_forward(
     """Outputs of every net: ``x`` ``(N, n_0)`` shared or ``(B, N, n_0)`` -> ``(B, N, n_L)``.
 
     ``uniform=(lo, hi)`` promises that every grid is :func:`uniform_grid` on ``[lo, hi]`` (the
-    zoo's fixed knots) and switches to :func:`uniform_b_splines`; otherwise each net's and
+    zoo's fixed knots) and switches to :func:`uniform_spline_part`; otherwise each net's and
     node's own knots are used.
     """
     G, k = kan_grid_order(spec)
@@ -223,11 +338,11 @@ def kan_forward(
     for l in range(spec.n_layers):
         p = f"layers.{l}."
         if uniform is not None:
-            basis = uniform_b_splines(h, uniform[0], uniform[1], G, k)
+            spline = functools.partial(uniform_spline_part, lo=uniform[0], hi=uniform[1], grid_size=G, order=k)
         else:
             h = h.expand(B, *h.shape) if h.dim() == 2 else h
-            basis = b_splines(h, params[p + "grid"], k)
-        h = kan_layer(h, params[p + "coef"], params[p + "scale_base"], params[p + "scale_sp"], basis)
+            spline = functools.partial(_grid_spline_part, grid=params[p + "grid"], order=k)
+        h = kan_layer(h, params[p + "coef"], params[p + "scale_base"], params[p + "scale_sp"], spline)
     return h
 
 
