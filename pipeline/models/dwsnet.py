@@ -1,0 +1,238 @@
+r"""DWSNet (Navon et al., 2023): linear layers equivariant to the hidden-neuron permutations of a weight space.
+
+Built from a :class:`~pipeline.weightspace.spec.ParamSpec` alone. Every parameter tensor is a
+*slot*: its neuron axes (each tagged with a neuron layer) plus a channel axis, with the
+spec's feature axes (a KAN's spline coefficients, a kernel's offsets) folded into the
+channels. Hidden layers ``1 .. L-1`` are permuted; the input layer ``0`` and output layer
+``L`` are not.
+
+The equivariant linear maps from slot ``A`` to slot ``B`` are spanned by one term per subset
+``S`` of the hidden layers that index both ``A`` and ``B``: each hidden axis of ``A`` not in ``S``
+is averaged out, each hidden axis of ``B`` not in ``S`` is broadcast, the axes in ``S`` are
+kept (identity), and the fixed (input / output layer) axes of ``A`` and ``B`` are joined by a
+dense learned map. For a weight matrix onto itself with two hidden axes this gives the four
+terms identity / row-pool / column-pool / full-pool; between neighbouring layers the shared
+neuron axis couples; between non-neighbours only fully pooled terms remain, as in the
+paper's characterization. With ``x_A`` of shape ``(B, *axes_A, c)``:
+
+.. math::
+    y_B = \frac{1}{T_B}\sum_{A}\sum_{S} \mathrm{bcast}_{B \setminus S}\Big(
+        \Theta_{A,B,S} \cdot \mathrm{mean}_{\mathrm{hid}(A) \setminus S}\, x_A\Big) + \beta_B
+
+where :math:`\Theta_{A,B,S}` has shape ``(*fixed_A, *fixed_B, c_in, c_out)``, :math:`T_B` counts
+the terms that reach ``B`` (the paper's normalization by the number of contributions) and
+:math:`\beta_B` is a bias over ``B``'s fixed axes (constant along hidden axes, hence equivariant).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import string
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.weightspace.spec import Params, ParamSpec
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One parameter tensor as a feature tensor ``(B, *sizes, channels)`` over its neuron axes."""
+
+    name: str
+    layers: tuple[int, ...]  # neuron layer of each neuron axis, in storage order
+    sizes: tuple[int, ...]
+    channels: int  # product of the spec tensor's feature axes (1 for an MLP)
+
+
+def slots(spec: ParamSpec) -> tuple[Slot, ...]:
+    """Every tensor of ``spec`` as a :class:`Slot`."""
+    out = []
+    for t in spec.tensors:
+        neuron = [(a, l) for a, l in enumerate(t.axes) if l is not None]
+        feat = [t.shape[a] for a, l in enumerate(t.axes) if l is None]
+        out.append(Slot(t.name, tuple(l for _, l in neuron), tuple(t.shape[a] for a, _ in neuron), math.prod(feat)))
+    return tuple(out)
+
+
+def to_slots(params: Params, spec: ParamSpec) -> dict[str, Tensor]:
+    """Zoo batch -> ``{name: (B, *neuron axes, channels)}`` (feature axes moved last, flattened)."""
+    out = {}
+    for t in spec.tensors:
+        neuron = [a + 1 for a, l in enumerate(t.axes) if l is not None]
+        feat = [a + 1 for a, l in enumerate(t.axes) if l is None]
+        v = params[t.name].permute(0, *neuron, *feat)
+        out[t.name] = v.reshape(*v.shape[: 1 + len(neuron)], -1)
+    return out
+
+
+@dataclass(frozen=True)
+class _Term:
+    src: int  # index of the input slot
+    dst: int  # index of the output slot
+    keep: tuple[int, ...]  # hidden layers kept as identity (shared by src and dst)
+    equation: str  # einsum: pooled input, Θ -> (B, kept..., fixed_dst..., c_out)
+    pool_dims: tuple[int, ...]  # dims of the input averaged out (hidden, not kept)
+    theta_shape: tuple[int, ...]
+
+
+class EquivariantLinear(nn.Module):
+    """The DWSNet linear layer on a spec's weight space: every block, every pooling term.
+
+    Args:
+        spec: the weight space (its hidden layers are the symmetry).
+        c_in: input channels, an int for every slot or ``None`` for the spec's own feature
+            widths (the first layer).
+        c_out: output channels of every slot.
+    Shapes: ``{slot: (B, *sizes, c_in)}`` -> ``{slot: (B, *sizes, c_out)}``.
+    """
+
+    def __init__(self, spec: ParamSpec, c_in: int | None, c_out: int):
+        super().__init__()
+        self.slots = slots(spec)
+        hidden = set(spec.hidden_layers)
+        self.terms: list[_Term] = []
+        self.thetas = nn.ParameterList()
+        n_terms = [0] * len(self.slots)
+        for i, a in enumerate(self.slots):
+            for j, b in enumerate(self.slots):
+                shared = sorted(set(a.layers) & set(b.layers) & hidden)
+                for r in range(len(shared) + 1):
+                    for keep in itertools.combinations(shared, r):
+                        self.terms.append(self._term(i, j, a, b, keep, hidden, c_in, c_out))
+                        n_terms[j] += 1
+        for term in self.terms:
+            theta = torch.empty(term.theta_shape)
+            fan_in = math.prod(term.theta_shape[:-1])
+            nn.init.uniform_(theta, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+            self.thetas.append(nn.Parameter(theta))
+        self.scale = [1.0 / n for n in n_terms]
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.zeros(*[s for s, l in zip(b.sizes, b.layers, strict=True) if l not in hidden], c_out))
+            for b in self.slots
+        )
+        self.hidden = hidden
+
+    @staticmethod
+    def _term(i, j, a: Slot, b: Slot, keep, hidden, c_in, c_out) -> _Term:
+        letters = iter(string.ascii_letters)
+        ci = a.channels if c_in is None else c_in
+        batch, cin, cout = next(letters), next(letters), next(letters)
+        kept = {l: next(letters) for l in keep}
+        fixed_a = [(d, next(letters)) for d, l in enumerate(a.layers) if l not in hidden]
+        fixed_b = [(d, next(letters)) for d, l in enumerate(b.layers) if l not in hidden]
+        pool = tuple(d + 1 for d, l in enumerate(a.layers) if l in hidden and l not in keep)
+        # pooled input: batch, then a's remaining axes in order (kept hidden or fixed), channels
+        x_sub = (
+            batch
+            + "".join(
+                kept[l] if l in kept else dict(fixed_a)[d]
+                for d, l in enumerate(a.layers)
+                if not (l in hidden and l not in keep)
+            )
+            + cin
+        )
+        theta_sub = "".join(c for _, c in fixed_a) + "".join(c for _, c in fixed_b) + cin + cout
+        out_sub = batch + "".join(kept[l] for l in keep) + "".join(c for _, c in fixed_b) + cout
+        shape = tuple(a.sizes[d] for d, _ in fixed_a) + tuple(b.sizes[d] for d, _ in fixed_b) + (ci, c_out)
+        return _Term(i, j, tuple(keep), f"{x_sub},{theta_sub}->{out_sub}", pool, shape)
+
+    def forward(self, xs: dict[str, Tensor]) -> dict[str, Tensor]:
+        inputs = [xs[s.name] for s in self.slots]
+        batch = inputs[0].shape[0]
+        outs: list[Tensor | None] = [None] * len(self.slots)
+        for term, theta in zip(self.terms, self.thetas, strict=True):
+            x = inputs[term.src]
+            if term.pool_dims:
+                x = x.mean(dim=term.pool_dims)
+            y = self._place(torch.einsum(term.equation, x, theta), term, batch)
+            outs[term.dst] = y if outs[term.dst] is None else outs[term.dst] + y
+        result = {}
+        for j, b in enumerate(self.slots):
+            bias_shape = (1,) + tuple(1 if l in self.hidden else s for s, l in zip(b.sizes, b.layers, strict=True))
+            bias = self.biases[j].reshape(*bias_shape, -1)
+            result[b.name] = outs[j] * self.scale[j] + bias
+        return result
+
+    def _place(self, y: Tensor, term: _Term, batch: int) -> Tensor:
+        """``(B, kept..., fixed_dst..., c)`` -> ``(B, *dst sizes, c)``, broadcasting the other hidden axes."""
+        b = self.slots[term.dst]
+        order = list(b.layers)
+        # y's axes after the batch: kept layers (in term.keep order), then b's fixed axes in order
+        src_pos = {l: 1 + k for k, l in enumerate(term.keep)}
+        fixed = [d for d, l in enumerate(b.layers) if l not in self.hidden]
+        for k, d in enumerate(fixed):
+            src_pos[("fixed", d)] = 1 + len(term.keep) + k
+        perm, view = [0], [batch]
+        for d, l in enumerate(order):
+            key = l if l in term.keep else ("fixed", d) if l not in self.hidden else None
+            if key is None:
+                view.append(1)
+            else:
+                perm.append(src_pos[key])
+                view.append(b.sizes[d])
+        perm.append(y.dim() - 1)
+        y = y.permute(*perm)
+        shape = [batch] + [
+            1 if (l in self.hidden and l not in term.keep) else s for s, l in zip(b.sizes, order, strict=True)
+        ]
+        y = y.reshape(*shape, y.shape[-1])
+        return y.expand(batch, *b.sizes, y.shape[-1])
+
+
+class InvariantPool(nn.Module):
+    """Mean over every hidden axis of every slot, fixed axes kept: ``{slot: (B, *sizes, c)}`` -> ``(B, D)``."""
+
+    def __init__(self, spec: ParamSpec, channels: int):
+        super().__init__()
+        self.slots = slots(spec)
+        hidden = set(spec.hidden_layers)
+        self.dims = [tuple(d + 1 for d, l in enumerate(s.layers) if l in hidden) for s in self.slots]
+        self.out_dim = sum(
+            channels * math.prod(n for n, l in zip(s.sizes, s.layers, strict=True) if l not in hidden)
+            for s in self.slots
+        )
+
+    def forward(self, xs: dict[str, Tensor]) -> Tensor:
+        pooled = [xs[s.name].mean(dim=d) if d else xs[s.name] for s, d in zip(self.slots, self.dims, strict=True)]
+        return torch.cat([p.flatten(1) for p in pooled], dim=1)
+
+
+class DWSNet(nn.Module):
+    r"""DWSNet classifier / regressor of a weight space.
+
+    .. math::
+        x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t))\ (t < T),\qquad
+        \hat y = \mathrm{MLP}(\mathrm{pool}(x^T))
+
+    with :class:`EquivariantLinear` layers (the first reads the spec's raw channels), the
+    invariant :class:`InvariantPool` (means over hidden axes, input/output axes kept) and a
+    two-layer MLP head. Invariant to hidden-neuron permutations for any depth ``L >= 2``.
+
+    Args:
+        spec: the weight space.  n_classes: outputs.
+        hidden, layers, dropout: channels, number of equivariant layers, head dropout.
+    Shapes: ``(B, P)`` flattened parameters (:func:`pipeline.weightspace.spec.flatten` order)
+    -> ``(B, n_classes)``.
+    """
+
+    input_kind = "flat"
+
+    def __init__(self, spec: ParamSpec, n_classes: int, hidden: int = 32, layers: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.spec = spec
+        self.layers = nn.ModuleList(EquivariantLinear(spec, None if t == 0 else hidden, hidden) for t in range(layers))
+        self.pool = InvariantPool(spec, hidden)
+        self.head = nn.Sequential(
+            nn.Linear(self.pool.out_dim, hidden * 4), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden * 4, n_classes)
+        )
+
+    def forward(self, flat: Tensor) -> Tensor:
+        from pipeline.weightspace.spec import unflatten
+
+        xs = to_slots(unflatten(flat, self.spec), self.spec)
+        for layer in self.layers:
+            xs = {k: torch.relu(v) for k, v in layer(xs).items()}
+        return self.head(self.pool(xs))
