@@ -109,3 +109,41 @@ def test_dwsnet_reads_kans_too():
     with torch.no_grad():
         ref = model(flatten(params, spec))
         torch.testing.assert_close(model(flatten(permute(params, spec, perms), spec)), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+@pytest.mark.parametrize("name", ["mlp2-8-8-1", "mlp2-5-4-3-1"])
+def test_nfn_invariant_to_hidden_permutations_only(mode, name):
+    from pipeline.models.dwsnet import NFN
+
+    spec = LAYOUTS[name]
+    torch.manual_seed(0)
+    model = NFN(spec, n_classes=4, hidden=8, layers=2, mode=mode, fourier_features=2).eval()
+    with torch.no_grad():  # a generic point of the model family: O(1) position codes, non-contractive maps
+        for p in model.io.values():
+            p.normal_()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(2.0)
+    params = _params(spec)
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = model(flatten(params, spec))
+        scale = float(ref.abs().max())
+        torch.testing.assert_close(
+            model(flatten(permute(params, spec, perms), spec)), ref, rtol=1e-5, atol=1e-5 * scale
+        )
+        rows = dict(params)  # rows of layer 0 permuted without the matching columns of layer 1
+        rows["layers.0.weight"] = params["layers.0.weight"].flip(1)
+        assert float((model(flatten(rows, spec)) - ref).abs().max()) > 1e-4 * scale
+        inputs = dict(params)  # input neurons are not a symmetry: NP's position encoding must see them
+        inputs["layers.0.weight"] = params["layers.0.weight"].flip(2)
+        assert float((model(flatten(inputs, spec)) - ref).abs().max()) > 1e-4 * scale
+
+
+def test_np_layer_is_smaller_than_hnp():
+    spec = LAYOUTS["mlp2-5-4-3-1"]
+    hnp = EquivariantLinear(spec, 4, 4)
+    np_layer = EquivariantLinear(spec, 4, 4, permuted=set(range(spec.n_layers + 1)))
+    n_params = [sum(t.numel() for t in layer.thetas) for layer in (np_layer, hnp)]
+    assert 0 < n_params[0] < n_params[1]

@@ -82,17 +82,20 @@ class EquivariantLinear(nn.Module):
     """The DWSNet linear layer on a spec's weight space: every block, every pooling term.
 
     Args:
-        spec: the weight space (its hidden layers are the symmetry).
+        spec: the weight space.
         c_in: input channels, an int for every slot or ``None`` for the spec's own feature
             widths (the first layer).
         c_out: output channels of every slot.
+        permuted: the neuron layers treated as permutable; default the spec's hidden layers
+            (DWSNet, NFN's HNP). All layers ``0..L`` gives NFN's cheaper NP layer, whose
+            input/output identity a position encoding restores (:class:`NFN`).
     Shapes: ``{slot: (B, *sizes, c_in)}`` -> ``{slot: (B, *sizes, c_out)}``.
     """
 
-    def __init__(self, spec: ParamSpec, c_in: int | None, c_out: int):
+    def __init__(self, spec: ParamSpec, c_in: int | None, c_out: int, permuted: set[int] | None = None):
         super().__init__()
         self.slots = slots(spec)
-        hidden = set(spec.hidden_layers)
+        hidden = set(spec.hidden_layers) if permuted is None else set(permuted)
         self.terms: list[_Term] = []
         self.thetas = nn.ParameterList()
         n_terms = [0] * len(self.slots)
@@ -183,12 +186,15 @@ class EquivariantLinear(nn.Module):
 
 
 class InvariantPool(nn.Module):
-    """Mean over every hidden axis of every slot, fixed axes kept: ``{slot: (B, *sizes, c)}`` -> ``(B, D)``."""
+    """Mean over every permuted (default: hidden) axis of every slot, fixed axes kept.
 
-    def __init__(self, spec: ParamSpec, channels: int):
+    Shapes: ``{slot: (B, *sizes, c)}`` -> ``(B, D)``.
+    """
+
+    def __init__(self, spec: ParamSpec, channels: int, permuted: set[int] | None = None):
         super().__init__()
         self.slots = slots(spec)
-        hidden = set(spec.hidden_layers)
+        hidden = set(spec.hidden_layers) if permuted is None else set(permuted)
         self.dims = [tuple(d + 1 for d, l in enumerate(s.layers) if l in hidden) for s in self.slots]
         self.out_dim = sum(
             channels * math.prod(n for n, l in zip(s.sizes, s.layers, strict=True) if l not in hidden)
@@ -233,6 +239,87 @@ class DWSNet(nn.Module):
         from pipeline.weightspace.spec import unflatten
 
         xs = to_slots(unflatten(flat, self.spec), self.spec)
+        for layer in self.layers:
+            xs = {k: torch.relu(v) for k, v in layer(xs).items()}
+        return self.head(self.pool(xs))
+
+
+class NFN(nn.Module):
+    r"""Neural functional (Zhou et al., 2023): HNP or NP equivariant layers, invariant pool, MLP head.
+
+    .. math::
+        x^0_A = \mathrm{Lift}_A(\mathrm{FF}(w_A)) + \mathrm{IO}_A,\qquad
+        x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t)),\qquad \hat y = \mathrm{MLP}(\mathrm{pool}(x^T))
+
+    ``mode="hnp"``: :class:`EquivariantLinear` on the hidden-neuron symmetry (the DWSNet layer).
+    ``mode="np"``: every neuron layer treated as permutable (only row / column / full means, far
+    fewer terms), with learned position encodings :math:`\mathrm{IO}` over the input neurons
+    (added along layer-0 axes) and output neurons (layer-``L`` axes) restoring their identity, so
+    the model is again invariant to exactly the hidden permutations. :math:`\mathrm{FF}`: optional
+    Gaussian Fourier features of every scalar parameter (``fourier_features`` frequencies,
+    scale ``fourier_scale``); :math:`\mathrm{Lift}_A` a per-slot linear map to ``hidden`` channels.
+
+    Args:
+        spec: the weight space.  n_classes: outputs.
+        hidden, layers, dropout: channels, equivariant layers, head dropout.
+    Shapes: ``(B, P)`` flattened parameters -> ``(B, n_classes)``.
+    """
+
+    input_kind = "flat"
+
+    def __init__(
+        self,
+        spec: ParamSpec,
+        n_classes: int,
+        hidden: int = 32,
+        layers: int = 3,
+        mode: str = "np",
+        fourier_features: int = 0,
+        fourier_scale: float = 3.0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if mode not in ("np", "hnp"):
+            raise ValueError(f"NFN mode must be 'np' or 'hnp', got {mode!r}")
+        self.spec, self.mode = spec, mode
+        L = spec.n_layers
+        permuted = set(range(L + 1)) if mode == "np" else set(spec.hidden_layers)
+        self.slot_list = slots(spec)
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("freqs", torch.randn(max(fourier_features, 0), generator=g) * fourier_scale)
+        per_scalar = 1 + 2 * fourier_features
+        self.lift = nn.ModuleDict(
+            {s.name.replace(".", "_"): nn.Linear(s.channels * per_scalar, hidden) for s in self.slot_list}
+        )
+        self.io = nn.ParameterDict()
+        if mode == "np":
+            for l in (0, L):
+                self.io[str(l)] = nn.Parameter(torch.randn(spec.layer_sizes[l], hidden) * 0.1)
+        self.layers = nn.ModuleList(EquivariantLinear(spec, hidden, hidden, permuted) for _ in range(layers))
+        self.pool = InvariantPool(spec, hidden, permuted)
+        self.head = nn.Sequential(
+            nn.Linear(self.pool.out_dim, hidden * 4), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden * 4, n_classes)
+        )
+
+    def _features(self, x: Tensor) -> Tensor:
+        if self.freqs.numel() == 0:
+            return x
+        arg = 2 * math.pi * x.unsqueeze(-1) * self.freqs  # (..., c, F)
+        return torch.cat([x, torch.sin(arg).flatten(-2), torch.cos(arg).flatten(-2)], dim=-1)
+
+    def forward(self, flat: Tensor) -> Tensor:
+        from pipeline.weightspace.spec import unflatten
+
+        raw = to_slots(unflatten(flat, self.spec), self.spec)
+        xs = {}
+        for s in self.slot_list:
+            h = self.lift[s.name.replace(".", "_")](self._features(raw[s.name]))
+            for d, l in enumerate(s.layers):
+                if str(l) in self.io:  # position encoding along that axis: (n_l, c) broadcast over the others
+                    shape = [1] * (h.dim() - 1) + [h.shape[-1]]
+                    shape[1 + d] = self.spec.layer_sizes[l]
+                    h = h + self.io[str(l)].view(shape)
+            xs[s.name] = h
         for layer in self.layers:
             xs = {k: torch.relu(v) for k, v in layer(xs).items()}
         return self.head(self.pool(xs))
