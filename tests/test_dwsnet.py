@@ -120,7 +120,7 @@ def test_nfn_invariant_to_hidden_permutations_only(mode, name):
     torch.manual_seed(0)
     model = NFN(spec, n_classes=4, hidden=8, layers=2, mode=mode, fourier_features=2).eval()
     with torch.no_grad():  # a generic point of the model family: O(1) position codes, non-contractive maps
-        for p in model.io.values():
+        for p in model.encoder.io.values():
             p.normal_()
         for m in model.modules():
             if isinstance(m, torch.nn.Linear):

@@ -22,6 +22,11 @@ paper's characterization. With ``x_A`` of shape ``(B, *axes_A, c)``:
 where :math:`\Theta_{A,B,S}` has shape ``(*fixed_A, *fixed_B, c_in, c_out)``, :math:`T_B` counts
 the terms that reach ``B`` (the paper's normalization by the number of contributions) and
 :math:`\beta_B` is a bias over ``B``'s fixed axes (constant along hidden axes, hence equivariant).
+
+Models share an equivariant trunk (:class:`DWSEncoder`, :class:`NFNEncoder`: flat parameters ->
+per-slot feature map) and differ in the head: :class:`InvariantHead` for classification /
+regression (:class:`DWSNet`, :class:`NFN`), :class:`WeightSpaceEditHead` for editing, which
+returns edited parameters in the input's flat layout (:class:`DWSNetEditor`, :class:`NFNEditor`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.weightspace.spec import Params, ParamSpec
+from pipeline.weightspace.spec import Params, ParamSpec, flatten, unflatten
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,18 @@ def to_slots(params: Params, spec: ParamSpec) -> dict[str, Tensor]:
         feat = [a + 1 for a, l in enumerate(t.axes) if l is None]
         v = params[t.name].permute(0, *neuron, *feat)
         out[t.name] = v.reshape(*v.shape[: 1 + len(neuron)], -1)
+    return out
+
+
+def from_slots(xs: dict[str, Tensor], spec: ParamSpec) -> Params:
+    """Inverse of :func:`to_slots`: ``{name: (B, *neuron axes, channels)}`` -> zoo batch (spec axis order)."""
+    out: Params = {}
+    for t in spec.tensors:
+        neuron = [a for a, l in enumerate(t.axes) if l is not None]
+        feat = [a for a, l in enumerate(t.axes) if l is None]
+        order = neuron + feat  # storage axis at each position of the slot layout
+        v = xs[t.name].reshape(xs[t.name].shape[0], *(t.shape[a] for a in order))
+        out[t.name] = v.permute(0, *(1 + order.index(a) for a in range(len(t.axes))))
     return out
 
 
@@ -206,6 +223,164 @@ class InvariantPool(nn.Module):
         return torch.cat([p.flatten(1) for p in pooled], dim=1)
 
 
+class InvariantHead(nn.Module):
+    r"""Invariant readout: :class:`InvariantPool`, then a two-layer MLP.
+
+    .. math:: \hat y = W_2\,\mathrm{Dropout}(\mathrm{ReLU}(W_1\,\mathrm{pool}(x) + c_1)) + c_2
+
+    Args:
+        spec: the weight space.  channels: ``c`` of the feature map.  n_outputs: logits.
+        dropout: between the two layers.  permuted: the layers pooled (default: hidden).
+    Shapes: ``{slot: (B, *sizes, c)}`` -> ``(B, n_outputs)``.
+    """
+
+    def __init__(
+        self, spec: ParamSpec, channels: int, n_outputs: int, dropout: float = 0.0, permuted: set[int] | None = None
+    ):
+        super().__init__()
+        self.pool = InvariantPool(spec, channels, permuted)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.pool.out_dim, channels * 4),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(channels * 4, n_outputs),
+        )
+
+    def forward(self, xs: dict[str, Tensor]) -> Tensor:
+        return self.mlp(self.pool(xs))
+
+
+class WeightSpaceEditHead(nn.Module):
+    r"""Equivariant editing readout: a residual update of every parameter from a feature map.
+
+    For every slot :math:`A` (one parameter tensor) with features :math:`x_A` of shape
+    ``(B, *sizes_A, c)`` a per-slot linear map to the slot's own channel count (1 for an MLP)
+    gives the update, applied at every neuron position alike (so it commutes with any
+    permutation of the neuron axes); the update is added to the input parameters with one
+    learned scale :math:`\alpha` that starts small, so an untrained editor is close to identity:
+
+    .. math::
+        \Delta_A = x_A U_A + d_A,\qquad \theta' = \theta + \alpha\,\mathrm{vec}(\Delta),
+        \qquad \alpha_0 = \texttt{init\_scale}
+
+    with :math:`\mathrm{vec}` the :func:`~pipeline.weightspace.spec.flatten` order.
+
+    Args:
+        spec: the weight space.  channels: ``c``.  init_scale: :math:`\alpha_0`.
+    Shapes: features ``{slot: (B, *sizes, c)}`` and parameters ``(B, P)`` -> edited ``(B, P)``.
+    """
+
+    def __init__(self, spec: ParamSpec, channels: int, init_scale: float = 1e-3):
+        super().__init__()
+        self.spec = spec
+        self.out = nn.ModuleDict({_key(s.name): nn.Linear(channels, s.channels) for s in slots(spec)})
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))
+
+    def delta(self, xs: dict[str, Tensor]) -> Tensor:
+        r"""The update :math:`\mathrm{vec}(\Delta)` before scaling: ``(B, P)``."""
+        out = {name: self.out[_key(name)](x) for name, x in xs.items()}
+        return flatten(from_slots(out, self.spec), self.spec)
+
+    def forward(self, xs: dict[str, Tensor], flat: Tensor) -> Tensor:
+        return flat + self.scale * self.delta(xs)
+
+
+def _key(name: str) -> str:
+    """A tensor name as a module key (``nn.ModuleDict`` keys may not contain dots)."""
+    return name.replace(".", "_")
+
+
+class DWSEncoder(nn.Module):
+    r"""The equivariant trunk of DWSNet: flat parameters -> per-slot feature map.
+
+    .. math:: x^0 = \mathrm{slots}(\theta),\qquad x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t)),\ t < T
+
+    with :class:`EquivariantLinear` layers (the first reads the spec's raw channels).
+
+    Shapes: ``(B, P)`` -> ``{slot: (B, *sizes, hidden)}``; equivariant to hidden permutations.
+    """
+
+    def __init__(self, spec: ParamSpec, hidden: int = 32, layers: int = 4):
+        super().__init__()
+        self.spec = spec
+        self.permuted = set(spec.hidden_layers)
+        self.layers = nn.ModuleList(EquivariantLinear(spec, None if t == 0 else hidden, hidden) for t in range(layers))
+
+    def forward(self, flat: Tensor) -> dict[str, Tensor]:
+        xs = to_slots(unflatten(flat, self.spec), self.spec)
+        for layer in self.layers:
+            xs = {k: torch.relu(v) for k, v in layer(xs).items()}
+        return xs
+
+
+class NFNEncoder(nn.Module):
+    r"""The equivariant trunk of NFN: flat parameters -> per-slot feature map.
+
+    .. math::
+        x^0_A = \mathrm{Lift}_A(\mathrm{FF}(w_A)) + \mathrm{IO}_A,\qquad
+        x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t))
+
+    ``mode="hnp"``: :class:`EquivariantLinear` on the hidden-neuron symmetry (the DWSNet layer).
+    ``mode="np"``: every neuron layer treated as permutable (only row / column / full means, far
+    fewer terms), with learned position encodings :math:`\mathrm{IO}` over the input neurons
+    (added along layer-0 axes) and output neurons (layer-``L`` axes) restoring their identity, so
+    the trunk is again equivariant to exactly the hidden permutations. :math:`\mathrm{FF}`:
+    optional Gaussian Fourier features of every scalar parameter (``fourier_features``
+    frequencies, scale ``fourier_scale``); :math:`\mathrm{Lift}_A` a per-slot linear map to
+    ``hidden`` channels.
+
+    Shapes: ``(B, P)`` -> ``{slot: (B, *sizes, hidden)}``. :attr:`permuted` holds the layers the
+    equivariant layers treat as permutable (what an invariant pool must average).
+    """
+
+    def __init__(
+        self,
+        spec: ParamSpec,
+        hidden: int = 32,
+        layers: int = 3,
+        mode: str = "np",
+        fourier_features: int = 0,
+        fourier_scale: float = 3.0,
+    ):
+        super().__init__()
+        if mode not in ("np", "hnp"):
+            raise ValueError(f"NFN mode must be 'np' or 'hnp', got {mode!r}")
+        self.spec, self.mode = spec, mode
+        L = spec.n_layers
+        self.permuted = set(range(L + 1)) if mode == "np" else set(spec.hidden_layers)
+        self.slot_list = slots(spec)
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("freqs", torch.randn(max(fourier_features, 0), generator=g) * fourier_scale)
+        per_scalar = 1 + 2 * fourier_features
+        self.lift = nn.ModuleDict({_key(s.name): nn.Linear(s.channels * per_scalar, hidden) for s in self.slot_list})
+        self.io = nn.ParameterDict()
+        if mode == "np":
+            for l in (0, L):
+                self.io[str(l)] = nn.Parameter(torch.randn(spec.layer_sizes[l], hidden) * 0.1)
+        self.layers = nn.ModuleList(EquivariantLinear(spec, hidden, hidden, self.permuted) for _ in range(layers))
+
+    def _features(self, x: Tensor) -> Tensor:
+        if self.freqs.numel() == 0:
+            return x
+        arg = 2 * math.pi * x.unsqueeze(-1) * self.freqs  # (..., c, F)
+        return torch.cat([x, torch.sin(arg).flatten(-2), torch.cos(arg).flatten(-2)], dim=-1)
+
+    def forward(self, flat: Tensor) -> dict[str, Tensor]:
+        raw = to_slots(unflatten(flat, self.spec), self.spec)
+        xs = {}
+        for s in self.slot_list:
+            h = self.lift[_key(s.name)](self._features(raw[s.name]))
+            for d, l in enumerate(s.layers):
+                if str(l) in self.io:  # position encoding along that axis: (n_l, c) broadcast over the others
+                    shape = [1] * (h.dim() - 1) + [h.shape[-1]]
+                    shape[1 + d] = self.spec.layer_sizes[l]
+                    h = h + self.io[str(l)].view(shape)
+            xs[s.name] = h
+        for layer in self.layers:
+            xs = {k: torch.relu(v) for k, v in layer(xs).items()}
+        return xs
+
+
 class DWSNet(nn.Module):
     r"""DWSNet classifier / regressor of a weight space.
 
@@ -213,9 +388,8 @@ class DWSNet(nn.Module):
         x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t))\ (t < T),\qquad
         \hat y = \mathrm{MLP}(\mathrm{pool}(x^T))
 
-    with :class:`EquivariantLinear` layers (the first reads the spec's raw channels), the
-    invariant :class:`InvariantPool` (means over hidden axes, input/output axes kept) and a
-    two-layer MLP head. Invariant to hidden-neuron permutations for any depth ``L >= 2``.
+    :class:`DWSEncoder`, then :class:`InvariantHead` (means over hidden axes, input/output axes
+    kept, two-layer MLP). Invariant to hidden-neuron permutations for any depth ``L >= 2``.
 
     Args:
         spec: the weight space.  n_classes: outputs.
@@ -229,19 +403,11 @@ class DWSNet(nn.Module):
     def __init__(self, spec: ParamSpec, n_classes: int, hidden: int = 32, layers: int = 4, dropout: float = 0.0):
         super().__init__()
         self.spec = spec
-        self.layers = nn.ModuleList(EquivariantLinear(spec, None if t == 0 else hidden, hidden) for t in range(layers))
-        self.pool = InvariantPool(spec, hidden)
-        self.head = nn.Sequential(
-            nn.Linear(self.pool.out_dim, hidden * 4), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden * 4, n_classes)
-        )
+        self.encoder = DWSEncoder(spec, hidden, layers)
+        self.head = InvariantHead(spec, hidden, n_classes, dropout, self.encoder.permuted)
 
     def forward(self, flat: Tensor) -> Tensor:
-        from pipeline.weightspace.spec import unflatten
-
-        xs = to_slots(unflatten(flat, self.spec), self.spec)
-        for layer in self.layers:
-            xs = {k: torch.relu(v) for k, v in layer(xs).items()}
-        return self.head(self.pool(xs))
+        return self.head(self.encoder(flat))
 
 
 class NFN(nn.Module):
@@ -251,17 +417,13 @@ class NFN(nn.Module):
         x^0_A = \mathrm{Lift}_A(\mathrm{FF}(w_A)) + \mathrm{IO}_A,\qquad
         x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t)),\qquad \hat y = \mathrm{MLP}(\mathrm{pool}(x^T))
 
-    ``mode="hnp"``: :class:`EquivariantLinear` on the hidden-neuron symmetry (the DWSNet layer).
-    ``mode="np"``: every neuron layer treated as permutable (only row / column / full means, far
-    fewer terms), with learned position encodings :math:`\mathrm{IO}` over the input neurons
-    (added along layer-0 axes) and output neurons (layer-``L`` axes) restoring their identity, so
-    the model is again invariant to exactly the hidden permutations. :math:`\mathrm{FF}`: optional
-    Gaussian Fourier features of every scalar parameter (``fourier_features`` frequencies,
-    scale ``fourier_scale``); :math:`\mathrm{Lift}_A` a per-slot linear map to ``hidden`` channels.
+    :class:`NFNEncoder` (``mode``, position codes, Fourier features), then :class:`InvariantHead`
+    pooling the axes the encoder treats as permutable.
 
     Args:
         spec: the weight space.  n_classes: outputs.
         hidden, layers, dropout: channels, equivariant layers, head dropout.
+        mode, fourier_features, fourier_scale: as :class:`NFNEncoder`.
     Shapes: ``(B, P)`` flattened parameters -> ``(B, n_classes)``.
     """
 
@@ -279,47 +441,67 @@ class NFN(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if mode not in ("np", "hnp"):
-            raise ValueError(f"NFN mode must be 'np' or 'hnp', got {mode!r}")
-        self.spec, self.mode = spec, mode
-        L = spec.n_layers
-        permuted = set(range(L + 1)) if mode == "np" else set(spec.hidden_layers)
-        self.slot_list = slots(spec)
-        g = torch.Generator().manual_seed(0)
-        self.register_buffer("freqs", torch.randn(max(fourier_features, 0), generator=g) * fourier_scale)
-        per_scalar = 1 + 2 * fourier_features
-        self.lift = nn.ModuleDict(
-            {s.name.replace(".", "_"): nn.Linear(s.channels * per_scalar, hidden) for s in self.slot_list}
-        )
-        self.io = nn.ParameterDict()
-        if mode == "np":
-            for l in (0, L):
-                self.io[str(l)] = nn.Parameter(torch.randn(spec.layer_sizes[l], hidden) * 0.1)
-        self.layers = nn.ModuleList(EquivariantLinear(spec, hidden, hidden, permuted) for _ in range(layers))
-        self.pool = InvariantPool(spec, hidden, permuted)
-        self.head = nn.Sequential(
-            nn.Linear(self.pool.out_dim, hidden * 4), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden * 4, n_classes)
-        )
-
-    def _features(self, x: Tensor) -> Tensor:
-        if self.freqs.numel() == 0:
-            return x
-        arg = 2 * math.pi * x.unsqueeze(-1) * self.freqs  # (..., c, F)
-        return torch.cat([x, torch.sin(arg).flatten(-2), torch.cos(arg).flatten(-2)], dim=-1)
+        self.spec = spec
+        self.encoder = NFNEncoder(spec, hidden, layers, mode, fourier_features, fourier_scale)
+        self.head = InvariantHead(spec, hidden, n_classes, dropout, self.encoder.permuted)
 
     def forward(self, flat: Tensor) -> Tensor:
-        from pipeline.weightspace.spec import unflatten
+        return self.head(self.encoder(flat))
 
-        raw = to_slots(unflatten(flat, self.spec), self.spec)
-        xs = {}
-        for s in self.slot_list:
-            h = self.lift[s.name.replace(".", "_")](self._features(raw[s.name]))
-            for d, l in enumerate(s.layers):
-                if str(l) in self.io:  # position encoding along that axis: (n_l, c) broadcast over the others
-                    shape = [1] * (h.dim() - 1) + [h.shape[-1]]
-                    shape[1 + d] = self.spec.layer_sizes[l]
-                    h = h + self.io[str(l)].view(shape)
-            xs[s.name] = h
-        for layer in self.layers:
-            xs = {k: torch.relu(v) for k, v in layer(xs).items()}
-        return self.head(self.pool(xs))
+
+class DWSNetEditor(nn.Module):
+    r"""DWSNet for weight-space editing: :class:`DWSEncoder`, then :class:`WeightSpaceEditHead`.
+
+    .. math:: \theta' = \theta + \alpha\,\mathrm{vec}(U\,x^T(\theta))
+
+    Equivariant: permuting the hidden neurons of the input permutes the edited parameters alike.
+
+    Args:
+        spec: the weight space.  hidden, layers: channels, equivariant layers.
+        init_scale: initial residual scale :math:`\alpha_0`.
+    Shapes: ``(B, P)`` flattened parameters -> edited ``(B, P)``, same layout.
+    """
+
+    input_kind = "flat"
+
+    def __init__(self, spec: ParamSpec, hidden: int = 32, layers: int = 4, init_scale: float = 1e-3):
+        super().__init__()
+        self.spec = spec
+        self.encoder = DWSEncoder(spec, hidden, layers)
+        self.head = WeightSpaceEditHead(spec, hidden, init_scale)
+
+    def forward(self, flat: Tensor) -> Tensor:
+        return self.head(self.encoder(flat), flat)
+
+
+class NFNEditor(nn.Module):
+    r"""NFN for weight-space editing: :class:`NFNEncoder`, then :class:`WeightSpaceEditHead`.
+
+    .. math:: \theta' = \theta + \alpha\,\mathrm{vec}(U\,x^T(\theta))
+
+    Args:
+        spec: the weight space.  hidden, layers: channels, equivariant layers.
+        mode, fourier_features, fourier_scale: as :class:`NFNEncoder`.
+        init_scale: initial residual scale :math:`\alpha_0`.
+    Shapes: ``(B, P)`` flattened parameters -> edited ``(B, P)``, same layout.
+    """
+
+    input_kind = "flat"
+
+    def __init__(
+        self,
+        spec: ParamSpec,
+        hidden: int = 32,
+        layers: int = 3,
+        mode: str = "np",
+        fourier_features: int = 0,
+        fourier_scale: float = 3.0,
+        init_scale: float = 1e-3,
+    ):
+        super().__init__()
+        self.spec = spec
+        self.encoder = NFNEncoder(spec, hidden, layers, mode, fourier_features, fourier_scale)
+        self.head = WeightSpaceEditHead(spec, hidden, init_scale)
+
+    def forward(self, flat: Tensor) -> Tensor:
+        return self.head(self.encoder(flat), flat)
