@@ -22,7 +22,9 @@ the edge state :math:`e_{ij}` (head ``h``, width ``d = H / heads``):
 MLP graphs are DAGs, so the reverse edge :math:`e_{ji}` of the paper's edge update does not
 exist; the update reads the edge and both end nodes. Readout as NG-GNN: the output neurons'
 states concatenated, then an MLP. Invariant to hidden-neuron permutations (shared positional
-codes per hidden layer, permutation-invariant softmax and sums).
+codes per hidden layer, permutation-invariant softmax and sums). The states of
+:class:`NGTEncoder` are equivariant; :class:`NGT` reads them out invariantly, :class:`NGTEditor`
+turns them into edited parameters (:class:`~pipeline.models.layers.GraphEditHead`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ import math
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import softmax
+
+from pipeline.graphs.neural_graph import GraphTemplate
+from pipeline.models.layers import GraphEditHead, GraphStates
 
 
 class NGTLayer(nn.Module):
@@ -75,8 +80,52 @@ class NGTLayer(nn.Module):
         return x, e
 
 
+class NGTEncoder(nn.Module):
+    r"""The equivariant trunk of NG-T: a batch of neural graphs -> node and edge states.
+
+    .. math::
+        x^0_v = W_x f_v + P[\mathrm{pos}(v)],\qquad e^0_{uv} = W_e w_{uv},\qquad
+        x^{t+1}, e^{t+1} = \mathrm{NGTLayer}_t(x^t, e^t)
+
+    (positional table :math:`P` as NG-GNN's; a learned forward / backward direction code is
+    added to the edge states inside every layer; the last layer keeps the edges).
+
+    Args: as :class:`NGT` (without ``n_out``, ``n_classes``).
+    Shapes: a PyG batch -> :class:`~pipeline.models.layers.GraphStates` (``H = hidden``; edges in
+    the batch's order).
+    """
+
+    def __init__(
+        self,
+        node_dim: int,
+        edge_dim: int,
+        n_pos: int,
+        hidden: int = 64,
+        layers: int = 4,
+        heads: int = 4,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.node_in = nn.Linear(node_dim, hidden)
+        self.edge_in = nn.Linear(edge_dim, hidden)
+        self.pos = nn.Embedding(n_pos, hidden)
+        self.direction = nn.Parameter(torch.randn(2, hidden) * 0.1)  # forward / backward edge code
+        self.layers = nn.ModuleList(NGTLayer(hidden, heads, dropout, k < layers - 1) for k in range(layers))
+
+    def forward(self, batch) -> GraphStates:
+        src, dst = batch.edge_index
+        E = src.numel()
+        x = self.node_in(batch.x) + self.pos(batch.node_pos)
+        e = self.edge_in(batch.edge_attr)
+        direction = self.direction.repeat_interleave(E, dim=0)  # (2E, H)
+        for layer in self.layers:
+            x, e = layer(x, e, src, dst, direction)
+        return GraphStates(x, e, src, dst, torch.arange(E, device=src.device))
+
+
 class NGT(nn.Module):
-    """NG-T classifier / regressor of neural graphs.
+    """NG-T classifier / regressor of neural graphs: :class:`NGTEncoder`, then the output neurons'
+    states concatenated and a two-layer GELU MLP.
 
     Args:
         node_dim, edge_dim: raw feature widths.  n_pos: positional ids.  n_out: output neurons.
@@ -100,21 +149,42 @@ class NGT(nn.Module):
     ):
         super().__init__()
         self.n_out = n_out
-        self.node_in = nn.Linear(node_dim, hidden)
-        self.edge_in = nn.Linear(edge_dim, hidden)
-        self.pos = nn.Embedding(n_pos, hidden)
-        self.direction = nn.Parameter(torch.randn(2, hidden) * 0.1)  # forward / backward edge code
-        self.layers = nn.ModuleList(NGTLayer(hidden, heads, dropout, k < layers - 1) for k in range(layers))
+        self.encoder = NGTEncoder(node_dim, edge_dim, n_pos, hidden, layers, heads, dropout)
         self.head = nn.Sequential(
             nn.Linear(n_out * hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)
         )
 
     def forward(self, batch) -> Tensor:
-        src, dst = batch.edge_index
-        E = src.numel()
-        x = self.node_in(batch.x) + self.pos(batch.node_pos)
-        e = self.edge_in(batch.edge_attr)
-        direction = self.direction.repeat_interleave(E, dim=0)  # (2E, H)
-        for layer in self.layers:
-            x, e = layer(x, e, src, dst, direction)
+        x = self.encoder(batch).x
         return self.head(x[batch.node_out].view(batch.num_graphs, -1))
+
+
+class NGTEditor(nn.Module):
+    r"""NG-T for weight-space editing: :class:`NGTEncoder`, then :class:`GraphEditHead`.
+
+    .. math:: \theta' = \theta + \alpha\,\mathrm{vec}(\Delta(x^T, e^T))
+
+    Args:
+        template: the graph topology of the zoo (every batch must share it).
+        hidden, layers, heads, dropout: as :class:`NGT`.  init_scale: :math:`\alpha_0`.
+    Shapes: a PyG batch of ``B`` graphs -> edited parameters ``(B, P)`` in
+    :func:`~pipeline.weightspace.spec.flatten` order (in the graphs' normalization).
+    """
+
+    input_kind = "graph"
+
+    def __init__(
+        self,
+        template: GraphTemplate,
+        hidden: int = 64,
+        layers: int = 4,
+        heads: int = 4,
+        dropout: float = 0.0,
+        init_scale: float = 1e-3,
+    ):
+        super().__init__()
+        self.encoder = NGTEncoder(template.node_dim, template.edge_dim, template.n_pos, hidden, layers, heads, dropout)
+        self.head = GraphEditHead(template, hidden, init_scale)
+
+    def forward(self, batch) -> Tensor:
+        return self.head(self.encoder(batch), batch)
