@@ -114,7 +114,7 @@ def test_dwsnet_reads_kans_too():
 @pytest.mark.parametrize("mode", ["np", "hnp"])
 @pytest.mark.parametrize("name", ["mlp2-8-8-1", "mlp2-5-4-3-1"])
 def test_nfn_invariant_to_hidden_permutations_only(mode, name):
-    from pipeline.models.dwsnet import NFN
+    from pipeline.models.nfn import NFN
 
     spec = LAYOUTS[name]
     torch.manual_seed(0)

@@ -7,7 +7,8 @@ import torch
 
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
-from pipeline.models.dwsnet import DWSNetEditor, NFNEditor, from_slots, to_slots
+from pipeline.models.dwsnet import DWSNetEditor, from_slots, to_slots
+from pipeline.models.nfn import NFNEditor
 from pipeline.models.ng_gnn import NGGNNEditor
 from pipeline.models.ng_t import NGTEditor
 from pipeline.models.probes import ForwardSpec

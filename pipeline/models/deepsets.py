@@ -31,9 +31,12 @@ inr2vec-architecture row of the DWSNets table).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from pipeline.models import DataShape
 from pipeline.weightspace.spec import Params, ParamSpec, unflatten
 
 
@@ -117,3 +120,20 @@ class DeepSets(nn.Module):
         ]
         codes += [params[name].reshape(flat.shape[0], -1) for name in self.fixed]
         return self.rho(torch.cat(codes, dim=1))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``<section>.deepsets`` of ``params.yaml``."""
+
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.0
+
+
+INPUT_KIND = "flat"
+
+
+def build(s: Settings, shape: DataShape) -> DeepSets:
+    """DeepSets over the hidden neurons of ``shape.spec``."""
+    return DeepSets(shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout)

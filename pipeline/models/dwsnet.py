@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pipeline.models import DataShape
 from pipeline.weightspace.spec import Params, ParamSpec, flatten, unflatten
 
 
@@ -273,19 +274,19 @@ class WeightSpaceEditHead(nn.Module):
     def __init__(self, spec: ParamSpec, channels: int, init_scale: float = 1e-3):
         super().__init__()
         self.spec = spec
-        self.out = nn.ModuleDict({_key(s.name): nn.Linear(channels, s.channels) for s in slots(spec)})
+        self.out = nn.ModuleDict({slot_key(s.name): nn.Linear(channels, s.channels) for s in slots(spec)})
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))
 
     def delta(self, xs: dict[str, Tensor]) -> Tensor:
         r"""The update :math:`\mathrm{vec}(\Delta)` before scaling: ``(B, P)``."""
-        out = {name: self.out[_key(name)](x) for name, x in xs.items()}
+        out = {name: self.out[slot_key(name)](x) for name, x in xs.items()}
         return flatten(from_slots(out, self.spec), self.spec)
 
     def forward(self, xs: dict[str, Tensor], flat: Tensor) -> Tensor:
         return flat + self.scale * self.delta(xs)
 
 
-def _key(name: str) -> str:
+def slot_key(name: str) -> str:
     """A tensor name as a module key (``nn.ModuleDict`` keys may not contain dots)."""
     return name.replace(".", "_")
 
@@ -308,74 +309,6 @@ class DWSEncoder(nn.Module):
 
     def forward(self, flat: Tensor) -> dict[str, Tensor]:
         xs = to_slots(unflatten(flat, self.spec), self.spec)
-        for layer in self.layers:
-            xs = {k: torch.relu(v) for k, v in layer(xs).items()}
-        return xs
-
-
-class NFNEncoder(nn.Module):
-    r"""The equivariant trunk of NFN: flat parameters -> per-slot feature map.
-
-    .. math::
-        x^0_A = \mathrm{Lift}_A(\mathrm{FF}(w_A)) + \mathrm{IO}_A,\qquad
-        x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t))
-
-    ``mode="hnp"``: :class:`EquivariantLinear` on the hidden-neuron symmetry (the DWSNet layer).
-    ``mode="np"``: every neuron layer treated as permutable (only row / column / full means, far
-    fewer terms), with learned position encodings :math:`\mathrm{IO}` over the input neurons
-    (added along layer-0 axes) and output neurons (layer-``L`` axes) restoring their identity, so
-    the trunk is again equivariant to exactly the hidden permutations. :math:`\mathrm{FF}`:
-    optional Gaussian Fourier features of every scalar parameter (``fourier_features``
-    frequencies, scale ``fourier_scale``); :math:`\mathrm{Lift}_A` a per-slot linear map to
-    ``hidden`` channels.
-
-    Shapes: ``(B, P)`` -> ``{slot: (B, *sizes, hidden)}``. :attr:`permuted` holds the layers the
-    equivariant layers treat as permutable (what an invariant pool must average).
-    """
-
-    def __init__(
-        self,
-        spec: ParamSpec,
-        hidden: int = 32,
-        layers: int = 3,
-        mode: str = "np",
-        fourier_features: int = 0,
-        fourier_scale: float = 3.0,
-    ):
-        super().__init__()
-        if mode not in ("np", "hnp"):
-            raise ValueError(f"NFN mode must be 'np' or 'hnp', got {mode!r}")
-        self.spec, self.mode = spec, mode
-        L = spec.n_layers
-        self.permuted = set(range(L + 1)) if mode == "np" else set(spec.hidden_layers)
-        self.slot_list = slots(spec)
-        g = torch.Generator().manual_seed(0)
-        self.register_buffer("freqs", torch.randn(max(fourier_features, 0), generator=g) * fourier_scale)
-        per_scalar = 1 + 2 * fourier_features
-        self.lift = nn.ModuleDict({_key(s.name): nn.Linear(s.channels * per_scalar, hidden) for s in self.slot_list})
-        self.io = nn.ParameterDict()
-        if mode == "np":
-            for l in (0, L):
-                self.io[str(l)] = nn.Parameter(torch.randn(spec.layer_sizes[l], hidden) * 0.1)
-        self.layers = nn.ModuleList(EquivariantLinear(spec, hidden, hidden, self.permuted) for _ in range(layers))
-
-    def _features(self, x: Tensor) -> Tensor:
-        if self.freqs.numel() == 0:
-            return x
-        arg = 2 * math.pi * x.unsqueeze(-1) * self.freqs  # (..., c, F)
-        return torch.cat([x, torch.sin(arg).flatten(-2), torch.cos(arg).flatten(-2)], dim=-1)
-
-    def forward(self, flat: Tensor) -> dict[str, Tensor]:
-        raw = to_slots(unflatten(flat, self.spec), self.spec)
-        xs = {}
-        for s in self.slot_list:
-            h = self.lift[_key(s.name)](self._features(raw[s.name]))
-            for d, l in enumerate(s.layers):
-                if str(l) in self.io:  # position encoding along that axis: (n_l, c) broadcast over the others
-                    shape = [1] * (h.dim() - 1) + [h.shape[-1]]
-                    shape[1 + d] = self.spec.layer_sizes[l]
-                    h = h + self.io[str(l)].view(shape)
-            xs[s.name] = h
         for layer in self.layers:
             xs = {k: torch.relu(v) for k, v in layer(xs).items()}
         return xs
@@ -410,45 +343,6 @@ class DWSNet(nn.Module):
         return self.head(self.encoder(flat))
 
 
-class NFN(nn.Module):
-    r"""Neural functional (Zhou et al., 2023): HNP or NP equivariant layers, invariant pool, MLP head.
-
-    .. math::
-        x^0_A = \mathrm{Lift}_A(\mathrm{FF}(w_A)) + \mathrm{IO}_A,\qquad
-        x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t)),\qquad \hat y = \mathrm{MLP}(\mathrm{pool}(x^T))
-
-    :class:`NFNEncoder` (``mode``, position codes, Fourier features), then :class:`InvariantHead`
-    pooling the axes the encoder treats as permutable.
-
-    Args:
-        spec: the weight space.  n_classes: outputs.
-        hidden, layers, dropout: channels, equivariant layers, head dropout.
-        mode, fourier_features, fourier_scale: as :class:`NFNEncoder`.
-    Shapes: ``(B, P)`` flattened parameters -> ``(B, n_classes)``.
-    """
-
-    input_kind = "flat"
-
-    def __init__(
-        self,
-        spec: ParamSpec,
-        n_classes: int,
-        hidden: int = 32,
-        layers: int = 3,
-        mode: str = "np",
-        fourier_features: int = 0,
-        fourier_scale: float = 3.0,
-        dropout: float = 0.0,
-    ):
-        super().__init__()
-        self.spec = spec
-        self.encoder = NFNEncoder(spec, hidden, layers, mode, fourier_features, fourier_scale)
-        self.head = InvariantHead(spec, hidden, n_classes, dropout, self.encoder.permuted)
-
-    def forward(self, flat: Tensor) -> Tensor:
-        return self.head(self.encoder(flat))
-
-
 class DWSNetEditor(nn.Module):
     r"""DWSNet for weight-space editing: :class:`DWSEncoder`, then :class:`WeightSpaceEditHead`.
 
@@ -474,34 +368,23 @@ class DWSNetEditor(nn.Module):
         return self.head(self.encoder(flat), flat)
 
 
-class NFNEditor(nn.Module):
-    r"""NFN for weight-space editing: :class:`NFNEncoder`, then :class:`WeightSpaceEditHead`.
+@dataclass(frozen=True)
+class Settings:
+    """``<section>.dwsnet`` of ``params.yaml``."""
 
-    .. math:: \theta' = \theta + \alpha\,\mathrm{vec}(U\,x^T(\theta))
+    hidden: int = 32
+    layers: int = 4
+    dropout: float = 0.0
 
-    Args:
-        spec: the weight space.  hidden, layers: channels, equivariant layers.
-        mode, fourier_features, fourier_scale: as :class:`NFNEncoder`.
-        init_scale: initial residual scale :math:`\alpha_0`.
-    Shapes: ``(B, P)`` flattened parameters -> edited ``(B, P)``, same layout.
-    """
 
-    input_kind = "flat"
+INPUT_KIND = "flat"
 
-    def __init__(
-        self,
-        spec: ParamSpec,
-        hidden: int = 32,
-        layers: int = 3,
-        mode: str = "np",
-        fourier_features: int = 0,
-        fourier_scale: float = 3.0,
-        init_scale: float = 1e-3,
-    ):
-        super().__init__()
-        self.spec = spec
-        self.encoder = NFNEncoder(spec, hidden, layers, mode, fourier_features, fourier_scale)
-        self.head = WeightSpaceEditHead(spec, hidden, init_scale)
 
-    def forward(self, flat: Tensor) -> Tensor:
-        return self.head(self.encoder(flat), flat)
+def build(s: Settings, shape: DataShape) -> DWSNet:
+    """The DWSNet classifier / regressor of ``shape.spec``."""
+    return DWSNet(shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout)
+
+
+def build_editor(s: Settings, shape: DataShape, init_scale: float) -> DWSNetEditor:
+    """The DWSNet weight-space editor of ``shape.spec``."""
+    return DWSNetEditor(shape.spec, s.hidden, s.layers, init_scale)

@@ -9,11 +9,14 @@ edited parameters (:class:`~pipeline.models.layers.GraphEditHead`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from pipeline.graphs.neural_graph import GraphTemplate
+from pipeline.models import DataShape
 from pipeline.models.layers import DegreeBuckets, FourierFeatures, GraphEditHead, GraphStates
 from pipeline.models.probes import ForwardSpec, ProbeFeatures
 
@@ -249,3 +252,53 @@ class NGGNNEditor(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         return self.head(self.encoder(batch), batch)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``<section>.ng_gnn`` of ``params.yaml``."""
+
+    hidden: int = 32
+    layers: int = 4
+    dropout: float = 0.0
+    fourier_features: int = 16
+    fourier_scale: float = 3.0
+    probe_features: int = 0  # M learned input points run through every INR (0 = none)
+
+
+INPUT_KIND = "graph"
+
+
+def build(s: Settings, shape: DataShape) -> NGGNN:
+    """NG-GNN on the zoo's neural graphs."""
+    return NGGNN(
+        shape.node_dim,
+        shape.edge_dim,
+        shape.n_pos,
+        shape.n_out,
+        shape.n_classes,
+        s.hidden,
+        s.layers,
+        s.dropout,
+        s.fourier_features,
+        s.fourier_scale,
+        shape.avg_log_degree,
+        s.probe_features,
+        shape.forward_spec,
+    )
+
+
+def build_editor(s: Settings, shape: DataShape, init_scale: float) -> NGGNNEditor:
+    """NG-GNN with node / edge editing heads on the zoo's neural graphs."""
+    return NGGNNEditor(
+        shape.template,
+        s.hidden,
+        s.layers,
+        s.dropout,
+        s.fourier_features,
+        s.fourier_scale,
+        shape.avg_log_degree,
+        s.probe_features,
+        shape.forward_spec,
+        init_scale,
+    )

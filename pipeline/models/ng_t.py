@@ -30,12 +30,14 @@ turns them into edited parameters (:class:`~pipeline.models.layers.GraphEditHead
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import softmax
 
 from pipeline.graphs.neural_graph import GraphTemplate
+from pipeline.models import DataShape
 from pipeline.models.layers import GraphEditHead, GraphStates
 
 
@@ -188,3 +190,36 @@ class NGTEditor(nn.Module):
 
     def forward(self, batch) -> Tensor:
         return self.head(self.encoder(batch), batch)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``<section>.ng_t`` of ``params.yaml``."""
+
+    hidden: int = 64
+    layers: int = 4
+    heads: int = 4
+    dropout: float = 0.0
+
+
+INPUT_KIND = "graph"
+
+
+def build(s: Settings, shape: DataShape) -> NGT:
+    """NG-T on the zoo's neural graphs."""
+    return NGT(
+        shape.node_dim,
+        shape.edge_dim,
+        shape.n_pos,
+        shape.n_out,
+        shape.n_classes,
+        s.hidden,
+        s.layers,
+        s.heads,
+        s.dropout,
+    )
+
+
+def build_editor(s: Settings, shape: DataShape, init_scale: float) -> NGTEditor:
+    """NG-T with node / edge editing heads on the zoo's neural graphs."""
+    return NGTEditor(shape.template, s.hidden, s.layers, s.heads, s.dropout, init_scale)

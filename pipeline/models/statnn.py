@@ -14,9 +14,12 @@ generalization prediction, blind to how weights are wired.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from pipeline.models import DataShape
 from pipeline.weightspace.spec import ParamSpec, unflatten
 
 N_STATS = 7
@@ -57,3 +60,20 @@ class StatNN(nn.Module):
         params = unflatten(flat, self.spec)
         stats = torch.cat([tensor_statistics(params[t.name]) for t in self.spec.tensors], dim=1)
         return self.mlp(self.norm(stats))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``<section>.statnn`` of ``params.yaml``."""
+
+    hidden: int = 256
+    layers: int = 3
+    dropout: float = 0.0
+
+
+INPUT_KIND = "flat"
+
+
+def build(s: Settings, shape: DataShape) -> StatNN:
+    """StatNN on the per-tensor statistics of ``shape.spec``."""
+    return StatNN(shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout)
