@@ -98,9 +98,11 @@ class DegreeBuckets:
         for d, nodes, s, e in self.buckets:
             u = dst_term.index_select(0, nodes).unsqueeze(1)  # (n_d, 1, H)
             blk = torch.addcmul(shift[s:e].view(-1, d, H), scale[s:e].view(-1, d, H), edge_term[s:e].view(-1, d, H) + u)
-            var, mean = torch.var_mean(blk, dim=1, correction=0)
+            # two plain reductions: much faster on CPU than var_mean over a middle axis
+            mean = blk.mean(dim=1)
+            var = (blk - mean.unsqueeze(1)).square().mean(dim=1)
             lo, hi = torch.aminmax(blk, dim=1)
-            out = out.index_copy(0, nodes, torch.cat([mean, lo, hi, torch.sqrt(var + 1e-5)], dim=1))
+            out.index_copy_(0, nodes, torch.cat([mean, lo, hi, torch.sqrt(var + 1e-5)], dim=1))
         return out
 
 
