@@ -45,7 +45,7 @@ def main() -> None:
     fc = params.kan.forward
     settings = dataclasses.replace(settings_from(fc), steps=args.steps, eval_every=args.eval_every)
     data = load_forward_data(args.zoo)
-    cfg = getattr(fc, args.model)
+    cfg = fc.settings(args.model)
     model = build_model(args.model, cfg, data.shape())
     t0 = time.time()
 

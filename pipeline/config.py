@@ -21,6 +21,28 @@ class ConfigError(ValueError):
     """A key of ``params.yaml`` is unknown, missing or of the wrong type."""
 
 
+class ModelSections:
+    """Base of a section whose extra keys are model names (``train.ng_gnn: {...}``).
+
+    Each such key is validated against that model's ``Settings`` dataclass
+    (:mod:`pipeline.models`) and kept in ``model_settings``; a model listed in ``models`` without
+    a section gets its ``Settings()`` defaults. A new model therefore needs no change here.
+    """
+
+    def settings(self, name: str) -> Any:
+        """The settings of model ``name`` (a ``_perm`` suffix reads the base model's section)."""
+        from pipeline.models import settings_type, split_model_name
+
+        base, _ = split_model_name(name)
+        return self.model_settings.get(base) or settings_type(base)()
+
+    def settings_by_model(self) -> dict[str, Any]:
+        """``{base model name: settings}`` for every model in ``models``."""
+        from pipeline.models import split_model_name
+
+        return {split_model_name(m)[0]: self.settings(m) for m in self.models}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "mnist_offline"
@@ -46,24 +68,7 @@ class ZooConfig:
 
 
 @dataclass(frozen=True)
-class MLPConfig:
-    hidden: int = 256
-    layers: int = 3
-    dropout: float = 0.0
-
-
-@dataclass(frozen=True)
-class NGGNNConfig:
-    hidden: int = 32
-    layers: int = 4
-    dropout: float = 0.0
-    fourier_features: int = 16
-    fourier_scale: float = 3.0
-    probe_features: int = 0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ModelSections):
     models: list[str] = field(default_factory=lambda: ["mlp", "ng_gnn"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     epochs: int = 10
@@ -74,15 +79,7 @@ class TrainConfig:
     grad_clip: float = 10.0
     augment: str = "none"
     threads_per_task: int = 1
-    mlp: MLPConfig = field(default_factory=MLPConfig)
-    ng_gnn: NGGNNConfig = field(default_factory=NGGNNConfig)
-
-
-@dataclass(frozen=True)
-class WSKANConfig:
-    hidden: int = 64
-    layers: int = 4
-    dropout: float = 0.0
+    model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,7 @@ class KanClassifierConfig:
 
 
 @dataclass(frozen=True)
-class KanTrainConfig:
+class KanTrainConfig(ModelSections):
     models: list[str] = field(default_factory=lambda: ["mlp", "mlp_perm", "ng_gnn", "ws_kan"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     epochs: int = 30
@@ -124,13 +121,11 @@ class KanTrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 10.0
     threads_per_task: int = 1
-    mlp: MLPConfig = field(default_factory=MLPConfig)
-    ng_gnn: NGGNNConfig = field(default_factory=lambda: NGGNNConfig(probe_features=0))
-    ws_kan: WSKANConfig = field(default_factory=WSKANConfig)
+    model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
 
 
 @dataclass(frozen=True)
-class KanForwardConfig:
+class KanForwardConfig(ModelSections):
     """The expressivity check (:mod:`pipeline.kan_forward`): fresh query points every step."""
 
     models: list[str] = field(default_factory=lambda: ["ws_kan"])
@@ -144,8 +139,7 @@ class KanForwardConfig:
     eval_every: int = 250
     eval_points: int = 16
     threads_per_task: int = 1
-    ws_kan: WSKANConfig = field(default_factory=WSKANConfig)
-    ng_gnn: NGGNNConfig = field(default_factory=lambda: NGGNNConfig(probe_features=0))
+    model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
 
 
 @dataclass(frozen=True)
@@ -230,14 +224,26 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 def _build(cls: type, raw: dict, path: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in names:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"{where}: unknown key (allowed: {', '.join(sorted(names))})")
-    kwargs = {}
+    model_keys: tuple[str, ...] = ()
+    if issubclass(cls, ModelSections):
+        from pipeline.models import model_names, settings_type
+
+        names.discard("model_settings")
+        model_keys = model_names()
+    kwargs: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     for key, value in raw.items():
-        where = f"{path}.{key}" if path else key
-        kwargs[key] = _coerce(value, hints[key], where)
+        where = f"{path}.{key}" if path else str(key)
+        if key in names:
+            kwargs[key] = _coerce(value, hints[key], where)
+        elif key in model_keys:
+            sections[key] = _coerce(value, settings_type(key), where)
+        else:
+            allowed = ", ".join(sorted(names))
+            extra = f"; or a model's section: {', '.join(model_keys)}" if model_keys else ""
+            raise ConfigError(f"{where}: unknown key (allowed: {allowed}{extra})")
+    if model_keys:
+        kwargs["model_settings"] = sections
     return cls(**kwargs)
 
 
@@ -280,27 +286,18 @@ def validate(p: Params) -> None:
         (p.train.epochs > 0, "train.epochs", "must be > 0"),
         (p.train.batch_size > 0, "train.batch_size", "must be > 0"),
         (p.ray.gpus_per_task >= 0, "ray.gpus_per_task", "must be >= 0"),
-        # the readout sees only output neurons: fewer layers than the INR has would leave
-        # its input layer outside the receptive field
-        (
-            p.train.ng_gnn.layers >= len(p.zoo.hidden) + 1,
-            "train.ng_gnn.layers",
-            f"must be >= {len(p.zoo.hidden) + 1} (parameter layers of the zoo's nets)",
-        ),
     ]
     from pipeline.augment import AUGMENTATIONS
-    from pipeline.models import MODEL_NAMES, split_model_name
 
     checks.append((p.train.augment in AUGMENTATIONS, "train.augment", f"must be one of {AUGMENTATIONS}"))
-    for m in p.train.models:
-        ok = split_model_name(m)[0] in ("mlp", "ng_gnn")
-        checks.append((ok, "train.models", f"{m!r}: the SIREN zoo trains 'mlp', 'ng_gnn' (optionally + '_perm')"))
-    for m in p.kan.train.models:
-        ok = split_model_name(m)[0] in MODEL_NAMES
-        checks.append((ok, "kan.train.models", f"{m!r} is not one of {MODEL_NAMES} (optionally + '_perm')"))
+    kan_layers = max(len(p.kan.inr.hidden), len(p.kan.classifier.hidden)) + 1
     kf = p.kan.forward
-    for m in kf.models:
-        checks.append((m in ("ws_kan", "ng_gnn"), "kan.forward.models", f"{m!r}: graph models 'ws_kan', 'ng_gnn' only"))
+    for key, section, n_layers in (
+        ("train", p.train, len(p.zoo.hidden) + 1),
+        ("kan.train", p.kan.train, kan_layers),
+        ("kan.forward", kf, kan_layers),
+    ):
+        checks += _model_checks(key, section, n_layers, graph_only=key == "kan.forward", probes=key == "train")
     checks += [
         (len(kf.seeds) >= 1, "kan.forward.seeds", "needs at least one seed"),
         (kf.steps > 0 and kf.eval_every > 0, "kan.forward.steps", "steps and eval_every must be > 0"),
@@ -323,21 +320,34 @@ def validate(p: Params) -> None:
         (p.kan.inr.order >= 0 and kc.order >= 0, "kan.*.order", "must be >= 0"),
         (min(p.kan.shard_size, p.kan.chunk_size) > 0, "kan.shard_size/chunk_size", "must be > 0"),
         (len(kt.seeds) >= 1 and kt.epochs > 0 and kt.batch_size > 0, "kan.train", "needs seeds, epochs > 0, batch > 0"),
-        (kt.ng_gnn.probe_features == 0, "kan.train.ng_gnn.probe_features", "probe features need a SIREN zoo; use 0"),
-        (
-            kt.ng_gnn.layers >= max(len(p.kan.inr.hidden), len(kc.hidden)) + 1,
-            "kan.train.ng_gnn.layers",
-            "must be >= the KANs' parameter layers",
-        ),
-        (
-            kt.ws_kan.layers >= max(len(p.kan.inr.hidden), len(kc.hidden)) + 1,
-            "kan.train.ws_kan.layers",
-            "must be >= the KANs' parameter layers",
-        ),
     ]
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
+
+
+def _model_checks(
+    key: str, section: ModelSections, n_layers: int, graph_only: bool, probes: bool
+) -> list[tuple[bool, str, str]]:
+    """Every listed model exists (and reads graphs where ``graph_only``); a graph model's readout
+    sees only output neurons, so it needs ``layers >= n_layers`` to reach the input layer;
+    probe features need a SIREN zoo (``probes``)."""
+    from pipeline.models import model_module, model_names, split_model_name
+
+    checks = []
+    for m in section.models:
+        base, _ = split_model_name(m)
+        if base not in model_names():
+            checks.append((False, f"{key}.models", f"{m!r} is not one of {model_names()} (optionally + '_perm')"))
+            continue
+        graph = model_module(base).INPUT_KIND == "graph"
+        checks.append((graph or not graph_only, f"{key}.models", f"{m!r}: only graph models run here"))
+        s = section.settings(base)
+        if graph and hasattr(s, "layers"):
+            checks.append((s.layers >= n_layers, f"{key}.{base}.layers", f"must be >= {n_layers} (parameter layers)"))
+        if not probes and getattr(s, "probe_features", 0) > 0:
+            checks.append((False, f"{key}.{base}.probe_features", "probe features need a SIREN zoo; use 0"))
+    return checks
 
 
 def to_flat_dict(p: Params) -> dict[str, Any]:
@@ -349,6 +359,9 @@ def to_flat_dict(p: Params) -> dict[str, Any]:
             v = getattr(obj, f.name)
             if dataclasses.is_dataclass(v):
                 walk(v, f"{prefix}{f.name}.")
+            elif f.name == "model_settings":  # logged under the model's own key: train.ng_gnn.hidden
+                for model, settings in obj.settings_by_model().items():
+                    walk(settings, f"{prefix}{model}.")
             else:
                 out[f"{prefix}{f.name}"] = v
 

@@ -112,7 +112,9 @@ class ForwardData:
         t = self.template
         deg = torch.bincount(t.edge_index[1], minlength=t.n_nodes).double()
         n_out = t.spec.layer_sizes[-1]
-        return DataShape(t.spec.n_params, self.node_dim, t.edge_dim, t.n_pos, n_out, 1, float(deg.log1p().mean()))
+        return DataShape(
+            t.spec.n_params, self.node_dim, t.edge_dim, t.n_pos, n_out, 1, float(deg.log1p().mean()), template=t
+        )
 
 
 def kan_outputs(data: ForwardData, kans: Tensor, points: Tensor) -> Tensor:

@@ -17,7 +17,12 @@ from pipeline.io import atomic_write  # noqa: E402
 MODEL_LABELS = {
     "mlp": "MLP on flattened weights",
     "mlp_perm": "MLP + permutation augmentation",
+    "statnn": "StatNN (per-tensor statistics)",
+    "deepsets": "DeepSets over hidden neurons",
+    "dwsnet": "DWSNet",
+    "nfn": "NFN",
     "ng_gnn": "NG-GNN",
+    "ng_t": "NG-T",
     "ws_kan": "WS-KAN",
 }
 
@@ -25,8 +30,15 @@ MODEL_LABELS = {
 # measured on the published 55k-INR MNIST zoo on GPUs: a different data set from ours.
 PUBLISHED_INR_CLS = {
     "mlp": "17.6 ± 0.0",
+    "mlp_perm": "29.3 ± 0.2",
+    "deepsets": "23.7 ± 0.1 (Set NN)",
+    "dwsnet": "85.7 ± 0.6",
+    "nfn+hnp": "92.5 (NFN's SIRENs)",
+    "nfn+np": "92.9 (NFN's SIRENs)",
     "ng_gnn": "91.4 ± 0.6",
     "ng_gnn+probes": "94.7 ± 0.3 (64 probes)",
+    "ng_t": "92.4 ± 0.3",
+    "ng_t+probes": "97.3 ± 0.2 (64 probes)",
 }
 
 
@@ -46,12 +58,18 @@ KAN_TASK_TITLES = {
 
 def model_key(model: str, config: dict) -> str:
     """Key of the published number matching a run's model and configuration."""
-    return "ng_gnn+probes" if model == "ng_gnn" and config.get("probe_features", 0) > 0 else model
+    if config.get("probe_features", 0) > 0:
+        return f"{model}+probes"
+    if "mode" in config:  # NFN: its HNP and NP layers have separate published numbers
+        return f"{model}+{config['mode']}"
+    return model
 
 
 def model_label(model: str, config: dict) -> str:
     """Human-readable model name, with the variant that matters for comparisons."""
     label = MODEL_LABELS.get(model, model)
+    if "mode" in config:
+        label += f" ({config['mode'].upper()})"
     if config.get("probe_features", 0) > 0:
         label += f" ({config['probe_features']} probe features)"
     return label

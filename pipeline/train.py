@@ -62,6 +62,7 @@ def data_shape(
         n_classes=n_classes,
         avg_log_degree=float(torch.log1p(deg.double()).mean()),
         forward_spec=forward_spec,
+        template=template,
     )
 
 

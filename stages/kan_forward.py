@@ -66,7 +66,7 @@ def run(params: Params, zoo_dir: Path, out: Path) -> list[dict]:
 
     fc = params.kan.forward
     settings = settings_from(fc)
-    configs = {"ws_kan": fc.ws_kan, "ng_gnn": fc.ng_gnn}
+    configs = fc.settings_by_model()
     jobs = [(m, s) for m in fc.models for s in fc.seeds]
     data_version = fingerprint(
         {"zoo": read_json(zoo_dir / "zoo.json"), "manifest": (zoo_dir / "manifest.csv").read_text()}

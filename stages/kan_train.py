@@ -13,7 +13,7 @@ from stages.train import run_training
 def run(params: Params, task: str, graphs_dir: Path, out: Path) -> list[dict]:
     kt = params.kan.train
     settings = TrainSettings(kt.epochs, kt.batch_size, kt.lr, kt.weight_decay, kt.warmup_steps, kt.grad_clip)
-    configs = {"mlp": kt.mlp, "ng_gnn": kt.ng_gnn, "ws_kan": kt.ws_kan}
+    configs = kt.settings_by_model()
     # KANs have no sign symmetry (SiLU is not odd): no sign flips; "_perm" models add permutations
     return run_training(
         params,

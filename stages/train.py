@@ -158,7 +158,7 @@ def run_training(
 def run(params: Params, graphs_dir: Path, out: Path) -> list[dict]:
     tc = params.train
     settings = TrainSettings(tc.epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.warmup_steps, tc.grad_clip)
-    configs = {"mlp": tc.mlp, "ng_gnn": tc.ng_gnn}
+    configs = tc.settings_by_model()
     return run_training(
         params, graphs_dir, out, tc.models, tc.seeds, settings, configs, tc.augment, tc.threads_per_task, "train"
     )

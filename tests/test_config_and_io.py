@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import ConfigError, NGGNNConfig, load_params, params_from_dict
+from pipeline.config import ConfigError, load_params, params_from_dict
 from pipeline.io import CorruptFileError, atomic_write, load_tensors, save_tensors
+from pipeline.models.ng_gnn import Settings as NGGNNConfig
 from pipeline.weightspace.spec import unflatten
 from pipeline.zoo.build import fit_shard, plan_inr_zoo, records_from_shards, shard_plan
 from pipeline.zoo.siren import (
@@ -75,9 +76,10 @@ def test_int_accepted_where_float_expected():
     p = params_from_dict(raw)
     assert p.zoo.lr == 1.0 and isinstance(p.zoo.lr, float)
     assert p.zoo.omega0 == 30.0 and isinstance(p.zoo.omega0, float)
-    assert p.train.ng_gnn.fourier_scale == 2.0 and isinstance(p.train.ng_gnn.fourier_scale, float)
+    scale = p.train.settings("ng_gnn").fourier_scale
+    assert scale == 2.0 and isinstance(scale, float)
     # untouched keys keep their defaults
-    assert p.train.ng_gnn.hidden == NGGNNConfig().hidden
+    assert p.train.settings("ng_gnn").hidden == NGGNNConfig().hidden
 
 
 def test_repo_params_yaml_loads():
@@ -85,7 +87,25 @@ def test_repo_params_yaml_loads():
     p = load_params(REPO_PARAMS)
     assert p.zoo.family == "siren"
     assert len(p.zoo.hidden) >= 1
-    assert set(p.train.models) <= {"mlp", "ng_gnn"}
+    from pipeline.models import model_names, split_model_name
+
+    assert {split_model_name(m)[0] for m in p.train.models} <= set(model_names())
+
+
+def test_model_sections_are_validated_against_the_models_settings():
+    """Any model module's ``Settings`` validates its section; unknown models and keys are named."""
+    p = params_from_dict({"train": {"models": ["dwsnet", "mlp_perm"], "dwsnet": {"hidden": 8}}})
+    assert p.train.settings("dwsnet").hidden == 8
+    assert p.train.settings("mlp_perm") == p.train.settings("mlp")  # defaults of the base model
+    assert "train.dwsnet.hiden" in _config_error({"train": {"dwsnet": {"hiden": 8}}})
+    assert "train.dwsnet.hidden" in _config_error({"train": {"dwsnet": {"hidden": "8"}}})
+    msg = _config_error({"train": {"nosuchnet": {}}})
+    assert "train.nosuchnet" in msg and "dwsnet" in msg  # lists the model sections it would accept
+    assert "train.models" in _config_error({"train": {"models": ["nosuchnet"]}})
+    assert "kan.forward.models" in _config_error({"kan": {"forward": {"models": ["mlp"]}}})  # graph models only
+    assert "kan.train.ng_gnn.probe_features" in _config_error(
+        {"kan": {"train": {"models": ["ng_gnn"], "ng_gnn": {"probe_features": 4}}}}
+    )
 
 
 def test_load_params_names_the_file_for_invalid_yaml(tmp_path):

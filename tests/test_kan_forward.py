@@ -15,7 +15,6 @@ import math
 import pytest
 import torch
 
-from pipeline.config import NGGNNConfig, WSKANConfig
 from pipeline.graphs.store import GraphSet
 from pipeline.kan_forward import (
     QUERY_DIM,
@@ -29,6 +28,8 @@ from pipeline.kan_forward import (
     random_points,
 )
 from pipeline.models import build_model
+from pipeline.models.ng_gnn import Settings as NGGNNConfig
+from pipeline.models.ws_kan import Settings as WSKANConfig
 from pipeline.weightspace.spec import permute, random_permutations
 from pipeline.zoo.kan import init_kans, kan_spec
 from pipeline.zoo.pykan_io import quiet_pykan, to_pykan

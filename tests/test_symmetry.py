@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from pipeline.augment import sign_flip_flat, sign_flip_graphs
-from pipeline.config import MLPConfig, NGGNNConfig
 from pipeline.graphs.neural_graph import features_to_params, graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_model
+from pipeline.models.mlp import Settings as MLPConfig
+from pipeline.models.ng_gnn import Settings as NGGNNConfig
 from pipeline.models.probes import ForwardSpec, ProbeFeatures
 from pipeline.train import data_shape, model_inputs
 from pipeline.weightspace.spec import (

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import NGGNNConfig
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_model
+from pipeline.models.ng_gnn import Settings as NGGNNConfig
 from pipeline.models.ws_kan import WSKAN
 from pipeline.train import data_shape
 from pipeline.weightspace.spec import Params, ParamSpec, permute, random_permutations

@@ -1,19 +1,36 @@
-"""Metanetworks: one module per model, one entry per model in :data:`MODEL_NAMES` / :func:`build_model`.
+"""Metanetworks: one module per model, found by name.
 
-Adding a model: write ``pipeline/models/<name>.py`` with an ``nn.Module`` whose class attribute
-``input_kind`` is ``"flat"`` (a ``(B, P)`` parameter vector) or ``"graph"`` (a PyG batch of
-neural graphs), add its settings dataclass to :mod:`pipeline.config` and a branch below.
+A model ``<name>`` is the module ``pipeline/models/<name>.py`` defining
+
+* ``Settings``: a frozen dataclass of its hyper-parameters, read (and validated, unknown keys
+  named) from ``params.yaml`` sections such as ``train.<name>`` or ``kan.train.<name>``;
+* ``INPUT_KIND``: ``"flat"`` (a ``(B, P)`` normalized parameter vector) or ``"graph"`` (a PyG
+  batch of neural graphs);
+* ``build(settings, shape: DataShape) -> nn.Module`` mapping that input to ``(B, n_classes)``
+  (class logits or regression targets);
+* optionally ``build_editor(settings, shape, init_scale) -> nn.Module``, an equivariant editor
+  mapping the same input to edited ``(B, P)`` parameters (the INR editing task).
+
+Adding a metanetwork is that one module plus its name in a ``models`` list of ``params.yaml``.
+Helper modules (``layers``, ``probes``) define no ``build`` and are not models.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import pkgutil
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from pipeline.models.probes import ForwardSpec
 
-MODEL_NAMES = ("mlp", "ng_gnn", "ws_kan")
+if TYPE_CHECKING:
+    from pipeline.graphs.neural_graph import GraphTemplate
+
 PERM_SUFFIX = "_perm"
 
 
@@ -23,6 +40,30 @@ def split_model_name(name: str) -> tuple[str, bool]:
     if name.endswith(PERM_SUFFIX):
         return name[: -len(PERM_SUFFIX)], True
     return name, False
+
+
+@functools.cache
+def model_names() -> tuple[str, ...]:
+    """Every model of this package: the modules that define ``build`` and ``Settings``."""
+    names = []
+    for info in pkgutil.iter_modules(__path__):
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(mod, "build") and hasattr(mod, "Settings"):
+            names.append(info.name)
+    return tuple(sorted(names))
+
+
+def model_module(name: str) -> ModuleType:
+    """The module of model ``name`` (a ``_perm`` suffix is ignored)."""
+    base, _ = split_model_name(name)
+    if base not in model_names():
+        raise ValueError(f"unknown model {base!r}; known: {model_names()}")
+    return importlib.import_module(f"{__name__}.{base}")
+
+
+def settings_type(name: str) -> type:
+    """The ``Settings`` dataclass of model ``name``."""
+    return model_module(name).Settings
 
 
 @dataclass(frozen=True)
@@ -37,35 +78,25 @@ class DataShape:
     n_classes: int  # outputs: classes, or regression targets
     avg_log_degree: float
     forward_spec: ForwardSpec | None = None
+    template: GraphTemplate | None = None  # the zoo's graph topology (and its ParamSpec)
+
+    @property
+    def spec(self):
+        """The zoo's :class:`~pipeline.weightspace.spec.ParamSpec` (weight-space models need it)."""
+        if self.template is None:
+            raise ValueError("this model needs the zoo's ParamSpec: build DataShape with a template")
+        return self.template.spec
 
 
-def build_model(name: str, cfg, shape: DataShape) -> nn.Module:
-    """Instantiate model ``name`` with its settings section ``cfg`` (a dataclass)."""
-    if name == "mlp":
-        from pipeline.models.mlp import FlatMLP
+def build_model(name: str, settings, shape: DataShape) -> nn.Module:
+    """Instantiate model ``name`` (predictor: ``(B, n_classes)`` outputs) with its ``settings``."""
+    return model_module(name).build(settings, shape)
 
-        return FlatMLP(shape.n_params, shape.n_classes, cfg.hidden, cfg.layers, cfg.dropout)
-    if name == "ng_gnn":
-        from pipeline.models.ng_gnn import NGGNN
 
-        return NGGNN(
-            shape.node_dim,
-            shape.edge_dim,
-            shape.n_pos,
-            shape.n_out,
-            shape.n_classes,
-            cfg.hidden,
-            cfg.layers,
-            cfg.dropout,
-            cfg.fourier_features,
-            cfg.fourier_scale,
-            shape.avg_log_degree,
-            cfg.probe_features,
-            shape.forward_spec,
-        )
-    if name == "ws_kan":
-        from pipeline.models.ws_kan import WSKAN
-
-        s = shape
-        return WSKAN(s.node_dim, s.edge_dim, s.n_pos, s.n_out, s.n_classes, cfg.hidden, cfg.layers, cfg.dropout)
-    raise ValueError(f"unknown model {name!r}; known: {MODEL_NAMES}")
+def build_editor(name: str, settings, shape: DataShape, init_scale: float) -> nn.Module:
+    """Instantiate the equivariant editor of model ``name`` (``(B, P)`` edited parameters)."""
+    mod = model_module(name)
+    if not hasattr(mod, "build_editor"):
+        editors = [m for m in model_names() if hasattr(model_module(m), "build_editor")]
+        raise ValueError(f"model {name!r} has no editor; models with one: {editors}")
+    return mod.build_editor(settings, shape, init_scale)

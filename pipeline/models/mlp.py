@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
+
+from pipeline.models import DataShape
 
 
 class FlatMLP(nn.Module):
@@ -33,3 +37,20 @@ class FlatMLP(nn.Module):
 
     def forward(self, flat: Tensor) -> Tensor:
         return self.net(flat)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``<section>.mlp`` of ``params.yaml``."""
+
+    hidden: int = 256
+    layers: int = 3
+    dropout: float = 0.0
+
+
+INPUT_KIND = "flat"
+
+
+def build(s: Settings, shape: DataShape) -> FlatMLP:
+    """The flattened-parameter MLP for ``shape.n_params`` inputs."""
+    return FlatMLP(shape.n_params, shape.n_classes, s.hidden, s.layers, s.dropout)

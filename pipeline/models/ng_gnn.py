@@ -2,16 +2,22 @@
 
 Invariant to hidden-neuron permutations by construction: nodes of a hidden layer share one
 positional embedding, messages are aggregated with symmetric functions, and the readout uses
-only the (unpermutable) output neurons.
+only the (unpermutable) output neurons. The node and edge states of :class:`NGGNNEncoder` are
+equivariant; :class:`NGGNN` reads them out invariantly, :class:`NGGNNEditor` turns them into
+edited parameters (:class:`~pipeline.models.layers.GraphEditHead`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from pipeline.models.layers import DegreeBuckets, FourierFeatures
+from pipeline.graphs.neural_graph import GraphTemplate
+from pipeline.models import DataShape
+from pipeline.models.layers import DegreeBuckets, FourierFeatures, GraphEditHead, GraphStates
 from pipeline.models.probes import ForwardSpec, ProbeFeatures
 
 
@@ -68,19 +74,79 @@ class NGGNNLayer(nn.Module):
         return x, e
 
 
-class NGGNN(nn.Module):
-    r"""NG-GNN classifier of neural graphs.
+class NGGNNEncoder(nn.Module):
+    r"""The equivariant trunk of NG-GNN: a batch of neural graphs -> node and edge states.
 
     .. math::
-        x^0_v = W_x\,\gamma(f_v) + P[\mathrm{pos}(v)],\qquad e^0_{uv} = W_e\,\gamma(w_{uv})
-
-        x^{t+1}, e^{t+1} = \mathrm{Layer}_t(x^t, e^t),\qquad
-        \hat y = \mathrm{MLP}([x^T_o]_{o \in \text{outputs}})
+        x^0_v = W_x\,\gamma(f_v) + P[\mathrm{pos}(v)],\qquad e^0_{uv} = W_e\,\gamma(w_{uv}),\qquad
+        x^{t+1}, e^{t+1} = \mathrm{Layer}_t(x^t, e^t)
 
     with :math:`\gamma` random Fourier features of the scalar node/edge features and
     :math:`P` the positional embedding table (own row per input and output neuron, one row
     shared by each hidden layer). With ``probe_features = M > 0``, :math:`f_v` also holds the
-    neuron's activations at ``M`` learned input points (:class:`ProbeFeatures`).
+    neuron's activations at ``M`` learned input points (:class:`ProbeFeatures`). Every layer but
+    the last updates the edges.
+
+    Args: as :class:`NGGNN` (without ``n_classes``).
+    Shapes: a PyG :class:`Batch` -> :class:`~pipeline.models.layers.GraphStates` (``H = hidden``;
+    edge states in PNA degree-bucket order, given by ``edge_order``).
+    """
+
+    def __init__(
+        self,
+        node_dim: int,
+        edge_dim: int,
+        n_pos: int,
+        n_out: int,
+        hidden: int = 32,
+        layers: int = 4,
+        dropout: float = 0.0,
+        fourier_features: int = 16,
+        fourier_scale: float = 3.0,
+        avg_log_degree: float = 1.0,
+        probe_features: int = 0,
+        forward_spec: ForwardSpec | None = None,
+    ):
+        super().__init__()
+        self.node_ff = FourierFeatures(node_dim, fourier_features, fourier_scale, seed=1)
+        self.edge_ff = FourierFeatures(edge_dim, fourier_features, fourier_scale, seed=2)
+        self.probes = None
+        if probe_features > 0:
+            if forward_spec is None:
+                raise ValueError("probe features need the zoo's forward spec (activation, normalization)")
+            n_in = n_pos - n_out - (len(forward_spec.weight_stats) - 1)
+            self.probes = ProbeFeatures(probe_features, n_in, forward_spec)
+        self.node_in = nn.Linear(self.node_ff.out_dim + probe_features, hidden)
+        self.edge_in = nn.Linear(self.edge_ff.out_dim, hidden)
+        self.pos = nn.Embedding(n_pos, hidden)
+        self.layers = nn.ModuleList(
+            NGGNNLayer(hidden, dropout, update_edges=(k < layers - 1), avg_log_degree=avg_log_degree)
+            for k in range(layers)
+        )
+
+    def forward(self, batch: Batch) -> GraphStates:
+        n = batch.x.shape[0]
+        src, dst = batch.edge_index
+        buckets = DegreeBuckets.build(dst, n)
+        order = buckets.edge_order
+        src, dst = src[order], dst[order]
+        feats = self.node_ff(batch.x)
+        if self.probes is not None:
+            feats = torch.cat([feats, self.probes(batch)], dim=1)
+        x = self.node_in(feats) + self.pos(batch.node_pos)
+        e = self.edge_in(self.edge_ff(batch.edge_attr[order]))
+        for layer in self.layers:
+            x, e = layer(x, e, src, dst, buckets)
+        return GraphStates(x, e, src, dst, order)
+
+
+class NGGNN(nn.Module):
+    r"""NG-GNN classifier of neural graphs.
+
+    .. math::
+        x^T, e^T = \mathrm{Encoder}(G),\qquad \hat y = \mathrm{MLP}([x^T_o]_{o \in \text{outputs}})
+
+    :class:`NGGNNEncoder`, then the output neurons' states concatenated and a two-layer MLP.
 
     Args:
         node_dim, edge_dim: raw feature widths of the graphs.
@@ -111,20 +177,19 @@ class NGGNN(nn.Module):
         forward_spec: ForwardSpec | None = None,
     ):
         super().__init__()
-        self.node_ff = FourierFeatures(node_dim, fourier_features, fourier_scale, seed=1)
-        self.edge_ff = FourierFeatures(edge_dim, fourier_features, fourier_scale, seed=2)
-        self.probes = None
-        if probe_features > 0:
-            if forward_spec is None:
-                raise ValueError("probe features need the zoo's forward spec (activation, normalization)")
-            n_in = n_pos - n_out - (len(forward_spec.weight_stats) - 1)
-            self.probes = ProbeFeatures(probe_features, n_in, forward_spec)
-        self.node_in = nn.Linear(self.node_ff.out_dim + probe_features, hidden)
-        self.edge_in = nn.Linear(self.edge_ff.out_dim, hidden)
-        self.pos = nn.Embedding(n_pos, hidden)
-        self.layers = nn.ModuleList(
-            NGGNNLayer(hidden, dropout, update_edges=(k < layers - 1), avg_log_degree=avg_log_degree)
-            for k in range(layers)
+        self.encoder = NGGNNEncoder(
+            node_dim,
+            edge_dim,
+            n_pos,
+            n_out,
+            hidden,
+            layers,
+            dropout,
+            fourier_features,
+            fourier_scale,
+            avg_log_degree,
+            probe_features,
+            forward_spec,
         )
         self.n_out = n_out
         self.head = nn.Sequential(
@@ -132,17 +197,108 @@ class NGGNN(nn.Module):
         )
 
     def forward(self, batch: Batch) -> Tensor:
-        n = batch.x.shape[0]
-        src, dst = batch.edge_index
-        buckets = DegreeBuckets.build(dst, n)
-        order = buckets.edge_order
-        src, dst = src[order], dst[order]
-        feats = self.node_ff(batch.x)
-        if self.probes is not None:
-            feats = torch.cat([feats, self.probes(batch)], dim=1)
-        x = self.node_in(feats) + self.pos(batch.node_pos)
-        e = self.edge_in(self.edge_ff(batch.edge_attr[order]))
-        for layer in self.layers:
-            x, e = layer(x, e, src, dst, buckets)
-        out = x[batch.node_out].view(batch.num_graphs, self.n_out * x.shape[1])
-        return self.head(out)
+        x = self.encoder(batch).x
+        return self.head(x[batch.node_out].view(batch.num_graphs, self.n_out * x.shape[1]))
+
+
+class NGGNNEditor(nn.Module):
+    r"""NG-GNN for weight-space editing: :class:`NGGNNEncoder`, then :class:`GraphEditHead`.
+
+    .. math:: \theta' = \theta + \alpha\,\mathrm{vec}(\Delta(x^T, e^T))
+
+    Equivariant: permuting the hidden neurons of the input permutes the edited parameters alike.
+
+    Args:
+        template: the graph topology of the zoo (every batch must share it); gives the feature
+            widths, positional ids and output neurons.
+        hidden, layers, dropout, fourier_features, fourier_scale, avg_log_degree, probe_features,
+        forward_spec: as :class:`NGGNN`.  init_scale: initial residual scale :math:`\alpha_0`.
+    Shapes: a PyG :class:`Batch` of ``B`` graphs -> edited parameters ``(B, P)`` in
+    :func:`~pipeline.weightspace.spec.flatten` order (in the graphs' normalization).
+    """
+
+    input_kind = "graph"
+
+    def __init__(
+        self,
+        template: GraphTemplate,
+        hidden: int = 32,
+        layers: int = 4,
+        dropout: float = 0.0,
+        fourier_features: int = 16,
+        fourier_scale: float = 3.0,
+        avg_log_degree: float = 1.0,
+        probe_features: int = 0,
+        forward_spec: ForwardSpec | None = None,
+        init_scale: float = 1e-3,
+    ):
+        super().__init__()
+        t = template
+        self.encoder = NGGNNEncoder(
+            t.node_dim,
+            t.edge_dim,
+            t.n_pos,
+            t.spec.layer_sizes[-1],
+            hidden,
+            layers,
+            dropout,
+            fourier_features,
+            fourier_scale,
+            avg_log_degree,
+            probe_features,
+            forward_spec,
+        )
+        self.head = GraphEditHead(template, hidden, init_scale)
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.head(self.encoder(batch), batch)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``<section>.ng_gnn`` of ``params.yaml``."""
+
+    hidden: int = 32
+    layers: int = 4
+    dropout: float = 0.0
+    fourier_features: int = 16
+    fourier_scale: float = 3.0
+    probe_features: int = 0  # M learned input points run through every INR (0 = none)
+
+
+INPUT_KIND = "graph"
+
+
+def build(s: Settings, shape: DataShape) -> NGGNN:
+    """NG-GNN on the zoo's neural graphs."""
+    return NGGNN(
+        shape.node_dim,
+        shape.edge_dim,
+        shape.n_pos,
+        shape.n_out,
+        shape.n_classes,
+        s.hidden,
+        s.layers,
+        s.dropout,
+        s.fourier_features,
+        s.fourier_scale,
+        shape.avg_log_degree,
+        s.probe_features,
+        shape.forward_spec,
+    )
+
+
+def build_editor(s: Settings, shape: DataShape, init_scale: float) -> NGGNNEditor:
+    """NG-GNN with node / edge editing heads on the zoo's neural graphs."""
+    return NGGNNEditor(
+        shape.template,
+        s.hidden,
+        s.layers,
+        s.dropout,
+        s.fourier_features,
+        s.fourier_scale,
+        shape.avg_log_degree,
+        s.probe_features,
+        shape.forward_spec,
+        init_scale,
+    )

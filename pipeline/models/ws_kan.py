@@ -15,10 +15,14 @@ output neurons and a mean over all nodes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch_geometric.data import Batch
+
+from pipeline.models import DataShape
 
 
 class WSKANLayer(nn.Module):
@@ -147,3 +151,22 @@ class WSKAN(nn.Module):
         sizes = torch.bincount(batch.batch, minlength=n_graphs).to(h.dtype).unsqueeze(1)
         mean = h.new_zeros(n_graphs, h.shape[1]).index_add_(0, batch.batch, h) / sizes
         return self.head(torch.cat([outputs, mean], dim=1))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``<section>.ws_kan`` of ``params.yaml``."""
+
+    hidden: int = 64
+    layers: int = 4
+    dropout: float = 0.0
+
+
+INPUT_KIND = "graph"
+
+
+def build(s: Settings, shape: DataShape) -> WSKAN:
+    """WS-KAN on the zoo's KAN-graphs."""
+    return WSKAN(
+        shape.node_dim, shape.edge_dim, shape.n_pos, shape.n_out, shape.n_classes, s.hidden, s.layers, s.dropout
+    )

@@ -1,0 +1,390 @@
+r"""DWSNet (Navon et al., 2023): linear layers equivariant to the hidden-neuron permutations of a weight space.
+
+Built from a :class:`~pipeline.weightspace.spec.ParamSpec` alone. Every parameter tensor is a
+*slot*: its neuron axes (each tagged with a neuron layer) plus a channel axis, with the
+spec's feature axes (a KAN's spline coefficients, a kernel's offsets) folded into the
+channels. Hidden layers ``1 .. L-1`` are permuted; the input layer ``0`` and output layer
+``L`` are not.
+
+The equivariant linear maps from slot ``A`` to slot ``B`` are spanned by one term per subset
+``S`` of the hidden layers that index both ``A`` and ``B``: each hidden axis of ``A`` not in ``S``
+is averaged out, each hidden axis of ``B`` not in ``S`` is broadcast, the axes in ``S`` are
+kept (identity), and the fixed (input / output layer) axes of ``A`` and ``B`` are joined by a
+dense learned map. For a weight matrix onto itself with two hidden axes this gives the four
+terms identity / row-pool / column-pool / full-pool; between neighbouring layers the shared
+neuron axis couples; between non-neighbours only fully pooled terms remain, as in the
+paper's characterization. With ``x_A`` of shape ``(B, *axes_A, c)``:
+
+.. math::
+    y_B = \frac{1}{T_B}\sum_{A}\sum_{S} \mathrm{bcast}_{B \setminus S}\Big(
+        \Theta_{A,B,S} \cdot \mathrm{mean}_{\mathrm{hid}(A) \setminus S}\, x_A\Big) + \beta_B
+
+where :math:`\Theta_{A,B,S}` has shape ``(*fixed_A, *fixed_B, c_in, c_out)``, :math:`T_B` counts
+the terms that reach ``B`` (the paper's normalization by the number of contributions) and
+:math:`\beta_B` is a bias over ``B``'s fixed axes (constant along hidden axes, hence equivariant).
+
+Models share an equivariant trunk (:class:`DWSEncoder`, :class:`NFNEncoder`: flat parameters ->
+per-slot feature map) and differ in the head: :class:`InvariantHead` for classification /
+regression (:class:`DWSNet`, :class:`NFN`), :class:`WeightSpaceEditHead` for editing, which
+returns edited parameters in the input's flat layout (:class:`DWSNetEditor`, :class:`NFNEditor`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import string
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.models import DataShape
+from pipeline.weightspace.spec import Params, ParamSpec, flatten, unflatten
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One parameter tensor as a feature tensor ``(B, *sizes, channels)`` over its neuron axes."""
+
+    name: str
+    layers: tuple[int, ...]  # neuron layer of each neuron axis, in storage order
+    sizes: tuple[int, ...]
+    channels: int  # product of the spec tensor's feature axes (1 for an MLP)
+
+
+def slots(spec: ParamSpec) -> tuple[Slot, ...]:
+    """Every tensor of ``spec`` as a :class:`Slot`."""
+    out = []
+    for t in spec.tensors:
+        neuron = [(a, l) for a, l in enumerate(t.axes) if l is not None]
+        feat = [t.shape[a] for a, l in enumerate(t.axes) if l is None]
+        out.append(Slot(t.name, tuple(l for _, l in neuron), tuple(t.shape[a] for a, _ in neuron), math.prod(feat)))
+    return tuple(out)
+
+
+def to_slots(params: Params, spec: ParamSpec) -> dict[str, Tensor]:
+    """Zoo batch -> ``{name: (B, *neuron axes, channels)}`` (feature axes moved last, flattened)."""
+    out = {}
+    for t in spec.tensors:
+        neuron = [a + 1 for a, l in enumerate(t.axes) if l is not None]
+        feat = [a + 1 for a, l in enumerate(t.axes) if l is None]
+        v = params[t.name].permute(0, *neuron, *feat)
+        out[t.name] = v.reshape(*v.shape[: 1 + len(neuron)], -1)
+    return out
+
+
+def from_slots(xs: dict[str, Tensor], spec: ParamSpec) -> Params:
+    """Inverse of :func:`to_slots`: ``{name: (B, *neuron axes, channels)}`` -> zoo batch (spec axis order)."""
+    out: Params = {}
+    for t in spec.tensors:
+        neuron = [a for a, l in enumerate(t.axes) if l is not None]
+        feat = [a for a, l in enumerate(t.axes) if l is None]
+        order = neuron + feat  # storage axis at each position of the slot layout
+        v = xs[t.name].reshape(xs[t.name].shape[0], *(t.shape[a] for a in order))
+        out[t.name] = v.permute(0, *(1 + order.index(a) for a in range(len(t.axes))))
+    return out
+
+
+@dataclass(frozen=True)
+class _Term:
+    src: int  # index of the input slot
+    dst: int  # index of the output slot
+    keep: tuple[int, ...]  # hidden layers kept as identity (shared by src and dst)
+    equation: str  # einsum: pooled input, Θ -> (B, kept..., fixed_dst..., c_out)
+    pool_dims: tuple[int, ...]  # dims of the input averaged out (hidden, not kept)
+    theta_shape: tuple[int, ...]
+
+
+class EquivariantLinear(nn.Module):
+    """The DWSNet linear layer on a spec's weight space: every block, every pooling term.
+
+    Args:
+        spec: the weight space.
+        c_in: input channels, an int for every slot or ``None`` for the spec's own feature
+            widths (the first layer).
+        c_out: output channels of every slot.
+        permuted: the neuron layers treated as permutable; default the spec's hidden layers
+            (DWSNet, NFN's HNP). All layers ``0..L`` gives NFN's cheaper NP layer, whose
+            input/output identity a position encoding restores (:class:`NFN`).
+    Shapes: ``{slot: (B, *sizes, c_in)}`` -> ``{slot: (B, *sizes, c_out)}``.
+    """
+
+    def __init__(self, spec: ParamSpec, c_in: int | None, c_out: int, permuted: set[int] | None = None):
+        super().__init__()
+        self.slots = slots(spec)
+        hidden = set(spec.hidden_layers) if permuted is None else set(permuted)
+        self.terms: list[_Term] = []
+        self.thetas = nn.ParameterList()
+        n_terms = [0] * len(self.slots)
+        for i, a in enumerate(self.slots):
+            for j, b in enumerate(self.slots):
+                shared = sorted(set(a.layers) & set(b.layers) & hidden)
+                for r in range(len(shared) + 1):
+                    for keep in itertools.combinations(shared, r):
+                        self.terms.append(self._term(i, j, a, b, keep, hidden, c_in, c_out))
+                        n_terms[j] += 1
+        for term in self.terms:
+            theta = torch.empty(term.theta_shape)
+            fan_in = math.prod(term.theta_shape[:-1])
+            nn.init.uniform_(theta, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+            self.thetas.append(nn.Parameter(theta))
+        self.scale = [1.0 / n for n in n_terms]
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.zeros(*[s for s, l in zip(b.sizes, b.layers, strict=True) if l not in hidden], c_out))
+            for b in self.slots
+        )
+        self.hidden = hidden
+
+    @staticmethod
+    def _term(i, j, a: Slot, b: Slot, keep, hidden, c_in, c_out) -> _Term:
+        letters = iter(string.ascii_letters)
+        ci = a.channels if c_in is None else c_in
+        batch, cin, cout = next(letters), next(letters), next(letters)
+        kept = {l: next(letters) for l in keep}
+        fixed_a = [(d, next(letters)) for d, l in enumerate(a.layers) if l not in hidden]
+        fixed_b = [(d, next(letters)) for d, l in enumerate(b.layers) if l not in hidden]
+        pool = tuple(d + 1 for d, l in enumerate(a.layers) if l in hidden and l not in keep)
+        # pooled input: batch, then a's remaining axes in order (kept hidden or fixed), channels
+        x_sub = (
+            batch
+            + "".join(
+                kept[l] if l in kept else dict(fixed_a)[d]
+                for d, l in enumerate(a.layers)
+                if not (l in hidden and l not in keep)
+            )
+            + cin
+        )
+        theta_sub = "".join(c for _, c in fixed_a) + "".join(c for _, c in fixed_b) + cin + cout
+        out_sub = batch + "".join(kept[l] for l in keep) + "".join(c for _, c in fixed_b) + cout
+        shape = tuple(a.sizes[d] for d, _ in fixed_a) + tuple(b.sizes[d] for d, _ in fixed_b) + (ci, c_out)
+        return _Term(i, j, tuple(keep), f"{x_sub},{theta_sub}->{out_sub}", pool, shape)
+
+    def forward(self, xs: dict[str, Tensor]) -> dict[str, Tensor]:
+        inputs = [xs[s.name] for s in self.slots]
+        batch = inputs[0].shape[0]
+        outs: list[Tensor | None] = [None] * len(self.slots)
+        for term, theta in zip(self.terms, self.thetas, strict=True):
+            x = inputs[term.src]
+            if term.pool_dims:
+                x = x.mean(dim=term.pool_dims)
+            y = self._place(torch.einsum(term.equation, x, theta), term, batch)
+            outs[term.dst] = y if outs[term.dst] is None else outs[term.dst] + y
+        result = {}
+        for j, b in enumerate(self.slots):
+            bias_shape = (1,) + tuple(1 if l in self.hidden else s for s, l in zip(b.sizes, b.layers, strict=True))
+            bias = self.biases[j].reshape(*bias_shape, -1)
+            result[b.name] = outs[j] * self.scale[j] + bias
+        return result
+
+    def _place(self, y: Tensor, term: _Term, batch: int) -> Tensor:
+        """``(B, kept..., fixed_dst..., c)`` -> ``(B, *dst sizes, c)``, broadcasting the other hidden axes."""
+        b = self.slots[term.dst]
+        order = list(b.layers)
+        # y's axes after the batch: kept layers (in term.keep order), then b's fixed axes in order
+        src_pos = {l: 1 + k for k, l in enumerate(term.keep)}
+        fixed = [d for d, l in enumerate(b.layers) if l not in self.hidden]
+        for k, d in enumerate(fixed):
+            src_pos[("fixed", d)] = 1 + len(term.keep) + k
+        perm, view = [0], [batch]
+        for d, l in enumerate(order):
+            key = l if l in term.keep else ("fixed", d) if l not in self.hidden else None
+            if key is None:
+                view.append(1)
+            else:
+                perm.append(src_pos[key])
+                view.append(b.sizes[d])
+        perm.append(y.dim() - 1)
+        y = y.permute(*perm)
+        shape = [batch] + [
+            1 if (l in self.hidden and l not in term.keep) else s for s, l in zip(b.sizes, order, strict=True)
+        ]
+        y = y.reshape(*shape, y.shape[-1])
+        return y.expand(batch, *b.sizes, y.shape[-1])
+
+
+class InvariantPool(nn.Module):
+    """Mean over every permuted (default: hidden) axis of every slot, fixed axes kept.
+
+    Shapes: ``{slot: (B, *sizes, c)}`` -> ``(B, D)``.
+    """
+
+    def __init__(self, spec: ParamSpec, channels: int, permuted: set[int] | None = None):
+        super().__init__()
+        self.slots = slots(spec)
+        hidden = set(spec.hidden_layers) if permuted is None else set(permuted)
+        self.dims = [tuple(d + 1 for d, l in enumerate(s.layers) if l in hidden) for s in self.slots]
+        self.out_dim = sum(
+            channels * math.prod(n for n, l in zip(s.sizes, s.layers, strict=True) if l not in hidden)
+            for s in self.slots
+        )
+
+    def forward(self, xs: dict[str, Tensor]) -> Tensor:
+        pooled = [xs[s.name].mean(dim=d) if d else xs[s.name] for s, d in zip(self.slots, self.dims, strict=True)]
+        return torch.cat([p.flatten(1) for p in pooled], dim=1)
+
+
+class InvariantHead(nn.Module):
+    r"""Invariant readout: :class:`InvariantPool`, then a two-layer MLP.
+
+    .. math:: \hat y = W_2\,\mathrm{Dropout}(\mathrm{ReLU}(W_1\,\mathrm{pool}(x) + c_1)) + c_2
+
+    Args:
+        spec: the weight space.  channels: ``c`` of the feature map.  n_outputs: logits.
+        dropout: between the two layers.  permuted: the layers pooled (default: hidden).
+    Shapes: ``{slot: (B, *sizes, c)}`` -> ``(B, n_outputs)``.
+    """
+
+    def __init__(
+        self, spec: ParamSpec, channels: int, n_outputs: int, dropout: float = 0.0, permuted: set[int] | None = None
+    ):
+        super().__init__()
+        self.pool = InvariantPool(spec, channels, permuted)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.pool.out_dim, channels * 4),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(channels * 4, n_outputs),
+        )
+
+    def forward(self, xs: dict[str, Tensor]) -> Tensor:
+        return self.mlp(self.pool(xs))
+
+
+class WeightSpaceEditHead(nn.Module):
+    r"""Equivariant editing readout: a residual update of every parameter from a feature map.
+
+    For every slot :math:`A` (one parameter tensor) with features :math:`x_A` of shape
+    ``(B, *sizes_A, c)`` a per-slot linear map to the slot's own channel count (1 for an MLP)
+    gives the update, applied at every neuron position alike (so it commutes with any
+    permutation of the neuron axes); the update is added to the input parameters with one
+    learned scale :math:`\alpha` that starts small, so an untrained editor is close to identity:
+
+    .. math::
+        \Delta_A = x_A U_A + d_A,\qquad \theta' = \theta + \alpha\,\mathrm{vec}(\Delta),
+        \qquad \alpha_0 = \texttt{init\_scale}
+
+    with :math:`\mathrm{vec}` the :func:`~pipeline.weightspace.spec.flatten` order.
+
+    Args:
+        spec: the weight space.  channels: ``c``.  init_scale: :math:`\alpha_0`.
+    Shapes: features ``{slot: (B, *sizes, c)}`` and parameters ``(B, P)`` -> edited ``(B, P)``.
+    """
+
+    def __init__(self, spec: ParamSpec, channels: int, init_scale: float = 1e-3):
+        super().__init__()
+        self.spec = spec
+        self.out = nn.ModuleDict({slot_key(s.name): nn.Linear(channels, s.channels) for s in slots(spec)})
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))
+
+    def delta(self, xs: dict[str, Tensor]) -> Tensor:
+        r"""The update :math:`\mathrm{vec}(\Delta)` before scaling: ``(B, P)``."""
+        out = {name: self.out[slot_key(name)](x) for name, x in xs.items()}
+        return flatten(from_slots(out, self.spec), self.spec)
+
+    def forward(self, xs: dict[str, Tensor], flat: Tensor) -> Tensor:
+        return flat + self.scale * self.delta(xs)
+
+
+def slot_key(name: str) -> str:
+    """A tensor name as a module key (``nn.ModuleDict`` keys may not contain dots)."""
+    return name.replace(".", "_")
+
+
+class DWSEncoder(nn.Module):
+    r"""The equivariant trunk of DWSNet: flat parameters -> per-slot feature map.
+
+    .. math:: x^0 = \mathrm{slots}(\theta),\qquad x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t)),\ t < T
+
+    with :class:`EquivariantLinear` layers (the first reads the spec's raw channels).
+
+    Shapes: ``(B, P)`` -> ``{slot: (B, *sizes, hidden)}``; equivariant to hidden permutations.
+    """
+
+    def __init__(self, spec: ParamSpec, hidden: int = 32, layers: int = 4):
+        super().__init__()
+        self.spec = spec
+        self.permuted = set(spec.hidden_layers)
+        self.layers = nn.ModuleList(EquivariantLinear(spec, None if t == 0 else hidden, hidden) for t in range(layers))
+
+    def forward(self, flat: Tensor) -> dict[str, Tensor]:
+        xs = to_slots(unflatten(flat, self.spec), self.spec)
+        for layer in self.layers:
+            xs = {k: torch.relu(v) for k, v in layer(xs).items()}
+        return xs
+
+
+class DWSNet(nn.Module):
+    r"""DWSNet classifier / regressor of a weight space.
+
+    .. math::
+        x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t))\ (t < T),\qquad
+        \hat y = \mathrm{MLP}(\mathrm{pool}(x^T))
+
+    :class:`DWSEncoder`, then :class:`InvariantHead` (means over hidden axes, input/output axes
+    kept, two-layer MLP). Invariant to hidden-neuron permutations for any depth ``L >= 2``.
+
+    Args:
+        spec: the weight space.  n_classes: outputs.
+        hidden, layers, dropout: channels, number of equivariant layers, head dropout.
+    Shapes: ``(B, P)`` flattened parameters (:func:`pipeline.weightspace.spec.flatten` order)
+    -> ``(B, n_classes)``.
+    """
+
+    input_kind = "flat"
+
+    def __init__(self, spec: ParamSpec, n_classes: int, hidden: int = 32, layers: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.spec = spec
+        self.encoder = DWSEncoder(spec, hidden, layers)
+        self.head = InvariantHead(spec, hidden, n_classes, dropout, self.encoder.permuted)
+
+    def forward(self, flat: Tensor) -> Tensor:
+        return self.head(self.encoder(flat))
+
+
+class DWSNetEditor(nn.Module):
+    r"""DWSNet for weight-space editing: :class:`DWSEncoder`, then :class:`WeightSpaceEditHead`.
+
+    .. math:: \theta' = \theta + \alpha\,\mathrm{vec}(U\,x^T(\theta))
+
+    Equivariant: permuting the hidden neurons of the input permutes the edited parameters alike.
+
+    Args:
+        spec: the weight space.  hidden, layers: channels, equivariant layers.
+        init_scale: initial residual scale :math:`\alpha_0`.
+    Shapes: ``(B, P)`` flattened parameters -> edited ``(B, P)``, same layout.
+    """
+
+    input_kind = "flat"
+
+    def __init__(self, spec: ParamSpec, hidden: int = 32, layers: int = 4, init_scale: float = 1e-3):
+        super().__init__()
+        self.spec = spec
+        self.encoder = DWSEncoder(spec, hidden, layers)
+        self.head = WeightSpaceEditHead(spec, hidden, init_scale)
+
+    def forward(self, flat: Tensor) -> Tensor:
+        return self.head(self.encoder(flat), flat)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``<section>.dwsnet`` of ``params.yaml``."""
+
+    hidden: int = 32
+    layers: int = 4
+    dropout: float = 0.0
+
+
+INPUT_KIND = "flat"
+
+
+def build(s: Settings, shape: DataShape) -> DWSNet:
+    """The DWSNet classifier / regressor of ``shape.spec``."""
+    return DWSNet(shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout)
+
+
+def build_editor(s: Settings, shape: DataShape, init_scale: float) -> DWSNetEditor:
+    """The DWSNet weight-space editor of ``shape.spec``."""
+    return DWSNetEditor(shape.spec, s.hidden, s.layers, init_scale)

@@ -1,0 +1,149 @@
+"""DWSNet: the equivariant layer block by block, the invariant model, wrong couplings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.models.dwsnet import DWSNet, EquivariantLinear, slots, to_slots
+from pipeline.weightspace.spec import flatten, mlp_spec, permute, random_permutations
+from pipeline.zoo.kan import init_kans, kan_spec
+
+LAYOUTS = {
+    "mlp2-8-8-1": mlp_spec([2, 8, 8, 1]),
+    "mlp2-5-4-3-1": mlp_spec([2, 5, 4, 3, 1]),
+    "mlp3-4-2": mlp_spec([3, 4, 2]),
+}
+B = 3
+
+
+def _params(spec, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {t.name: torch.randn(B, *t.shape, generator=g) for t in spec.tensors}
+
+
+def _permute_slots(xs, spec, perms):
+    """Apply the hidden-neuron permutations to slot tensors ``(B, *neuron axes, c)``."""
+    out = {}
+    for s in slots(spec):
+        v = xs[s.name]
+        for d, l in enumerate(s.layers):
+            if l in perms:
+                idx = (
+                    perms[l]
+                    .view(B, *([1] * d), -1, *([1] * (v.dim() - d - 2)))
+                    .expand(*v.shape[: d + 1], -1, *v.shape[d + 2 :])
+                )
+                v = v.gather(d + 1, idx)
+        out[s.name] = v
+    return out
+
+
+def _close(a, b):
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_every_block_of_the_layer_is_equivariant(name):
+    spec = LAYOUTS[name]
+    torch.manual_seed(0)
+    layer = EquivariantLinear(spec, None, 4)
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(1))
+    xs = to_slots(_params(spec), spec)
+    xs_p = to_slots(permute(_params(spec), spec, perms), spec)
+    _close(_permute_slots(xs, spec, perms), xs_p)  # the helper permutes like the spec does
+    with torch.no_grad():
+        for k in range(len(layer.terms)):  # one block (src slot, dst slot, kept axes) at a time
+            saved = [t.clone() for t in layer.thetas]
+            for i, t in enumerate(layer.thetas):
+                if i != k:
+                    t.zero_()
+            out, out_p = layer(xs), layer(xs_p)
+            assert any(v.abs().max() > 1e-4 for v in out.values()), layer.terms[k]
+            _close(_permute_slots(out, spec, perms), out_p)
+            for t, v in zip(layer.thetas, saved, strict=True):
+                t.copy_(v)
+
+
+def test_block_structure_matches_the_paper():
+    """W_i -> W_i with two hidden axes has 4 terms; neighbours couple one axis; far tensors only pool."""
+    spec = LAYOUTS["mlp2-5-4-3-1"]
+    layer = EquivariantLinear(spec, None, 2)
+    names = [s.name for s in layer.slots]
+    count = {}
+    for t in layer.terms:
+        key = (names[t.src], names[t.dst])
+        count[key] = count.get(key, 0) + 1
+    assert count[("layers.1.weight", "layers.1.weight")] == 4  # identity, row, column, full pool
+    assert count[("layers.1.weight", "layers.2.weight")] == 2  # shared layer-2 axis: kept or pooled
+    assert count[("layers.0.weight", "layers.3.weight")] == 1  # no shared hidden axis: fully pooled
+    assert count[("layers.0.bias", "layers.0.weight")] == 2
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_dwsnet_is_invariant_and_detects_wrong_couplings(name):
+    spec = LAYOUTS[name]
+    torch.manual_seed(0)
+    model = DWSNet(spec, n_classes=5, hidden=8, layers=3).eval()
+    params = _params(spec)
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(flatten(params, spec))
+        out = model(flatten(permute(params, spec, perms), spec))
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+        wrong = dict(params)  # rows of layer 0 permuted without the matching columns of layer 1
+        wrong["layers.0.weight"] = params["layers.0.weight"].flip(1)
+        assert float((model(flatten(wrong, spec)) - ref).abs().max()) > 1e-4 * float(ref.abs().max())
+        inputs = dict(params)  # permuting the (unpermutable) input neurons
+        inputs["layers.0.weight"] = params["layers.0.weight"].flip(2)
+        assert float((model(flatten(inputs, spec)) - ref).abs().max()) > 1e-4 * float(ref.abs().max())
+
+
+def test_dwsnet_reads_kans_too():
+    spec = kan_spec([2, 4, 3, 1], 3, 2)
+    params = init_kans(spec, [0, 1, 2])
+    torch.manual_seed(0)
+    model = DWSNet(spec, n_classes=2, hidden=4, layers=2).eval()
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(flatten(params, spec))
+        torch.testing.assert_close(model(flatten(permute(params, spec, perms), spec)), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["np", "hnp"])
+@pytest.mark.parametrize("name", ["mlp2-8-8-1", "mlp2-5-4-3-1"])
+def test_nfn_invariant_to_hidden_permutations_only(mode, name):
+    from pipeline.models.nfn import NFN
+
+    spec = LAYOUTS[name]
+    torch.manual_seed(0)
+    model = NFN(spec, n_classes=4, hidden=8, layers=2, mode=mode, fourier_features=2).eval()
+    with torch.no_grad():  # a generic point of the model family: O(1) position codes, non-contractive maps
+        for p in model.encoder.io.values():
+            p.normal_()
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(2.0)
+    params = _params(spec)
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = model(flatten(params, spec))
+        scale = float(ref.abs().max())
+        torch.testing.assert_close(
+            model(flatten(permute(params, spec, perms), spec)), ref, rtol=1e-5, atol=1e-5 * scale
+        )
+        rows = dict(params)  # rows of layer 0 permuted without the matching columns of layer 1
+        rows["layers.0.weight"] = params["layers.0.weight"].flip(1)
+        assert float((model(flatten(rows, spec)) - ref).abs().max()) > 1e-4 * scale
+        inputs = dict(params)  # input neurons are not a symmetry: NP's position encoding must see them
+        inputs["layers.0.weight"] = params["layers.0.weight"].flip(2)
+        assert float((model(flatten(inputs, spec)) - ref).abs().max()) > 1e-4 * scale
+
+
+def test_np_layer_is_smaller_than_hnp():
+    spec = LAYOUTS["mlp2-5-4-3-1"]
+    hnp = EquivariantLinear(spec, 4, 4)
+    np_layer = EquivariantLinear(spec, 4, 4, permuted=set(range(spec.n_layers + 1)))
+    n_params = [sum(t.numel() for t in layer.thetas) for layer in (np_layer, hnp)]
+    assert 0 < n_params[0] < n_params[1]
