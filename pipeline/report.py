@@ -321,3 +321,19 @@ def plot_long_run(record: dict, path: str | Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_long_run_epochs(record: dict, path: str | Path) -> None:
+    """Validation accuracy and test accuracy at the best validation epoch so far, per epoch, of
+    one long classification run, with the default profile's epoch budget marked."""
+    epochs = [h["epoch"] for h in record["history"]]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(epochs, [100 * h["val_acc"] for h in record["history"]], lw=1, label="validation accuracy")
+    best = [100 * h["test_acc_at_best_val"] for h in record["history"]]
+    ax.plot(epochs, best, lw=1.5, label="test accuracy at the best validation epoch so far")
+    ax.axvline(record["default_epochs"], color="k", ls=":", lw=1, label="default profile's epochs")
+    title = f"{model_label(record['model'], record['config'])}: one long run"
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)

@@ -47,6 +47,7 @@ def _setup(name: str, spec, editor: bool = False):
     model = build_editor(name, s, shape, init_scale=1.0) if editor else build_model(name, s, shape)
     model = model.double().eval()
     kind = model_module(name).INPUT_KIND
+    assert model.input_kind == kind  # the module's declaration (config checks) and the model's agree
 
     def run(p):
         g = GraphSet.from_params(p, template, torch.zeros(B), torch.arange(B))
