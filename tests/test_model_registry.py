@@ -28,7 +28,7 @@ NOT_INVARIANT = {"mlp"}  # the flattened-parameter baseline (tests/test_symmetry
 # per-tensor statistics are symmetric in every entry: StatNN is blind to wiring by design (the
 # paper's point), so a wrong coupling that keeps each tensor's entries cannot change its output
 BLIND_TO_WIRING = {"statnn"}
-SMALL = {"hidden": 16, "layers": 4, "heads": 2}
+SMALL = {"hidden": 16, "layers": 4, "heads": 2, "probe_features": 4}  # probes on: NG-GNN and NG-T use them
 
 
 def _settings(name: str):

@@ -18,7 +18,7 @@ from torch_geometric.data import Batch
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.models import DataShape
 from pipeline.models.layers import DegreeBuckets, FourierFeatures, GraphEditHead, GraphStates
-from pipeline.models.probes import ForwardSpec, ProbeFeatures
+from pipeline.models.probes import ForwardSpec, make_probes
 
 
 class NGGNNLayer(nn.Module):
@@ -84,7 +84,7 @@ class NGGNNEncoder(nn.Module):
     with :math:`\gamma` random Fourier features of the scalar node/edge features and
     :math:`P` the positional embedding table (own row per input and output neuron, one row
     shared by each hidden layer). With ``probe_features = M > 0``, :math:`f_v` also holds the
-    neuron's activations at ``M`` learned input points (:class:`ProbeFeatures`). Every layer but
+    neuron's activations at ``M`` learned input points (:class:`~pipeline.models.probes.ProbeFeatures`). Every layer but
     the last updates the edges.
 
     Args: as :class:`NGGNN` (without ``n_classes``).
@@ -110,12 +110,7 @@ class NGGNNEncoder(nn.Module):
         super().__init__()
         self.node_ff = FourierFeatures(node_dim, fourier_features, fourier_scale, seed=1)
         self.edge_ff = FourierFeatures(edge_dim, fourier_features, fourier_scale, seed=2)
-        self.probes = None
-        if probe_features > 0:
-            if forward_spec is None:
-                raise ValueError("probe features need the zoo's forward spec (activation, normalization)")
-            n_in = n_pos - n_out - (len(forward_spec.weight_stats) - 1)
-            self.probes = ProbeFeatures(probe_features, n_in, forward_spec)
+        self.probes = make_probes(probe_features, n_pos, n_out, forward_spec)
         self.node_in = nn.Linear(self.node_ff.out_dim + probe_features, hidden)
         self.edge_in = nn.Linear(self.edge_ff.out_dim, hidden)
         self.pos = nn.Embedding(n_pos, hidden)

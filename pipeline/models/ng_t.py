@@ -39,10 +39,13 @@ from torch_geometric.utils import softmax
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.models import DataShape
 from pipeline.models.layers import GraphEditHead, GraphStates
+from pipeline.models.probes import ForwardSpec, make_probes
 
 
 class NGTLayer(nn.Module):
-    """One relational-attention layer. Shapes: x ``(N, H)``, e ``(E, H)``, src/dst ``(E,)`` -> same."""
+    """One relational-attention layer.
+
+    Shapes: x ``(N, H)``, e ``(E, H)``, src/dst ``(E,)``, direction ``(2, H)`` -> x, e."""
 
     def __init__(self, hidden: int, heads: int, dropout: float, update_edges: bool):
         super().__init__()
@@ -57,27 +60,38 @@ class NGTLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.update_edges = update_edges
         if update_edges:
-            self.edge_mlp = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+            # first layer of MLP([e || x_src || x_dst]) split by block: per-node parts computed on nodes, then gathered
+            self.edge_in = nn.Linear(hidden, hidden)
+            self.edge_nodes = nn.Linear(hidden, 2 * hidden, bias=False)
+            self.edge_out = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden))
             self.edge_norm = nn.LayerNorm(hidden)
 
     def forward(self, x: Tensor, e: Tensor, src: Tensor, dst: Tensor, direction: Tensor) -> tuple[Tensor, Tensor]:
         N, H = x.shape
-        # attend both ways: receiver r <- sender s over every edge, forwards and backwards
-        recv, send = torch.cat([dst, src]), torch.cat([src, dst])
-        e2 = torch.cat([e, e]) + direction  # (2E, H), direction code per half
+        # attend both ways: over every edge forwards (dst <- src) and backwards (src <- dst), the
+        # edge state plus the half's direction code. The edge projections are affine, so they
+        # are computed once per edge and the codes' projections added per half (no 2E-row copy).
         q, k, v = self.node_qkv(x).split(H, dim=1)
-        qe, ke, s, h = self.edge_proj(e2).split(H, dim=1)
+        pe = self.edge_proj(e)  # (E, 4H)
+        pd = nn.functional.linear(direction, self.edge_proj.weight)  # (2, 4H): forward, backward code
         heads = (-1, self.heads, self.d)
-        qq = (q.index_select(0, recv) + qe).view(heads)
-        kk = (k.index_select(0, send) + ke).view(heads)
-        vv = (v.index_select(0, send) * s + h).view(heads)
-        score = (qq * kk).sum(-1) / math.sqrt(self.d)  # (2E, heads)
-        alpha = softmax(score, recv, num_nodes=N)
-        agg = x.new_zeros(N, self.heads, self.d).index_add_(0, recv, alpha.unsqueeze(-1) * vv)
+        halves = []
+        for half, (recv, send) in enumerate(((dst, src), (src, dst))):
+            qe, ke, s, h = (pe + pd[half]).split(H, dim=1)
+            qq = (q.index_select(0, recv) + qe).view(heads)
+            kk = (k.index_select(0, send) + ke).view(heads)
+            vv = (v.index_select(0, send) * s + h).view(heads)
+            halves.append(((qq * kk).sum(-1) / math.sqrt(self.d), vv))  # score (E, heads), value
+        recv_all = torch.cat([dst, src])
+        alpha = softmax(torch.cat([halves[0][0], halves[1][0]]), recv_all, num_nodes=N).split(src.numel())
+        agg = x.new_zeros(N, self.heads, self.d)
+        agg.index_add_(0, dst, alpha[0].unsqueeze(-1) * halves[0][1])
+        agg.index_add_(0, src, alpha[1].unsqueeze(-1) * halves[1][1])
         x = self.norm1(x + self.drop(self.out(agg.view(N, H))))
         x = self.norm2(x + self.drop(self.mlp(x)))
         if self.update_edges:
-            upd = self.edge_mlp(torch.cat([e, x.index_select(0, src), x.index_select(0, dst)], dim=1))
+            a, b = self.edge_nodes(x).split(H, dim=1)
+            upd = self.edge_out(self.edge_in(e) + a.index_select(0, src) + b.index_select(0, dst))
             e = self.edge_norm(e + self.drop(upd))
         return x, e
 
@@ -90,9 +104,11 @@ class NGTEncoder(nn.Module):
         x^{t+1}, e^{t+1} = \mathrm{NGTLayer}_t(x^t, e^t)
 
     (positional table :math:`P` as NG-GNN's; a learned forward / backward direction code is
-    added to the edge states inside every layer; the last layer keeps the edges).
+    added to the edge states inside every layer; the last layer keeps the edges). With
+    ``probe_features = M > 0``, :math:`f_v` also holds the neuron's activations at ``M`` learned
+    input points (:class:`~pipeline.models.probes.ProbeFeatures`, as NG-GNN).
 
-    Args: as :class:`NGT` (without ``n_out``, ``n_classes``).
+    Args: as :class:`NGT` (without ``n_classes``).
     Shapes: a PyG batch -> :class:`~pipeline.models.layers.GraphStates` (``H = hidden``; edges in
     the batch's order).
     """
@@ -106,9 +122,13 @@ class NGTEncoder(nn.Module):
         layers: int = 4,
         heads: int = 4,
         dropout: float = 0.0,
+        n_out: int = 1,
+        probe_features: int = 0,
+        forward_spec: ForwardSpec | None = None,
     ):
         super().__init__()
-        self.node_in = nn.Linear(node_dim, hidden)
+        self.probes = make_probes(probe_features, n_pos, n_out, forward_spec)
+        self.node_in = nn.Linear(node_dim + probe_features, hidden)
         self.edge_in = nn.Linear(edge_dim, hidden)
         self.pos = nn.Embedding(n_pos, hidden)
         self.direction = nn.Parameter(torch.randn(2, hidden) * 0.1)  # forward / backward edge code
@@ -117,11 +137,11 @@ class NGTEncoder(nn.Module):
     def forward(self, batch) -> GraphStates:
         src, dst = batch.edge_index
         E = src.numel()
-        x = self.node_in(batch.x) + self.pos(batch.node_pos)
+        feats = batch.x if self.probes is None else torch.cat([batch.x, self.probes(batch)], dim=1)
+        x = self.node_in(feats) + self.pos(batch.node_pos)
         e = self.edge_in(batch.edge_attr)
-        direction = self.direction.repeat_interleave(E, dim=0)  # (2E, H)
         for layer in self.layers:
-            x, e = layer(x, e, src, dst, direction)
+            x, e = layer(x, e, src, dst, self.direction)
         return GraphStates(x, e, src, dst, torch.arange(E, device=src.device))
 
 
@@ -132,6 +152,7 @@ class NGT(nn.Module):
     Args:
         node_dim, edge_dim: raw feature widths.  n_pos: positional ids.  n_out: output neurons.
         n_classes: outputs.  hidden, layers, heads, dropout: width, depth, attention heads, dropout.
+        probe_features: ``M`` learned probe points (0: none); needs ``forward_spec``.
     Shapes: a PyG batch of ``B`` graphs (x, edge_index, edge_attr, node_pos, node_out) -> ``(B, n_classes)``.
     """
 
@@ -148,10 +169,14 @@ class NGT(nn.Module):
         layers: int = 4,
         heads: int = 4,
         dropout: float = 0.0,
+        probe_features: int = 0,
+        forward_spec: ForwardSpec | None = None,
     ):
         super().__init__()
         self.n_out = n_out
-        self.encoder = NGTEncoder(node_dim, edge_dim, n_pos, hidden, layers, heads, dropout)
+        self.encoder = NGTEncoder(
+            node_dim, edge_dim, n_pos, hidden, layers, heads, dropout, n_out, probe_features, forward_spec
+        )
         self.head = nn.Sequential(
             nn.Linear(n_out * hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)
         )
@@ -168,7 +193,8 @@ class NGTEditor(nn.Module):
 
     Args:
         template: the graph topology of the zoo (every batch must share it).
-        hidden, layers, heads, dropout: as :class:`NGT`.  init_scale: :math:`\alpha_0`.
+        hidden, layers, heads, dropout, probe_features, forward_spec: as :class:`NGT`.
+        init_scale: :math:`\alpha_0`.
     Shapes: a PyG batch of ``B`` graphs -> edited parameters ``(B, P)`` in
     :func:`~pipeline.weightspace.spec.flatten` order (in the graphs' normalization).
     """
@@ -182,10 +208,24 @@ class NGTEditor(nn.Module):
         layers: int = 4,
         heads: int = 4,
         dropout: float = 0.0,
+        probe_features: int = 0,
+        forward_spec: ForwardSpec | None = None,
         init_scale: float = 1e-3,
     ):
         super().__init__()
-        self.encoder = NGTEncoder(template.node_dim, template.edge_dim, template.n_pos, hidden, layers, heads, dropout)
+        t = template
+        self.encoder = NGTEncoder(
+            t.node_dim,
+            t.edge_dim,
+            t.n_pos,
+            hidden,
+            layers,
+            heads,
+            dropout,
+            t.spec.layer_sizes[-1],
+            probe_features,
+            forward_spec,
+        )
         self.head = GraphEditHead(template, hidden, init_scale)
 
     def forward(self, batch) -> Tensor:
@@ -200,6 +240,7 @@ class Settings:
     layers: int = 4
     heads: int = 4
     dropout: float = 0.0
+    probe_features: int = 0  # M learned input points run through every INR (0 = none)
 
 
 INPUT_KIND = "graph"
@@ -217,9 +258,13 @@ def build(s: Settings, shape: DataShape) -> NGT:
         s.layers,
         s.heads,
         s.dropout,
+        s.probe_features,
+        shape.forward_spec,
     )
 
 
 def build_editor(s: Settings, shape: DataShape, init_scale: float) -> NGTEditor:
     """NG-T with node / edge editing heads on the zoo's neural graphs."""
-    return NGTEditor(shape.template, s.hidden, s.layers, s.heads, s.dropout, init_scale)
+    return NGTEditor(
+        shape.template, s.hidden, s.layers, s.heads, s.dropout, s.probe_features, shape.forward_spec, init_scale
+    )

@@ -80,3 +80,17 @@ class ProbeFeatures(nn.Module):
             out = self._act(z_nodes) if l + 1 < self.n_layers else z_nodes + self.spec.output_offset
             h = h.index_put((nodes,), out)
         return h
+
+
+def make_probes(n_probes: int, n_pos: int, n_out: int, forward_spec: ForwardSpec | None) -> ProbeFeatures | None:
+    """:class:`ProbeFeatures` for a neural-graph encoder, or ``None`` for ``n_probes == 0``.
+
+    The input width is the positional ids less the output ids and the one shared id per hidden
+    layer (:class:`~pipeline.graphs.neural_graph.GraphTemplate`).
+    """
+    if n_probes <= 0:
+        return None
+    if forward_spec is None:
+        raise ValueError("probe features need the zoo's forward spec (activation, normalization)")
+    n_in = n_pos - n_out - (len(forward_spec.weight_stats) - 1)
+    return ProbeFeatures(n_probes, n_in, forward_spec)
