@@ -83,6 +83,25 @@ class TrainConfig(ModelSections):
 
 
 @dataclass(frozen=True)
+class EditConfig(ModelSections):
+    """INR editing (dilation, :mod:`pipeline.tasks.editing`) with each model's equivariant editor."""
+
+    models: list[str] = field(default_factory=lambda: ["dwsnet", "nfn", "ng_gnn", "ng_t"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 10
+    n_train: int = 0  # n training INRs drawn at random (0: all); val and test are always whole
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 10.0
+    init_scale: float = 1e-3  # initial residual scale of every editor
+    augment: str = "sign_flip"
+    threads_per_task: int = 1
+    model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
+
+
+@dataclass(frozen=True)
 class KanInrConfig:
     hidden: list[int] = field(default_factory=lambda: [8, 8])
     grid: int = 5
@@ -174,6 +193,7 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    edit: EditConfig = field(default_factory=EditConfig)
     kan: KanConfig = field(default_factory=KanConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
@@ -290,14 +310,23 @@ def validate(p: Params) -> None:
     from pipeline.augment import AUGMENTATIONS
 
     checks.append((p.train.augment in AUGMENTATIONS, "train.augment", f"must be one of {AUGMENTATIONS}"))
+    checks.append((p.edit.augment in AUGMENTATIONS, "edit.augment", f"must be one of {AUGMENTATIONS}"))
     kan_layers = max(len(p.kan.inr.hidden), len(p.kan.classifier.hidden)) + 1
     kf = p.kan.forward
     for key, section, n_layers in (
         ("train", p.train, len(p.zoo.hidden) + 1),
+        ("edit", p.edit, len(p.zoo.hidden) + 1),
         ("kan.train", p.kan.train, kan_layers),
         ("kan.forward", kf, kan_layers),
     ):
-        checks += _model_checks(key, section, n_layers, graph_only=key == "kan.forward", probes=key == "train")
+        graph_only, probes, editor = key == "kan.forward", key in ("train", "edit"), key == "edit"
+        checks += _model_checks(key, section, n_layers, graph_only, probes, editor)
+    ed = p.edit
+    checks += [
+        (len(ed.seeds) >= 1 and ed.epochs > 0 and ed.batch_size > 0, "edit", "needs seeds, epochs > 0, batch > 0"),
+        (ed.n_train >= 0, "edit.n_train", "must be >= 0 (0: every training INR)"),
+        (ed.init_scale > 0 and ed.lr > 0, "edit.init_scale/lr", "must be > 0"),
+    ]
     checks += [
         (len(kf.seeds) >= 1, "kan.forward.seeds", "needs at least one seed"),
         (kf.steps > 0 and kf.eval_every > 0, "kan.forward.steps", "steps and eval_every must be > 0"),
@@ -327,11 +356,11 @@ def validate(p: Params) -> None:
 
 
 def _model_checks(
-    key: str, section: ModelSections, n_layers: int, graph_only: bool, probes: bool
+    key: str, section: ModelSections, n_layers: int, graph_only: bool, probes: bool, editor: bool = False
 ) -> list[tuple[bool, str, str]]:
-    """Every listed model exists (and reads graphs where ``graph_only``); a graph model's readout
-    sees only output neurons, so it needs ``layers >= n_layers`` to reach the input layer;
-    probe features need a SIREN zoo (``probes``)."""
+    """Every listed model exists (and reads graphs where ``graph_only``, has an editor where
+    ``editor``); a graph model's readout sees only output neurons, so it needs
+    ``layers >= n_layers`` to reach the input layer; probe features need a SIREN zoo (``probes``)."""
     from pipeline.models import model_module, model_names, split_model_name
 
     checks = []
@@ -342,6 +371,9 @@ def _model_checks(
             continue
         graph = model_module(base).INPUT_KIND == "graph"
         checks.append((graph or not graph_only, f"{key}.models", f"{m!r}: only graph models run here"))
+        if editor:
+            ok = hasattr(model_module(base), "build_editor") and base == m
+            checks.append((ok, f"{key}.models", f"{m!r} has no editor (models with one edit; no '_perm')"))
         s = section.settings(base)
         if graph and hasattr(s, "layers"):
             checks.append((s.layers >= n_layers, f"{key}.{base}.layers", f"must be >= {n_layers} (parameter layers)"))

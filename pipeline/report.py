@@ -56,6 +56,19 @@ KAN_TASK_TITLES = {
 }
 
 
+def models_in_order(runs: list[dict]) -> list[str]:
+    """The models of ``runs`` in the order of :data:`MODEL_LABELS` (baselines first), others after.
+
+    Tables and figures do not depend on the order jobs were listed or submitted in (the
+    ``models`` lists put the longest runs first so that the short ones fill the gaps).
+    """
+    from pipeline.models import split_model_name
+
+    rank = {m: k for k, m in enumerate(MODEL_LABELS)}
+    names = dict.fromkeys(r["model"] for r in runs)
+    return sorted(names, key=lambda m: (rank.get(m, len(rank)), rank.get(split_model_name(m)[0], len(rank)), m))
+
+
 def model_key(model: str, config: dict) -> str:
     """Key of the published number matching a run's model and configuration."""
     if config.get("probe_features", 0) > 0:
@@ -100,13 +113,22 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
+def summarize_editing(runs: list[dict]) -> dict[str, dict]:
+    """:func:`summarize_metrics` of the editing runs, with the published editing MSE."""
+    out = summarize_metrics(runs)
+    for model, row in out.items():
+        config = next(r["config"] for r in runs if r["model"] == model)
+        row["published"] = PUBLISHED_EDIT.get(model_key(model, config), "–")
+    return out
+
+
 def summarize_metrics(runs: list[dict]) -> dict[str, dict]:
     """``{model: {<metric>_mean, <metric>_std for every test metric, n_params, ...}}`` over seeds.
 
     Test metrics are those at each run's best validation epoch.
     """
     out: dict[str, dict] = {}
-    for model in dict.fromkeys(r["model"] for r in runs):
+    for model in models_in_order(runs):
         rs = [r for r in runs if r["model"] == model]
         row: dict = {}
         for key in rs[0]["test"]:
@@ -203,7 +225,7 @@ def plot_kan_curves(task_runs: dict[str, list[dict]], path: str | Path) -> None:
     fig, axes = plt.subplots(1, len(task_runs), figsize=(4.2 * len(task_runs), 3.6), squeeze=False)
     for ax, (task, runs) in zip(axes[0], task_runs.items(), strict=True):
         sel = runs[0]["select"]
-        for model in dict.fromkeys(r["model"] for r in runs):
+        for model in models_in_order(runs):
             rs = [r for r in runs if r["model"] == model]
             epochs = torch.tensor([h["epoch"] for h in rs[0]["history"]])
             vals = torch.tensor([[h[f"val_{sel}"] for h in r["history"]] for r in rs])
@@ -266,10 +288,82 @@ def results_markdown(summary: dict, zoo_summary: dict, graph_counts: dict, profi
     return "\n".join(lines)
 
 
+# INR editing (dilation), test MSE x 1e-2 on the published MNIST INRs (Neural Graphs, Table 5)
+PUBLISHED_EDIT = {
+    "dwsnet": "2.58",
+    "nfn+np": "2.55",
+    "nfn+hnp": "2.55",
+    "ng_gnn": "2.38",
+    "ng_gnn+probes": "2.06 (64 probes)",
+    "ng_t": "1.96",
+    "ng_t+probes": "1.75 (64 probes)",
+}
+
+
+def editing_markdown(summary: dict, reference: dict, n_train: int, n_test: int, n_seeds: int, epochs: int) -> str:
+    """The editing section of ``results.md``: test MSE of every editor and of the unedited INRs.
+
+    Args:
+        summary: :func:`summarize_metrics` of the ``edit`` runs.  reference: :func:`reference_summary`
+            (the unedited INRs' MSE against the dilated images).
+        n_train, n_test: INRs trained on / tested on.  n_seeds, epochs: of every run.
+    """
+    lines = [
+        "## INR editing: dilation",
+        "",
+        f"Each equivariant model's editor maps a SIREN's weights to edited weights θ' = θ + α·Δ(θ) (α learned, "
+        f"starting small); the loss is the MSE between the edited INR rendered on the 28×28 grid and the "
+        f"dilated image (3×3, one iteration). {n_train} training INRs, {n_test} test INRs, {epochs} epochs; "
+        f"test MSE at the best validation epoch, mean ± std over {n_seeds} seeds.",
+        "",
+        "| model | parameters | test MSE (×10⁻²) | best epoch | s / epoch | published, MNIST INRs (×10⁻²)* |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| no edit (the INR itself) | 0 | {_pm(reference, 'test_mse', 100, 2)} | – | – | – |",
+    ]
+    for s in summary.values():
+        lines.append(
+            f"| {s['label']} | {s['n_params']:,} | {_pm(s, 'mse', 100, 2)} | {s['best_epoch_mean']:.1f} / "
+            f"{s['epochs']} | {s['seconds_per_epoch']:.1f} | {s['published']} |"
+        )
+    lines += [
+        "",
+        "\\* Neural Graphs, Table 5: the published 55k-INR MNIST zoo, a **different data set** and far longer "
+        "training; for orientation only.",
+        "",
+        "![editing examples](figures/editing_examples.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_editing_examples(examples: dict[str, dict], path: str | Path) -> None:
+    """Rows: the INR, the dilated target, then each model's edited INR (seed of the first run).
+
+    Args:
+        examples: ``{row label: {"original"|"target"|"edited": (n, H, W) nested lists}}``, one
+            entry per model; the first entry's original and target rows are drawn once.
+    """
+    first = next(iter(examples.values()))
+    rows = [("INR", first["original"]), ("target: dilated", first["target"])]
+    rows += [(label, ex["edited"]) for label, ex in examples.items()]
+    n = len(first["target"])
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n + 1.2, 1.25 * len(rows)), squeeze=False)
+    for i, (label, imgs) in enumerate(rows):
+        for k in range(n):
+            ax = axes[i, k]
+            ax.imshow(torch.tensor(imgs[k]).clamp(0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle("INR editing (dilation) on test INRs", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_learning_curves(runs: list[dict], path: str | Path) -> None:
     """Validation accuracy and training loss per epoch; mean ± std band over seeds."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for model in dict.fromkeys(r["model"] for r in runs):
+    for model in models_in_order(runs):
         rs = [r for r in runs if r["model"] == model]
         epochs = torch.tensor([h["epoch"] for h in rs[0]["history"]])
         for ax, key in zip(axes, ("val_acc", "train_loss"), strict=True):

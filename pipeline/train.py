@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -96,6 +97,7 @@ class Classification:
 
     n_classes: int
     select: str = "acc"
+    maximize: bool = True
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         return nn.functional.cross_entropy(out, y)
@@ -118,6 +120,7 @@ class Regression:
     mean: Tensor
     std: Tensor
     select: str = "r2"
+    maximize: bool = True
 
     @staticmethod
     def fit(y_train: Tensor) -> Regression:
@@ -144,7 +147,16 @@ class Regression:
         return m
 
 
-Objective = Classification | Regression
+class Objective(Protocol):
+    """What :func:`fit_model` optimizes and selects on (:class:`Classification`, :class:`Regression`,
+    :class:`pipeline.tasks.editing.Editing`)."""
+
+    select: str  # the validation metric used for model selection
+    maximize: bool  # whether a larger ``select`` metric is better
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor: ...
+
+    def metrics(self, out: Tensor, y: Tensor) -> dict[str, float]: ...
 
 
 @dataclass
@@ -180,18 +192,21 @@ def fit_model(
     objective: Objective,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     augment: Callable | None = None,
+    on_best: Callable[[nn.Module], None] | None = None,
 ) -> RunResult:
     """AdamW with linear warm-up, gradient clipping, selection on the validation metric.
 
-    The test split is evaluated only when the validation metric (``objective.select``,
-    higher is better) improves; the reported test metrics are those of the best validation
-    epoch. ``augment(inputs, generator)`` transforms every training batch (never val/test).
+    The test split is evaluated only when the validation metric (``objective.select``; higher
+    is better if ``objective.maximize``, else lower) improves; the reported test metrics are
+    those of the best validation epoch, and ``on_best(model)`` is called then (e.g. to render
+    examples). ``augment(inputs, generator)`` transforms every training batch (never val/test).
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     warm = max(settings.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     res = RunResult(select=objective.select, n_params=sum(p.numel() for p in model.parameters()))
+    res.best_val = -math.inf if objective.maximize else math.inf
     classify = isinstance(objective, Classification)
     train_time = 0.0
     for epoch in range(1, settings.epochs + 1):
@@ -223,9 +238,12 @@ def fit_model(
             row["train_acc"] = correct / len(train)
         row |= {f"val_{k}": v for k, v in evaluate(model, val, objective).items()}
         row |= {"lr": sched.get_last_lr()[0], "epoch_seconds": time.time() - t0}
-        if row[f"val_{objective.select}"] > res.best_val:
-            res.best_val, res.best_epoch = row[f"val_{objective.select}"], epoch
+        score = row[f"val_{objective.select}"]
+        if score > res.best_val if objective.maximize else score < res.best_val:
+            res.best_val, res.best_epoch = score, epoch
             res.test = evaluate(model, test, objective)
+            if on_best is not None:
+                on_best(model)
         row[f"test_{objective.select}_at_best_val"] = res.test[objective.select]
         res.history.append(row)
         if on_epoch is not None:

@@ -64,8 +64,29 @@ def _kan_section(kan_dir: Path, out: Path, n_seeds: int) -> tuple[str, dict]:
     return report.kan_markdown(summaries, zoos, counts, n_seeds, reference), numbers
 
 
+def _edit_section(edit_dir: Path, out: Path) -> tuple[str, dict]:
+    """The editing table, metrics and example figure, if the ``edit`` stage has run."""
+    if not (edit_dir / "results.json").exists():
+        return "", {}
+    runs = read_json(edit_dir / "results.json")["runs"]
+    summary = report.summarize_editing(runs)
+    reference = report.reference_summary(runs)
+    first_seed = min(r["seed"] for r in runs)
+    examples = {
+        s["label"]: next(r for r in runs if r["model"] == m and r["seed"] == first_seed)["examples"]
+        for m, s in summary.items()
+    }
+    report.plot_editing_examples(examples, out / "figures" / "editing_examples.png")
+    r0 = runs[0]
+    md = report.editing_markdown(
+        summary, reference, r0["n_train"], r0["n_test"], len({r["seed"] for r in runs}), len(r0["history"])
+    )
+    numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
+    return md, {"inr_editing": numbers, "inr_editing_no_edit_reference": reference}
+
+
 def run(
-    params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: Path, kan_dir: Path
+    params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: Path, kan_dir: Path, edit_dir: Path
 ) -> dict:
     from pipeline import tracking
     from pipeline.data import load_images
@@ -75,7 +96,8 @@ def run(
     summary = report.summarize(runs)
     numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
     kan_md, kan_numbers = _kan_section(kan_dir, out, len(params.kan.train.seeds))
-    write_json(out / "metrics.json", {"inr_classification": numbers} | kan_numbers)
+    edit_md, edit_numbers = _edit_section(edit_dir, out)
+    write_json(out / "metrics.json", {"inr_classification": numbers} | edit_numbers | kan_numbers)
     for model in summary:
         rows = report.curves(runs, model)
         buf = io.StringIO()
@@ -91,6 +113,7 @@ def run(
     md = report.results_markdown(
         summary, zoo_info["summary"], graph_meta["counts"], params.profile, len(params.train.seeds)
     )
+    md += "\n" + edit_md if edit_md else ""
     md += "\n" + kan_md if kan_md else ""
     write_text(out / "results.md", md)
     with tracking.stage_run(params.mlflow, "report", to_flat_dict(params), {"data_version": results["data_version"]}):
@@ -104,6 +127,8 @@ def run(
             mlflow.log_artifact(str(out / name))
         if kan_md:
             mlflow.log_artifact(str(out / "figures" / "kan_learning_curves.png"))
+        if edit_md:
+            mlflow.log_artifact(str(out / "figures" / "editing_examples.png"))
     print(md)
     return summary
 
@@ -116,11 +141,20 @@ def main(argv: list[str] | None = None) -> None:
             "graphs": "data/graphs",
             "train": "data/train",
             "kan": "data/kan",
+            "edit": "data/edit",
             "out": "reports",
         },
         argv,
     )
-    run(params, Path(args.zoo), Path(args.graphs), Path(args.train), Path(args.out), Path(args.kan))
+    run(
+        params,
+        Path(args.zoo),
+        Path(args.graphs),
+        Path(args.train),
+        Path(args.out),
+        Path(args.kan),
+        Path(args.edit),
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """DVC stage ``train``: every (model, seed) as a Ray task; the driver logs each to MLflow.
 
-:func:`run_training` is shared with the KAN stages (``stages/kan_train.py``).
+:func:`run_training` is shared with the KAN stages (``stages/kan_train.py``) and the editing
+stage (``stages/edit.py``, with its own worker).
 """
 
 from __future__ import annotations
@@ -93,8 +94,14 @@ def run_training(
     augment: str,
     threads: int,
     stage: str,
+    worker=None,
+    worker_args: tuple = (),
 ) -> list[dict]:
-    """Train every (model, seed) on one graph directory as Ray tasks; log to MLflow; write JSON."""
+    """Train every (model, seed) on one graph directory as Ray tasks; log to MLflow; write JSON.
+
+    ``worker(graphs_dir, model, settings, train_settings, augment, seed, threads, *worker_args)``
+    runs one job and returns its result dict (default :func:`train_one`).
+    """
     from pipeline import distributed, tracking
 
     jobs = [(m, s) for m in models for s in seeds]
@@ -110,6 +117,7 @@ def run_training(
         distributed.check_resources(resources, threads, params.ray.gpus_per_task)
         items = [
             (str(graphs_dir.resolve()), m, model_configs[split_model_name(m)[0]], settings, augment, s, threads)
+            + worker_args
             for m, s in jobs
         ]
 
@@ -136,7 +144,7 @@ def run_training(
             )
 
         distributed.map_tasks(
-            train_one,
+            worker or train_one,
             items,
             num_cpus=threads,
             num_gpus=params.ray.gpus_per_task,

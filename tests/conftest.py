@@ -52,6 +52,16 @@ TINY = {
         "mlp": {"hidden": 32, "layers": 2},
         "ng_gnn": {"hidden": 8, "layers": 3, "fourier_features": 4},
     },
+    "edit": {
+        "models": ["dwsnet", "ng_gnn"],
+        "seeds": [0, 1],
+        "epochs": 2,
+        "n_train": 24,
+        "batch_size": 16,
+        "warmup_steps": 2,
+        "dwsnet": {"hidden": 4, "layers": 2},
+        "ng_gnn": {"hidden": 8, "layers": 3, "fourier_features": 4, "probe_features": 2},
+    },
     "kan": {
         "inr": {"n_train": 24, "n_val": 8, "n_test": 8, "steps": 20},
         "classifier": {"n_train": 24, "n_val": 8, "n_test": 8, "steps": [10, 20]},

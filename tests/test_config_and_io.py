@@ -108,6 +108,17 @@ def test_model_sections_are_validated_against_the_models_settings():
     )
 
 
+def test_edit_section_accepts_only_models_with_an_editor():
+    p = params_from_dict({"edit": {"models": ["nfn", "ng_t"], "ng_t": {"hidden": 8, "probe_features": 2}}})
+    assert p.edit.settings("ng_t").probe_features == 2 and p.edit.settings("nfn").hidden == 32
+    for bad in ("mlp", "statnn", "ng_gnn_perm"):  # no editor; permutation augmentation is for flat models
+        msg = _config_error({"edit": {"models": [bad]}})
+        assert "edit.models" in msg and bad in msg
+    assert "edit.ng_t.hiden" in _config_error({"edit": {"ng_t": {"hiden": 8}}})
+    assert "edit.n_train" in _config_error({"edit": {"n_train": -1}})
+    assert "edit.augment" in _config_error({"edit": {"augment": "rotate"}})
+
+
 def test_load_params_names_the_file_for_invalid_yaml(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("zoo: [unclosed\n")

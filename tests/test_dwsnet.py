@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.models.dwsnet import DWSNet, EquivariantLinear, slots, to_slots
+from pipeline.models.dwsnet import DWSEncoder, DWSNet, EquivariantLinear, slots, to_slots
 from pipeline.weightspace.spec import flatten, mlp_spec, permute, random_permutations
 from pipeline.zoo.kan import init_kans, kan_spec
+from tests.weightspace_cases import SIREN_LAYOUTS, random_params
 
 LAYOUTS = {
     "mlp2-8-8-1": mlp_spec([2, 8, 8, 1]),
@@ -147,3 +148,17 @@ def test_np_layer_is_smaller_than_hnp():
     np_layer = EquivariantLinear(spec, 4, 4, permuted=set(range(spec.n_layers + 1)))
     n_params = [sum(t.numel() for t in layer.thetas) for layer in (np_layer, hnp)]
     assert 0 < n_params[0] < n_params[1]
+
+
+@pytest.mark.parametrize("name", list(SIREN_LAYOUTS))
+def test_untrained_encoder_keeps_the_differences_between_nets(name):
+    """At initialization a 4-layer DWSNet trunk must still tell nets apart: every output entry
+    varies across nets (std >= 0.02 for unit-variance inputs). With 1/T_B-averaged terms of
+    1/sqrt(fan_in)-initialized maps it was ~4e-5, and DWSNet / NFN could not leave chance."""
+    spec = SIREN_LAYOUTS[name]
+    torch.manual_seed(0)
+    enc = DWSEncoder(spec, hidden=16, layers=4)
+    flat = flatten(random_params(spec, 64, seed=0), spec)
+    with torch.no_grad():
+        xs = enc(flat / flat.std())
+    assert min(float(v.std(0).mean()) for v in xs.values()) > 0.02

@@ -123,7 +123,7 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     # MLflow: a parent run per stage, a child run per (model, seed) with per-epoch metrics
     con = sqlite3.connect(project / "mlflow.db")
     names = [r[0] for r in con.execute("select name from runs")]
-    for stage in ("zoo", "graphs", "train", "report"):
+    for stage in ("zoo", "graphs", "train", "edit", "report"):
         assert stage in names
     children = {
         r[0]
@@ -131,7 +131,7 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
             "select r.name from runs r join tags t on r.run_uuid = t.run_uuid where t.key = 'mlflow.parentRunId'"
         )
     }
-    assert children == {f"{m}-seed{s}" for m in ("mlp", "mlp_perm", "ng_gnn", "ws_kan") for s in (0, 1)}
+    assert children == {f"{m}-seed{s}" for m in ("mlp", "mlp_perm", "ng_gnn", "ws_kan", "dwsnet") for s in (0, 1)}
     steps = con.execute("select count(*) from metrics where key = 'val_acc'").fetchone()[0]
     assert steps == (4 + 4 * 2) * 2  # SIREN 4 runs + KAN-INR 8 runs, x 2 epochs
     steps = con.execute("select count(*) from metrics where key = 'val_r2'").fetchone()[0]
@@ -147,6 +147,17 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     assert -1.0 <= metrics["kan_inr_forward_position_only_reference"]["test_r2_mean"] <= 1.0
     assert "WS-KAN" in md and "Kendall" in md
     assert (project / "reports" / "figures" / "kan_learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # editing: every editor's test MSE (on 24 of the 48 training INRs) beside the unedited INRs' MSE
+    edit = metrics["inr_editing"]
+    assert set(edit) == {"dwsnet", "ng_gnn"}
+    for m in edit.values():
+        assert 0.0 < m["mse_mean"] < 1.0 and m["n_seeds"] == 2 and m["n_params"] > 0
+    assert 0.0 < metrics["inr_editing_no_edit_reference"]["test_mse_mean"] < 1.0
+    run = json.loads((project / "data" / "edit" / "dwsnet_seed0.json").read_text())
+    assert run["n_train"] == 24 and run["n_test"] == 16 and len(run["history"]) == 2
+    assert len(run["examples"]["edited"]) == 6 and len(run["examples"]["edited"][0]) == 28
+    assert "INR editing" in md and "no edit" in md
+    assert (project / "reports" / "figures" / "editing_examples.png").read_bytes()[:4] == b"\x89PNG"
     tags = {r[0] for r in con.execute("select key from tags")}
     assert {"git_commit", "data_version"} <= tags
 

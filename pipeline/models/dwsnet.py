@@ -16,11 +16,12 @@ neuron axis couples; between non-neighbours only fully pooled terms remain, as i
 paper's characterization. With ``x_A`` of shape ``(B, *axes_A, c)``:
 
 .. math::
-    y_B = \frac{1}{T_B}\sum_{A}\sum_{S} \mathrm{bcast}_{B \setminus S}\Big(
+    y_B = \frac{1}{\sqrt{T_B}}\sum_{A}\sum_{S} \mathrm{bcast}_{B \setminus S}\Big(
         \Theta_{A,B,S} \cdot \mathrm{mean}_{\mathrm{hid}(A) \setminus S}\, x_A\Big) + \beta_B
 
 where :math:`\Theta_{A,B,S}` has shape ``(*fixed_A, *fixed_B, c_in, c_out)``, :math:`T_B` counts
-the terms that reach ``B`` (the paper's normalization by the number of contributions) and
+the terms that reach ``B`` (normalizing by :math:`\sqrt{T_B}`, with He-initialized :math:`\Theta`,
+keeps the variance of every entry through a ReLU stack at initialization) and
 :math:`\beta_B` is a bias over ``B``'s fixed axes (constant along hidden axes, hence equivariant).
 
 Models share an equivariant trunk (:class:`DWSEncoder`, :class:`NFNEncoder`: flat parameters ->
@@ -124,12 +125,15 @@ class EquivariantLinear(nn.Module):
                     for keep in itertools.combinations(shared, r):
                         self.terms.append(self._term(i, j, a, b, keep, hidden, c_in, c_out))
                         n_terms[j] += 1
+        # He-uniform Θ (variance 2 / fan_in) and a 1 / sqrt(T_B) sum keep the per-entry variance of
+        # a ReLU stack at init (a 1 / T_B mean of 1 / sqrt(fan_in) terms shrank it ~60x per layer,
+        # so a 4-layer DWSNet saw nearly the same features for every net and could not train)
         for term in self.terms:
             theta = torch.empty(term.theta_shape)
-            fan_in = math.prod(term.theta_shape[:-1])
-            nn.init.uniform_(theta, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+            bound = math.sqrt(6.0 / math.prod(term.theta_shape[:-1]))
+            nn.init.uniform_(theta, -bound, bound)
             self.thetas.append(nn.Parameter(theta))
-        self.scale = [1.0 / n for n in n_terms]
+        self.scale = [1.0 / math.sqrt(n) for n in n_terms]
         self.biases = nn.ParameterList(
             nn.Parameter(torch.zeros(*[s for s, l in zip(b.sizes, b.layers, strict=True) if l not in hidden], c_out))
             for b in self.slots

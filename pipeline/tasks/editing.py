@@ -19,6 +19,8 @@ nets), so the same functions serve as training loss and evaluation metric.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
 from pipeline.weightspace.normalize import Stats, invert_stats
@@ -90,3 +92,27 @@ def editing_loss(
     """
     rendered = render_sirens(edited_flat, spec, omega0, offset, target_images.shape[1], target_images.shape[2], stats)
     return (rendered - target_images).square().flatten(1).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class Editing:
+    """The editing objective of :func:`pipeline.train.fit_model`: minimize the editing MSE.
+
+    ``out`` is an editor's ``(B, P)`` edited parameters (normalized with ``stats``), ``y`` the
+    ``(B, H, W)`` target images. Selection is on the lowest validation ``mse``; ``mse`` is the
+    papers' test metric (mean over pixels and INRs).
+    """
+
+    spec: ParamSpec
+    omega0: float
+    offset: float
+    stats: Stats
+    select: str = "mse"
+    maximize: bool = False
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return editing_loss(out, self.spec, y, self.omega0, self.offset, self.stats).mean()
+
+    def metrics(self, out: Tensor, y: Tensor) -> dict[str, float]:
+        mse = float(self.loss(out, y))
+        return {"loss": mse, "mse": mse}
