@@ -30,7 +30,7 @@ from stages.common import parse
 from stages.train import run_training
 
 SPLITS = ("train", "val", "test")
-N_EXAMPLES = 6  # test INRs rendered before / after editing for the report's figure
+N_EXAMPLES = 6  # test INRs rendered before / after editing for the report's figure (spread over the split)
 
 
 def with_targets(graphs: GraphSet, image_of_net: dict[int, int], images: torch.Tensor) -> GraphSet:
@@ -85,13 +85,14 @@ def edit_one(
     test_flat = flatten(test.to_params(template), spec)
     reference = objective.metrics(test_flat, test.y)  # the unedited INRs against the dilated images
     examples: dict[str, list] = {}
+    shown = torch.linspace(0, len(test) - 1, N_EXAMPLES).round().long()  # splits are sorted by digit: spread out
 
     def render(flat: torch.Tensor) -> list:
         return render_sirens(flat, spec, objective.omega0, objective.offset, stats=stats).round(decimals=4).tolist()
 
     def on_best(m: torch.nn.Module) -> None:
         with torch.no_grad():
-            examples["edited"] = render(m(data["test"].batch(torch.arange(N_EXAMPLES))))
+            examples["edited"] = render(m(data["test"].batch(shown)))
 
     def progress(row: dict) -> None:
         print(
@@ -113,8 +114,8 @@ def edit_one(
         augment=augmenter(augment, model.input_kind, spec),
         on_best=on_best,
     )
-    examples["original"] = render(test_flat[:N_EXAMPLES])
-    examples["target"] = test.y[:N_EXAMPLES].round(decimals=4).tolist()
+    examples["original"] = render(test_flat[shown])
+    examples["target"] = test.y[shown].round(decimals=4).tolist()
     out = dataclasses.asdict(res)
     out.update(model=model_name, seed=seed, wall_seconds=time.time() - t0, config=dataclasses.asdict(model_cfg))
     out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()})
