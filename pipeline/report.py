@@ -304,7 +304,7 @@ def editing_markdown(summary: dict, reference: dict, n_train: int, n_test: int, 
     """The editing section of ``results.md``: test MSE of every editor and of the unedited INRs.
 
     Args:
-        summary: :func:`summarize_metrics` of the ``edit`` runs.  reference: :func:`reference_summary`
+        summary: :func:`summarize_editing` of the ``edit`` runs.  reference: :func:`reference_summary`
             (the unedited INRs' MSE against the dilated images).
         n_train, n_test: INRs trained on / tested on.  n_seeds, epochs: of every run.
     """
