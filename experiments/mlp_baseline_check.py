@@ -26,7 +26,8 @@ from pipeline.io import read_json, write_json
 from pipeline.models.mlp import Settings
 from pipeline.train import TrainSettings
 from pipeline.weightspace.spec import ParamSpec, flatten
-from stages.train import train_one
+from stages.runs import TaskContext
+from stages.train import GraphData, train_one
 
 # (label, model, augmentation, MLP settings, training settings)
 DEFAULT = TrainSettings(15, 32, 1e-3, 5e-4, 100, 10.0)
@@ -77,11 +78,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
+    data = GraphData.load(args.graphs)
     print("| variant | model | final train loss | train acc. (%) | test acc. at best val. (%) |")
     print("|---|---|---:|---:|---:|")
     for label, model, aug, cfg, settings in VARIANTS:
         t0 = time.time()
-        r = train_one(args.graphs, model, cfg, settings, aug, args.seed, args.threads)
+        ctx = TaskContext(f"{model}-seed{args.seed}", args.threads, "cpu")
+        r = train_one(data, model, cfg, args.seed, ctx, settings, aug)
         last = r["history"][-1]
         rows.append(
             {

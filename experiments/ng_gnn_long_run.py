@@ -22,7 +22,8 @@ from pipeline.config import load_params
 from pipeline.io import write_json
 from pipeline.report import plot_long_run_epochs
 from pipeline.train import TrainSettings
-from stages.train import train_one
+from stages.runs import TaskContext
+from stages.train import GraphData, train_one
 
 
 def main() -> None:
@@ -33,13 +34,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--out", default="reports/long_runs")
     args = ap.parse_args()
 
     tc = load_params(args.params).train
     settings = TrainSettings(args.epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.warmup_steps, tc.grad_clip)
     t0 = time.time()
-    record = train_one(args.graphs, args.model, tc.settings(args.model), settings, tc.augment, args.seed, args.threads)
+    ctx = TaskContext(f"{args.model}-seed{args.seed}", args.threads, args.device)
+    data = GraphData.load(args.graphs)
+    record = train_one(data, args.model, tc.settings(args.model), args.seed, ctx, settings, tc.augment)
     record |= {"threads": args.threads, "default_epochs": tc.epochs, "settings": dataclasses.asdict(settings)}
     out = Path(args.out)
     write_json(out / f"{args.model}.json", record)

@@ -6,6 +6,11 @@ metanetworks are not built to be invariant to it, so random flips are a free aug
 (2^(hidden neurons) variants of every training net). Normalization keeps these tensors'
 mean at 0 (:func:`pipeline.weightspace.normalize.fit_stats`), so the flip is exact on
 normalized features too.
+
+Every transform is called as ``augment(inputs, generator)`` with a CPU :class:`torch.Generator`:
+the random numbers are drawn on the CPU (the same ones whatever the inputs' device) and moved
+to the inputs' device with a non-blocking copy, so a training step on an accelerator does not
+wait for the host.
 """
 
 from __future__ import annotations
@@ -27,10 +32,16 @@ from pipeline.weightspace.spec import (
 AUGMENTATIONS = ("none", "sign_flip")
 
 
+def _on(per_layer: dict[int, Tensor], device: torch.device) -> dict[int, Tensor]:
+    """CPU draws ``{layer: tensor}`` moved to ``device`` (non-blocking: no wait for queued work)."""
+    return {l: v.to(device, non_blocking=True) for l, v in per_layer.items()}
+
+
 def sign_flip_flat(flat: Tensor, spec: ParamSpec, generator: torch.Generator) -> Tensor:
     """Random hidden-neuron sign flips of flattened parameters ``(B, P)`` -> ``(B, P)``."""
     params = unflatten(flat, spec)
-    return flatten(flip_signs(params, spec, random_signs(spec, flat.shape[0], generator)), spec)
+    signs = _on(random_signs(spec, flat.shape[0], generator), flat.device)
+    return flatten(flip_signs(params, spec, signs), spec)
 
 
 def permute_flat(flat: Tensor, spec: ParamSpec, generator: torch.Generator) -> Tensor:
@@ -41,7 +52,8 @@ def permute_flat(flat: Tensor, spec: ParamSpec, generator: torch.Generator) -> T
     (they are invariant by construction).
     """
     params = unflatten(flat, spec)
-    return flatten(permute(params, spec, random_permutations(spec, flat.shape[0], generator)), spec)
+    perms = _on(random_permutations(spec, flat.shape[0], generator), flat.device)
+    return flatten(permute(params, spec, perms), spec)
 
 
 def sign_flip_graphs(batch: Batch, generator: torch.Generator) -> Batch:
@@ -51,7 +63,7 @@ def sign_flip_graphs(batch: Batch, generator: torch.Generator) -> Batch:
     feature (weight) by ``s_i s_j``. Input and output nodes keep ``s = 1``.
     """
     hidden = (batch.node_layer > 0) & ~batch.node_out
-    flip = torch.rand(hidden.shape[0], generator=generator) < 0.5
+    flip = (torch.rand(hidden.shape[0], generator=generator) < 0.5).to(hidden.device, non_blocking=True)
     s = torch.where(hidden & flip, -1.0, 1.0).to(batch.x.dtype)
     src, dst = batch.edge_index
     out = batch.clone()

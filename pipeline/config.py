@@ -174,8 +174,14 @@ class KanConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
+    """Where tasks run. ``address``: ``""`` = ``RAY_ADDRESS`` if set, else a local cluster of the
+    stage's own (``num_cpus`` caps it); ``"auto"`` = the ``ray start`` cluster on this machine;
+    ``"host:port"`` / ``"ray://host:port"`` = that cluster. ``device``: ``auto`` = the GPU Ray
+    assigned to the task, else the CPU; ``cpu``; ``cuda`` (needs ``gpus_per_task > 0``)."""
+
     address: str = ""
     num_cpus: int = 0
+    device: str = "auto"
     gpus_per_task: float = 0.0
     max_retries: int = 2
 
@@ -184,6 +190,7 @@ class RayConfig:
 class MLflowConfig:
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "metazoo"
+    retries: int = 3  # attempts per MLflow call (a locked store, a restarting server) before it is reported
 
 
 @dataclass(frozen=True)
@@ -289,6 +296,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def validate(p: Params) -> None:
     """Value checks that types alone cannot express."""
     from pipeline.data import OFFLINE_SOURCES
+    from pipeline.device import DEVICES
     from pipeline.zoo.siren import INIT_VARIANTS
 
     checks = [
@@ -306,6 +314,15 @@ def validate(p: Params) -> None:
         (p.train.epochs > 0, "train.epochs", "must be > 0"),
         (p.train.batch_size > 0, "train.batch_size", "must be > 0"),
         (p.ray.gpus_per_task >= 0, "ray.gpus_per_task", "must be >= 0"),
+        (p.ray.num_cpus >= 0, "ray.num_cpus", "must be >= 0 (0: every core)"),
+        (p.ray.max_retries >= 0, "ray.max_retries", "must be >= 0"),
+        (p.ray.device in DEVICES, "ray.device", f"must be one of {DEVICES}"),
+        (
+            p.ray.device != "cuda" or p.ray.gpus_per_task > 0,
+            "ray.device",
+            "cuda needs ray.gpus_per_task > 0 (Ray hides the GPUs from tasks that reserve none)",
+        ),
+        (p.mlflow.retries >= 1, "mlflow.retries", "must be >= 1"),
     ]
     from pipeline.augment import AUGMENTATIONS
 

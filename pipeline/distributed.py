@@ -1,83 +1,197 @@
-"""Ray fan-out: start or join a cluster, map a function over work items with a progress bar.
+"""Ray fan-out: start or join a cluster, check it can run the tasks, map a function over work items.
 
-Only stages import this module; everything it runs is a plain function from ``pipeline``.
+Only stages import this module; everything it runs is a plain function from ``pipeline``. Tasks
+never touch the driver's disk: large inputs go through Ray's object store (``ray.put`` once,
+passed by reference), tasks return tensors and results, and the driver writes them.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from pipeline.config import RayConfig
+from pipeline.config import ConfigError, RayConfig
+
+GIB = 1024**3
 
 
 def init_ray(cfg: RayConfig) -> dict[str, float]:
-    """Join ``cfg.address`` / ``RAY_ADDRESS`` / the last ``ray start``, else start a local cluster.
+    """Join or start a Ray cluster as ``cfg.address`` says; return the cluster's resources.
 
-    Returns the cluster's resources.
+    ``""``: ``RAY_ADDRESS`` if set (``ray job submit`` sets it), else a local cluster of this
+    process's own, with ``cfg.num_cpus`` CPUs (0: all), even when a ``ray start`` cluster runs on
+    the machine. ``"auto"`` joins that cluster; ``"host:port"`` / ``"ray://..."`` joins the one
+    named. ``num_cpus`` is only passed when starting a cluster (Ray refuses it when joining).
     """
     import ray
 
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"log_to_driver": True}
-        if cfg.address:
-            kwargs["address"] = cfg.address
-        elif not os.environ.get("RAY_ADDRESS"):
-            # a fresh local cluster: no dashboard (faster start); all cores unless capped
-            kwargs["include_dashboard"] = False
+        address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False, "log_to_driver": True}
             if cfg.num_cpus > 0:
                 kwargs["num_cpus"] = cfg.num_cpus
-        ray.init(**kwargs)
+            ray.init(**kwargs)
     return dict(ray.cluster_resources())
 
 
-def check_resources(resources: dict[str, float], cpus_per_task: float, gpus_per_task: float) -> None:
-    """Fail early instead of leaving tasks pending forever on a cluster that lacks a resource."""
-    if gpus_per_task > 0 and resources.get("GPU", 0.0) < gpus_per_task:
-        raise RuntimeError(
-            f"ray.gpus_per_task={gpus_per_task} but the cluster has {resources.get('GPU', 0.0)} GPUs; "
-            "set ray.gpus_per_task: 0 for CPU-only runs"
-        )
-    if resources.get("CPU", 0.0) < cpus_per_task:
-        raise RuntimeError(f"tasks need {cpus_per_task} CPUs, the cluster has {resources.get('CPU', 0.0)}")
+def task_device(cfg: RayConfig) -> str:
+    """The device tasks run on, decided from the params alone (so it can enter fingerprints).
+
+    ``auto`` is ``cuda`` when tasks reserve a GPU fraction and ``cpu`` otherwise: Ray hides every
+    GPU from a task that reserves none.
+    """
+    if cfg.device == "cuda" or (cfg.device == "auto" and cfg.gpus_per_task > 0):
+        return "cuda"
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class TaskResources:
+    """What one task asks Ray for. ``memory`` in bytes (0: no reservation)."""
+
+    num_cpus: float
+    num_gpus: float = 0.0
+    memory: int = 0
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor reachable through dataclasses, dicts, lists and tuples of ``obj``."""
+    import dataclasses
+
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return sum(tensor_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def task_memory(data_bytes: int, factor: float = 4.0, base: int = GIB // 2) -> int:
+    """Memory to reserve for a task holding ``data_bytes`` of input: a copy deserialized from the
+    object store, the model's views of it (flattened, batched) and activations, plus the
+    interpreter and libraries (``base``)."""
+    return int(base + factor * data_bytes)
+
+
+def check_resources(need: TaskResources) -> None:
+    """Fail before any work when no node can run a task, naming the resource and the key to change.
+
+    Checked per node (a task runs on one): CPUs, GPUs and memory.
+    """
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    wanted = (
+        ("CPU", need.num_cpus, "CPUs", "*.threads_per_task"),
+        ("GPU", need.num_gpus, "GPUs", "ray.gpus_per_task (0 on a CPU-only cluster)"),
+        ("memory", need.memory, "bytes of memory", "the data size (fewer INRs) or a node with more memory"),
+    )
+    for key, amount, unit, knob in wanted:
+        if amount <= 0:
+            continue
+        best = max((n.get(key, 0.0) for n in nodes), default=0.0)
+        if best < amount:
+            shown = f"{amount / GIB:.2f} GiB" if key == "memory" else f"{amount:g} {unit}"
+            have = f"{best / GIB:.2f} GiB" if key == "memory" else f"{best:g}"
+            raise ConfigError(
+                f"each task needs {shown} ({key}), but no node of the Ray cluster has that much "
+                f"(largest: {have} over {len(nodes)} node(s)); change {knob}"
+            )
+
+
+class TasksFailed(RuntimeError):
+    """Some tasks raised (after the others finished and their results were delivered)."""
+
+    def __init__(self, failures: dict[str, str]):
+        self.failures = failures
+        lines = "\n".join(f"  {label}: {err}" for label, err in failures.items())
+        super().__init__(f"{len(failures)} task(s) failed, the others finished and were kept:\n{lines}")
+
+
+def _error_text(e: BaseException) -> str:
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        e = cause
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"
 
 
 def map_tasks(
     fn: Callable[..., Any],
     items: Sequence[tuple],
     *,
-    num_cpus: float = 1,
-    num_gpus: float = 0,
+    resources: TaskResources,
     max_retries: int = 2,
     desc: str = "tasks",
+    labels: Sequence[str] | None = None,
     on_result: Callable[[int, Any], None] | None = None,
+    on_error: Callable[[int, str], None] | None = None,
+    poll: Callable[[], None] | None = None,
+    poll_seconds: float = 0.5,
 ) -> list[Any]:
     """Run ``fn(*item)`` for every item as a Ray task; results in item order.
 
-    System failures (a dead worker) are retried ``max_retries`` times; exceptions raised by
-    ``fn`` are not (they are bugs or bad input) and propagate with their message. Tasks must be
-    idempotent (write to a temporary name, then rename). ``on_result(i, result)`` is called
-    in the driver as each task finishes (e.g. to log to MLflow from one process).
+    Object references at the top level of an item are resolved by Ray before ``fn`` runs (put a
+    large input once, pass its reference to every task). A dead worker or node is retried
+    ``max_retries`` times; an exception raised by ``fn`` is not (a bug or bad input): it is
+    reported to ``on_error(i, message)``, every other task still runs, and at the end
+    :class:`TasksFailed` names the failed items (``labels[i]``). ``on_result(i, result)`` runs in
+    the driver as each task finishes (to write it, to log it from one process); ``poll()`` runs
+    every ``poll_seconds`` while tasks run (to forward live metrics).
     """
     import ray
 
     if not items:
         return []
-    remote = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
+    labels = list(labels) if labels is not None else [f"{desc} {i}" for i in range(len(items))]
+    remote = ray.remote(fn).options(
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus,
+        memory=resources.memory or None,
+        max_retries=max_retries,
+        retry_exceptions=False,
+    )
     refs = [remote.remote(*item) for item in items]
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
+    failures: dict[str, str] = {}
     pending = list(refs)
     with tqdm(total=len(refs), desc=desc, unit="task", dynamic_ncols=True) as bar:
+        last_poll = 0.0
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, pending = ray.wait(pending, num_returns=1, timeout=poll_seconds if poll else None)
             for ref in done:
                 i = index[ref]
-                results[i] = ray.get(ref)
-                if on_result is not None:
-                    on_result(i, results[i])
+                try:
+                    results[i] = ray.get(ref)
+                except (ray.exceptions.RayError, Exception) as e:  # a task that raised, or died too often
+                    failures[labels[i]] = _error_text(e)
+                    if on_error is not None:
+                        on_error(i, failures[labels[i]])
+                else:
+                    if poll is not None:
+                        poll()  # its last metrics first
+                    if on_result is not None:
+                        on_result(i, results[i])
                 bar.update(1)
+            if poll is not None and time.monotonic() - last_poll >= poll_seconds:
+                poll()
+                last_poll = time.monotonic()
+    if poll is not None:
+        poll()
+    if failures:
+        raise TasksFailed(failures)
     return results

@@ -12,7 +12,9 @@ of the training KANs there. A model at its R² has not learned to read the KAN.
 
 Every graph of a zoo shares one topology (:class:`~pipeline.graphs.neural_graph.GraphTemplate`),
 so :func:`query_batch` builds a batch of ``B x Q`` (KAN, point) graphs with a few tensor
-operations: no per-graph Python and no per-step collation.
+operations: no per-graph Python and no per-step collation. :func:`fit_forward` runs on any
+device (``device=``): data, model and batches live there and a training step never reads a
+value back to the host (the loss is summed on the device and read once per evaluation).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def query_features(p: Tensor) -> Tensor:
     A single raw coordinate column next to the normalized weights was too weak a signal: no
     graph model moved off the mean (R² 0.00 after 1 200 steps); with these features they learn.
     """
-    f = torch.arange(1, QUERY_FREQS + 1, dtype=p.dtype) * torch.pi
+    f = torch.arange(1, QUERY_FREQS + 1, dtype=p.dtype, device=p.device) * torch.pi
     pf = p.unsqueeze(-1) * f
     return torch.cat([p.unsqueeze(-1), torch.sin(pf), torch.cos(pf)], dim=-1)
 
@@ -102,6 +104,17 @@ class ForwardData:
         nodes, edges = params_to_features(apply_stats(params, spec, stats), template)
         return ForwardData(spec, template, params, nodes, edges, splits, grid_range if uniform else None)
 
+    def to(self, device: torch.device | str) -> ForwardData:
+        """Every tensor (parameters, features, splits, the template's indices) on ``device``."""
+        return dataclasses.replace(
+            self,
+            template=self.template.to(device),
+            params={k: v.to(device) for k, v in self.params.items()},
+            nodes=self.nodes.to(device),
+            edges=self.edges.to(device),
+            splits={k: v.to(device) for k, v in self.splits.items()},
+        )
+
     @property
     def node_dim(self) -> int:
         """Node feature width including the query columns."""
@@ -128,7 +141,8 @@ def query_batch(data: ForwardData, kans: Tensor, points: Tensor) -> GraphBatch:
     """One KAN-graph per (KAN, query point), ``B x Q`` graphs in KAN-major order.
 
     Input node ``i`` of graph ``(b, q)`` gets :func:`query_features` of ``points[b, q, i]``
-    appended to its features; every other node gets zeros there.
+    appended to its features; every other node gets zeros there. Built on ``data``'s device
+    (``kans`` and ``points`` must be there too) from sizes known on the host: no synchronisation.
 
     Args:
         kans: ``(B,)`` KAN indices; points: ``(B, Q, n_in)``.
@@ -137,11 +151,11 @@ def query_batch(data: ForwardData, kans: Tensor, points: Tensor) -> GraphBatch:
     G = B * Q
     t = data.template
     N, E = t.n_nodes, t.n_edges
-    inputs = t.node_layer == 0
+    n_in = t.spec.layer_sizes[0]
     x = data.nodes[kans].repeat_interleave(Q, dim=0)  # (G, N, node_dim)
     q = x.new_zeros(G, N, QUERY_DIM)
-    q[:, inputs] = query_features(points.reshape(G, -1))
-    offsets = torch.arange(G) * N
+    q[:, :n_in] = query_features(points.reshape(G, -1))  # input neurons are nodes 0 .. n_in - 1
+    offsets = torch.arange(G, device=x.device) * N
     return GraphBatch(
         x=torch.cat([x, q], dim=-1).reshape(G * N, -1),
         edge_attr=data.edges[kans].repeat_interleave(Q, dim=0).reshape(G * E, -1),
@@ -149,7 +163,7 @@ def query_batch(data: ForwardData, kans: Tensor, points: Tensor) -> GraphBatch:
         node_pos=t.node_pos.repeat(G),
         node_layer=t.node_layer.repeat(G),
         node_out=(t.node_layer == t.spec.n_layers).repeat(G),
-        batch=torch.arange(G).repeat_interleave(N),
+        batch=torch.arange(G, device=x.device).repeat_interleave(N),
         num_graphs=G,
     )
 
@@ -158,7 +172,7 @@ def mean_kan_reference(data: ForwardData, points: Tensor, chunk: int = 250) -> T
     """The position-only predictor: mean output of all training KANs at ``points`` ``(..., 2)``."""
     flat = points.reshape(1, -1, points.shape[-1])
     train = data.splits["train"]
-    total = torch.zeros(flat.shape[1])
+    total = torch.zeros(flat.shape[1], device=points.device)
     for start in range(0, len(train), chunk):
         kans = train[start : start + chunk]
         total += kan_outputs(data, kans, flat.expand(len(kans), -1, -1)).sum(0)
@@ -166,7 +180,7 @@ def mean_kan_reference(data: ForwardData, points: Tensor, chunk: int = 250) -> T
 
 
 def random_points(n: int, q: int, n_in: int, gen: torch.Generator) -> Tensor:
-    """``(n, q, n_in)`` uniform query points in ``[-1, 1]``."""
+    """``(n, q, n_in)`` uniform query points in ``[-1, 1]``, drawn on the CPU (``gen``'s device)."""
     return torch.rand(n, q, n_in, generator=gen) * 2 - 1
 
 
@@ -227,19 +241,33 @@ def fit_forward(
     settings: ForwardSettings,
     seed: int,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> ForwardResult:
     """Train ``model`` (graphs -> ``(G, 1)``) on the forward task; select on validation R².
 
     Targets are standardized with the mean and std of the training KANs' outputs at random
     points. The test split is scored only when validation R² improves (test metrics at the
     best validation evaluation), beside :func:`mean_kan_reference` on the same test points.
+
+    ``model`` and ``data`` are moved to ``device`` (the model stays there, with the best
+    validation state loaded). Random draws are made on the CPU with the seeded generator (the
+    same numbers on every device) and copied over without blocking; a training step reads
+    nothing back: the loss is summed in a float64 device tensor and read once per evaluation,
+    where a non-finite sum raises :class:`FloatingPointError`. Metrics are Python floats.
     """
+    device = torch.device(device)
+    model.to(device)
+    data = data.to(device)
     gen = torch.Generator().manual_seed(seed)
     n_in = data.spec.layer_sizes[0]
     train = data.splits["train"]
-    y0 = kan_outputs(data, train, random_points(len(train), 8, n_in, gen))
+
+    def draw_points(n: int, q: int) -> Tensor:
+        return random_points(n, q, n_in, gen).to(device, non_blocking=True)
+
+    y0 = kan_outputs(data, train, draw_points(len(train), 8))
     mean, std = float(y0.mean()), float(y0.std().clamp_min(1e-8))
-    fixed = {s: random_points(len(data.splits[s]), settings.eval_points, n_in, gen) for s in ("val", "test")}
+    fixed = {s: draw_points(len(data.splits[s]), settings.eval_points) for s in ("val", "test")}
     targets = {s: kan_outputs(data, data.splits[s], fixed[s]) for s in fixed}
     ref = mean_kan_reference(data, fixed["test"])
     res = ForwardResult(
@@ -248,11 +276,13 @@ def fit_forward(
     )
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.05)
-    best_state, train_time, tot, t0 = None, 0.0, 0.0, time.time()
+    best_state, train_time, t0 = None, 0.0, time.time()
+    tot = torch.zeros((), dtype=torch.float64, device=device)  # same sums as Python floats of loss.item()
     for step in range(1, settings.steps + 1):
         model.train()
-        kans = train[torch.randint(len(train), (settings.kans_per_step,), generator=gen)]
-        points = random_points(settings.kans_per_step, settings.points_per_kan, n_in, gen)
+        pick = torch.randint(len(train), (settings.kans_per_step,), generator=gen)
+        kans = train[pick.to(device, non_blocking=True)]
+        points = draw_points(settings.kans_per_step, settings.points_per_kan)
         y = (kan_outputs(data, kans, points) - mean) / std
         loss = nn.functional.mse_loss(model(query_batch(data, kans, points)).view_as(y), y)
         opt.zero_grad(set_to_none=True)
@@ -260,17 +290,18 @@ def fit_forward(
         nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         opt.step()
         sched.step()
-        tot += loss.item()
-        if not math.isfinite(tot):
-            raise FloatingPointError(f"training loss became {tot} at step {step}")
+        tot += loss.detach().double()
         if step % settings.eval_every and step != settings.steps:
             continue
         train_time += time.time() - t0
+        loss_sum = float(tot)  # the one read of the training loss per evaluation
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training loss became {loss_sum} by step {step}")
         n = step - (len(res.history) * settings.eval_every)
         val = regression_metrics(
             predict(model, data, data.splits["val"], fixed["val"], mean, std).flatten(), targets["val"].flatten()
         )
-        row = {"epoch": len(res.history) + 1, "step": step, "train_loss": tot / n, "lr": sched.get_last_lr()[0]}
+        row = {"epoch": len(res.history) + 1, "step": step, "train_loss": loss_sum / n, "lr": sched.get_last_lr()[0]}
         row |= {f"val_{k}": v for k, v in val.items()}
         if row["val_r2"] > res.best_val:
             res.best_val, res.best_epoch = row["val_r2"], row["epoch"]
@@ -282,7 +313,8 @@ def fit_forward(
         res.history.append(row)
         if on_eval is not None:
             on_eval(row)
-        tot, t0 = 0.0, time.time()
+        tot.zero_()
+        t0 = time.time()
     if best_state is not None:
         model.load_state_dict(best_state)
     res.seconds_per_epoch = train_time / max(len(res.history), 1)

@@ -1,13 +1,22 @@
-"""MLflow runs and tags. Logging happens in the driver only (one writer per SQLite store)."""
+"""MLflow runs and tags. Logging happens in the driver only (one writer per SQLite store).
+
+Every call to the tracking store is retried (:func:`with_retries`): a locked SQLite file or a
+restarting ``mlflow server`` costs a few seconds, not a finished result. :class:`LiveRuns` keeps
+one child run per (model, seed) open while it trains, so per-epoch metrics appear in the UI as
+they arrive from the Ray tasks.
+"""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.config import MLflowConfig
+
+T = TypeVar("T")
 
 
 def git_commit() -> str:
@@ -33,14 +42,29 @@ def setup(cfg: MLflowConfig) -> str:
 
 @contextmanager
 def stage_run(cfg: MLflowConfig, stage: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[Any]:
-    """A parent run for one stage invocation, tagged with the git commit."""
+    """A parent run for one stage invocation, tagged with the git commit (every call retried).
+
+    The run ends FINISHED, or FAILED when the body raises.
+    """
     import mlflow
 
-    setup(cfg)
-    with mlflow.start_run(run_name=stage) as run:
+    with_retries(lambda: setup(cfg), cfg.retries, "opening the experiment")
+    run = with_retries(lambda: mlflow.start_run(run_name=stage), cfg.retries, f"starting the {stage} run")
+
+    def describe() -> None:
         mlflow.set_tags({"stage": stage, "git_commit": git_commit(), **tags})
         log_params(params)
+
+    try:
+        with_retries(describe, cfg.retries, f"tagging the {stage} run")
         yield run
+    except BaseException:
+        try:
+            mlflow.end_run("FAILED")
+        except Exception:  # the original error matters more than the tracking one
+            pass
+        raise
+    with_retries(lambda: mlflow.end_run(), cfg.retries, f"ending the {stage} run")
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -49,24 +73,114 @@ def log_params(params: Mapping[str, Any]) -> None:
     mlflow.log_params({k: (str(v)[:500]) for k, v in params.items()})
 
 
-def log_child_run(
-    name: str,
-    params: Mapping[str, Any],
-    tags: Mapping[str, str],
-    history: list[Mapping[str, float]],
-    final: Mapping[str, float],
-    artifacts: list[str] = (),
-) -> str:
-    """A nested run (inside the active parent) with per-epoch metrics and final metrics."""
-    import mlflow
+class TrackingError(RuntimeError):
+    """MLflow kept failing after every retry (results were kept on disk)."""
 
-    with mlflow.start_run(run_name=name, nested=True) as run:
-        mlflow.set_tags({"git_commit": git_commit(), **tags})
-        log_params(params)
+
+def with_retries(fn: Callable[[], T], attempts: int, what: str, delay: float = 1.0) -> T:
+    """``fn()``, retried ``attempts`` times with doubling delays; :class:`TrackingError` names ``what``."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:  # the store's own errors (locked database, connection refused, HTTP 5xx)
+            if attempt == attempts:
+                raise TrackingError(f"MLflow: {what} failed {attempts} times: {type(e).__name__}: {e}") from e
+            time.sleep(delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _metrics(row: Mapping[str, float], step: int | None, skip: tuple[str, ...] = ()) -> list:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step or 0) for k, v in row.items() if k not in skip]
+
+
+class LiveRuns:
+    """Child runs of the active parent run, fed from the driver while their Ray tasks train.
+
+    ``start`` opens a run (status RUNNING) the moment its task starts, ``epoch`` logs one row of
+    per-epoch metrics at ``step = epoch``, ``finish`` logs final metrics and closes it (FINISHED or
+    FAILED). A call that fails after ``attempts`` tries is recorded in :attr:`errors` and that run
+    gets no further calls; nothing raises, so a tracking outage never loses a result.
+    """
+
+    def __init__(self, cfg: MLflowConfig, parent_run_id: str, experiment_id: str, git: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(cfg.tracking_uri)
+        self.parent, self.experiment, self.attempts = parent_run_id, experiment_id, cfg.retries
+        self.git = git or git_commit()
+        self.run_ids: dict[str, str] = {}
+        self.last_epoch: dict[str, int] = {}
+        self.errors: dict[str, str] = {}
+
+    def _call(self, key: str, what: str, fn: Callable[[], T]) -> T | None:
+        if key in self.errors:
+            return None
+        try:
+            return with_retries(fn, self.attempts, f"{what} of {key}")
+        except TrackingError as e:
+            self.errors[key] = str(e)
+            return None
+
+    def start(self, key: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        """Open the child run ``key`` (idempotent: a retried task keeps its run)."""
+        if key in self.run_ids:
+            return
+        from mlflow.entities import Param
+
+        def create() -> str:
+            run = self.client.create_run(
+                self.experiment,
+                run_name=key,
+                tags={"mlflow.parentRunId": self.parent, "git_commit": self.git, **tags},
+            )
+            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+            return run.info.run_id
+
+        run_id = self._call(key, "creating the run", create)
+        if run_id is not None:
+            self.run_ids[key] = run_id
+            self.last_epoch[key] = 0
+
+    def epoch(self, key: str, row: Mapping[str, float]) -> None:
+        """Log one per-epoch row (``row["epoch"]`` is the step); rows already logged are skipped."""
+        step = int(row["epoch"])
+        if key not in self.run_ids or step <= self.last_epoch[key]:
+            return
+        run_id = self.run_ids[key]
+        self._call(key, f"epoch {step}", lambda: self.client.log_batch(run_id, metrics=_metrics(row, step, ("epoch",))))
+        self.last_epoch[key] = step
+
+    def finish(
+        self, key: str, final: Mapping[str, float], tags: Mapping[str, str], history: list[Mapping[str, float]] = ()
+    ) -> str | None:
+        """Log the rows of ``history`` not yet logged, ``final`` and ``tags``; close the run. Returns its id."""
         for row in history:
-            step = int(row["epoch"])
-            mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=step)
-        mlflow.log_metrics({k: float(v) for k, v in final.items()})
-        for path in artifacts:
-            mlflow.log_artifact(path)
-        return run.info.run_id
+            self.epoch(key, row)
+        if key not in self.run_ids:
+            return None
+        run_id = self.run_ids[key]
+        from mlflow.entities import RunTag
+
+        def close() -> None:
+            self.client.log_batch(
+                run_id, metrics=_metrics(final, None), tags=[RunTag(k, str(v)) for k, v in tags.items()]
+            )
+            self.client.set_terminated(run_id, "FINISHED")
+
+        self._call(key, "final metrics", close)
+        return None if key in self.errors else run_id
+
+    def fail(self, key: str, error: str) -> None:
+        """Close the run ``key`` as FAILED with the error as a tag."""
+        if key not in self.run_ids:
+            return
+        run_id = self.run_ids[key]
+
+        def close() -> None:
+            self.client.set_tag(run_id, "error", error[:5000])
+            self.client.set_terminated(run_id, "FAILED")
+
+        self._call(key, "marking it failed", close)

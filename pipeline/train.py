@@ -7,6 +7,7 @@ best validation epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +36,9 @@ class FlatSet:
 
     def batch(self, idx: Tensor) -> Tensor:
         return self.flat[idx]
+
+    def to(self, device: torch.device | str) -> FlatSet:
+        return FlatSet(self.flat.to(device), self.y.to(device))
 
 
 def model_inputs(graphs: GraphSet, template: GraphTemplate, kind: str) -> FlatSet | GraphSet:
@@ -127,6 +131,9 @@ class Regression:
         y = y_train.float().reshape(y_train.shape[0], -1)
         return Regression(y.mean(0), y.std(0).clamp_min(1e-8))
 
+    def to(self, device: torch.device | str) -> Regression:
+        return dataclasses.replace(self, mean=self.mean.to(device), std=self.std.to(device))
+
     @property
     def n_targets(self) -> int:
         return int(self.mean.numel())
@@ -143,7 +150,7 @@ class Regression:
         if self.n_targets == 1:
             from scipy.stats import kendalltau
 
-            m["tau"] = float(kendalltau(pred.flatten().numpy(), y.flatten().numpy()).statistic)
+            m["tau"] = float(kendalltau(pred.flatten().cpu().numpy(), y.flatten().cpu().numpy()).statistic)
         return m
 
 
@@ -174,12 +181,35 @@ class RunResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, objective: Objective, batch_size: int = 512) -> dict[str, float]:
-    """The objective's metrics over a whole split (dropout off)."""
+    """The objective's metrics over a whole split (dropout off), on the device the split lives on."""
     model.eval()
+    device = data.y.device
     outs = []
     for start in range(0, len(data), batch_size):
-        outs.append(model(data.batch(torch.arange(start, min(start + batch_size, len(data))))))
+        outs.append(model(data.batch(torch.arange(start, min(start + batch_size, len(data)), device=device))))
     return objective.metrics(torch.cat(outs), data.y)
+
+
+def train_step(
+    model: nn.Module, inputs, y: Tensor, objective: Objective, opt: torch.optim.Optimizer, grad_clip: float
+) -> tuple[Tensor, Tensor]:
+    """One optimizer step on one batch; returns ``(model output, detached loss)``.
+
+    Nothing here reads a value back to the host, so a GPU step queues without waiting.
+    """
+    out = model(inputs)
+    loss = objective.loss(out, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return out, loss.detach()
+
+
+def to_device(objective: Objective, device: torch.device) -> Objective:
+    """The objective with its tensors (target statistics) on ``device``."""
+    move = getattr(objective, "to", None)
+    return move(device) if move is not None else objective
 
 
 def fit_model(
@@ -193,14 +223,24 @@ def fit_model(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     augment: Callable | None = None,
     on_best: Callable[[nn.Module], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> RunResult:
     """AdamW with linear warm-up, gradient clipping, selection on the validation metric.
+
+    The model and the three splits move to ``device`` once (a split that fits stays there); the
+    batch order comes from a CPU generator seeded with ``seed``, so a run is the same on any
+    number of workers, and byte-identical on CPU. Per-step losses are summed on the device and
+    read once per epoch: the step itself never waits for the device.
 
     The test split is evaluated only when the validation metric (``objective.select``; higher
     is better if ``objective.maximize``, else lower) improves; the reported test metrics are
     those of the best validation epoch, and ``on_best(model)`` is called then (e.g. to render
     examples). ``augment(inputs, generator)`` transforms every training batch (never val/test).
     """
+    device = torch.device(device)
+    model.to(device)
+    train, val, test = train.to(device), val.to(device), test.to(device)
+    objective = to_device(objective, device)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     warm = max(settings.warmup_steps, 1)
@@ -213,29 +253,27 @@ def fit_model(
         model.train()
         t0 = time.time()
         perm = torch.randperm(len(train), generator=gen)
-        tot_loss, correct = 0.0, 0
+        # float64 sums of float32 losses: the same numbers as a Python-float sum of loss.item()
+        tot_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
         for start in range(0, len(train), settings.batch_size):
-            idx = perm[start : start + settings.batch_size]
+            idx = perm[start : start + settings.batch_size].to(device)
             inputs = train.batch(idx)
             if augment is not None:
                 inputs = augment(inputs, gen)
-            out = model(inputs)
             y = train.y[idx]
-            loss = objective.loss(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            opt.step()
+            out, loss = train_step(model, inputs, y, objective, opt, settings.grad_clip)
             sched.step()
-            tot_loss += loss.item() * idx.numel()
+            tot_loss += loss.double() * idx.numel()
             if classify:
-                correct += int((out.argmax(1) == y).sum())
+                correct += (out.argmax(1) == y).sum()
+        epoch_loss = float(tot_loss)  # the one read-back of the epoch
         train_time += time.time() - t0
-        if not math.isfinite(tot_loss):
-            raise FloatingPointError(f"training loss became {tot_loss} at epoch {epoch}")
-        row = {"epoch": epoch, "train_loss": tot_loss / len(train)}
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(f"training loss became {epoch_loss} at epoch {epoch}")
+        row = {"epoch": epoch, "train_loss": epoch_loss / len(train)}
         if classify:
-            row["train_acc"] = correct / len(train)
+            row["train_acc"] = int(correct) / len(train)
         row |= {f"val_{k}": v for k, v in evaluate(model, val, objective).items()}
         row |= {"lr": sched.get_last_lr()[0], "epoch_seconds": time.time() - t0}
         score = row[f"val_{objective.select}"]

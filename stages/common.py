@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import ConfigError, Params, load_params
 
@@ -29,15 +30,20 @@ def fit_missing_shards(
     params: Params,
     shard_dir: Path,
     fingerprints: list[str],
+    shared: Any,
     make_item: Callable[[int], tuple],
-    task,
+    task: Callable[..., Any],
+    write: Callable[[int, Any], None],
     threads: int,
     desc: str = "zoo shards",
 ) -> int:
-    """Run ``task(*make_item(k))`` as a Ray task for every shard ``k`` not yet complete.
+    """Fit every shard ``k`` not yet complete as the Ray task ``task(shared, *make_item(k))``.
 
-    A shard is complete when its file carries ``fingerprints[k]`` (resume after a kill);
-    shard files beyond the plan are removed. Returns the number of shards fitted.
+    ``shared`` (the images, the digits) is put into Ray's object store once and passed to every
+    task by reference; a task returns its shard's tensors and the driver stores them with
+    ``write(k, result)``, so no task needs the driver's disk. A shard is complete when its file
+    carries ``fingerprints[k]`` (resume after a kill); shard files beyond the plan and temporary
+    files of a killed writer are removed. Returns the number of shards fitted.
     """
     from pipeline import distributed
     from pipeline.zoo.store import shard_is_complete, shard_name
@@ -47,15 +53,24 @@ def fit_missing_shards(
     for stale in shard_dir.glob("shard_*.safetensors"):
         if int(stale.stem.split("_")[1]) >= len(fingerprints):
             stale.unlink()
+    for tmp in shard_dir.glob(".*.tmp"):  # only the driver writes here: a temporary file is a killed write
+        tmp.unlink()
     if todo:
-        resources = distributed.init_ray(params.ray)
-        distributed.check_resources(resources, threads, params.ray.gpus_per_task)
+        import ray
+
+        distributed.init_ray(params.ray)
+        need = distributed.TaskResources(
+            threads, params.ray.gpus_per_task, distributed.task_memory(distributed.tensor_bytes(shared))
+        )
+        distributed.check_resources(need)
+        ref = ray.put(shared)
         distributed.map_tasks(
             task,
-            [make_item(k) for k in todo],
-            num_cpus=threads,
-            num_gpus=params.ray.gpus_per_task,
+            [(ref, *make_item(k)) for k in todo],
+            resources=need,
             max_retries=params.ray.max_retries,
             desc=desc,
+            labels=[shard_name(k) for k in todo],
+            on_result=lambda i, result: write(todo[i], result),
         )
     return len(todo)

@@ -20,14 +20,15 @@ from pipeline.config import Params
 from pipeline.data import load_images
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
-from pipeline.io import read_json
+from pipeline.io import fingerprint, read_json
 from pipeline.models import build_editor
 from pipeline.tasks.editing import Editing, dilate, render_sirens
 from pipeline.train import TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
 from pipeline.weightspace.spec import ParamSpec, flatten
 from pipeline.zoo.store import read_manifest
 from stages.common import parse
-from stages.train import run_training
+from stages.runs import TaskContext
+from stages.train import GraphData, run_training
 
 SPLITS = ("train", "val", "test")
 N_EXAMPLES = 6  # test INRs rendered before / after editing for the report's figure (spread over the split)
@@ -52,47 +53,55 @@ def subset(graphs: GraphSet, n: int, template, seed: int) -> GraphSet:
     return GraphSet.from_params(params, template, graphs.y[idx], graphs.net_id[idx])
 
 
+def load_edit_data(graphs_dir: Path, zoo_dir: Path, n_train: int) -> GraphData:
+    """The graphs with every INR's dilated image as target, ``n_train`` training INRs drawn once
+    (the same for every seed): what each editing task receives through the object store."""
+    data = GraphData.load(graphs_dir)
+    template = graph_template(ParamSpec.from_dict(data.meta["spec"]))
+    images, _ = load_images(read_json(zoo_dir / "zoo.json")["recipe"]["source"])
+    image_of_net = {r.net_id: r.image_index for r in read_manifest(zoo_dir / "manifest.csv")}
+    splits = {s: with_targets(g, image_of_net, images) for s, g in data.splits.items()}
+    splits["train"] = subset(splits["train"], n_train, template, seed=0)
+    zoo = {"manifest": (zoo_dir / "manifest.csv").read_text(), "zoo": read_json(zoo_dir / "zoo.json")}
+    return GraphData(data.meta, splits, {"targets": "dilation", "n_train": n_train, "zoo": fingerprint(zoo)})
+
+
 def edit_one(
-    graphs_dir: str,
+    data: GraphData,
     model_name: str,
     model_cfg,
+    seed: int,
+    ctx: TaskContext,
     settings: TrainSettings,
     augment: str,
-    seed: int,
-    threads: int,
-    zoo_dir: str,
-    n_train: int,
     init_scale: float,
 ) -> dict:
     """Train one editor; return its result (with the no-edit reference and example renders)."""
-    torch.set_num_threads(threads)
+    device, where = ctx.start()
     torch.manual_seed(seed)
-    gdir, zdir = Path(graphs_dir), Path(zoo_dir)
-    meta = read_json(gdir / "meta.json")
+    meta, splits = data.meta, data.splits
     spec = ParamSpec.from_dict(meta["spec"])
     template = graph_template(spec)
-    images, _ = load_images(read_json(zdir / "zoo.json")["recipe"]["source"])
-    image_of_net = {r.net_id: r.image_index for r in read_manifest(zdir / "manifest.csv")}
-    splits = {s: with_targets(GraphSet.load(gdir / f"{s}.safetensors"), image_of_net, images) for s in SPLITS}
-    splits["train"] = subset(splits["train"], n_train, template, seed=0)  # the same INRs for every seed
     fwd = meta["forward"]
     stats = {k: tuple(v) for k, v in meta["norm_stats"].items()}
     objective = Editing(spec, float(fwd["omega0"]), float(fwd["output_offset"]), stats)
     shape = data_shape(splits["train"], template, 1, forward_spec_from_meta(meta))
     model = build_editor(model_name, model_cfg, shape, init_scale)
-    data = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
+    inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
     test = splits["test"]
     test_flat = flatten(test.to_params(template), spec)
     reference = objective.metrics(test_flat, test.y)  # the unedited INRs against the dilated images
     examples: dict[str, list] = {}
     shown = torch.linspace(0, len(test) - 1, N_EXAMPLES).round().long()  # splits are sorted by digit: spread out
+    test_inputs = inputs["test"].to(device)
 
     def render(flat: torch.Tensor) -> list:
-        return render_sirens(flat, spec, objective.omega0, objective.offset, stats=stats).round(decimals=4).tolist()
+        rendered = render_sirens(flat.cpu(), spec, objective.omega0, objective.offset, stats=stats)
+        return rendered.round(decimals=4).tolist()
 
     def on_best(m: torch.nn.Module) -> None:
         with torch.no_grad():
-            examples["edited"] = render(m(data["test"].batch(shown)))
+            examples["edited"] = render(m(test_inputs.batch(shown.to(device))))
 
     def progress(row: dict) -> None:
         print(
@@ -100,26 +109,28 @@ def edit_one(
             f"{row['train_loss']:.4f} val mse {row['val_mse']:.4f} ({row['epoch_seconds']:.0f} s)",
             flush=True,
         )
+        ctx.epoch(row)
 
     t0 = time.time()
     res = fit_model(
         model,
-        data["train"],
-        data["val"],
-        data["test"],
+        inputs["train"],
+        inputs["val"],
+        inputs["test"],
         settings,
         seed,
         objective,
         on_epoch=progress,
         augment=augmenter(augment, model.input_kind, spec),
         on_best=on_best,
+        device=device,
     )
     examples["original"] = render(test_flat[shown])
     examples["target"] = test.y[shown].round(decimals=4).tolist()
     out = dataclasses.asdict(res)
     out.update(model=model_name, seed=seed, wall_seconds=time.time() - t0, config=dataclasses.asdict(model_cfg))
     out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()})
-    out.update(reference=reference, examples=examples, n_train=len(splits["train"]), n_test=len(test))
+    out.update(reference=reference, examples=examples, n_train=len(splits["train"]), n_test=len(test), **where)
     return out
 
 
@@ -128,7 +139,7 @@ def run(params: Params, graphs_dir: Path, zoo_dir: Path, out: Path) -> list[dict
     settings = TrainSettings(ec.epochs, ec.batch_size, ec.lr, ec.weight_decay, ec.warmup_steps, ec.grad_clip)
     return run_training(
         params,
-        graphs_dir,
+        load_edit_data(graphs_dir, zoo_dir, ec.n_train),
         out,
         ec.models,
         ec.seeds,
@@ -138,7 +149,7 @@ def run(params: Params, graphs_dir: Path, zoo_dir: Path, out: Path) -> list[dict
         ec.threads_per_task,
         "edit",
         worker=edit_one,
-        worker_args=(str(zoo_dir.resolve()), ec.n_train, ec.init_scale),
+        extra={"init_scale": ec.init_scale},
     )
 
 

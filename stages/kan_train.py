@@ -7,7 +7,7 @@ from pathlib import Path
 from pipeline.config import Params
 from pipeline.train import TrainSettings
 from stages.common import parse
-from stages.train import run_training
+from stages.train import GraphData, run_training
 
 
 def run(params: Params, task: str, graphs_dir: Path, out: Path) -> list[dict]:
@@ -17,7 +17,7 @@ def run(params: Params, task: str, graphs_dir: Path, out: Path) -> list[dict]:
     # KANs have no sign symmetry (SiLU is not odd): no sign flips; "_perm" models add permutations
     return run_training(
         params,
-        graphs_dir,
+        GraphData.load(graphs_dir),
         out,
         kt.models,
         kt.seeds,

@@ -10,6 +10,8 @@ import torch
 
 from pipeline.config import Params, to_flat_dict
 from pipeline.data import load_images, split_indices
+from pipeline.device import resolve_device
+from pipeline.distributed import task_device
 from pipeline.io import fingerprint, write_json
 from pipeline.weightspace.spec import ParamSpec
 from pipeline.zoo.build import PlannedNet, net_seed, plan_inr_zoo, shard_fingerprint, shard_plan
@@ -26,14 +28,15 @@ from stages.common import fit_missing_shards, parse
 
 
 def _fit_task(
-    path: str, task: str, nets: list[PlannedNet], inputs, spec: ParamSpec, fit, chunk: int, fp: str, threads: int
-) -> str:
-    """Fit one shard ``chunk`` nets at a time and write it atomically (idempotent on retry)."""
+    data: dict, task: str, nets: list[PlannedNet], spec: ParamSpec, fit, chunk: int, threads: int, device: str
+) -> tuple[dict, dict]:
+    """One shard as a Ray task, ``chunk`` nets at a time: ``data`` arrives from the object store
+    (the images, or the digits), tensors go back to the driver."""
     torch.set_num_threads(threads)  # fixed: reduction order, hence bytes, must not depend on the worker
-    params, cols = fit_kan_shard(task, [n.seed for n in nets], inputs, spec, fit, chunk)
+    inputs = data["images"][[n.image_index for n in nets]] if task == "inr" else data["digits"]
+    params, cols = fit_kan_shard(task, [n.seed for n in nets], inputs, spec, fit, chunk, resolve_device(device))
     cols["net_id"] = torch.tensor([n.net_id for n in nets], dtype=torch.long)
-    write_shard(Path(path), params, spec, cols, fp)
-    return Path(path).name
+    return params, cols
 
 
 def plan(params: Params, task: str) -> tuple[list[PlannedNet], dict]:
@@ -70,27 +73,30 @@ def run(params: Params, task: str, out: Path) -> dict:
             tuple(cfg.lr), tuple(cfg.weight_decay), tuple(cfg.steps), tuple(cfg.label_noise), tuple(cfg.train_fraction)
         )
     shards = shard_plan(nets, kc.shard_size)
+    device = task_device(params.ray)
     recipe = {
         "task": task,
         "spec": spec.to_dict(),
         "fit": dataclasses.asdict(fit),
         "chunk_size": kc.chunk_size,
         "threads_per_task": kc.threads_per_task,
-        "backend": kan_backend(),  # fused C++ kernel or PyTorch ops: equal up to float32 rounding, not bytes
+        # fused C++ kernel or PyTorch ops (on CPU or a GPU): equal up to float32 rounding, not bytes
+        "backend": kan_backend() if device == "cpu" else f"torch-{device}",
         "data": fingerprint({k: v.tolist() for k, v in data.get("digits", {}).items()}) if task != "inr" else "mnist",
     }
     fps = [shard_fingerprint(recipe, s) for s in shards]
     shard_dir = out / "shards"
 
     def item(k: int) -> tuple:
-        inputs = data["images"][[n.image_index for n in shards[k]]] if task == "inr" else data["digits"]
-        path = str(shard_dir / shard_name(k))
-        return path, task, shards[k], inputs, spec, fit, kc.chunk_size, fps[k], kc.threads_per_task
+        return task, shards[k], spec, fit, kc.chunk_size, kc.threads_per_task, device
+
+    def write(k: int, result: tuple[dict, dict]) -> None:
+        write_shard(shard_dir / shard_name(k), result[0], spec, result[1], fps[k])
 
     with tracking.stage_run(params.mlflow, f"kan_zoo@{task}", to_flat_dict(params), {"kan_task": task}):
         t0 = time.time()
         desc = f"{task} KAN shards"
-        n_fitted = fit_missing_shards(params, shard_dir, fps, item, _fit_task, kc.threads_per_task, desc)
+        n_fitted = fit_missing_shards(params, shard_dir, fps, data, item, _fit_task, write, kc.threads_per_task, desc)
         fit_seconds = time.time() - t0
         rows = []
         for k, s in enumerate(shards):

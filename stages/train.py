@@ -1,22 +1,24 @@
 """DVC stage ``train``: every (model, seed) as a Ray task; the driver logs each to MLflow.
 
 :func:`run_training` is shared with the KAN stages (``stages/kan_train.py``) and the editing
-stage (``stages/edit.py``, with its own worker).
+stage (``stages/edit.py``, with its own worker). Resume, live tracking and the object-store
+hand-off are :mod:`stages.runs`'.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.augment import augmenter, check_augmentation
-from pipeline.config import ConfigError, Params, to_flat_dict
+from pipeline.config import ConfigError, Params
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
-from pipeline.io import fingerprint, read_json, write_json
+from pipeline.io import fingerprint, read_json
 from pipeline.models import build_model, split_model_name
 from pipeline.train import (
     Classification,
@@ -29,20 +31,40 @@ from pipeline.train import (
 )
 from pipeline.weightspace.spec import ParamSpec
 from stages.common import parse
+from stages.runs import Job, StageRuns, TaskContext
 
 N_CLASSES = 10
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class GraphData:
+    """A graphs directory in memory: ``meta.json`` and the three splits (what a task receives)."""
+
+    meta: dict
+    splits: dict[str, GraphSet]
+    derived: dict = dataclasses.field(default_factory=dict)  # how splits were changed after loading
+
+    @staticmethod
+    def load(graphs_dir: str | Path) -> GraphData:
+        gdir = Path(graphs_dir)
+        return GraphData(read_json(gdir / "meta.json"), {s: GraphSet.load(gdir / f"{s}.safetensors") for s in SPLITS})
+
+    @property
+    def version(self) -> str:
+        """The data version: a hash of the graphs' metadata (spec, statistics, counts) and of
+        whatever was derived from them."""
+        return fingerprint([self.meta, self.derived]) if self.derived else fingerprint(self.meta)
 
 
 def train_one(
-    graphs_dir: str, model_name: str, model_cfg, settings: TrainSettings, augment: str, seed: int, threads: int
+    data: GraphData, model_name: str, model_cfg, seed: int, ctx: TaskContext, settings: TrainSettings, augment: str
 ) -> dict:
-    """Load the splits, build and train one model; return its result as a plain dict."""
-    torch.set_num_threads(threads)
+    """Build and train one model on ``data``; return its result as a plain dict."""
+    device, where = ctx.start()
     torch.manual_seed(seed)
-    gdir = Path(graphs_dir)
-    meta = read_json(gdir / "meta.json")
+    meta, splits = data.meta, data.splits
     template = graph_template(ParamSpec.from_dict(meta["spec"]))
-    splits = {s: GraphSet.load(gdir / f"{s}.safetensors") for s in ("train", "val", "test")}
     if meta.get("kind", "classification") == "classification":
         objective = Classification(int(meta.get("n_targets", N_CLASSES)))
         n_out = objective.n_classes
@@ -53,7 +75,7 @@ def train_one(
     shape = data_shape(splits["train"], template, n_out, fwd)
     base, permutations = split_model_name(model_name)
     model = build_model(base, model_cfg, shape)
-    data = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
+    inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
     t0 = time.time()
     sel = objective.select
 
@@ -63,29 +85,42 @@ def train_one(
             f"train loss {row['train_loss']:.3f} val {sel} {row[f'val_{sel}']:.3f} ({row['epoch_seconds']:.0f} s)",
             flush=True,
         )
+        ctx.epoch(row)
 
     res = fit_model(
         model,
-        data["train"],
-        data["val"],
-        data["test"],
+        inputs["train"],
+        inputs["val"],
+        inputs["test"],
         settings,
         seed,
         objective,
         on_epoch=progress,
         augment=augmenter(augment, model.input_kind, template.spec, permutations),
+        device=device,
     )
     out = dataclasses.asdict(res)
     out.update(model=model_name, seed=seed, wall_seconds=time.time() - t0, config=dataclasses.asdict(model_cfg))
-    out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()})
+    out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()}, **where)
     if sel == "acc":
         out["best_val_acc"] = res.best_val
     return out
 
 
+def final_metrics(r: dict) -> dict[str, float]:
+    """What MLflow shows for a finished run (test metrics at the best validation epoch)."""
+    return {
+        **{f"test_{k}": v for k, v in r["test"].items()},
+        f"best_val_{r['select']}": r["best_val"],
+        "best_epoch": r["best_epoch"],
+        "n_params": r["n_params"],
+        "seconds_per_epoch": r["seconds_per_epoch"],
+    }
+
+
 def run_training(
     params: Params,
-    graphs_dir: Path,
+    data: GraphData,
     out: Path,
     models: list[str],
     seeds: list[int],
@@ -95,65 +130,23 @@ def run_training(
     threads: int,
     stage: str,
     worker=None,
-    worker_args: tuple = (),
+    extra: dict | None = None,
 ) -> list[dict]:
-    """Train every (model, seed) on one graph directory as Ray tasks; log to MLflow; write JSON.
+    """Train every (model, seed) on ``data`` as Ray tasks (resumable, tracked live); write JSON.
 
-    ``worker(graphs_dir, model, settings, train_settings, augment, seed, threads, *worker_args)``
-    runs one job and returns its result dict (default :func:`train_one`).
+    ``worker(data, model, model_settings, seed, ctx, train_settings, augment, *extra.values())``
+    runs one job and returns its result dict (default :func:`train_one`); ``extra`` (JSON-able
+    settings of the worker) enters the runs' fingerprints and MLflow params.
     """
-    from pipeline import distributed, tracking
-
-    jobs = [(m, s) for m in models for s in seeds]
-    meta = read_json(graphs_dir / "meta.json")
-    data_version = fingerprint(meta)
+    extra = extra or {}
     try:
-        check_augmentation(augment, ParamSpec.from_dict(meta["spec"]))
+        check_augmentation(augment, ParamSpec.from_dict(data.meta["spec"]))
     except ValueError as e:
-        raise ConfigError(f"train.augment: {e}") from e
-    results: list[dict] = [{} for _ in jobs]
-    with tracking.stage_run(params.mlflow, stage, to_flat_dict(params), {"data_version": data_version}) as parent:
-        resources = distributed.init_ray(params.ray)
-        distributed.check_resources(resources, threads, params.ray.gpus_per_task)
-        items = [
-            (str(graphs_dir.resolve()), m, model_configs[split_model_name(m)[0]], settings, augment, s, threads)
-            + worker_args
-            for m, s in jobs
-        ]
-
-        def log(i: int, r: dict) -> None:
-            results[i] = r
-            write_json(out / f"{r['model']}_seed{r['seed']}.json", r)
-            tracking.log_child_run(
-                f"{r['model']}-seed{r['seed']}",
-                {
-                    "model": r["model"],
-                    "seed": r["seed"],
-                    **{f"model.{k}": v for k, v in r["config"].items()},
-                    **dataclasses.asdict(settings),
-                },
-                {"model": r["model"], "data_version": data_version, "parent_stage": stage},
-                r["history"],
-                {
-                    **{f"test_{k}": v for k, v in r["test"].items()},
-                    f"best_val_{r['select']}": r["best_val"],
-                    "best_epoch": r["best_epoch"],
-                    "n_params": r["n_params"],
-                    "seconds_per_epoch": r["seconds_per_epoch"],
-                },
-            )
-
-        distributed.map_tasks(
-            worker or train_one,
-            items,
-            num_cpus=threads,
-            num_gpus=params.ray.gpus_per_task,
-            max_retries=params.ray.max_retries,
-            desc=f"{stage} runs",
-            on_result=log,
-        )
-        run_id = parent.info.run_id
-    write_json(out / "results.json", {"parent_run_id": run_id, "data_version": data_version, "runs": results})
+        raise ConfigError(f"{stage.split('@')[0]}.augment: {e}") from e
+    jobs = [Job(m, s, model_configs[split_model_name(m)[0]]) for m in models for s in seeds]
+    run_settings = dataclasses.asdict(settings) | {"augment": augment} | extra
+    runs = StageRuns(params, stage, out, jobs, data.version, run_settings, final_metrics)
+    results = runs.run(data, worker or train_one, (settings, augment, *extra.values()), threads)
     for r in results:
         sel = r["select"]
         print(
@@ -167,8 +160,9 @@ def run(params: Params, graphs_dir: Path, out: Path) -> list[dict]:
     tc = params.train
     settings = TrainSettings(tc.epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.warmup_steps, tc.grad_clip)
     configs = tc.settings_by_model()
+    data = GraphData.load(graphs_dir)
     return run_training(
-        params, graphs_dir, out, tc.models, tc.seeds, settings, configs, tc.augment, tc.threads_per_task, "train"
+        params, data, out, tc.models, tc.seeds, settings, configs, tc.augment, tc.threads_per_task, "train"
     )
 
 

@@ -4,46 +4,69 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.config import Params, to_flat_dict
 from pipeline.data import load_images, split_indices
+from pipeline.device import resolve_device
+from pipeline.distributed import task_device
 from pipeline.io import write_json
+from pipeline.weightspace.spec import ParamSpec
 from pipeline.zoo.build import (
     PlannedNet,
-    fit_and_write_shard,
+    fit_shard,
     plan_inr_zoo,
     records_from_shards,
     shard_fingerprint,
     shard_plan,
 )
 from pipeline.zoo.siren import FitSettings, siren_spec
-from pipeline.zoo.store import shard_name, write_manifest
+from pipeline.zoo.store import shard_name, write_manifest, write_shard
 from stages.common import fit_missing_shards, parse
 
 
 def _fit_task(
-    path: str, nets: list[PlannedNet], images: torch.Tensor, spec, settings, chunk: int, fp: str, threads: int
-) -> str:
-    # fixed thread count: reduction order, hence bytes, must not depend on the worker
-    torch.set_num_threads(threads)
-    return fit_and_write_shard(Path(path), nets, images, spec, settings, chunk, fp)
+    images: torch.Tensor,
+    index: list[int],
+    nets: list[PlannedNet],
+    spec,
+    settings,
+    chunk: int,
+    threads: int,
+    device: str,
+) -> tuple[dict, dict]:
+    """One shard as a Ray task: ``images`` arrive from the object store, tensors go back."""
+    torch.set_num_threads(threads)  # fixed: reduction order, hence bytes, must not depend on the worker
+    return fit_shard(nets, images[index], spec, settings, chunk, resolve_device(device))
 
 
-def run(params: Params, out: Path) -> dict:
-    """Plan, fit the missing shards, write ``manifest.csv`` and ``zoo.json``; return a summary."""
-    from pipeline import tracking
+@dataclass(frozen=True)
+class ZooPlan:
+    """Everything that fixes the zoo's bytes, from the params alone."""
 
+    images: torch.Tensor
+    splits: dict[str, torch.Tensor]
+    spec: ParamSpec
+    settings: FitSettings
+    shards: list[list[PlannedNet]]
+    recipe: dict
+    fingerprints: list[str]
+    device: str
+
+
+def plan_zoo(params: Params) -> ZooPlan:
+    """The images, split, nets, shards and their fingerprints that ``params`` define."""
     zc = params.zoo
     images, labels = load_images(params.data.source)
     sizes = {"train": params.data.n_train, "val": params.data.n_val, "test": params.data.n_test}
     splits = split_indices(len(images), sizes, params.seed)
     spec = siren_spec(zc.hidden)
     settings = FitSettings(steps=zc.steps, lr=zc.lr, omega0=zc.omega0, variant=zc.init, target_psnr=zc.target_psnr)
-    plan = plan_inr_zoo(labels, splits, zc.inrs_per_train_image, params.seed)
-    shards = shard_plan(plan, zc.shard_size)
+    shards = shard_plan(plan_inr_zoo(labels, splits, zc.inrs_per_train_image, params.seed), zc.shard_size)
+    device = task_device(params.ray)
     recipe = {
         "spec": spec.to_dict(),
         "fit": dataclasses.asdict(settings),
@@ -51,18 +74,40 @@ def run(params: Params, out: Path) -> dict:
         "chunk_size": zc.chunk_size,
         "threads_per_task": zc.threads_per_task,
     }
+    if device != "cpu":  # GPU bytes differ from CPU bytes: never mix them (CPU fingerprints unchanged)
+        recipe["device"] = device
     fps = [shard_fingerprint(recipe, nets) for nets in shards]
+    return ZooPlan(images, splits, spec, settings, shards, recipe, fps, device)
+
+
+def fit_shard_here(plan: ZooPlan, k: int, params: Params) -> tuple[dict, dict]:
+    """Shard ``k`` fitted in this process, exactly as its Ray task fits it (reference runs)."""
+    nets = plan.shards[k]
+    index = [n.image_index for n in nets]
+    zc = params.zoo
+    return _fit_task(plan.images, index, nets, plan.spec, plan.settings, zc.chunk_size, zc.threads_per_task, "cpu")
+
+
+def run(params: Params, out: Path) -> dict:
+    """Plan, fit the missing shards, write ``manifest.csv`` and ``zoo.json``; return a summary."""
+    from pipeline import tracking
+
+    zc = params.zoo
+    plan = plan_zoo(params)
+    images, splits, spec, settings, shards = plan.images, plan.splits, plan.spec, plan.settings, plan.shards
+    recipe, fps, device = plan.recipe, plan.fingerprints, plan.device
     shard_dir = out / "shards"
 
     def item(k: int) -> tuple:
         nets = shards[k]
-        path = str(shard_dir / shard_name(k))
-        images_k = images[[n.image_index for n in nets]]
-        return path, nets, images_k, spec, settings, zc.chunk_size, fps[k], zc.threads_per_task
+        return [n.image_index for n in nets], nets, spec, settings, zc.chunk_size, zc.threads_per_task, device
+
+    def write(k: int, result: tuple[dict, dict]) -> None:
+        write_shard(shard_dir / shard_name(k), result[0], spec, result[1], fps[k])
 
     with tracking.stage_run(params.mlflow, "zoo", to_flat_dict(params), {"data_source": params.data.source}):
         t0 = time.time()
-        n_fitted = fit_missing_shards(params, shard_dir, fps, item, _fit_task, zc.threads_per_task)
+        n_fitted = fit_missing_shards(params, shard_dir, fps, images, item, _fit_task, write, zc.threads_per_task)
         fit_seconds = time.time() - t0
         records = records_from_shards(shard_dir, shards, spec, zc.psnr_floor)
         write_manifest(out / "manifest.csv", records)

@@ -140,3 +140,28 @@ def project(tmp_path: Path) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
     subprocess.run([*git, "commit", "-qm", "init"], cwd=dst, check=True)
     return dst
+
+
+def write_tiny_graphs(out: Path, hidden: list[int] | None = None, sizes: dict[str, int] | None = None) -> Path:
+    """A graphs directory (``meta.json`` + splits) of freshly initialized SIRENs with random digit
+    labels, written without fitting a zoo: input for the training stage in seconds."""
+    from pipeline.graphs.neural_graph import graph_template
+    from pipeline.graphs.store import GraphSet
+    from pipeline.io import write_json
+    from pipeline.weightspace.normalize import apply_stats, fit_stats
+
+    sizes = sizes or {"train": 48, "val": 16, "test": 16}
+    spec, params = siren_params(hidden or [8, 8], range(sum(sizes.values())))
+    stats = fit_stats(params, spec)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (sum(sizes.values()),), generator=g)
+    template = graph_template(spec)
+    start = 0
+    for split, n in sizes.items():
+        idx = torch.arange(start, start + n)
+        part = apply_stats({k: v[idx] for k, v in params.items()}, spec, stats)
+        GraphSet.from_params(part, template, labels[idx], idx).save(out / f"{split}.safetensors")
+        start += n
+    meta = {"spec": spec.to_dict(), "norm_stats": stats, "n_pos": template.n_pos, "counts": sizes}
+    write_json(out / "meta.json", meta)
+    return out

@@ -17,7 +17,7 @@ zoo batch converts with a few reshapes, no Python loop over nets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -66,6 +66,16 @@ class GraphTemplate:
     @property
     def n_edges(self) -> int:
         return int(self.edge_layer.numel())
+
+    def to(self, device: torch.device | str) -> GraphTemplate:
+        """The same template with its index tensors on ``device``."""
+        return replace(
+            self,
+            edge_index=self.edge_index.to(device),
+            node_layer=self.node_layer.to(device),
+            edge_layer=self.edge_layer.to(device),
+            node_pos=self.node_pos.to(device),
+        )
 
 
 def graph_template(spec: ParamSpec) -> GraphTemplate:

@@ -3,11 +3,14 @@
 All graphs of a split are concatenated (node features ``(ΣN, F)``, edge features ``(ΣE, D)``,
 local ``edge_index``) and located by ``node_ptr`` / ``edge_ptr`` slices, so heterogeneous graphs
 fit the same format. :meth:`GraphSet.batch` collates any index set with a handful of vectorized
-gathers (no per-graph Python work), which is what the training loop calls every step.
+gathers (no per-graph Python work), which is what the training loop calls every step. A set can
+live on any device (:meth:`GraphSet.to`); when every graph has the same node and edge counts (a
+zoo's graphs share one template) batching needs no host synchronisation.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -20,11 +23,22 @@ from pipeline.io import CorruptFileError, load_tensors, save_tensors
 from pipeline.weightspace.spec import Params
 
 
-def _ranges(starts: Tensor, counts: Tensor) -> Tensor:
-    """Concatenation of ``arange(s, s + c)`` for every (start, count), vectorized."""
-    total = int(counts.sum())
-    offsets = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    return torch.repeat_interleave(starts, counts) + torch.arange(total) - offsets
+def _ranges(starts: Tensor, counts: Tensor, total: int) -> Tensor:
+    """Concatenation of ``arange(s, s + c)`` for every (start, count), vectorized (``total = Σ c``)."""
+    offsets = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts, output_size=total)
+    firsts = torch.repeat_interleave(starts, counts, output_size=total)
+    return firsts + torch.arange(total, device=starts.device) - offsets
+
+
+def _uniform_sizes(node_ptr: Tensor, edge_ptr: Tensor) -> tuple[int, int] | None:
+    """``(N, E)`` if every graph has ``N`` nodes and ``E`` edges, else ``None`` (also for no graphs,
+    or pointers on the ``meta`` device, which hold no values). Reads the pointers: call once per set."""
+    if node_ptr.numel() < 2 or edge_ptr.numel() != node_ptr.numel() or node_ptr.device.type == "meta":
+        return None
+    n, e = node_ptr.diff(), edge_ptr.diff()
+    if bool((n == n[0]).all()) and bool((e == e[0]).all()):
+        return int(n[0]), int(e[0])
+    return None
 
 
 @dataclass
@@ -38,6 +52,9 @@ class GraphSet:
         node_layer, node_pos: ``(ΣN,)``.  edge_layer: ``(ΣE,)``.
         node_out: ``(ΣN,)`` bool, output neurons (read out by invariant models).
         y: ``(G,)`` labels or ``(G, ...)`` regression targets.  net_id: ``(G,)`` zoo ids.
+
+    Python-side, :attr:`uniform_sizes` is ``(N, E)`` when every graph has ``N`` nodes and ``E``
+    edges (read from the pointers once, at construction; kept by :meth:`to`), else ``None``.
     """
 
     x: Tensor
@@ -52,8 +69,19 @@ class GraphSet:
     y: Tensor
     net_id: Tensor
 
+    def __post_init__(self) -> None:
+        self.uniform_sizes = _uniform_sizes(self.node_ptr, self.edge_ptr)
+
     def __len__(self) -> int:
         return int(self.node_ptr.numel() - 1)
+
+    def to(self, device: torch.device | str) -> GraphSet:
+        """Every tensor moved to ``device`` (Python-side constants such as :attr:`uniform_sizes` kept),
+        so that a whole split can live there and :meth:`batch` gathers on it."""
+        out = copy.copy(self)
+        for f in fields(self):
+            setattr(out, f.name, getattr(self, f.name).to(device))
+        return out
 
     @staticmethod
     def from_params(params: Params, template: GraphTemplate, y: Tensor, net_id: Tensor) -> GraphSet:
@@ -61,16 +89,17 @@ class GraphSet:
         x, e = params_to_features(params, template)
         G, N, E = x.shape[0], template.n_nodes, template.n_edges
         last = template.spec.n_layers
+        t = template.to(x.device)
         return GraphSet(
             x=x.reshape(G * N, -1),
             edge_attr=e.reshape(G * E, -1),
-            edge_index=template.edge_index.repeat(1, G),
-            node_ptr=torch.arange(G + 1) * N,
-            edge_ptr=torch.arange(G + 1) * E,
-            node_layer=template.node_layer.repeat(G),
-            node_pos=template.node_pos.repeat(G),
-            edge_layer=template.edge_layer.repeat(G),
-            node_out=(template.node_layer == last).repeat(G),
+            edge_index=t.edge_index.repeat(1, G),
+            node_ptr=torch.arange(G + 1, device=x.device) * N,
+            edge_ptr=torch.arange(G + 1, device=x.device) * E,
+            node_layer=t.node_layer.repeat(G),
+            node_pos=t.node_pos.repeat(G),
+            edge_layer=t.edge_layer.repeat(G),
+            node_out=(t.node_layer == last).repeat(G),
             y=y,
             net_id=net_id.long(),
         )
@@ -83,15 +112,31 @@ class GraphSet:
         return features_to_params(x, e, template)
 
     def batch(self, idx: Tensor) -> Batch:
-        """Collate graphs ``idx`` into one PyG :class:`Batch` (node ids offset, ``batch`` vector set)."""
-        idx = idx.long()
-        n_counts = self.node_ptr[idx + 1] - self.node_ptr[idx]
-        e_counts = self.edge_ptr[idx + 1] - self.edge_ptr[idx]
-        nodes = _ranges(self.node_ptr[idx], n_counts)
-        edges = _ranges(self.edge_ptr[idx], e_counts)
-        new_ptr = torch.zeros(idx.numel() + 1, dtype=torch.long)
-        new_ptr[1:] = torch.cumsum(n_counts, 0)
-        shift = torch.repeat_interleave(new_ptr[:-1], e_counts)
+        """Collate graphs ``idx`` ``(B,)`` into one PyG :class:`Batch` (node ids offset, ``batch`` vector set).
+
+        Runs on the set's device (``idx`` is moved there). With :attr:`uniform_sizes` every size is
+        known from ``B`` alone: no host synchronisation. Otherwise the total node and edge counts
+        are read back (one synchronisation off the CPU).
+        """
+        idx = idx.to(device=self.node_ptr.device, dtype=torch.long, non_blocking=True)
+        B, dev = idx.numel(), idx.device
+        if self.uniform_sizes is not None:
+            N, E = self.uniform_sizes
+            nodes = (self.node_ptr[idx].unsqueeze(1) + torch.arange(N, device=dev)).reshape(-1)
+            edges = (self.edge_ptr[idx].unsqueeze(1) + torch.arange(E, device=dev)).reshape(-1)
+            new_ptr = torch.arange(B + 1, device=dev) * N
+            shift = new_ptr[:-1].repeat_interleave(E)
+            graph_of_node = torch.arange(B, device=dev).repeat_interleave(N)
+        else:
+            n_counts = self.node_ptr[idx + 1] - self.node_ptr[idx]
+            e_counts = self.edge_ptr[idx + 1] - self.edge_ptr[idx]
+            n_total, e_total = int(n_counts.sum()), int(e_counts.sum())  # host sync: sizes vary
+            nodes = _ranges(self.node_ptr[idx], n_counts, n_total)
+            edges = _ranges(self.edge_ptr[idx], e_counts, e_total)
+            new_ptr = torch.zeros(B + 1, dtype=torch.long, device=dev)
+            new_ptr[1:] = torch.cumsum(n_counts, 0)
+            shift = torch.repeat_interleave(new_ptr[:-1], e_counts, output_size=e_total)
+            graph_of_node = torch.repeat_interleave(torch.arange(B, device=dev), n_counts, output_size=n_total)
         return Batch(
             x=self.x[nodes],
             edge_index=self.edge_index[:, edges] + shift,
@@ -101,14 +146,14 @@ class GraphSet:
             edge_layer=self.edge_layer[edges],
             node_out=self.node_out[nodes],
             y=self.y[idx],
-            batch=torch.repeat_interleave(torch.arange(idx.numel()), n_counts),
+            batch=graph_of_node,
             ptr=new_ptr,
-            num_graphs=idx.numel(),
+            num_graphs=B,
         )
 
     def get(self, i: int) -> Data:
         """Graph ``i`` as a standalone :class:`torch_geometric.data.Data`."""
-        b = self.batch(torch.tensor([i]))
+        b = self.batch(torch.tensor([i], device=self.node_ptr.device))
         return Data(
             **{k: b[k] for k in ("x", "edge_index", "edge_attr", "node_layer", "node_pos", "edge_layer", "node_out")},
             y=b.y,

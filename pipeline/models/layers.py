@@ -59,7 +59,12 @@ class DegreeBuckets:
 
     @staticmethod
     def build(dst: Tensor, n_nodes: int) -> DegreeBuckets:
-        """From destination ids ``(E,)`` (edges already grouped by destination)."""
+        """From destination ids ``(E,)`` of any graph or batch, read from the data.
+
+        Reads degrees back to the host (``.tolist()``, a device synchronisation off the CPU):
+        the general path, for one template once (:class:`TemplateBuckets`) or for a batch of
+        graphs of different topologies.
+        """
         deg = torch.bincount(dst, minlength=n_nodes)
         if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
             # group by destination first (stable keeps the source order within a node)
@@ -104,6 +109,88 @@ class DegreeBuckets:
             lo, hi = torch.aminmax(blk, dim=1)
             out.index_copy_(0, nodes, torch.cat([mean, lo, hi, torch.sqrt(var + 1e-5)], dim=1))
         return out
+
+
+class TemplateBuckets(nn.Module):
+    r""":class:`DegreeBuckets` of a batch of ``G`` graphs that share one topology, without reading the batch.
+
+    :meth:`DegreeBuckets.build` runs once, on the template's destinations. A batch of ``G``
+    copies of the template (node ids of graph ``g`` offset by ``g N``, edges by ``g E``, graph-major:
+    what :meth:`~pipeline.graphs.store.GraphSet.batch` and
+    :func:`~pipeline.kan_forward.query_batch` build) has the same buckets with every template
+    index ``i`` replaced by ``g N + i`` (``g E + i`` for edges), graph-major:
+
+    .. math::
+        \mathrm{nodes}_d = [\,g N + v\,]_{g < G,\ v \in \mathrm{nodes}^{t}_d},\qquad
+        \mathrm{edges}_d = [\,g E + k\,]_{g < G,\ k \in \mathrm{edges}^{t}_d},\qquad
+        [s_d, e_d) = G\,[s^t_d, e^t_d)
+
+    which is exactly what :meth:`DegreeBuckets.build` returns on the batch (a stable sort by
+    degree keeps the graph-major order), so aggregations are bit-identical; but the index
+    tensors are made on the device with ``arange`` from the number of graphs alone (no host
+    synchronisation) and cached per ``G`` (at most ``cache_size`` sizes; cleared on ``.to()``).
+    The template's index tensors are non-persistent buffers (moved by ``.to(device)``, not in
+    the ``state_dict``).
+
+    Args:
+        template: the topology (:class:`~pipeline.graphs.neural_graph.GraphTemplate`).
+        cache_size: number of batch sizes kept.
+    Shapes: ``G`` (a Python int) -> :class:`DegreeBuckets` of ``G N`` nodes, ``G E`` edges.
+    """
+
+    def __init__(self, template: GraphTemplate, cache_size: int = 8):
+        super().__init__()
+        one = DegreeBuckets.build(template.edge_index[1], template.n_nodes)
+        self.n_nodes, self.n_edges = template.n_nodes, template.n_edges
+        self.spans = [(d, s, e) for d, _, s, e in one.buckets]
+        for k, (_, nodes, s, e) in enumerate(one.buckets):
+            self.register_buffer(f"nodes_{k}", nodes, persistent=False)
+            self.register_buffer(f"edges_{k}", one.edge_order[s:e], persistent=False)
+        self.register_buffer("degree", one.degree, persistent=False)
+        self.cache_size = cache_size
+        self._cache: dict[int, DegreeBuckets] = {}
+
+    def matches(self, n_nodes: int, n_edges: int, n_graphs: int) -> bool:
+        """Whether a batch of these sizes is ``n_graphs`` copies of the template (sizes only: every
+        graph of a zoo shares its template, so a batch of that zoo with these counts is one)."""
+        return n_nodes == n_graphs * self.n_nodes and n_edges == n_graphs * self.n_edges
+
+    def _apply(self, *args, **kwargs):
+        self._cache.clear()  # cached indices live on the old device
+        return super()._apply(*args, **kwargs)
+
+    def forward(self, n_graphs: int) -> DegreeBuckets:
+        if n_graphs in self._cache:
+            return self._cache[n_graphs]
+        G, N, E = n_graphs, self.n_nodes, self.n_edges
+        g = torch.arange(G, device=self.degree.device).unsqueeze(1)
+        node_off, edge_off = g * N, g * E
+        buckets, orders = [], []
+        for k, (d, s, e) in enumerate(self.spans):
+            nodes = (node_off + getattr(self, f"nodes_{k}")).reshape(-1)
+            orders.append((edge_off + getattr(self, f"edges_{k}")).reshape(-1))
+            buckets.append((d, nodes, G * s, G * e))
+        order = torch.cat(orders) if orders else self.degree.new_zeros(0)
+        out = DegreeBuckets(order, buckets, self.degree.repeat(G))
+        if len(self._cache) >= self.cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[n_graphs] = out
+        return out
+
+
+def output_states(x: Tensor, node_out: Tensor, n_graphs: int, n_out: int) -> Tensor:
+    """The output neurons' states, graph by graph: ``x[node_out]`` as ``(B, n_out * H)``.
+
+    The rows are found with :func:`torch.nonzero_static` of the known size ``B * n_out`` (every
+    graph has ``n_out`` output neurons), so no host synchronisation, unlike boolean indexing. A
+    wrong count raises: at once on the CPU, as a device-side assertion elsewhere (no wait).
+
+    Shapes: x ``(ΣN, H)``, node_out ``(ΣN,)`` bool with ``n_out`` per graph -> ``(B, n_out H)``.
+    """
+    size = n_graphs * n_out
+    torch._assert_async(node_out.sum() == size, f"expected {n_out} output neurons in each of {n_graphs} graphs")
+    rows = torch.nonzero_static(node_out, size=size).squeeze(1)
+    return x.index_select(0, rows).view(n_graphs, n_out * x.shape[1])
 
 
 class GraphStates(NamedTuple):

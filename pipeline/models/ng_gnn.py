@@ -17,7 +17,14 @@ from torch_geometric.data import Batch
 
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.models import DataShape
-from pipeline.models.layers import DegreeBuckets, FourierFeatures, GraphEditHead, GraphStates
+from pipeline.models.layers import (
+    DegreeBuckets,
+    FourierFeatures,
+    GraphEditHead,
+    GraphStates,
+    TemplateBuckets,
+    output_states,
+)
 from pipeline.models.probes import ForwardSpec, make_probes
 
 
@@ -87,6 +94,12 @@ class NGGNNEncoder(nn.Module):
     neuron's activations at ``M`` learned input points (:class:`~pipeline.models.probes.ProbeFeatures`). Every layer but
     the last updates the edges.
 
+    With a ``template``, the PNA degree buckets of a batch of ``G`` graphs of that topology
+    come from :class:`~pipeline.models.layers.TemplateBuckets` (made on the device from ``G``,
+    no host synchronisation); other batches (no template, or node / edge counts that are not
+    ``G`` times the template's) fall back to :meth:`~pipeline.models.layers.DegreeBuckets.build`
+    on the data. Both give the same buckets.
+
     Args: as :class:`NGGNN` (without ``n_classes``).
     Shapes: a PyG :class:`Batch` -> :class:`~pipeline.models.layers.GraphStates` (``H = hidden``;
     edge states in PNA degree-bucket order, given by ``edge_order``).
@@ -106,8 +119,10 @@ class NGGNNEncoder(nn.Module):
         avg_log_degree: float = 1.0,
         probe_features: int = 0,
         forward_spec: ForwardSpec | None = None,
+        template: GraphTemplate | None = None,
     ):
         super().__init__()
+        self.buckets = None if template is None else TemplateBuckets(template)
         self.node_ff = FourierFeatures(node_dim, fourier_features, fourier_scale, seed=1)
         self.edge_ff = FourierFeatures(edge_dim, fourier_features, fourier_scale, seed=2)
         self.probes = make_probes(probe_features, n_pos, n_out, forward_spec)
@@ -119,10 +134,16 @@ class NGGNNEncoder(nn.Module):
             for k in range(layers)
         )
 
+    def degree_buckets(self, batch: Batch) -> DegreeBuckets:
+        """The batch's PNA buckets: from the template when the batch is copies of it, else from the data."""
+        n, E, G = batch.x.shape[0], batch.edge_index.shape[1], batch.num_graphs
+        if self.buckets is not None and self.buckets.matches(n, E, G):
+            return self.buckets(G)
+        return DegreeBuckets.build(batch.edge_index[1], n)
+
     def forward(self, batch: Batch) -> GraphStates:
-        n = batch.x.shape[0]
         src, dst = batch.edge_index
-        buckets = DegreeBuckets.build(dst, n)
+        buckets = self.degree_buckets(batch)
         order = buckets.edge_order
         src, dst = src[order], dst[order]
         feats = self.node_ff(batch.x)
@@ -150,6 +171,8 @@ class NGGNN(nn.Module):
         fourier_features, fourier_scale: ``F`` and ``sigma`` of :class:`FourierFeatures`.
         avg_log_degree: PNA's :math:`\delta` from the training graphs.
         probe_features: ``M`` learned probe points (0: none); needs ``forward_spec``.
+        template: the zoo's graph topology, for degree buckets without host synchronisation
+            (:class:`NGGNNEncoder`); ``None`` reads them from every batch.
     Shapes: a PyG :class:`Batch` of ``B`` graphs -> logits ``(B, n_classes)``.
     """
 
@@ -170,6 +193,7 @@ class NGGNN(nn.Module):
         avg_log_degree: float = 1.0,
         probe_features: int = 0,
         forward_spec: ForwardSpec | None = None,
+        template: GraphTemplate | None = None,
     ):
         super().__init__()
         self.encoder = NGGNNEncoder(
@@ -185,6 +209,7 @@ class NGGNN(nn.Module):
             avg_log_degree,
             probe_features,
             forward_spec,
+            template,
         )
         self.n_out = n_out
         self.head = nn.Sequential(
@@ -193,7 +218,7 @@ class NGGNN(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         x = self.encoder(batch).x
-        return self.head(x[batch.node_out].view(batch.num_graphs, self.n_out * x.shape[1]))
+        return self.head(output_states(x, batch.node_out, batch.num_graphs, self.n_out))
 
 
 class NGGNNEditor(nn.Module):
@@ -242,6 +267,7 @@ class NGGNNEditor(nn.Module):
             avg_log_degree,
             probe_features,
             forward_spec,
+            template,
         )
         self.head = GraphEditHead(template, hidden, init_scale)
 
@@ -280,6 +306,7 @@ def build(s: Settings, shape: DataShape) -> NGGNN:
         shape.avg_log_degree,
         s.probe_features,
         shape.forward_spec,
+        shape.template,
     )
 
 

@@ -38,7 +38,7 @@ from torch_geometric.utils import softmax
 
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.models import DataShape
-from pipeline.models.layers import GraphEditHead, GraphStates
+from pipeline.models.layers import GraphEditHead, GraphStates, output_states
 from pipeline.models.probes import ForwardSpec, make_probes
 
 
@@ -183,7 +183,7 @@ class NGT(nn.Module):
 
     def forward(self, batch) -> Tensor:
         x = self.encoder(batch).x
-        return self.head(x[batch.node_out].view(batch.num_graphs, -1))
+        return self.head(output_states(x, batch.node_out, batch.num_graphs, self.n_out))
 
 
 class NGTEditor(nn.Module):

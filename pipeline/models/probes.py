@@ -42,6 +42,8 @@ class ProbeFeatures(nn.Module):
         h_v = \sigma\Big(\sum_{u \to v} w_{uv} h_u + b_v\Big)\ (\text{others; identity at the output})
 
     with raw weights and biases recovered from the normalized features (:class:`ForwardSpec`).
+    Layer by layer with fixed-size tensors and layer masks (no ``nonzero``), so it runs on any
+    device without host synchronisation.
 
     Shapes: a batch of MLP neural graphs (``N`` nodes, scalar node/edge features) -> ``(N, M)``.
     """
@@ -69,16 +71,17 @@ class ProbeFeatures(nn.Module):
         w = batch.edge_attr[:, 0] * self.w_std[batch.edge_layer] + self.w_mean[batch.edge_layer]
         b = batch.x[:, 0] * self.b_std[batch.node_layer] + self.b_mean[batch.node_layer]
         n, M = batch.x.shape[0], self.points.shape[0]
-        inputs = batch.node_layer == 0
-        h = torch.zeros(n, M, dtype=batch.x.dtype)
-        h = h.index_put((inputs.nonzero().squeeze(1),), self.points.t()[batch.node_pos[inputs]])
+        # fixed-size tensors and masks only (no nonzero(): no host synchronisation). Layer l's sums
+        # run over every edge: a node of layer l + 1 has only layer-l in-edges, so its sum has the
+        # same terms in the same order; the other rows are discarded by the layer mask.
+        inputs = (batch.node_layer == 0).unsqueeze(1)
+        pos = torch.where(inputs.squeeze(1), batch.node_pos, 0)
+        h = torch.where(inputs, self.points.t()[pos], 0.0).to(batch.x.dtype)
         for l in range(self.n_layers):
-            e = (batch.edge_layer == l).nonzero().squeeze(1)
-            z = torch.zeros(n, M, dtype=h.dtype).index_add(0, dst[e], w[e].unsqueeze(1) * h[src[e]])
-            nodes = (batch.node_layer == l + 1).nonzero().squeeze(1)
-            z_nodes = z[nodes] + b[nodes].unsqueeze(1)
-            out = self._act(z_nodes) if l + 1 < self.n_layers else z_nodes + self.spec.output_offset
-            h = h.index_put((nodes,), out)
+            z = torch.zeros(n, M, dtype=h.dtype, device=h.device).index_add(0, dst, w.unsqueeze(1) * h[src])
+            z = z + b.unsqueeze(1)
+            out = self._act(z) if l + 1 < self.n_layers else z + self.spec.output_offset
+            h = torch.where((batch.node_layer == l + 1).unsqueeze(1), out, h)
         return h
 
 

@@ -26,10 +26,17 @@ N_STATS = 7
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def tensor_statistics(x: Tensor) -> Tensor:
-    """``(B, ...)`` -> ``(B, 7)``: mean, variance and the 0/25/50/75/100 % quantiles of each row."""
+def tensor_statistics(x: Tensor, quantiles: Tensor | None = None) -> Tensor:
+    """``(B, ...)`` -> ``(B, 7)``: mean, variance and the 0/25/50/75/100 % quantiles of each row.
+
+    ``quantiles``: the levels :data:`QUANTILES` as a tensor on ``x``'s device (a model keeps them
+    as a buffer: building them from a Python list is a blocking host-to-device copy); made here
+    if ``None``.
+    """
     flat = x.flatten(1)
-    q = torch.quantile(flat, torch.tensor(QUANTILES, dtype=flat.dtype), dim=1).T
+    if quantiles is None:
+        quantiles = torch.tensor(QUANTILES, dtype=flat.dtype, device=flat.device)
+    q = torch.quantile(flat, quantiles.to(flat.dtype), dim=1).T
     var = flat.var(dim=1, unbiased=False)
     return torch.cat([flat.mean(dim=1, keepdim=True), var.unsqueeze(1), q], dim=1)
 
@@ -47,6 +54,7 @@ class StatNN(nn.Module):
     def __init__(self, spec: ParamSpec, n_classes: int, hidden: int = 256, layers: int = 3, dropout: float = 0.0):
         super().__init__()
         self.spec = spec
+        self.register_buffer("quantiles", torch.tensor(QUANTILES), persistent=False)
         width = N_STATS * len(spec.tensors)
         self.norm = nn.BatchNorm1d(width, affine=False)  # statistics span orders of magnitude
         mods: list[nn.Module] = []
@@ -58,7 +66,7 @@ class StatNN(nn.Module):
 
     def forward(self, flat: Tensor) -> Tensor:
         params = unflatten(flat, self.spec)
-        stats = torch.cat([tensor_statistics(params[t.name]) for t in self.spec.tensors], dim=1)
+        stats = torch.cat([tensor_statistics(params[t.name], self.quantiles) for t in self.spec.tensors], dim=1)
         return self.mlp(self.norm(stats))
 
 

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from torch_geometric.data import Batch
 
 from pipeline.models import DataShape
+from pipeline.models.layers import output_states
 
 
 class WSKANLayer(nn.Module):
@@ -144,11 +145,12 @@ class WSKAN(nn.Module):
         n_nodes, n_graphs = batch.x.shape[0], batch.num_graphs
         h = self.node_in(batch.x) + self.pos(batch.node_pos)
         e = self.edge_in(batch.edge_attr)
-        in_degree = torch.bincount(dst, minlength=n_nodes).to(h.dtype).unsqueeze(1)
+        # counts by index_add of ones (exact integers): bincount would read its maximum back to the host
+        in_degree = h.new_zeros(n_nodes, 1).index_add_(0, dst, h.new_ones(dst.shape[0], 1))
         for layer in self.layers:
             h, e = layer(h, e, src, dst, in_degree)
-        outputs = h[batch.node_out].view(n_graphs, self.n_out * h.shape[1])
-        sizes = torch.bincount(batch.batch, minlength=n_graphs).to(h.dtype).unsqueeze(1)
+        outputs = output_states(h, batch.node_out, n_graphs, self.n_out)
+        sizes = h.new_zeros(n_graphs, 1).index_add_(0, batch.batch, h.new_ones(n_nodes, 1))
         mean = h.new_zeros(n_graphs, h.shape[1]).index_add_(0, batch.batch, h) / sizes
         return self.head(torch.cat([outputs, mean], dim=1))
 

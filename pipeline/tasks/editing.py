@@ -67,7 +67,8 @@ def render_sirens(
     params = unflatten(flat_params, spec)
     if stats is not None:
         params = invert_stats(params, spec, stats)
-    coords = coordinate_grid(height, width).to(flat_params)
+    # made on the CPU; a non-blocking copy, so a step on an accelerator does not wait for the host
+    coords = coordinate_grid(height, width).to(flat_params, non_blocking=True)
     pixels = siren_forward(params, spec, coords, omega0, offset)  # (B, H*W, C)
     images = pixels.reshape(flat_params.shape[0], height, width, pixels.shape[-1])
     return images.squeeze(-1) if images.shape[-1] == 1 else images
@@ -111,8 +112,10 @@ class Editing:
     maximize: bool = False
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        """Mean editing MSE, a 0-dim tensor on ``out``'s device (no host synchronisation)."""
         return editing_loss(out, self.spec, y, self.omega0, self.offset, self.stats).mean()
 
     def metrics(self, out: Tensor, y: Tensor) -> dict[str, float]:
+        """``loss`` and ``mse`` (the same value) as Python floats (reads the device: evaluation only)."""
         mse = float(self.loss(out, y))
         return {"loss": mse, "mse": mse}

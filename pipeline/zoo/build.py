@@ -17,7 +17,7 @@ from torch import Tensor
 from pipeline.io import fingerprint
 from pipeline.weightspace.spec import ParamSpec, unflatten
 from pipeline.zoo.siren import FitSettings, fit_sirens
-from pipeline.zoo.store import NetRecord, net_hashes, read_shard, shard_name, write_shard
+from pipeline.zoo.store import NetRecord, net_hashes, read_shard, shard_name
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,19 @@ def shard_fingerprint(settings: dict, nets: list[PlannedNet]) -> str:
 
 
 def fit_shard(
-    nets: list[PlannedNet], images: Tensor, spec: ParamSpec, settings: FitSettings, chunk_size: int
+    nets: list[PlannedNet],
+    images: Tensor,
+    spec: ParamSpec,
+    settings: FitSettings,
+    chunk_size: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Fit every net of one shard, ``chunk_size`` nets at a time (cache-sized batches).
 
     Args:
         nets: the shard's plan entries.
         images: ``(len(nets), H, W)``, image of each net.
+        device: where the nets are fitted (:func:`pipeline.zoo.siren.fit_sirens`); results on CPU.
     Returns:
         ``(params, extras)``: params per spec tensor ``(B, ...)``; extras ``net_id``, ``mse``,
         ``psnr``, ``steps`` (all ``(B,)``).
@@ -70,7 +76,7 @@ def fit_shard(
     flats, mses, psnrs, steps = [], [], [], []
     for start in range(0, len(nets), chunk_size):
         part = nets[start : start + chunk_size]
-        res = fit_sirens(images[start : start + len(part)], [n.seed for n in part], spec, settings)
+        res = fit_sirens(images[start : start + len(part)], [n.seed for n in part], spec, settings, device=device)
         flats.append(res.params)
         mses.append(res.mse)
         psnrs.append(res.psnr)
@@ -83,21 +89,6 @@ def fit_shard(
         "steps": torch.cat(steps),
     }
     return params, extras
-
-
-def fit_and_write_shard(
-    path: Path,
-    nets: list[PlannedNet],
-    images: Tensor,
-    spec: ParamSpec,
-    settings: FitSettings,
-    chunk_size: int,
-    fp: str,
-) -> str:
-    """Fit a shard and store it atomically; returns the file name (idempotent on retry)."""
-    params, extras = fit_shard(nets, images, spec, settings, chunk_size)
-    write_shard(path, params, spec, extras, fp)
-    return path.name
 
 
 def records_from_shards(

@@ -139,6 +139,13 @@ def _spline_polynomials(order: int, h: float) -> tuple[Tensor, Tensor, Tensor]:
     return M.contiguous(), dM.contiguous(), 1 - torch.arange(order + 1)
 
 
+@functools.cache
+def _spline_polynomials_on(order: int, h: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """:func:`_spline_polynomials` on ``device`` in ``dtype``, copied there once (not every step)."""
+    M, dM, shifts = _spline_polynomials(order, h)
+    return M.to(device, dtype), dM.to(device, dtype), shifts.to(device)
+
+
 class _UniformBSplines(torch.autograd.Function):
     """B-spline basis on the uniform knots ``lo + h * (m - k)``, ``m = 0 .. G + 2k``.
 
@@ -156,7 +163,7 @@ class _UniformBSplines(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, lo: float, h: float, grid_size: int, order: int) -> Tensor:
         k, C = order, grid_size + order
-        M, dM, shifts = _spline_polynomials(k, h)
+        M, dM, shifts = _spline_polynomials_on(k, h, x.device, x.dtype)
         t = (x - (lo - k * h)) / h  # in knot units from the first knot
         j = t.floor()
         u = t - j
@@ -168,9 +175,9 @@ class _UniformBSplines(torch.autograd.Function):
         row = torch.arange(0, x.numel() * (C + 2), C + 2, device=x.device).view(*x.shape, 1)
         idx = (j.long().unsqueeze(-1) + shifts).clamp_(0, C + 1).add_(row)  # (..., k + 1) flat
         out = x.new_zeros(*x.shape, C + 2)
-        out.put_(idx, powers @ M.to(x.dtype))
+        out.put_(idx, powers @ M)
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(idx, powers[..., :k] @ dM.to(x.dtype))
+            ctx.save_for_backward(idx, powers[..., :k] @ dM)
         return out
 
     @staticmethod
@@ -323,9 +330,7 @@ def _grid_spline_part(h: Tensor, w: Tensor, grid: Tensor, order: int) -> Tensor:
     return dense_spline_part(b_splines(h, grid, order), w)
 
 
-def kan_forward(
-    params: Params, spec: ParamSpec, x: Tensor, uniform: tuple[float, float] | None = None
-) -> Tensor:
+def kan_forward(params: Params, spec: ParamSpec, x: Tensor, uniform: tuple[float, float] | None = None) -> Tensor:
     """Outputs of every net: ``x`` ``(N, n_0)`` shared or ``(B, N, n_0)`` -> ``(B, N, n_L)``.
 
     ``uniform=(lo, hi)`` promises that every grid is :func:`uniform_grid` on ``[lo, hi]`` (the
@@ -379,6 +384,31 @@ class AdamSettings:
     eps: float = 1e-8
 
 
+def adam_update(
+    flat: Tensor,
+    grad: Tensor,
+    m: Tensor,
+    v: Tensor,
+    step: int,
+    lr: Tensor,
+    settings: AdamSettings,
+    weight_decay: Tensor | None = None,
+) -> None:
+    """One Adam update of ``flat`` in place, per-net lr ``(B,)`` and L2 ``weight_decay`` ``(B, 1)``.
+
+    ``grad`` ``(B, D)`` is modified when ``weight_decay`` is given. Nothing is read back to the
+    host, so a step on a GPU queues without waiting.
+    """
+    B = flat.shape[0]
+    b1, b2 = settings.betas
+    if weight_decay is not None:
+        grad = grad.addcmul_(weight_decay, flat)
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    denom = v.sqrt().div_(math.sqrt(1 - b2**step)).add_(settings.eps)
+    flat.sub_(m / denom * (lr / (1 - b1**step)).view(B, 1))
+
+
 def train_kans(
     params: Params,
     spec: ParamSpec,
@@ -415,19 +445,13 @@ def train_kans(
 
     m, v2 = torch.zeros_like(flat), torch.zeros_like(flat)
     wd = None if weight_decay is None else weight_decay.view(B, 1)
-    b1, b2 = settings.betas
-    loss = torch.full((B,), float("nan"))
+    loss = torch.full((B,), float("nan"), device=flat.device)
     for step in range(1, settings.steps + 1):
         step_lr = lr if steps is None else torch.where(steps >= step, lr, 0.0)
         per_net = loss_fn({**fixed, **unflatten(flat)})
         (g,) = torch.autograd.grad(per_net.sum(), [flat])
         loss = per_net.detach()
         with torch.no_grad():
-            if wd is not None:
-                g = g.addcmul_(wd, flat)
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v2.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = v2.sqrt().div_(math.sqrt(1 - b2**step)).add_(settings.eps)
-            flat.sub_(m / denom * (step_lr / (1 - b1**step)).view(B, 1))
+            adam_update(flat, g, m, v2, step, step_lr, settings, wd)
     out = {**fixed, **{n: p.detach().clone() for n, p in unflatten(flat).items()}}
     return {t.name: out[t.name] for t in spec.tensors}, loss

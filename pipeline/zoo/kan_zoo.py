@@ -39,23 +39,30 @@ class InrFit:
     lr: float
 
 
-def fit_kan_inrs(images: Tensor, seeds: list[int], spec: ParamSpec, fit: InrFit) -> tuple[Params, dict[str, Tensor]]:
-    """Fit one KAN-INR per image, all at once.
+def _on(params: Params, device: torch.device) -> Params:
+    return {k: v.to(device) for k, v in params.items()}
+
+
+def fit_kan_inrs(
+    images: Tensor, seeds: list[int], spec: ParamSpec, fit: InrFit, device: torch.device | str = "cpu"
+) -> tuple[Params, dict[str, Tensor]]:
+    """Fit one KAN-INR per image, all at once, on ``device`` (initial values drawn on the CPU).
 
     Args:
         images: ``(B, H, W)`` in ``[0, 1]``.
     Returns:
-        ``(params, extras)`` with extras ``mse`` and ``psnr`` ``(B,)``.
+        ``(params, extras)`` on ``device``, with extras ``mse`` and ``psnr`` ``(B,)``.
     """
     B, H, W = images.shape
-    coords = coordinate_grid(H, W)
-    target = images.reshape(B, H * W, 1).float()
+    coords = coordinate_grid(H, W).to(device)
+    target = images.reshape(B, H * W, 1).float().to(device)
 
     def loss_fn(p: Params) -> Tensor:
         return (kan_forward(p, spec, coords, uniform=GRID_RANGE) - target).square().mean(dim=(1, 2))
 
-    params = init_kans(spec, seeds, grid_range=GRID_RANGE)
-    trained, _ = train_kans(params, spec, loss_fn, AdamSettings(fit.steps), torch.full((B,), fit.lr))
+    params = _on(init_kans(spec, seeds, grid_range=GRID_RANGE), target.device)
+    lr = torch.full((B,), fit.lr, device=target.device)
+    trained, _ = train_kans(params, spec, loss_fn, AdamSettings(fit.steps), lr)
     with torch.no_grad():
         mse = loss_fn(trained)
     return trained, {"mse": mse, "psnr": psnr_from_mse(mse)}
@@ -122,27 +129,34 @@ def _subset_and_labels(hyper: dict[str, float], seed: int, y: Tensor, n_classes:
 
 
 def fit_kan_classifiers(
-    data: dict[str, Tensor], seeds: list[int], spec: ParamSpec, ranges: ClassifierRanges
+    data: dict[str, Tensor],
+    seeds: list[int],
+    spec: ParamSpec,
+    ranges: ClassifierRanges,
+    device: torch.device | str = "cpu",
 ) -> tuple[Params, dict[str, Tensor]]:
-    """Train one KAN classifier per seed, each with its own hyper-parameters, all at once.
+    """Train one KAN classifier per seed, each with its own hyper-parameters, all at once, on
+    ``device`` (hyper-parameters, subsets, noisy labels and initial values drawn on the CPU).
 
-    Returns ``(params, extras)``: extras ``test_acc``, ``train_acc`` (on its own noisy
-    subset), ``train_loss`` and every field of :data:`HYPER_FIELDS`, each ``(B,)``.
+    Returns ``(params, extras)`` on ``device``: extras ``test_acc``, ``train_acc`` (on its own
+    noisy subset), ``train_loss`` and every field of :data:`HYPER_FIELDS`, each ``(B,)``.
     """
+    device = torch.device(device)
     n_classes = spec.layer_sizes[-1]
     hypers = [draw_hyper(s, ranges) for s in seeds]
     pairs = [_subset_and_labels(h, s, data["y_train"], n_classes) for h, s in zip(hypers, seeds, strict=True)]
     weight = torch.stack([p[0] for p in pairs])
-    weight = weight / weight.sum(1, keepdim=True)
-    labels = torch.stack([p[1] for p in pairs])
+    weight = (weight / weight.sum(1, keepdim=True)).to(device)
+    labels = torch.stack([p[1] for p in pairs]).to(device)
+    data = {k: v.to(device) for k, v in data.items()}
 
     def loss_fn(p: Params) -> Tensor:
         logits = kan_forward(p, spec, data["x_train"], uniform=GRID_RANGE)  # (B, N, classes)
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
         return (ce * weight).sum(1)
 
-    col = {k: torch.tensor([h[k] for h in hypers], dtype=torch.float32) for k in HYPER_FIELDS}
-    params = init_kans(spec, seeds, grid_range=GRID_RANGE)
+    col = {k: torch.tensor([h[k] for h in hypers], dtype=torch.float32, device=device) for k in HYPER_FIELDS}
+    params = _on(init_kans(spec, seeds, grid_range=GRID_RANGE), device)
     settings = AdamSettings(int(max(h["steps"] for h in hypers)))
     trained, _ = train_kans(params, spec, loss_fn, settings, col["lr"], col["weight_decay"], col["steps"].long())
     with torch.no_grad():
@@ -159,9 +173,16 @@ def fit_kan_classifiers(
 
 
 def fit_kan_shard(
-    task: str, seeds: list[int], inputs, spec: ParamSpec, fit: InrFit | ClassifierRanges, chunk: int
+    task: str,
+    seeds: list[int],
+    inputs,
+    spec: ParamSpec,
+    fit: InrFit | ClassifierRanges,
+    chunk: int,
+    device: torch.device | str = "cpu",
 ) -> tuple[Params, dict[str, Tensor]]:
-    """Fit the nets of one shard, ``chunk`` at a time; results in the order of ``seeds``.
+    """Fit the nets of one shard, ``chunk`` at a time, on ``device``; results in the order of
+    ``seeds``, on the CPU. (The fused C++ spline kernel is the CPU path; elsewhere PyTorch ops.)
 
     ``inr``: ``inputs`` are the nets' images ``(B, H, W)``. ``classifier``: ``inputs`` is the
     :func:`digits_task` dict; nets are chunked in order of their drawn step counts, so a chunk
@@ -175,9 +196,10 @@ def fit_kan_shard(
         idx = order[start : start + chunk]
         chunk_seeds = [seeds[i] for i in idx]
         if task == "inr":
-            parts.append(fit_kan_inrs(inputs[idx], chunk_seeds, spec, fit))
+            part = fit_kan_inrs(inputs[idx], chunk_seeds, spec, fit, device)
         else:
-            parts.append(fit_kan_classifiers(inputs, chunk_seeds, spec, fit))
+            part = fit_kan_classifiers(inputs, chunk_seeds, spec, fit, device)
+        parts.append((_on(part[0], torch.device("cpu")), _on(part[1], torch.device("cpu"))))
     back = torch.argsort(torch.tensor(order))
     params = {t.name: torch.cat([p[t.name] for p, _ in parts])[back].contiguous() for t in spec.tensors}
     extras = {k: torch.cat([e[k] for _, e in parts])[back] for k in parts[0][1]}

@@ -141,7 +141,9 @@ class _BatchedSiren:
         g_out = resid.mul_(2.0 / (resid.shape[1] * resid.shape[2]))  # d loss / d output
         for l in range(n - 1, -1, -1):
             h = hs[l]
-            torch.bmm(g_out.transpose(1, 2), h, out=g[f"layers.{l}.weight"])
+            # into a fresh buffer, then copied: MKL's kernel choice depends on where the output
+            # lies, and a net's slot in the flat buffer depends on its batch position
+            g[f"layers.{l}.weight"].copy_(torch.bmm(g_out.transpose(1, 2), h))
             torch.sum(g_out, dim=1, out=g[f"layers.{l}.bias"])
             if l == 0:
                 break
@@ -152,8 +154,25 @@ class _BatchedSiren:
         return mse
 
 
+def adam_update(theta: Tensor, grad: Tensor, m: Tensor, v: Tensor, step: int, settings: FitSettings) -> None:
+    """One Adam update of ``theta`` in place, the arithmetic of ``torch.optim.Adam(foreach=False)``.
+
+    Shapes: every tensor ``(B, P)``; ``step`` counts from 1.
+    """
+    b1, b2 = settings.betas
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(settings.eps)
+    theta.addcdiv_(m, denom, value=-settings.lr / (1 - b1**step))
+
+
 def fit_sirens(
-    images: Tensor, seeds: list[int], spec: ParamSpec, settings: FitSettings, coords: Tensor | None = None
+    images: Tensor,
+    seeds: list[int],
+    spec: ParamSpec,
+    settings: FitSettings,
+    coords: Tensor | None = None,
+    device: torch.device | str = "cpu",
 ) -> FitResult:
     """Fit one SIREN per image, all at once.
 
@@ -163,29 +182,35 @@ def fit_sirens(
         spec: SIREN layout (:func:`siren_spec`).
         settings: steps, Adam lr, omega0, init variant, early-stop PSNR.
         coords: ``(n_pix, in)``; default the ``[-1, 1]^2`` grid of the images.
+        device: where the nets are fitted (initial values are drawn on the CPU, so they are the
+            same on every device); results come back on the CPU.
     Returns:
         :class:`FitResult`. A net stops at the first step its PSNR reaches
-        ``settings.target_psnr``; its parameters at that step are kept.
+        ``settings.target_psnr``; its parameters at that step are kept. (The early-stop test
+        reads one flag per step back from the device; the step itself, :meth:`_BatchedSiren.
+        loss_and_grad` and :func:`adam_update`, never does.)
     """
+    device = torch.device(device)
     if coords is None:
         coords = coordinate_grid(images.shape[1], images.shape[2])
         target = images.reshape(images.shape[0], -1, 1).float()
     else:
         target = images.float()
+    target = target.to(device)
     B = target.shape[0]
-    model = _BatchedSiren(spec, coords.float(), settings.omega0, output_offset(settings.variant))
-    theta = init_sirens(spec, seeds, settings.omega0, settings.variant)
+    model = _BatchedSiren(spec, coords.float().to(device), settings.omega0, output_offset(settings.variant))
+    theta = init_sirens(spec, seeds, settings.omega0, settings.variant).to(device)
     final = theta.clone()
-    final_mse = torch.full((B,), float("nan"))
-    steps_used = torch.full((B,), settings.steps, dtype=torch.long)
-    active = torch.arange(B)
+    final_mse = torch.full((B,), float("nan"), device=device)
+    steps_used = torch.full((B,), settings.steps, dtype=torch.long, device=device)
+    active = torch.arange(B, device=device)
     # CPU bmm reduces a batch of one in another order than a batch of >= 2, so a lone net is
     # kept company by a "ghost" row whose results are discarded: bytes never depend on partners.
-    ghost = torch.zeros(B, dtype=torch.bool)
+    ghost = torch.zeros(B, dtype=torch.bool, device=device)
     if B == 1:
-        theta, active, ghost = theta.repeat(2, 1), active.repeat(2), torch.tensor([False, True])
+        theta, active = theta.repeat(2, 1), active.repeat(2)
+        ghost = torch.tensor([False, True], device=device)
     m, v, grad = torch.zeros_like(theta), torch.zeros_like(theta), torch.empty_like(theta)
-    b1, b2 = settings.betas
     target_mse = 10.0 ** (-settings.target_psnr / 10.0)
     for step in range(1, settings.steps + 1):
         mse = model.loss_and_grad(theta, target[active], grad)
@@ -201,14 +226,11 @@ def fit_sirens(
                 spare = int(torch.nonzero(~keep)[0])
                 keep[spare], ghost[spare] = True, True
             active, theta, m, v, grad, ghost = active[keep], theta[keep], m[keep], v[keep], grad[keep], ghost[keep]
-        # Adam, same arithmetic as torch.optim.Adam (foreach=False)
-        m.mul_(b1).add_(grad, alpha=1 - b1)
-        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(settings.eps)
-        theta.addcdiv_(m, denom, value=-settings.lr / (1 - b1**step))
+        adam_update(theta, grad, m, v, step, settings)
     real = ~ghost
     if bool(real.any()):
         idx = active[real]
         final[idx] = theta[real]
         final_mse[idx] = model.loss_and_grad(theta, target[active], None)[real]
+    final, final_mse, steps_used = final.cpu(), final_mse.cpu(), steps_used.cpu()
     return FitResult(final, final_mse, psnr_from_mse(final_mse), steps_used)

@@ -1,0 +1,433 @@
+"""Scale-out on real Ray and real MLflow: two nodes, faults, job submission, a tracking server.
+
+Everything runs on this machine: ``ray.cluster_utils.Cluster`` nodes, a ``ray start --head``
+subprocess and an ``mlflow server`` on 127.0.0.1 with free ports. Only the processes a test
+started are stopped (never ``ray stop``, which would stop every cluster on the machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_params
+from pipeline.distributed import TaskResources, TasksFailed, check_resources
+from pipeline.io import read_json
+from pipeline.zoo.store import shard_name, write_shard
+from tests.conftest import REPO, run_stage, write_params, write_tiny_graphs
+
+pytestmark = pytest.mark.slow
+
+TIMING = {"wall_seconds", "seconds_per_epoch", "node_id", "mlflow_run_id", "device"}
+
+
+def comparable(run: dict) -> dict:
+    """A run result without what may differ between two identical runs (timings, placement)."""
+    out = {k: v for k, v in run.items() if k not in TIMING}
+    out["history"] = [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in run["history"]]
+    return json.loads(json.dumps(out))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_processes(token: str, timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL, every process whose command line contains ``token``."""
+    import psutil
+
+    def matching() -> list:
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if token in " ".join(p.info["cmdline"] or []):
+                    found.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
+
+    procs = matching()
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive + matching():
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def assert_zoo_equals_reference(params_path: Path, zoo: Path) -> None:
+    """Every stored shard is byte-identical to the same shard fitted in this process, without Ray."""
+    from stages.zoo import fit_shard_here, plan_zoo
+
+    params = load_params(params_path)
+    plan = plan_zoo(params)
+    ref = zoo.parent / f"{zoo.name}_reference"
+    for k in range(len(plan.shards)):
+        p, extras = fit_shard_here(plan, k, params)
+        write_shard(ref / shard_name(k), p, plan.spec, extras, plan.fingerprints[k])
+        got = (zoo / "shards" / shard_name(k)).read_bytes()
+        assert got == (ref / shard_name(k)).read_bytes(), f"{shard_name(k)} differs from an uninterrupted one-node fit"
+
+
+def _train_settings(params):
+    from pipeline.train import TrainSettings
+
+    tc = params.train
+    return TrainSettings(tc.epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.warmup_steps, tc.grad_clip)
+
+
+# --------------------------------------------------------------------------------------------
+# A run that raises; resources the cluster lacks
+# --------------------------------------------------------------------------------------------
+
+
+def _raising_worker(data, model, config, seed, ctx, settings, augment):
+    """The training worker, broken on purpose for seed 1."""
+    from stages.train import train_one
+
+    if seed == 1:
+        raise ValueError("run broken on purpose")
+    return train_one(data, model, config, seed, ctx, settings, augment)
+
+
+def test_a_run_that_raises_is_named_and_every_other_run_is_kept(tmp_path: Path, capsys):
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from stages import train
+
+    graphs = write_tiny_graphs(tmp_path / "graphs")
+    over = {"train": {"models": ["mlp"], "seeds": [0, 1, 2], "epochs": 2}}
+    params = load_params(write_params(tmp_path / "params.yaml", over))
+    out = tmp_path / "train"
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        # a cluster without what the tasks ask for fails before any task runs, naming the resource
+        no_gpu = dataclasses.replace(params, ray=dataclasses.replace(params.ray, gpus_per_task=0.5))
+        with pytest.raises(ConfigError, match=r"\(GPU\).*ray.gpus_per_task"):
+            train.run(no_gpu, graphs, out)
+        with pytest.raises(ConfigError, match=r"\(memory\)"):
+            check_resources(TaskResources(num_cpus=1, memory=10**15))
+        with pytest.raises(ConfigError, match=r"\(CPU\)"):
+            check_resources(TaskResources(num_cpus=64))
+        assert not list(out.glob("*.json"))
+
+        tc = params.train
+        data = train.GraphData.load(graphs)
+        with pytest.raises(TasksFailed, match="mlp seed 1") as failed:
+            train.run_training(
+                params, data, out, tc.models, tc.seeds, _train_settings(params), tc.settings_by_model(),
+                tc.augment, 1, "train", worker=_raising_worker,
+            )  # fmt: skip
+        assert "ValueError: run broken on purpose" in str(failed.value)
+        assert sorted(p.name for p in out.glob("*_seed*.json")) == ["mlp_seed0.json", "mlp_seed2.json"]
+        assert not (out / "results.json").exists()
+        client = MlflowClient(params.mlflow.tracking_uri)
+        exp = client.get_experiment_by_name(params.mlflow.experiment)
+        status = {r.info.run_name: r.info.status for r in client.search_runs([exp.experiment_id])}
+        assert status["mlp-seed1"] == "FAILED" and status["mlp-seed0"] == status["mlp-seed2"] == "FINISHED"
+
+        kept = {s: read_json(out / f"mlp_seed{s}.json") for s in (0, 2)}
+        capsys.readouterr()
+        results = train.run(params, graphs, out)  # the bug fixed: only the failed run runs
+        assert "train: 3 runs, 2 kept from an earlier invocation, running 1" in capsys.readouterr().out
+        assert [r["seed"] for r in results] == [0, 1, 2]
+        for s in (0, 2):
+            assert read_json(out / f"mlp_seed{s}.json") == kept[s]
+        assert len(read_json(out / "results.json")["runs"]) == 3
+    finally:
+        ray.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# Two nodes, no shared disk
+# --------------------------------------------------------------------------------------------
+
+
+def _forbid_workspace() -> None:
+    """Worker setup hook: opening anything under ``$METAZOO_FORBIDDEN_DIR`` raises, for Python's
+    ``open`` (audit hook) and for safetensors (whose files are opened in Rust)."""
+    import os
+    import sys
+
+    import safetensors
+    import safetensors.torch
+
+    root = os.environ["METAZOO_FORBIDDEN_DIR"]
+
+    def check(path) -> None:
+        if isinstance(path, str | bytes | os.PathLike) and os.path.abspath(os.fsdecode(path)).startswith(root):
+            raise PermissionError(f"a task opened {os.fsdecode(path)} on the driver's disk")
+
+    def audit(event: str, args: tuple) -> None:
+        if event == "open" and args:
+            check(args[0])
+
+    sys.addaudithook(audit)
+    original = safetensors.safe_open
+
+    def guarded_safe_open(filename, *args, **kwargs):
+        check(filename)
+        return original(filename, *args, **kwargs)
+
+    safetensors.safe_open = guarded_safe_open
+    safetensors.torch.safe_open = guarded_safe_open
+
+
+def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_path: Path):
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray.cluster_utils import Cluster
+
+    from stages import graphs as graphs_stage
+    from stages import train, zoo
+    from stages.runs import TaskContext
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    over = {"train": {"models": ["mlp", "statnn"], "seeds": [0, 1], "epochs": 2}, "zoo": {"shard_size": 20}}
+    params_path = write_params(workspace / "params.yaml", over)
+    params = load_params(params_path)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        ray.init(
+            address=cluster.address,
+            runtime_env={
+                "worker_process_setup_hook": _forbid_workspace,
+                "env_vars": {"METAZOO_FORBIDDEN_DIR": str(workspace)},
+            },
+        )
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+
+        @ray.remote
+        def peek(path: str) -> str:
+            return Path(path).read_text()
+
+        with pytest.raises(ray.exceptions.RayTaskError, match="on the driver's disk"):
+            ray.get(peek.remote(str(params_path)))  # the guard itself works
+
+        zoo.run(params, workspace / "zoo")
+        graphs_stage.run(params, workspace / "zoo", workspace / "graphs")
+        results = train.run(params, workspace / "graphs", workspace / "train")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    assert len({r["node_id"] for r in results}) == 2, "the runs should have used both nodes"
+    client = MlflowClient(params.mlflow.tracking_uri)
+    exp = client.get_experiment_by_name(params.mlflow.experiment)
+    tagged = {r.info.run_name: r.data.tags.get("node_id") for r in client.search_runs([exp.experiment_id])}
+    for r in results:
+        assert tagged[f"{r['model']}-seed{r['seed']}"] == r["node_id"]
+
+    # byte-identical to one node: the zoo shard by shard, every run's numbers
+    assert_zoo_equals_reference(params_path, workspace / "zoo")
+    data = train.GraphData.load(workspace / "graphs")
+    configs = params.train.settings_by_model()
+    for r in results:
+        ctx = TaskContext(f"{r['model']}-seed{r['seed']}", 1, "cpu")
+        ref = train.train_one(data, r["model"], configs[r["model"]], r["seed"], ctx, _train_settings(params), params.train.augment)
+        assert comparable(r) == comparable(ref | {"fingerprint": r["fingerprint"], "code_version": r["code_version"]})
+
+
+# --------------------------------------------------------------------------------------------
+# Faults: a worker killed mid-shard, a driver killed mid-training
+# --------------------------------------------------------------------------------------------
+
+
+def _popen_stage(stage: str, args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen(
+        [sys.executable, "-m", f"stages.{stage}", *args],
+        cwd=cwd,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def test_a_worker_killed_while_fitting_a_shard_is_retried_and_the_zoo_is_identical(tmp_path: Path):
+    import psutil
+
+    over = {"zoo": {"steps": 300, "shard_size": 40}, "ray": {"num_cpus": 1, "max_retries": 3}}
+    params = write_params(tmp_path / "params.yaml", over)
+    out = tmp_path / "zoo"
+    proc = _popen_stage("zoo", ["--params", str(params), "--out", str(out)], tmp_path, tmp_path / "log")
+    killed = None
+    deadline = time.time() + 180
+    while killed is None and proc.poll() is None and time.time() < deadline:
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if (p.info["cmdline"] or [""])[0].startswith("ray::_fit_task"):
+                    p.kill()
+                    killed = p.pid
+                    break
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.05)
+    assert killed is not None, "no worker was seen fitting a shard"
+    assert proc.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
+    assert len(list((out / "shards").glob("shard_*.safetensors"))) == 2
+    assert_zoo_equals_reference(params, out)
+
+
+def test_a_killed_driver_resumes_training_with_only_the_missing_runs(tmp_path: Path):
+    graphs = write_tiny_graphs(tmp_path / "graphs")
+    seeds = list(range(6))
+    over = {"train": {"models": ["mlp"], "seeds": seeds, "epochs": 40}, "ray": {"num_cpus": 1}}
+    params = write_params(tmp_path / "params.yaml", over)
+    out = tmp_path / "train"
+    args = ["--params", str(params), "--graphs", str(graphs), "--out", str(out)]
+    proc = _popen_stage("train", args, tmp_path, tmp_path / "log")
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(out.glob("mlp_seed*.json"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)  # only the driver writes: nothing arrives after it died
+    kept = {p.name: read_json(p)["test"] for p in out.glob("mlp_seed*.json")}
+    assert 2 <= len(kept) < len(seeds), f"the driver should have been killed mid-way, found {len(kept)} runs"
+
+    res = run_stage("train", args, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"6 runs, {len(kept)} kept from an earlier invocation, running {6 - len(kept)}" in res.stdout
+    runs = read_json(out / "results.json")["runs"]
+    assert [r["seed"] for r in runs] == seeds
+    for name, test in kept.items():
+        assert read_json(out / name)["test"] == test
+
+
+# --------------------------------------------------------------------------------------------
+# A `ray start` cluster, `ray job submit`, an `mlflow server` watched while runs train
+# --------------------------------------------------------------------------------------------
+
+
+def _wait_for(check, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_job_submitted_to_a_ray_start_cluster_tracks_live_to_an_mlflow_server(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    gcs, dash, mlflow_port = free_port(), free_port(), free_port()
+    marker = f"--port={gcs}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "token"}
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", marker, "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}", '--resources={"metazoo_test_head": 1}'],
+        stdout=(tmp_path / "head.log").open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    store = tmp_path / "mlflow"
+    server = subprocess.Popen(
+        ["mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store}.db", "--default-artifact-root", str(store / "artifacts")],
+        stdout=(tmp_path / "mlflow.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{mlflow_port}"
+    try:
+        _wait_for(lambda: _http_ok(f"http://127.0.0.1:{dash}/api/version"), 120, "the Ray head's dashboard")
+        _wait_for(lambda: _http_ok(f"{uri}/health"), 120, "the MLflow server")
+
+        # an own cluster by default even with a `ray start` cluster running; "auto" joins it
+        probe = (
+            "import ray, sys; from pipeline.config import RayConfig; from pipeline.distributed import init_ray\n"
+            "r = init_ray(RayConfig(address=sys.argv[1], num_cpus=1)); print('HEAD' if 'metazoo_test_head' in r "
+            "else 'OWN', int(r['CPU']))"
+        )
+        for address, expect in (("auto", "HEAD 2"), ("", "OWN 1")):
+            res = subprocess.run([sys.executable, "-c", probe, address], cwd=REPO, env=env, capture_output=True,
+                                 text=True, timeout=180)  # fmt: skip
+            assert res.returncode == 0 and expect in res.stdout, res.stdout + res.stderr[-2000:]
+
+        # the job: code shipped with --working-dir, outputs written by the job's driver on the head
+        job_dir = tmp_path / "job"
+        for item in ("pipeline", "stages"):
+            shutil.copytree(REPO / item, job_dir / item, ignore=shutil.ignore_patterns("__pycache__"))
+        out = tmp_path / "results"
+        over = {"train": {"models": ["mlp"], "seeds": [0, 1], "epochs": 150}, "mlflow": {"tracking_uri": uri}}
+        params = write_params(tmp_path / "params.yaml", over)
+        raw = yaml.safe_load(params.read_text())
+        raw["mlflow"]["tracking_uri"] = uri  # write_params points MLflow at a SQLite file
+        params.write_text(yaml.safe_dump(raw))
+        p = f"--params {params}"
+        entry = (
+            f"python -m stages.zoo {p} --out {out}/zoo && "
+            f"python -m stages.graphs {p} --zoo {out}/zoo --out {out}/graphs && "
+            f"python -m stages.train {p} --graphs {out}/graphs --out {out}/train"
+        )
+        submit = subprocess.Popen(
+            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(job_dir),
+             "--", "bash", "-c", entry],
+            stdout=(tmp_path / "job.log").open("w"), stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+
+        # per-epoch metrics of a run arrive while it is still RUNNING
+        client = MlflowClient(uri)
+
+        def live_run():
+            exp = client.get_experiment_by_name("metazoo")
+            if exp is None:
+                return None
+            for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
+                if run.data.tags.get("mlflow.parentRunId") and len(client.get_metric_history(run.info.run_id, "val_acc")):
+                    return run
+            return None
+
+        seen = _wait_for(live_run, 400, "a child run with per-epoch metrics while it runs")
+        assert submit.wait(timeout=400) == 0, (tmp_path / "job.log").read_text()[-3000:]
+        assert "succeeded" in (tmp_path / "job.log").read_text()
+
+        runs = read_json(out / "train" / "results.json")["runs"]
+        assert [(r["model"], r["seed"]) for r in runs] == [("mlp", 0), ("mlp", 1)]
+        finished = client.get_run(seen.info.run_id)
+        assert finished.info.status == "FINISHED"
+        assert len(client.get_metric_history(seen.info.run_id, "val_acc")) == 150
+        exp = client.get_experiment_by_name("metazoo")
+        names = {r.info.run_name for r in client.search_runs([exp.experiment_id])}
+        assert {"zoo", "graphs", "train", "mlp-seed0", "mlp-seed1"} <= names
+    finally:
+        server.terminate()
+        for token in (marker, f"={gcs}", f":{gcs}"):  # `ray start`, then the head's services and workers
+            stop_processes(token)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
