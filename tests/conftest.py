@@ -162,6 +162,7 @@ def write_tiny_graphs(out: Path, hidden: list[int] | None = None, sizes: dict[st
         part = apply_stats({k: v[idx] for k, v in params.items()}, spec, stats)
         GraphSet.from_params(part, template, labels[idx], idx).save(out / f"{split}.safetensors")
         start += n
-    meta = {"spec": spec.to_dict(), "norm_stats": stats, "n_pos": template.n_pos, "counts": sizes}
+    forward = {"activation": "sin", "omega0": 30.0, "output_offset": 0.0}
+    meta = {"spec": spec.to_dict(), "norm_stats": stats, "forward": forward, "n_pos": template.n_pos, "counts": sizes}
     write_json(out / "meta.json", meta)
     return out

@@ -1,0 +1,80 @@
+"""Device hygiene of the training loop and the zoo fitters, without a GPU.
+
+The ``meta`` device has shapes but no data: a tensor created on a fixed device next to it, or a
+value read back to the host (``.item()``, ``bool(t)``), fails here as it would cost a GPU run a
+wait (or a crash). Every metanetwork's forward and backward on meta: ``test_device_models.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.device import resolve_device
+from pipeline.graphs.neural_graph import graph_template
+from pipeline.graphs.store import GraphSet
+from pipeline.models import build_model, settings_type
+from pipeline.train import Classification, FlatSet, data_shape, forward_spec_from_meta, model_inputs, train_step
+from pipeline.weightspace.spec import ParamSpec
+from pipeline.zoo import kan, siren
+from pipeline.zoo.kan_zoo import GRID_RANGE
+from stages.train import GraphData
+from tests.conftest import write_tiny_graphs
+
+META = torch.device("meta")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("meta") == META
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="ray.device: cuda"):
+            resolve_device("cuda")
+
+
+@pytest.mark.parametrize("name", ["mlp", "statnn", "dwsnet", "ng_gnn", "ng_t"])
+def test_one_training_step_runs_on_the_meta_device(name, tmp_path):
+    """``train_step`` (forward, loss, backward, clipping, AdamW) with model and split on meta."""
+    data = GraphData.load(write_tiny_graphs(tmp_path / "graphs"))
+    template = graph_template(ParamSpec.from_dict(data.meta["spec"]))
+    shape = data_shape(data.splits["train"], template, 10, forward_spec_from_meta(data.meta))
+    settings = settings_type(name)()
+    if hasattr(settings, "probe_features"):
+        settings = type(settings)(**{**settings.__dict__, "probe_features": 2})
+    model = build_model(name, settings, shape).to(META)
+    train = model_inputs(data.splits["train"], template, model.input_kind).to(META)
+    assert isinstance(train, FlatSet | GraphSet)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    idx = torch.arange(8, device=META)
+    out, loss = train_step(model, train.batch(idx), train.y[idx], Classification(10), opt, 10.0)
+    assert out.device == META and out.shape == (8, 10) and loss.device == META
+
+
+def test_one_siren_fitting_step_runs_on_the_meta_device():
+    spec = siren.siren_spec([16, 16])
+    settings = siren.FitSettings(steps=1, lr=1e-3, omega0=30.0, variant="standard", target_psnr=50.0)
+    coords = siren.coordinate_grid(8, 8).to(META)
+    model = siren._BatchedSiren(spec, coords, settings.omega0, 0.0)
+    theta = siren.init_sirens(spec, [1, 2, 3], settings.omega0, "standard").to(META)
+    m, v, grad = torch.zeros_like(theta), torch.zeros_like(theta), torch.empty_like(theta)
+    mse = model.loss_and_grad(theta, torch.empty(3, 64, 1, device=META), grad)
+    siren.adam_update(theta, grad, m, v, 1, settings)
+    assert mse.device == META and theta.device == META and mse.shape == (3,)
+
+
+def test_one_kan_fitting_step_runs_on_the_meta_device():
+    spec = kan.kan_spec([2, 4, 1], 5, 3)
+    params = {k: v.to(META) for k, v in kan.init_kans(spec, [1, 2], grid_range=GRID_RANGE).items()}
+    names = [t.name for t in spec.tensors if t.name.rsplit(".", 1)[1] in kan.TRAINABLE]
+    flat = torch.cat([params[n].reshape(2, -1) for n in names], dim=1).requires_grad_(True)
+    sizes = [params[n][0].numel() for n in names]
+    current = dict(params) | {n: p.view_as(params[n]) for n, p in zip(names, flat.split(sizes, 1), strict=True)}
+    coords = siren.coordinate_grid(4, 4).to(META)
+    loss = kan.kan_forward(current, spec, coords, uniform=GRID_RANGE).square().mean(dim=(1, 2))
+    (g,) = torch.autograd.grad(loss.sum(), [flat])
+    with torch.no_grad():
+        m, v = torch.zeros_like(flat), torch.zeros_like(flat)
+        lr = torch.full((2,), 1e-2, device=META)
+        kan.adam_update(flat, g, m, v, 1, lr, kan.AdamSettings(1), torch.zeros(2, 1, device=META))
+    assert flat.device == META and loss.shape == (2,)
