@@ -177,7 +177,7 @@ def map_tasks(
                 i = index[ref]
                 try:
                     results[i] = ray.get(ref)
-                except (ray.exceptions.RayError, Exception) as e:  # a task that raised, or died too often
+                except Exception as e:  # a task that raised (RayTaskError), or whose worker died too often
                     failures[labels[i]] = _error_text(e)
                     if on_error is not None:
                         on_error(i, failures[labels[i]])

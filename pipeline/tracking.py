@@ -124,9 +124,15 @@ class LiveRuns:
             self.errors[key] = str(e)
             return None
 
-    def start(self, key: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
-        """Open the child run ``key`` (idempotent: a retried task keeps its run)."""
+    def start(self, key: str, params: Mapping[str, Any], tags: Mapping[str, str], existing: str | None = None) -> None:
+        """Open the child run ``key`` (idempotent: a retried task keeps its run).
+
+        ``existing``: the id of a run opened for ``key`` by an earlier invocation that could not
+        close it (the store went away); it is reopened and its logged epochs are not logged again.
+        """
         if key in self.run_ids:
+            return
+        if existing and self._reattach(key, existing):
             return
         from mlflow.entities import Param
 
@@ -143,6 +149,19 @@ class LiveRuns:
         if run_id is not None:
             self.run_ids[key] = run_id
             self.last_epoch[key] = 0
+
+    def _reattach(self, key: str, run_id: str) -> bool:
+        try:
+            history = with_retries(lambda: self.client.get_metric_history(run_id, "train_loss"), self.attempts, key)
+        except TrackingError:  # deleted, or from another store: a new run is made instead
+            return False
+        self.run_ids[key] = run_id
+        self.last_epoch[key] = max((m.step for m in history), default=0)
+        return True
+
+    def pending(self, key: str) -> str | None:
+        """The id of run ``key`` if it was opened but could not be closed (to reopen it later)."""
+        return self.run_ids.get(key) if key in self.errors else None
 
     def epoch(self, key: str, row: Mapping[str, float]) -> None:
         """Log one per-epoch row (``row["epoch"]`` is the step); rows already logged are skipped."""

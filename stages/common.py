@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,25 @@ def fit_missing_shards(
             on_result=lambda i, result: write(todo[i], result),
         )
     return len(todo)
+
+
+@contextmanager
+def reported_errors(stage: str) -> Iterator[None]:
+    """Turn the errors a user acts on into one message and an exit code, without a traceback.
+
+    A bad parameter or a resource the cluster lacks (:class:`ConfigError`) exits 2; failed runs
+    or shards (:class:`~pipeline.distributed.TasksFailed`) and a tracking store that kept
+    failing (:class:`~pipeline.tracking.TrackingError`) exit 1: their finished results are kept
+    and the next invocation resumes.
+    """
+    from pipeline.distributed import TasksFailed
+    from pipeline.tracking import TrackingError
+
+    try:
+        yield
+    except ConfigError as e:
+        print(f"{stage}: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    except (TasksFailed, TrackingError) as e:
+        print(f"{stage}: {e}", file=sys.stderr)
+        raise SystemExit(1) from e

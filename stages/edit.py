@@ -26,7 +26,7 @@ from pipeline.tasks.editing import Editing, dilate, render_sirens
 from pipeline.train import TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
 from pipeline.weightspace.spec import ParamSpec, flatten
 from pipeline.zoo.store import read_manifest
-from stages.common import parse
+from stages.common import parse, reported_errors
 from stages.runs import TaskContext
 from stages.train import GraphData, run_training
 
@@ -155,7 +155,8 @@ def run(params: Params, graphs_dir: Path, zoo_dir: Path, out: Path) -> list[dict
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"graphs": "data/graphs", "zoo": "data/zoo", "out": "data/edit"}, argv)
-    run(params, Path(args.graphs), Path(args.zoo), Path(args.out))
+    with reported_errors("edit"):
+        run(params, Path(args.graphs), Path(args.zoo), Path(args.out))
 
 
 if __name__ == "__main__":

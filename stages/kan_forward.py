@@ -20,7 +20,7 @@ from pipeline.io import fingerprint, read_json
 from pipeline.kan_forward import ForwardData, ForwardSettings, fit_forward, settings_from
 from pipeline.models import build_model
 from pipeline.zoo.kan_zoo import GRID_RANGE, load_kan_zoo
-from stages.common import parse
+from stages.common import parse, reported_errors
 from stages.runs import Job, StageRuns, TaskContext
 
 SPLITS = ("train", "val", "test")
@@ -96,7 +96,8 @@ def run(params: Params, zoo_dir: Path, out: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"zoo": "data/kan/inr/zoo", "out": "data/kan/inr_forward/train"}, argv)
-    run(params, Path(args.zoo), Path(args.out))
+    with reported_errors("kan_forward"):
+        run(params, Path(args.zoo), Path(args.out))
 
 
 if __name__ == "__main__":

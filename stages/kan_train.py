@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.config import Params
 from pipeline.train import TrainSettings
-from stages.common import parse
+from stages.common import parse, reported_errors
 from stages.train import GraphData, run_training
 
 
@@ -32,7 +32,8 @@ def run(params: Params, task: str, graphs_dir: Path, out: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"task": "inr", "graphs": "", "out": ""}, argv)
     graphs = Path(args.graphs or f"data/kan/{args.task}/graphs")
-    run(params, args.task, graphs, Path(args.out or f"data/kan/{args.task}/train"))
+    with reported_errors(f"kan_train@{args.task}"):
+        run(params, args.task, graphs, Path(args.out or f"data/kan/{args.task}/train"))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pipeline.zoo.kan_zoo import (
     fit_kan_shard,
 )
 from pipeline.zoo.store import net_hashes, read_shard, shard_name, write_rows, write_shard
-from stages.common import fit_missing_shards, parse
+from stages.common import fit_missing_shards, parse, reported_errors
 
 
 def _fit_task(
@@ -130,7 +130,8 @@ def run(params: Params, task: str, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"task": "inr", "out": ""}, argv)
-    run(params, args.task, Path(args.out or f"data/kan/{args.task}/zoo"))
+    with reported_errors(f"kan_zoo@{args.task}"):
+        run(params, args.task, Path(args.out or f"data/kan/{args.task}/zoo"))
 
 
 if __name__ == "__main__":

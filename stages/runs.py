@@ -182,25 +182,35 @@ class StageRuns:
         n_kept = len(self.jobs) - len(todo)
         print(f"{self.stage}: {len(self.jobs)} runs, {n_kept} kept from an earlier invocation, running {len(todo)}")
         p = self.params
-        with tracking.stage_run(p.mlflow, self.stage, to_flat_dict(p), {"data_version": self.data_version}) as parent:
-            self.live = tracking.LiveRuns(p.mlflow, parent.info.run_id, parent.info.experiment_id)
-            for i, r in enumerate(self.results):  # kept runs that MLflow missed last time, from their history
-                if r is not None and not r.get("mlflow_run_id"):
-                    self._finished(i, r)
-            failures = self._run_tasks(todo, data, worker, worker_args, threads) if todo else None
-            counts = {"runs_kept": n_kept, "runs_run": len(todo)}
-            tracking.with_retries(lambda: mlflow.log_metrics(counts), p.mlflow.retries, "logging the run counts")
-            parent_id = parent.info.run_id
+        self.live = None
+        failures = None
+        try:
+            with tracking.stage_run(p.mlflow, self.stage, to_flat_dict(p), {"data_version": self.data_version}) as run:
+                self.live = tracking.LiveRuns(p.mlflow, run.info.run_id, run.info.experiment_id)
+                for i, r in enumerate(self.results):  # kept runs that MLflow missed last time, from their history
+                    if r is not None and not r.get("mlflow_run_id"):
+                        self._finished(i, r)
+                failures = self._run_tasks(todo, data, worker, worker_args, threads) if todo else None
+                counts = {"runs_kept": n_kept, "runs_run": len(todo)}
+                tracking.with_retries(lambda: mlflow.log_metrics(counts), p.mlflow.retries, "logging the run counts")
+                parent_id = run.info.run_id
+                if failures is not None:
+                    raise failures  # inside: the stage's MLflow run ends FAILED
+        except tracking.TrackingError as e:
+            if self.live is None:  # the store was unreachable from the start: nothing was run
+                raise
+            self.live.errors[f"{self.stage} run"] = str(e)
+            parent_id = self.live.parent
             if failures is not None:
-                raise failures
-        if self.live.errors:
-            raise tracking.TrackingError(
-                f"{self.stage}: every run finished and is kept in {self.out}, but MLflow logging failed for "
-                f"{len(self.live.errors)}; run the stage again to log them:\n  "
-                + "\n  ".join(self.live.errors.values())
-            )
+                raise failures from e
         done = [r for r in self.results if r is not None]
         write_json(self.out / RESULTS, {"parent_run_id": parent_id, "data_version": self.data_version, "runs": done})
+        if self.live.errors:
+            raise tracking.TrackingError(
+                f"{self.stage}: every run finished and is kept in {self.out}, but MLflow logging failed "
+                f"({len(self.live.errors)}); run the stage again to log what is missing:\n  "
+                + "\n  ".join(self.live.errors.values())
+            )
         return done
 
     def _mlflow_params(self, job: Job) -> dict:
@@ -211,19 +221,24 @@ class StageRuns:
         placed = {k: str(where[k]) for k in ("node_id", "device") if k in where}
         return {"model": job.model, "data_version": self.data_version, "parent_stage": self.stage} | placed
 
-    def _started(self, i: int, where: dict) -> None:
+    def _started(self, i: int, where: dict, existing: str | None = None) -> None:
         job = self.jobs[i]
-        self.live.start(job.key, self._mlflow_params(job), self._tags(job, where))
+        self.live.start(job.key, self._mlflow_params(job), self._tags(job, where), existing)
 
     def _finished(self, i: int, r: dict) -> None:
-        """Keep result ``r`` of job ``i`` on disk, then close its MLflow run and record the run id."""
+        """Keep result ``r`` of job ``i`` on disk, then close its MLflow run and record the run id
+        (or, when MLflow failed, the id of the run left open, to reopen it next time)."""
         job = self.jobs[i]
         self.results[i] = r
         write_json(self.out / job.file, r)  # on disk before MLflow is asked anything
-        self._started(i, r)  # a no-op when the task's start event already opened it
+        self._started(i, r, r.get("mlflow_pending_run_id"))  # a no-op when the task's start event opened it
         run_id = self.live.finish(job.key, self.final_metrics(r), self._tags(job, r), r["history"])
+        kept = {k: v for k, v in r.items() if k != "mlflow_pending_run_id"}
         if run_id is not None:
-            self.results[i] = r | {"mlflow_run_id": run_id}
+            self.results[i] = kept | {"mlflow_run_id": run_id}
+        elif self.live.pending(job.key):
+            self.results[i] = kept | {"mlflow_pending_run_id": self.live.pending(job.key)}
+        if self.results[i] is not r:
             write_json(self.out / job.file, self.results[i])
 
     def _run_tasks(self, todo: list[int], data: Any, worker, worker_args: tuple, threads: int):

@@ -30,7 +30,7 @@ from pipeline.train import (
     model_inputs,
 )
 from pipeline.weightspace.spec import ParamSpec
-from stages.common import parse
+from stages.common import parse, reported_errors
 from stages.runs import Job, StageRuns, TaskContext
 
 N_CLASSES = 10
@@ -168,7 +168,8 @@ def run(params: Params, graphs_dir: Path, out: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"graphs": "data/graphs", "out": "data/train"}, argv)
-    run(params, Path(args.graphs), Path(args.out))
+    with reported_errors("train"):
+        run(params, Path(args.graphs), Path(args.out))
 
 
 if __name__ == "__main__":

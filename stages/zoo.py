@@ -25,7 +25,7 @@ from pipeline.zoo.build import (
 )
 from pipeline.zoo.siren import FitSettings, siren_spec
 from pipeline.zoo.store import shard_name, write_manifest, write_shard
-from stages.common import fit_missing_shards, parse
+from stages.common import fit_missing_shards, parse, reported_errors
 
 
 def _fit_task(
@@ -145,7 +145,8 @@ def run(params: Params, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"out": "data/zoo"}, argv)
-    run(params, Path(args.out))
+    with reported_errors("zoo"):
+        run(params, Path(args.out))
 
 
 if __name__ == "__main__":

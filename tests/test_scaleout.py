@@ -259,7 +259,7 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
 
 
 def _popen_stage(stage: str, args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
     return subprocess.Popen(
         [sys.executable, "-m", f"stages.{stage}", *args],
         cwd=cwd,
@@ -442,3 +442,61 @@ def test_job_submitted_to_a_ray_start_cluster_tracks_live_to_an_mlflow_server(tm
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _mlflow_server(port: int, store: Path, log: Path) -> subprocess.Popen:
+    server = subprocess.Popen(
+        ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store}", "--default-artifact-root", str(store.parent / "artifacts")],
+        stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    _wait_for(lambda: _http_up(f"http://127.0.0.1:{port}/health"), 120, "the MLflow server")
+    return server
+
+
+def test_an_mlflow_server_that_goes_away_costs_no_result(tmp_path: Path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # our own retries only, to keep the test short
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    graphs = write_tiny_graphs(tmp_path / "graphs")
+    seeds = [0, 1, 2, 3]
+    over = {"train": {"models": ["mlp"], "seeds": seeds, "epochs": 60}, "ray": {"num_cpus": 1}}
+    params = write_params(tmp_path / "params.yaml", over)
+    raw = yaml.safe_load(params.read_text())
+    raw["mlflow"] |= {"tracking_uri": uri, "retries": 2}
+    params.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "train"
+    args = ["--params", str(params), "--graphs", str(graphs), "--out", str(out)]
+    server = _mlflow_server(port, tmp_path / "mlflow.db", tmp_path / "mlflow.log")
+    try:
+        proc = _popen_stage("train", args, tmp_path, tmp_path / "log")
+        _wait_for(lambda: list(out.glob("mlp_seed*.json")) or proc.poll() is not None, 180, "a first finished run")
+        os.killpg(server.pid, signal.SIGKILL)  # the tracking server dies while runs train
+        server.wait()
+        assert proc.wait(timeout=300) != 0
+        log = (tmp_path / "log").read_text()
+        assert "MLflow logging failed" in log and "run the stage again" in log, log[-3000:]
+        assert sorted(p.name for p in out.glob("mlp_seed*.json")) == [f"mlp_seed{s}.json" for s in seeds]
+        assert not all(read_json(out / f"mlp_seed{s}.json").get("mlflow_run_id") for s in seeds)
+
+        server = _mlflow_server(port, tmp_path / "mlflow.db", tmp_path / "mlflow.log")
+        res = run_stage("train", args, tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "4 runs, 4 kept from an earlier invocation, running 0" in res.stdout
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("metazoo")
+        runs = client.search_runs([exp.experiment_id], "attributes.run_name LIKE 'mlp-seed%'")
+        assert sorted(r.info.run_name for r in runs) == [f"mlp-seed{s}" for s in seeds]  # reopened, not duplicated
+        for r in runs:
+            assert r.info.status == "FINISHED"
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+            assert sorted(steps) == list(range(1, 61)), r.info.run_name  # every epoch once
+            assert read_json(out / f"{r.info.run_name.replace('-', '_')}.json")["mlflow_run_id"] == r.info.run_id
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

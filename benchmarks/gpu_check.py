@@ -1,0 +1,160 @@
+"""GPU check: zoo fitting and metanetwork training on CUDA against the CPU, in one run.
+
+On each device: fit 1 000 and 10 000 SIRENs (2 -> 32 -> 32 -> 1 on offline MNIST digits,
+``--steps`` Adam steps, no early stop) and 1 000 KAN-INRs (2 -> 8 -> 8 -> 1), then train one
+epoch of NG-GNN, NG-T and DWSNet at the paper profile's sizes (``profiles/paper.yaml``) on
+neural graphs of the fitted SIRENs. Prints INRs/s, graphs/s and the GPU / CPU ratio of each.
+On the GPU every net of a size is one batch; on the CPU the zoo's chunked path (and the fused KAN
+kernel) runs with every core. ``--cpu-fraction`` fits / trains a fraction of the nets / graphs on
+the CPU (rates are per second, so they stay comparable) to keep the run short.
+
+Targets on one H100-class GPU: >= 2 000 SIRENs/s; NG-GNN at width 64 >= 5 000 graphs/s.
+Without CUDA it says so and exits 0 (``--devices cpu`` exercises every code path on the CPU).
+
+Run: ``python benchmarks/gpu_check.py [--steps 100 --cpu-fraction 0.1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import load_params
+from pipeline.data import load_images
+from pipeline.graphs.neural_graph import graph_template
+from pipeline.graphs.store import GraphSet
+from pipeline.models import build_model
+from pipeline.train import Classification, TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
+from pipeline.weightspace.normalize import apply_stats, fit_stats
+from pipeline.weightspace.spec import ParamSpec
+from pipeline.zoo.build import PlannedNet, fit_shard
+from pipeline.zoo.kan import kan_spec
+from pipeline.zoo.kan_zoo import InrFit, fit_kan_shard
+from pipeline.zoo.siren import FitSettings, siren_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SIREN_TARGET, NG_GNN_TARGET = 2000.0, 5000.0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit_sirens_rate(images: torch.Tensor, labels: torch.Tensor, n: int, steps: int, device: torch.device):
+    """INRs/s fitting ``n`` SIRENs, and their parameters (CPU) and labels."""
+    idx = torch.arange(n) % images.shape[0]
+    nets = [PlannedNet(i, int(idx[i]), int(labels[idx[i]]), "train", 1000 + i) for i in range(n)]
+    spec = siren_spec([32, 32])
+    settings = FitSettings(steps=steps, lr=5e-4, omega0=30.0, variant="standard", target_psnr=200.0)
+    chunk = n if device.type == "cuda" else 16
+    sync(device)
+    t0 = time.perf_counter()
+    params, _ = fit_shard(nets, images[idx], spec, settings, chunk, device)
+    sync(device)
+    return n / (time.perf_counter() - t0), params, labels[idx], spec
+
+
+def fit_kans_rate(images: torch.Tensor, n: int, steps: int, device: torch.device) -> float:
+    spec = kan_spec([2, 8, 8, 1], 5, 3)
+    chunk = n if device.type == "cuda" else 16
+    sync(device)
+    t0 = time.perf_counter()
+    fit_kan_shard("inr", list(range(n)), images[:n], spec, InrFit(steps, 2e-2), chunk, device)
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def epoch_rate(name: str, settings, train: GraphSet, held: GraphSet, meta: dict, batch: int, device) -> float:
+    """Training graphs/s over one epoch of ``train`` (evaluation on the small ``held`` set not timed)."""
+    torch.manual_seed(0)
+    template = graph_template(ParamSpec.from_dict(meta["spec"]))
+    shape = data_shape(train, template, 10, forward_spec_from_meta(meta))
+    model = build_model(name, settings, shape)
+    data, small = (model_inputs(g, template, model.input_kind) for g in (train, held))
+    settings = TrainSettings(1, batch, 1e-3, 0.0, 10, 10.0)
+    res = fit_model(model, data, small, small, settings, 0, Classification(10), device=device)
+    return len(train) / res.seconds_per_epoch
+
+
+def graphs_of(params: dict, labels: torch.Tensor, spec, n: int) -> tuple[GraphSet, GraphSet, dict]:
+    """Normalized neural graphs of the first ``n`` nets, of 64 more for evaluation, and their meta."""
+    template = graph_template(spec)
+    stats = fit_stats({k: v[:n] for k, v in params.items()}, spec)
+
+    def part(a: int, b: int) -> GraphSet:
+        p = apply_stats({k: v[a:b] for k, v in params.items()}, spec, stats)
+        return GraphSet.from_params(p, template, labels[a:b], torch.arange(a, b))
+
+    forward = {"activation": "sin", "omega0": 30.0, "output_offset": 0.0}
+    return part(0, n), part(n, n + 64), {"spec": spec.to_dict(), "norm_stats": stats, "forward": forward}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--devices", default="cuda,cpu")
+    ap.add_argument("--steps", type=int, default=100, help="Adam steps per SIREN / KAN")
+    ap.add_argument("--sizes", default="1000,10000", help="SIREN zoo sizes")
+    ap.add_argument("--kans", type=int, default=1000)
+    ap.add_argument("--graphs", type=int, default=4000, help="training graphs per epoch (the default zoo's 4 000)")
+    ap.add_argument("--cpu-fraction", type=float, default=0.1)
+    args = ap.parse_args()
+    devices = [torch.device(d) for d in args.devices.split(",")]
+    if any(d.type == "cuda" for d in devices) and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device on this machine; the GPU numbers are not measured (exit 0)")
+        return
+    paper = load_params(ROOT / "profiles" / "paper.yaml").train
+    batch = paper.batch_size
+    images, labels = load_images("mnist_offline")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows: dict[str, dict[str, float]] = {}
+    for device in devices:
+        frac = args.cpu_fraction if device.type == "cpu" else 1.0
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+        print(f"== {device} ({name})", flush=True)
+        params = labels_all = spec = None
+        for n in sizes:
+            m = max(int(n * frac), 32)
+            rate, p, y, spec = fit_sirens_rate(images, labels, m, args.steps, device)
+            rows.setdefault(f"SIRENs/s, {n} nets", {})[device.type] = rate
+            print(f"  {m} SIRENs x {args.steps} steps: {rate:.1f} INRs/s", flush=True)
+            if params is None or p[next(iter(p))].shape[0] > params[next(iter(params))].shape[0]:
+                params, labels_all = p, y
+        m = max(int(args.kans * frac), 32)
+        rate = fit_kans_rate(images, m, args.steps, device)
+        rows.setdefault(f"KANs/s, {args.kans} nets", {})[device.type] = rate
+        print(f"  {m} KAN-INRs x {args.steps} steps: {rate:.1f} INRs/s", flush=True)
+        n_graphs = min(max(int(args.graphs * frac), batch), params[next(iter(params))].shape[0] - 64)
+        train, held, meta = graphs_of(params, labels_all, spec, n_graphs)
+        for model in ("ng_gnn", "ng_t", "dwsnet"):
+            settings = paper.settings(model)
+            rate = epoch_rate(model, settings, train, held, meta, batch, device)
+            rows.setdefault(f"{model} graphs/s ({_width(settings)})", {})[device.type] = rate
+            print(f"  {model} one epoch of {n_graphs} graphs, batch {batch}: {rate:.1f} graphs/s", flush=True)
+    print()
+    print(f"| measurement | {' | '.join(d.type for d in devices)} | ratio |")
+    print(f"|---|{'---:|' * len(devices)}---:|")
+    for key, by_dev in rows.items():
+        vals = " | ".join(f"{by_dev[d.type]:.1f}" for d in devices)
+        ratio = f"{by_dev['cuda'] / by_dev['cpu']:.1f}x" if {"cuda", "cpu"} <= set(by_dev) else "-"
+        print(f"| {key} | {vals} | {ratio} |")
+    if "cuda" in {d.type for d in devices}:
+        siren = rows[f"SIRENs/s, {sizes[-1]} nets"]["cuda"]
+        ng = next(v["cuda"] for k, v in rows.items() if k.startswith("ng_gnn"))
+        print(f"target SIRENs/s >= {SIREN_TARGET:.0f}: {'met' if siren >= SIREN_TARGET else 'NOT met'} ({siren:.0f})")
+        print(
+            f"target NG-GNN graphs/s >= {NG_GNN_TARGET:.0f}: {'met' if ng >= NG_GNN_TARGET else 'NOT met'} ({ng:.0f})"
+        )
+
+
+def _width(settings) -> str:
+    d = dataclasses.asdict(settings)
+    return ", ".join(f"{k} {d[k]}" for k in ("hidden", "layers", "heads", "probe_features") if k in d)
+
+
+if __name__ == "__main__":
+    main()
