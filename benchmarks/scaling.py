@@ -28,7 +28,7 @@ def params_for(workers: int, args: argparse.Namespace, root: Path) -> dict:
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     n_test = max(args.nets // 8, 8)
     raw["data"] |= {"n_train": args.nets - 2 * n_test, "n_val": n_test, "n_test": n_test}
-    raw["zoo"] |= {"steps": args.steps, "shard_size": args.shard, "target_psnr": 200.0}
+    raw["zoo"] |= {"steps": args.steps, "shard_size": args.shard, "target_psnr": 200.0, "psnr_floor": 0.0}
     raw["train"] |= {"models": ["ng_gnn"], "seeds": list(range(args.runs)), "epochs": args.epochs}
     raw["ray"] |= {"num_cpus": workers}
     raw["mlflow"]["tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"

@@ -74,8 +74,10 @@ class TaskContext:
         self._send("epoch", dict(row))
 
     def _send(self, kind: str, payload: dict) -> None:
+        # fire and forget: a task that waits on a Ray call (``Queue.put``) lends its CPU to the
+        # next pending task while it waits, and two runs then share one core for good
         if self.events is not None:
-            self.events.put((self.key, kind, payload))
+            self.events.actor.put_nowait.remote((self.key, kind, payload))
 
 
 def _node_id() -> str:
