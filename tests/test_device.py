@@ -19,7 +19,7 @@ from pipeline.weightspace.spec import ParamSpec
 from pipeline.zoo import kan, siren
 from pipeline.zoo.kan_zoo import GRID_RANGE
 from stages.train import GraphData
-from tests.conftest import write_tiny_graphs
+from tests.conftest import REPO, write_tiny_graphs
 
 META = torch.device("meta")
 
@@ -78,3 +78,35 @@ def test_one_kan_fitting_step_runs_on_the_meta_device():
         lr = torch.full((2,), 1e-2, device=META)
         kan.adam_update(flat, g, m, v, 1, lr, kan.AdamSettings(1), torch.zeros(2, 1, device=META))
     assert flat.device == META and loss.shape == (2,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_gpu_runs_with_one_seed_agree_within_the_stated_tolerance(tmp_path):
+    """README: GPU runs with the same seed agree to float32 rounding (rtol 1e-4), not bytes."""
+    from stages.runs import TaskContext
+    from stages.train import GraphData, train_one
+
+    images = torch.rand(64, 28, 28, generator=torch.Generator().manual_seed(0))
+    settings = siren.FitSettings(steps=50, lr=5e-4, omega0=30.0, variant="standard", target_psnr=200.0)
+    spec = siren.siren_spec([32, 32])
+    a, b = (siren.fit_sirens(images, list(range(64)), spec, settings, device="cuda") for _ in range(2))
+    torch.testing.assert_close(a.params, b.params, rtol=1e-4, atol=1e-5)
+    data = GraphData.load(write_tiny_graphs(tmp_path / "graphs"))
+    from pipeline.config import load_params
+    from pipeline.train import TrainSettings
+
+    tc = load_params(REPO / "params.yaml").train
+    runs = [
+        train_one(
+            data,
+            "ng_gnn",
+            tc.settings("ng_gnn"),
+            0,
+            TaskContext("k", 1, "cuda"),
+            TrainSettings(3, 16, 1e-3, 0, 2, 10.0),
+            "none",
+        )
+        for _ in range(2)
+    ]
+    for ra, rb in zip(runs[0]["history"], runs[1]["history"], strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)

@@ -438,6 +438,11 @@ def test_job_submitted_to_a_ray_start_cluster_tracks_live_to_an_mlflow_server(tm
         for token in (marker, f"={gcs}", f":{gcs}"):  # `ray start`, then the head's services and workers
             stop_processes(token)
         head.wait(timeout=30)
+        from ray._common.utils import get_ray_address_file
+
+        address_file = Path(get_ray_address_file(None))  # what `ray stop` clears: no later "auto" joins a dead head
+        if address_file.exists() and address_file.read_text().strip().endswith(f":{gcs}"):
+            address_file.unlink()
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
