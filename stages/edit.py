@@ -93,7 +93,6 @@ def edit_one(
     reference = objective.metrics(test_flat, test.y)  # the unedited INRs against the dilated images
     examples: dict[str, list] = {}
     shown = torch.linspace(0, len(test) - 1, N_EXAMPLES).round().long()  # splits are sorted by digit: spread out
-    test_inputs = inputs["test"].to(device)
 
     def render(flat: torch.Tensor) -> list:
         rendered = render_sirens(flat.cpu(), spec, objective.omega0, objective.offset, stats=stats)
@@ -101,7 +100,7 @@ def edit_one(
 
     def on_best(m: torch.nn.Module) -> None:
         with torch.no_grad():
-            examples["edited"] = render(m(test_inputs.batch(shown.to(device))))
+            examples["edited"] = render(m(inputs["test"].batch(shown).to(device)))  # 6 examples moved, not the split
 
     def progress(row: dict) -> None:
         print(

@@ -9,7 +9,7 @@
   ``pipeline/`` and ``stages/``). A re-run keeps each run whose file carries the fingerprint it
   would produce and runs only the others; a run that raises no longer takes the others down: the
   stage finishes them, then fails naming it.
-* **Live tracking.** A task sends ``start`` (node, process, device) and one row per epoch through
+* **Live tracking.** A task sends ``start`` (node, device) and one row per epoch through
   a Ray queue; the driver opens the run's MLflow child run when it starts and logs each epoch as
   it arrives (:class:`pipeline.tracking.LiveRuns`), so a long run is watched in the UI.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -66,7 +65,7 @@ class TaskContext:
         torch.set_num_threads(self.threads)
         device = resolve_device(self.device)
         where = {"node_id": _node_id(), "device": describe(device)}
-        self._send("start", {**where, "pid": os.getpid()})
+        self._send("start", where)
         return device, where
 
     def epoch(self, row: dict[str, float]) -> None:
@@ -162,7 +161,6 @@ class StageRuns:
 
         self.device = task_device(self.params.ray)
         self.fps = [run_fingerprint(self.stage, j, self.settings, self.data_version, self.device) for j in self.jobs]
-        self.results: list[dict | None] = [None] * len(self.jobs)
 
     def run(self, data: Any, worker: Callable[..., dict], worker_args: tuple, threads: int) -> list[dict]:
         """Run every job not finished yet as the Ray task ``worker(data, model, config, seed, ctx, *worker_args)``.
