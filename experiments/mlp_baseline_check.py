@@ -26,8 +26,8 @@ from pipeline.io import read_json, write_json
 from pipeline.models.mlp import Settings
 from pipeline.train import TrainSettings
 from pipeline.weightspace.spec import ParamSpec, flatten
-from stages.runs import TaskContext
-from stages.train import GraphData, train_one
+from pipeline.runs import TaskContext
+from pipeline.runs import GraphData, train_one
 
 # (label, model, augmentation, MLP settings, training settings)
 DEFAULT = TrainSettings(15, 32, 1e-3, 5e-4, 100, 10.0)

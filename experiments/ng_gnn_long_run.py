@@ -22,8 +22,8 @@ from pipeline.config import load_params
 from pipeline.io import write_json
 from pipeline.report import plot_long_run_epochs
 from pipeline.train import TrainSettings
-from stages.runs import TaskContext
-from stages.train import GraphData, train_one
+from pipeline.runs import TaskContext
+from pipeline.runs import GraphData, train_one
 
 
 def main() -> None:

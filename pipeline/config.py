@@ -1,13 +1,17 @@
 """``params.yaml`` -> typed, validated settings.
 
-Every section is a frozen dataclass. :func:`load_params` walks the YAML against the
-dataclass fields and fails before any work is done, naming the offending key
-(``train.ng_gnn.hiden: unknown key``, ``zoo.steps: expected int, got str``).
+Every section is a frozen dataclass whose fields declare their own allowed values
+(:func:`setting`: ``hidden: int = setting(32, gt=0)``). :func:`load_params` walks the YAML
+against the dataclass fields and fails before any work is done, naming the offending key and
+what it allows (``train.ng_gnn.hiden: unknown key``, ``zoo.steps: expected int, got str``,
+``train.lr: -1.0 is out of range (allowed: > 0)``). Every float must be finite unless its field
+allows ``.inf``; a key written twice in the file is refused (YAML would keep the last).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +22,83 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A key of ``params.yaml`` is unknown, missing or of the wrong type."""
+    """A key of ``params.yaml`` is unknown, missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Allowed values of one field: bounds (``gt``/``ge``/``lt``/``le``) or a set (``one_of``).
+
+    For a list field the bounds apply to every item and ``min_len``/``max_len``/``unique`` to
+    the list. Floats must be finite; ``allow_inf`` admits ``.inf`` (never NaN).
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    one_of: tuple = ()
+    allow_inf: bool = False
+    min_len: int = 0
+    max_len: int | None = None
+    unique: bool = False
+
+    def allowed(self) -> str:
+        """``"'np', 'hnp'"``, ``"> 0"``, ``"[0, 1)"``: what this rule admits, for messages."""
+        if self.one_of:
+            return ", ".join(map(repr, self.one_of))
+        lo = self.ge if self.ge is not None else self.gt
+        hi = self.le if self.le is not None else self.lt
+        if lo is not None and hi is not None:
+            return f"{'[' if self.ge is not None else '('}{lo}, {hi}{']' if self.le is not None else ')'}"
+        if lo is not None:
+            return f"{'>=' if self.ge is not None else '>'} {lo}"
+        if hi is not None:
+            return f"{'<=' if self.le is not None else '<'} {hi}"
+        return "any finite number"
+
+    def admits(self, x: Any) -> bool:
+        """Whether the scalar ``x`` is within ``one_of`` and the bounds."""
+        if self.one_of:
+            return x in self.one_of
+        return not (
+            (self.gt is not None and not x > self.gt)
+            or (self.ge is not None and not x >= self.ge)
+            or (self.lt is not None and not x < self.lt)
+            or (self.le is not None and not x <= self.le)
+        )
+
+
+def setting(default: Any, **rule: Any) -> Any:
+    """A dataclass field with ``default`` (a list is copied per instance) whose value read from
+    ``params.yaml`` must satisfy ``Rule(**rule)``: ``dropout: float = setting(0.0, ge=0, lt=1)``."""
+    meta = {"rule": Rule(**rule)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_ANY = Rule()
+
+
+def _check(value: Any, rule: Rule, path: str) -> None:
+    """Raise :class:`ConfigError` naming ``path`` where ``value`` breaks ``rule``."""
+    if isinstance(value, list):
+        if len(value) < rule.min_len or (rule.max_len is not None and len(value) > rule.max_len):
+            n = rule.min_len if rule.max_len == rule.min_len else f"at least {rule.min_len}"
+            raise ConfigError(f"{path}: needs {n} item(s), has {len(value)}")
+        if rule.unique and len(set(value)) < len(value):
+            dups = sorted({v for v in value if value.count(v) > 1}, key=str)
+            raise ConfigError(f"{path}: {', '.join(map(repr, dups))} listed twice (items must be unique)")
+        for i, v in enumerate(value):
+            _check(v, rule, f"{path}[{i}]")
+        return
+    if isinstance(value, float) and not math.isfinite(value) and not (rule.allow_inf and value > 0):
+        inf = ", or .inf" if rule.allow_inf else ""
+        raise ConfigError(f"{path}: {value} is not a finite number (allowed: {rule.allowed()}{inf})")
+    if isinstance(value, int | float | str) and not rule.admits(value):
+        what = "is not allowed" if rule.one_of else "is out of range"
+        raise ConfigError(f"{path}: {value!r} {what} (allowed: {rule.allowed()})")
 
 
 class ModelSections:
@@ -43,42 +123,53 @@ class ModelSections:
         return {split_model_name(m)[0]: self.settings(m) for m in self.models}
 
 
+# The fused spline kernel (pipeline/zoo/csrc/kan_spline.cpp, kMaxOrder) handles orders 0 .. 7.
+KAN_MAX_ORDER = 7
+# scikit-learn's digits (the KAN classifier zoo): every net trains on >= one digit per class.
+N_DIGITS, N_DIGIT_CLASSES = 1797, 10
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "mnist_offline"
-    n_train: int = 4000
-    n_val: int = 500
-    n_test: int = 500
+    n_train: int = setting(4000, gt=0)
+    n_val: int = setting(500, gt=0)
+    n_test: int = setting(500, gt=0)
 
 
 @dataclass(frozen=True)
 class ZooConfig:
-    family: str = "siren"
-    hidden: list[int] = field(default_factory=lambda: [32, 32])
-    omega0: float = 30.0
+    family: str = setting("siren", one_of=("siren",))  # the only family implemented
+    hidden: list[int] = setting([32, 32], gt=0, min_len=1)
+    omega0: float = setting(30.0, gt=0)
     init: str = "standard"
-    steps: int = 300
-    lr: float = 5e-4
-    target_psnr: float = 50.0
+    steps: int = setting(300, gt=0)
+    lr: float = setting(5e-4, gt=0)
+    target_psnr: float = setting(50.0, gt=0)
     psnr_floor: float = 20.0
-    inrs_per_train_image: int = 1
-    shard_size: int = 250
-    chunk_size: int = 16
-    threads_per_task: int = 1
+    inrs_per_train_image: int = setting(1, ge=1)
+    shard_size: int = setting(250, gt=0)
+    chunk_size: int = setting(16, gt=0)
+    threads_per_task: int = setting(1, ge=1)
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.psnr_floor >= self.target_psnr:  # every early-stopped INR would count as diverged
+            return [("psnr_floor", f"{self.psnr_floor} must be < target_psnr ({self.target_psnr})")]
+        return []
 
 
 @dataclass(frozen=True)
 class TrainConfig(ModelSections):
-    models: list[str] = field(default_factory=lambda: ["mlp", "ng_gnn"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    warmup_steps: int = 100
-    grad_clip: float = 10.0
+    models: list[str] = setting(["mlp", "ng_gnn"], unique=True)
+    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    epochs: int = setting(10, gt=0)
+    batch_size: int = setting(128, gt=0)
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(5e-4, ge=0)
+    warmup_steps: int = setting(100, ge=0)
+    grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
     augment: str = "none"
-    threads_per_task: int = 1
+    threads_per_task: int = setting(1, ge=1)
     model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
 
 
@@ -86,60 +177,66 @@ class TrainConfig(ModelSections):
 class EditConfig(ModelSections):
     """INR editing (dilation, :mod:`pipeline.tasks.editing`) with each model's equivariant editor."""
 
-    models: list[str] = field(default_factory=lambda: ["dwsnet", "nfn", "ng_gnn", "ng_t"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 10
-    n_train: int = 0  # n training INRs drawn at random (0: all); val and test are always whole
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    grad_clip: float = 10.0
-    init_scale: float = 1e-3  # initial residual scale of every editor
+    models: list[str] = setting(["dwsnet", "nfn", "ng_gnn", "ng_t"], unique=True)
+    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    epochs: int = setting(10, gt=0)
+    n_train: int = setting(0, ge=0)  # n training INRs drawn at random (0: all); val and test are always whole
+    batch_size: int = setting(32, gt=0)
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(0.0, ge=0)
+    warmup_steps: int = setting(100, ge=0)
+    grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    init_scale: float = setting(1e-3, gt=0)  # initial residual scale of every editor
     augment: str = "sign_flip"
-    threads_per_task: int = 1
+    threads_per_task: int = setting(1, ge=1)
     model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
 
 
 @dataclass(frozen=True)
 class KanInrConfig:
-    hidden: list[int] = field(default_factory=lambda: [8, 8])
-    grid: int = 5
-    order: int = 3
-    steps: int = 300
-    lr: float = 2e-2
-    n_train: int = 2000
-    n_val: int = 250
-    n_test: int = 250
+    hidden: list[int] = setting([8, 8], gt=0)
+    grid: int = setting(5, gt=0)
+    order: int = setting(3, ge=0, le=KAN_MAX_ORDER)
+    steps: int = setting(300, gt=0)
+    lr: float = setting(2e-2, gt=0)
+    n_train: int = setting(2000, gt=0)
+    n_val: int = setting(250, gt=0)
+    n_test: int = setting(250, gt=0)
 
 
 @dataclass(frozen=True)
 class KanClassifierConfig:
-    hidden: list[int] = field(default_factory=lambda: [8])
-    grid: int = 5
-    order: int = 3
-    n_train: int = 1500
-    n_val: int = 250
-    n_test: int = 250
-    digits_test: int = 500
-    lr: list[float] = field(default_factory=lambda: [1e-3, 1e-1])
-    weight_decay: list[float] = field(default_factory=lambda: [1e-5, 1e-1])
-    steps: list[int] = field(default_factory=lambda: [50, 100, 200])
-    label_noise: list[float] = field(default_factory=lambda: [0.0, 0.5])
-    train_fraction: list[float] = field(default_factory=lambda: [0.05, 1.0])
+    """Ranges (``[low, high]``) and choices (``steps``) are drawn per net."""
+
+    hidden: list[int] = setting([8], gt=0)
+    grid: int = setting(5, gt=0)
+    order: int = setting(3, ge=0, le=KAN_MAX_ORDER)
+    n_train: int = setting(1500, gt=0)
+    n_val: int = setting(250, gt=0)
+    n_test: int = setting(250, gt=0)
+    digits_test: int = setting(500, ge=1, le=N_DIGITS - N_DIGIT_CLASSES)  # the rest train the nets
+    lr: list[float] = setting([1e-3, 1e-1], gt=0, min_len=2, max_len=2)  # log-uniform
+    weight_decay: list[float] = setting([1e-5, 1e-1], gt=0, min_len=2, max_len=2)  # log-uniform
+    steps: list[int] = setting([50, 100, 200], gt=0, min_len=1)
+    label_noise: list[float] = setting([0.0, 0.5], ge=0, le=1, min_len=2, max_len=2)
+    train_fraction: list[float] = setting([0.05, 1.0], ge=0, le=1, min_len=2, max_len=2)
+
+    def check(self) -> list[tuple[str, str]]:
+        pairs = ("lr", "weight_decay", "label_noise", "train_fraction")
+        return [(k, "needs [low, high] with low <= high") for k in pairs if getattr(self, k)[0] > getattr(self, k)[1]]
 
 
 @dataclass(frozen=True)
 class KanTrainConfig(ModelSections):
-    models: list[str] = field(default_factory=lambda: ["mlp", "mlp_perm", "ng_gnn", "ws_kan"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    warmup_steps: int = 100
-    grad_clip: float = 10.0
-    threads_per_task: int = 1
+    models: list[str] = setting(["mlp", "mlp_perm", "ng_gnn", "ws_kan"], unique=True)
+    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    epochs: int = setting(30, gt=0)
+    batch_size: int = setting(32, gt=0)
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(5e-4, ge=0)
+    warmup_steps: int = setting(100, ge=0)
+    grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    threads_per_task: int = setting(1, ge=1)
     model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
 
 
@@ -147,17 +244,17 @@ class KanTrainConfig(ModelSections):
 class KanForwardConfig(ModelSections):
     """The expressivity check (:mod:`pipeline.kan_forward`): fresh query points every step."""
 
-    models: list[str] = field(default_factory=lambda: ["ws_kan"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: int = 2000
-    kans_per_step: int = 32
-    points_per_kan: int = 4
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    grad_clip: float = 10.0
-    eval_every: int = 250
-    eval_points: int = 16
-    threads_per_task: int = 1
+    models: list[str] = setting(["ws_kan"], unique=True)
+    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    steps: int = setting(2000, gt=0)
+    kans_per_step: int = setting(32, gt=0)
+    points_per_kan: int = setting(4, gt=0)
+    lr: float = setting(2e-3, gt=0)
+    weight_decay: float = setting(1e-4, ge=0)
+    grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    eval_every: int = setting(250, gt=0)
+    eval_points: int = setting(16, gt=0)
+    threads_per_task: int = setting(1, ge=1)
     model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
 
 
@@ -165,9 +262,9 @@ class KanForwardConfig(ModelSections):
 class KanConfig:
     inr: KanInrConfig = field(default_factory=KanInrConfig)
     classifier: KanClassifierConfig = field(default_factory=KanClassifierConfig)
-    shard_size: int = 250
-    chunk_size: int = 16
-    threads_per_task: int = 1
+    shard_size: int = setting(250, gt=0)
+    chunk_size: int = setting(16, gt=0)
+    threads_per_task: int = setting(1, ge=1)
     train: KanTrainConfig = field(default_factory=KanTrainConfig)
     forward: KanForwardConfig = field(default_factory=KanForwardConfig)
 
@@ -180,23 +277,29 @@ class RayConfig:
     assigned to the task, else the CPU; ``cpu``; ``cuda`` (needs ``gpus_per_task > 0``)."""
 
     address: str = ""
-    num_cpus: int = 0
+    num_cpus: int = setting(0, ge=0)  # 0: every core
     device: str = "auto"
-    gpus_per_task: float = 0.0
-    max_retries: int = 2
+    gpus_per_task: float = setting(0.0, ge=0)
+    max_retries: int = setting(2, ge=0)  # Ray reads -1 as "retry forever"
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.device == "cuda" and self.gpus_per_task <= 0:
+            return [("device", "cuda needs ray.gpus_per_task > 0 (Ray hides the GPUs from tasks that reserve none)")]
+        return []
 
 
 @dataclass(frozen=True)
 class MLflowConfig:
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "metazoo"
-    retries: int = 3  # attempts per MLflow call (a locked store, a restarting server) before it is reported
+    # attempts per MLflow call (a locked store, a restarting server) before it is reported
+    retries: int = setting(3, ge=1)
 
 
 @dataclass(frozen=True)
 class Params:
     profile: str = "default"
-    seed: int = 0
+    seed: int = setting(0, ge=0)
     data: DataConfig = field(default_factory=DataConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -249,29 +352,35 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 
 
 def _build(cls: type, raw: dict, path: str) -> Any:
+    """``cls(**raw)`` with every key known, typed and within its field's :class:`Rule`; then the
+    cross-field rules of ``cls.check()`` (``[(field, message)]``, optional)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
     model_keys: tuple[str, ...] = ()
     if issubclass(cls, ModelSections):
         from pipeline.models import model_names, settings_type
 
-        names.discard("model_settings")
+        fields.pop("model_settings")
         model_keys = model_names()
     kwargs: dict[str, Any] = {}
     sections: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{path}.{key}" if path else str(key)
-        if key in names:
+        if key in fields:
             kwargs[key] = _coerce(value, hints[key], where)
+            _check(kwargs[key], fields[key].metadata.get("rule", _ANY), where)
         elif key in model_keys:
             sections[key] = _coerce(value, settings_type(key), where)
         else:
-            allowed = ", ".join(sorted(names))
+            allowed = ", ".join(sorted(fields))
             extra = f"; or a model's section: {', '.join(model_keys)}" if model_keys else ""
             raise ConfigError(f"{where}: unknown key (allowed: {allowed}{extra})")
     if model_keys:
         kwargs["model_settings"] = sections
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    for key, msg in obj.check() if hasattr(obj, "check") else ():
+        raise ConfigError(f"{path}.{key}: {msg}" if path else f"{key}: {msg}")
+    return obj
 
 
 def params_from_dict(raw: dict | None) -> Params:
@@ -281,92 +390,73 @@ def params_from_dict(raw: dict | None) -> Params:
     return params
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_duplicate_keys(node, "", set())
+        return super().construct_document(node)
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> None:
+    if id(node) in seen:  # an alias of a node already walked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{path}[{i}]", seen)
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+            where = f"{path}.{name}" if path else name
+            line = key.start_mark.line + 1
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if (key.tag, key.value) in lines:
+                    first = lines[(key.tag, key.value)]
+                    raise ConfigError(f"{where}: written twice (lines {first} and {line}); keep one")
+                lines[(key.tag, key.value)] = line
+            _refuse_duplicate_keys(value, where, seen)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``. Raises :class:`ConfigError` naming the bad key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return params_from_dict(raw)
 
 
 def validate(p: Params) -> None:
-    """Value checks that types alone cannot express."""
+    """Rules across sections or against other modules' registries (a field's own range is
+    declared next to it, :func:`setting`)."""
+    from pipeline.augment import AUGMENTATIONS
     from pipeline.data import OFFLINE_SOURCES
     from pipeline.device import DEVICES
     from pipeline.zoo.siren import INIT_VARIANTS
 
     checks = [
         (p.data.source in OFFLINE_SOURCES, "data.source", f"must be one of {OFFLINE_SOURCES}"),
-        (p.zoo.family == "siren", "zoo.family", "only 'siren' is implemented"),
         (p.zoo.init in INIT_VARIANTS, "zoo.init", f"must be one of {INIT_VARIANTS}"),
-        (len(p.zoo.hidden) >= 1 and min(p.zoo.hidden) > 0, "zoo.hidden", "needs >= 1 positive width"),
-        (p.zoo.steps > 0, "zoo.steps", "must be > 0"),
-        (p.zoo.lr > 0, "zoo.lr", "must be > 0"),
-        (p.zoo.shard_size > 0, "zoo.shard_size", "must be > 0"),
-        (p.zoo.chunk_size > 0, "zoo.chunk_size", "must be > 0"),
-        (p.zoo.inrs_per_train_image >= 1, "zoo.inrs_per_train_image", "must be >= 1"),
-        (min(p.data.n_train, p.data.n_val, p.data.n_test) > 0, "data.n_*", "split sizes must be > 0"),
-        (len(p.train.seeds) >= 1, "train.seeds", "needs at least one seed"),
-        (p.train.epochs > 0, "train.epochs", "must be > 0"),
-        (p.train.batch_size > 0, "train.batch_size", "must be > 0"),
-        (p.ray.gpus_per_task >= 0, "ray.gpus_per_task", "must be >= 0"),
-        (p.ray.num_cpus >= 0, "ray.num_cpus", "must be >= 0 (0: every core)"),
-        (p.ray.max_retries >= 0, "ray.max_retries", "must be >= 0"),
         (p.ray.device in DEVICES, "ray.device", f"must be one of {DEVICES}"),
-        (
-            p.ray.device != "cuda" or p.ray.gpus_per_task > 0,
-            "ray.device",
-            "cuda needs ray.gpus_per_task > 0 (Ray hides the GPUs from tasks that reserve none)",
-        ),
-        (p.mlflow.retries >= 1, "mlflow.retries", "must be >= 1"),
+        (p.train.augment in AUGMENTATIONS, "train.augment", f"must be one of {AUGMENTATIONS}"),
+        (p.edit.augment in AUGMENTATIONS, "edit.augment", f"must be one of {AUGMENTATIONS}"),
     ]
-    from pipeline.augment import AUGMENTATIONS
-
-    checks.append((p.train.augment in AUGMENTATIONS, "train.augment", f"must be one of {AUGMENTATIONS}"))
-    checks.append((p.edit.augment in AUGMENTATIONS, "edit.augment", f"must be one of {AUGMENTATIONS}"))
     kan_layers = max(len(p.kan.inr.hidden), len(p.kan.classifier.hidden)) + 1
-    kf = p.kan.forward
     for key, section, n_layers in (
         ("train", p.train, len(p.zoo.hidden) + 1),
         ("edit", p.edit, len(p.zoo.hidden) + 1),
         ("kan.train", p.kan.train, kan_layers),
-        ("kan.forward", kf, kan_layers),
+        ("kan.forward", p.kan.forward, kan_layers),
     ):
         graph_only, probes, editor = key == "kan.forward", key in ("train", "edit"), key == "edit"
         checks += _model_checks(key, section, n_layers, graph_only, probes, editor)
-    ed = p.edit
-    checks += [
-        (len(ed.seeds) >= 1 and ed.epochs > 0 and ed.batch_size > 0, "edit", "needs seeds, epochs > 0, batch > 0"),
-        (ed.n_train >= 0, "edit.n_train", "must be >= 0 (0: every training INR)"),
-        (ed.init_scale > 0 and ed.lr > 0, "edit.init_scale/lr", "must be > 0"),
-    ]
-    checks += [
-        (len(kf.seeds) >= 1, "kan.forward.seeds", "needs at least one seed"),
-        (kf.steps > 0 and kf.eval_every > 0, "kan.forward.steps", "steps and eval_every must be > 0"),
-        (min(kf.kans_per_step, kf.points_per_kan, kf.eval_points) > 0, "kan.forward.*_points", "must be > 0"),
-        (kf.lr > 0, "kan.forward.lr", "must be > 0"),
-    ]
-    kc, kt = p.kan.classifier, p.kan.train
-    for key, pair in (("lr", kc.lr), ("weight_decay", kc.weight_decay)):
-        checks.append((len(pair) == 2 and 0 < pair[0] <= pair[1], f"kan.classifier.{key}", "needs [low, high] > 0"))
-    for key, pair in (("label_noise", kc.label_noise), ("train_fraction", kc.train_fraction)):
-        ok = len(pair) == 2 and 0 <= pair[0] <= pair[1] <= 1
-        checks.append((ok, f"kan.classifier.{key}", "needs [low, high] in [0, 1]"))
-    checks += [
-        (len(kc.steps) >= 1 and min(kc.steps) > 0, "kan.classifier.steps", "needs >= 1 positive step count"),
-        (p.kan.inr.steps > 0, "kan.inr.steps", "must be > 0"),
-        (p.kan.inr.lr > 0, "kan.inr.lr", "must be > 0"),
-        (min(p.kan.inr.n_train, p.kan.inr.n_val, p.kan.inr.n_test) > 0, "kan.inr.n_*", "split sizes must be > 0"),
-        (min(kc.n_train, kc.n_val, kc.n_test) > 0, "kan.classifier.n_*", "split sizes must be > 0"),
-        (p.kan.inr.grid > 0 and kc.grid > 0, "kan.*.grid", "must be > 0"),
-        (p.kan.inr.order >= 0 and kc.order >= 0, "kan.*.order", "must be >= 0"),
-        (min(p.kan.shard_size, p.kan.chunk_size) > 0, "kan.shard_size/chunk_size", "must be > 0"),
-        (len(kt.seeds) >= 1 and kt.epochs > 0 and kt.batch_size > 0, "kan.train", "needs seeds, epochs > 0, batch > 0"),
-    ]
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")

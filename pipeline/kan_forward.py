@@ -317,5 +317,6 @@ def fit_forward(
         t0 = time.time()
     if best_state is not None:
         model.load_state_dict(best_state)
+        res.best_state = {k: v.detach().to("cpu", copy=True) for k, v in best_state.items()}
     res.seconds_per_epoch = train_time / max(len(res.history), 1)
     return res

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
+from importlib import resources
 from pathlib import Path
 
 import matplotlib
@@ -10,44 +12,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from pipeline.io import atomic_write  # noqa: E402
+from pipeline.models import model_label, report_order, variant_key  # noqa: E402
 
-MODEL_LABELS = {
-    "mlp": "MLP on flattened weights",
-    "mlp_perm": "MLP + permutation augmentation",
-    "statnn": "StatNN (per-tensor statistics)",
-    "deepsets": "DeepSets over hidden neurons",
-    "dwsnet": "DWSNet",
-    "nfn": "NFN",
-    "ng_gnn": "NG-GNN",
-    "ng_t": "NG-T",
-    "ws_kan": "WS-KAN",
-}
-
-# Published MNIST-INR test accuracies (%), from ../shared/reference/anchors.md. They were
-# measured on the published 55k-INR MNIST zoo on GPUs: a different data set from ours.
-PUBLISHED_INR_CLS = {
-    "mlp": "17.6 ± 0.0",
-    "mlp_perm": "29.3 ± 0.2",
-    "deepsets": "23.7 ± 0.1 (Set NN)",
-    "dwsnet": "85.7 ± 0.6",
-    "nfn+hnp": "92.5 (NFN's SIRENs)",
-    "nfn+np": "92.9 (NFN's SIRENs)",
-    "ng_gnn": "91.4 ± 0.6",
-    "ng_gnn+probes": "94.7 ± 0.3 (64 probes)",
-    "ng_t": "92.4 ± 0.3",
-    "ng_t+probes": "97.3 ± 0.2 (64 probes)",
-}
-
-
-# Published WS-KAN numbers (anchors.md, quoted second-hand; their zoos are unpublished, so
-# these are a different data set). Baselines were not published.
-PUBLISHED_KAN = {
-    "inr": {"ws_kan": "94.3 % (MNIST KAN-INRs)"},
-    "classifier": {"ws_kan": "MSE 2.94 (F-MNIST), 1.45 (K-MNIST); scale unknown"},
-}
 KAN_TASK_TITLES = {
     "inr": "(a) KAN-INR classification (digit of the image a KAN-INR encodes)",
     "classifier": "(b) Accuracy prediction of KAN classifiers (target: the classifier's test accuracy)",
@@ -56,36 +26,30 @@ KAN_TASK_TITLES = {
 }
 
 
+@functools.cache
+def published_results() -> dict[str, dict[str, dict[str, str]]]:
+    """``{task: {model key: {"value", "source"}}}`` of ``pipeline/published_results.yaml``.
+
+    Model keys as :func:`pipeline.models.variant_key`. The numbers were measured on the
+    published data sets, not ours: tables quote them for orientation only.
+    """
+    text = resources.files("pipeline").joinpath("published_results.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def published(task: str, key: str) -> str:
+    """The published number of model ``key`` on ``task``, as printed; ``"–"`` if none."""
+    entry = published_results().get(task, {}).get(key)
+    return entry["value"] if entry else "–"
+
+
 def models_in_order(runs: list[dict]) -> list[str]:
-    """The models of ``runs`` in the order of :data:`MODEL_LABELS` (baselines first), others after.
+    """The models of ``runs`` in report order (:func:`pipeline.models.report_order`: baselines first).
 
     Tables and figures do not depend on the order jobs were listed or submitted in (the
     ``models`` lists put the longest runs first so that the short ones fill the gaps).
     """
-    from pipeline.models import split_model_name
-
-    rank = {m: k for k, m in enumerate(MODEL_LABELS)}
-    names = dict.fromkeys(r["model"] for r in runs)
-    return sorted(names, key=lambda m: (rank.get(m, len(rank)), rank.get(split_model_name(m)[0], len(rank)), m))
-
-
-def model_key(model: str, config: dict) -> str:
-    """Key of the published number matching a run's model and configuration."""
-    if config.get("probe_features", 0) > 0:
-        return f"{model}+probes"
-    if "mode" in config:  # NFN: its HNP and NP layers have separate published numbers
-        return f"{model}+{config['mode']}"
-    return model
-
-
-def model_label(model: str, config: dict) -> str:
-    """Human-readable model name, with the variant that matters for comparisons."""
-    label = MODEL_LABELS.get(model, model)
-    if "mode" in config:
-        label += f" ({config['mode'].upper()})"
-    if config.get("probe_features", 0) > 0:
-        label += f" ({config['probe_features']} probe features)"
-    return label
+    return report_order(r["model"] for r in runs)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -108,7 +72,7 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
             "val_acc_mean": val_m,
             "val_acc_std": val_s,
             **{k: row[k] for k in ("n_params", "n_seeds", "best_epoch_mean", "seconds_per_epoch", "epochs", "label")},
-            "published": PUBLISHED_INR_CLS.get(model_key(model, rs[0]["config"]), "–"),
+            "published": published("inr_classification", variant_key(model, rs[0]["config"])),
         }
     return out
 
@@ -118,7 +82,7 @@ def summarize_editing(runs: list[dict]) -> dict[str, dict]:
     out = summarize_metrics(runs)
     for model, row in out.items():
         config = next(r["config"] for r in runs if r["model"] == model)
-        row["published"] = PUBLISHED_EDIT.get(model_key(model, config), "–")
+        row["published"] = published("inr_editing", variant_key(model, config))
     return out
 
 
@@ -172,14 +136,14 @@ def kan_markdown(
         f"{inr['psnr_std']:.1f} dB, min {inr['psnr_min']:.1f}). "
         f"KAN classifier zoo: {cls['n_nets']} KANs {cls['spec']}, test accuracies "
         f"{100 * cls['test_acc_mean']:.1f} ± {100 * cls['test_acc_std']:.1f} % (range {100 * cls['test_acc_min']:.1f}"
-        f"-{100 * cls['test_acc_max']:.1f} %). Settings and reasons: README, \"KAN zoo\".",
+        f'-{100 * cls["test_acc_max"]:.1f} %). Settings and reasons: README, "KAN zoo".',
         f"Test metrics at the best validation epoch, mean ± std over {n_seeds} seeds; KANs per split: "
         + "; ".join(f"{t}: {c}" for t, c in counts.items())
         + ".",
         "",
     ]
     for task, summary in summaries.items():
-        pub = PUBLISHED_KAN.get(task, {})
+        pub = published_results().get(f"kan_{task}", {})
         lines += [f"### {KAN_TASK_TITLES[task]}", ""]
         if task == "inr":
             lines += ["| model | parameters | test acc. (%) | s / epoch | published WS-KAN* |"]
@@ -187,7 +151,7 @@ def kan_markdown(
             for m, s in summary.items():
                 lines.append(
                     f"| {s['label']} | {s['n_params']:,} | {_pm(s, 'acc', 100)} | {s['seconds_per_epoch']:.1f} "
-                    f"| {pub.get(m, '–')} |"
+                    f"| {published(f'kan_{task}', m)} |"
                 )
         else:
             tau = "tau_mean" in next(iter(summary.values()))
@@ -199,7 +163,7 @@ def kan_markdown(
                 row += f" {_pm(s, 'tau', 1, 3)} |" if tau else ""
                 row += f" {_pm(s, 'r2', 1, 3)} | {s['mse_mean']:.2e} ± {s['mse_std']:.1e} |"
                 row += f" {s['seconds_per_epoch']:.1f} |"
-                row += f" {pub.get(m, '–')} |" if pub else ""
+                row += f" {published(f'kan_{task}', m)} |" if pub else ""
                 lines.append(row)
             if task == "inr_forward":
                 lines += [
@@ -286,18 +250,6 @@ def results_markdown(summary: dict, zoo_summary: dict, graph_counts: dict, profi
         "",
     ]
     return "\n".join(lines)
-
-
-# INR editing (dilation), test MSE x 1e-2 on the published MNIST INRs (Neural Graphs, Table 5)
-PUBLISHED_EDIT = {
-    "dwsnet": "2.58",
-    "nfn+np": "2.55",
-    "nfn+hnp": "2.55",
-    "ng_gnn": "2.38",
-    "ng_gnn+probes": "2.06 (64 probes)",
-    "ng_t": "1.96",
-    "ng_t+probes": "1.75 (64 probes)",
-}
 
 
 def editing_markdown(summary: dict, reference: dict, n_train: int, n_test: int, n_seeds: int, epochs: int) -> str:

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.config import MLflowConfig
@@ -173,9 +174,15 @@ class LiveRuns:
         self.last_epoch[key] = step
 
     def finish(
-        self, key: str, final: Mapping[str, float], tags: Mapping[str, str], history: list[Mapping[str, float]] = ()
+        self,
+        key: str,
+        final: Mapping[str, float],
+        tags: Mapping[str, str],
+        history: list[Mapping[str, float]] = (),
+        model: Path | None = None,
     ) -> str | None:
-        """Log the rows of ``history`` not yet logged, ``final`` and ``tags``; close the run. Returns its id."""
+        """Log the rows of ``history`` not yet logged, ``final``, ``tags`` and the file ``model``
+        (the trained weights, as the run's artifact ``model/``); close the run. Returns its id."""
         for row in history:
             self.epoch(key, row)
         if key not in self.run_ids:
@@ -187,6 +194,8 @@ class LiveRuns:
             self.client.log_batch(
                 run_id, metrics=_metrics(final, None), tags=[RunTag(k, str(v)) for k, v in tags.items()]
             )
+            if model is not None:
+                self.client.log_artifact(run_id, str(model), "model")
             self.client.set_terminated(run_id, "FINISHED")
 
         self._call(key, "final metrics", close)

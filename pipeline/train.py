@@ -177,6 +177,7 @@ class RunResult:
     test: dict[str, float] = field(default_factory=dict)
     n_params: int = 0
     seconds_per_epoch: float = 0.0
+    best_state: dict[str, Tensor] | None = None  # the model's state at the best validation epoch (CPU)
 
 
 @torch.no_grad()
@@ -234,8 +235,8 @@ def fit_model(
 
     The test split is evaluated only when the validation metric (``objective.select``; higher
     is better if ``objective.maximize``, else lower) improves; the reported test metrics are
-    those of the best validation epoch, and ``on_best(model)`` is called then (e.g. to render
-    examples). ``augment(inputs, generator)`` transforms every training batch (never val/test).
+    those of the best validation epoch, whose weights are kept (``best_state``), and
+    ``on_best(model)`` is called then (e.g. to render examples). ``augment(inputs, generator)`` transforms every training batch (never val/test).
     """
     device = torch.device(device)
     model.to(device)
@@ -280,6 +281,7 @@ def fit_model(
         if score > res.best_val if objective.maximize else score < res.best_val:
             res.best_val, res.best_epoch = score, epoch
             res.test = evaluate(model, test, objective)
+            res.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if on_best is not None:
                 on_best(model)
         row[f"test_{objective.select}_at_best_val"] = res.test[objective.select]

@@ -4,7 +4,7 @@ Each (model, seed) of ``edit`` trains the model's editor (:func:`pipeline.models
 to map a SIREN's weights to weights whose rendering on the 28x28 grid is the dilated image
 (:mod:`pipeline.tasks.editing`); selection on the validation MSE, the test MSE at the best
 validation epoch reported, beside the MSE of the unedited INRs. The Ray / MLflow wiring is the
-``train`` stage's (:func:`stages.train.run_training`).
+``train`` stage's (:func:`pipeline.runs.run_training`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import fingerprint, read_json
 from pipeline.models import build_editor
+from pipeline.models.saved import model_card
+from pipeline.runs import GraphData, TaskContext, result_dict, run_training
 from pipeline.tasks.editing import Editing, dilate, render_sirens
 from pipeline.train import TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
 from pipeline.weightspace.spec import ParamSpec, flatten
 from pipeline.zoo.store import read_manifest
 from stages.common import parse, reported_errors
-from stages.runs import TaskContext
-from stages.train import GraphData, run_training
 
 SPLITS = ("train", "val", "test")
 N_EXAMPLES = 6  # test INRs rendered before / after editing for the report's figure (spread over the split)
@@ -126,8 +126,8 @@ def edit_one(
     )
     examples["original"] = render(test_flat[shown])
     examples["target"] = test.y[shown].round(decimals=4).tolist()
-    out = dataclasses.asdict(res)
-    out.update(model=model_name, seed=seed, wall_seconds=time.time() - t0, config=dataclasses.asdict(model_cfg))
+    out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
+    out["card"] = model_card(model_name, model_cfg, shape, meta, objective, init_scale)
     out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()})
     out.update(reference=reference, examples=examples, n_train=len(splits["train"]), n_test=len(test), **where)
     return out

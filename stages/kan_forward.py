@@ -4,7 +4,7 @@ Every (model, seed) of ``kan.forward`` learns to predict a KAN-INR's own output 
 point from its KAN-graph (:mod:`pipeline.kan_forward`), on fresh points every step; validation
 and test KANs are held out. Results (with the position-only reference) go to
 ``<out>/results.json`` in the format of the other training stages, and to MLflow; runs resume
-and are tracked live as in ``train`` (:mod:`stages.runs`).
+and are tracked live as in ``train`` (:mod:`pipeline.runs`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from pipeline.config import ConfigError, Params
 from pipeline.io import fingerprint, read_json
 from pipeline.kan_forward import ForwardData, ForwardSettings, fit_forward, settings_from
 from pipeline.models import build_model
+from pipeline.models.saved import model_card
+from pipeline.runs import Job, StageRuns, TaskContext, result_dict
 from pipeline.zoo.kan_zoo import GRID_RANGE, load_kan_zoo
 from stages.common import parse, reported_errors
-from stages.runs import Job, StageRuns, TaskContext
 
 SPLITS = ("train", "val", "test")
 
@@ -59,8 +60,8 @@ def train_one(
         ctx.epoch(row)
 
     res = fit_forward(model, data, settings, seed, on_eval=progress, device=device)
-    out = dataclasses.asdict(res)
-    out.update(model=model_name, seed=seed, wall_seconds=time.time() - t0, config=dataclasses.asdict(model_cfg))
+    out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
+    out["card"] = model_card(model_name, model_cfg, data.shape(), {"spec": data.spec.to_dict()}, None)
     out["counts"] = {s: int(v.numel()) for s, v in data.splits.items()}
     return out | where
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Params
+from pipeline.runs import GraphData, run_training
 from pipeline.train import TrainSettings
 from stages.common import parse, reported_errors
-from stages.train import GraphData, run_training
 
 
 def run(params: Params, task: str, graphs_dir: Path, out: Path) -> list[dict]:

@@ -14,6 +14,7 @@ from pipeline.data import load_images, split_indices
 from pipeline.device import resolve_device
 from pipeline.distributed import task_device
 from pipeline.io import write_json
+from pipeline.provenance import fit_environment
 from pipeline.weightspace.spec import ParamSpec
 from pipeline.zoo.build import (
     PlannedNet,
@@ -73,6 +74,7 @@ def plan_zoo(params: Params) -> ZooPlan:
         "source": params.data.source,
         "chunk_size": zc.chunk_size,
         "threads_per_task": zc.threads_per_task,
+        "environment": fit_environment("pipeline.zoo.build"),  # code, torch, CPU: what else makes the bytes
     }
     if device != "cpu":  # GPU bytes differ from CPU bytes: never mix them (CPU fingerprints unchanged)
         recipe["device"] = device

@@ -11,14 +11,17 @@ permutes with its input. The flat MLP is the documented exception (not invariant
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import pytest
 import torch
 
+import pipeline.models as registry
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
-from pipeline.models import build_editor, build_model, model_module, model_names
+from pipeline.models import build_editor, build_model, model_module, model_names, split_model_name
 from pipeline.models.probes import ForwardSpec
+from pipeline.report import published, published_results
 from pipeline.train import data_shape, model_inputs
 from pipeline.weightspace.spec import flatten, permute, random_permutations, unflatten
 from tests.weightspace_cases import SIREN_LAYOUTS, random_params, rows_only, swap_inputs
@@ -103,3 +106,59 @@ def test_editor_equivariant_and_detects_wrong_couplings(name, layout):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * delta)
     wrong = rows_only(params, spec.hidden_layers[0])
     assert (run(wrong) - flatten(wrong, spec) - (edited - flatten(params, spec))).abs().max() > 1e-6
+
+
+# Reports: labels, variants and published numbers come from the model modules and the data file.
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_declares_its_report_label(name):
+    mod = model_module(name)
+    assert isinstance(mod.LABEL, str) and mod.LABEL
+    assert isinstance(mod.REPORT_ORDER, int)
+    # the variant hook accepts the model's own default settings, as a run records them
+    assert isinstance(registry.variant_key(name, dataclasses.asdict(mod.Settings())), str)
+
+
+def test_every_published_number_names_a_known_model():
+    tables = published_results()
+    assert {"inr_classification", "inr_editing", "kan_inr", "kan_classifier"} <= set(tables)
+    for task, table in tables.items():
+        for key, entry in table.items():
+            base, _ = split_model_name(key.split("+")[0])
+            assert base in model_names(), f"{task}: {key}"
+            assert isinstance(entry["value"], str) and isinstance(entry["source"], str), f"{task}: {key}"
+
+
+def test_variants_pick_labels_and_published_numbers():
+    cases = {  # (model, settings) -> (published key, label)
+        ("nfn", ("mode", "hnp")): ("nfn+hnp", "NFN (HNP)"),
+        ("nfn", ("mode", "np")): ("nfn+np", "NFN (NP)"),
+        ("ng_t", ("probe_features", 64)): ("ng_t+probes", "NG-T (64 probe features)"),
+        ("ng_gnn", ("probe_features", 0)): ("ng_gnn", "NG-GNN"),
+        ("mlp_perm", ("hidden", 8)): ("mlp_perm", "MLP + permutation augmentation"),
+        ("dwsnet_perm", ("hidden", 8)): ("dwsnet_perm", "DWSNet + permutation augmentation"),
+        ("ng_gnn_perm", ("probe_features", 4)): (
+            "ng_gnn_perm+probes",
+            "NG-GNN + permutation augmentation (4 probe features)",
+        ),
+    }
+    for (name, (k, v)), (key, label) in cases.items():
+        assert (registry.variant_key(name, {k: v}), registry.model_label(name, {k: v})) == (key, label)
+    assert published("inr_classification", "nfn+np") == "92.9 (NFN's SIRENs)"
+    assert published("inr_editing", "ng_t+probes") == "1.75 (64 probes)"
+    assert published("inr_classification", "statnn") == "–"
+    assert published("no_such_task", "mlp") == "–"
+
+
+def test_a_new_modules_variant_needs_no_report_code(monkeypatch):
+    """A dummy model with a variant but no ``variant_label``: the variant key is shown as is."""
+    dummy = types.SimpleNamespace(LABEL="Dummy net", variant=lambda s: "wide" if s["width"] > 8 else "")
+    real = registry.model_module
+    monkeypatch.setattr(registry, "model_module", lambda n: dummy if n.startswith("dummy") else real(n))
+    assert registry.variant_key("dummy", {"width": 16}) == "dummy+wide"
+    assert registry.variant_key("dummy_perm", {"width": 4}) == "dummy_perm"
+    assert registry.model_label("dummy", {"width": 16}) == "Dummy net (wide)"
+    assert registry.model_label("dummy_perm", {"width": 16}) == "Dummy net + permutation augmentation (wide)"
+    order = registry.report_order(["dummy", "ws_kan", "ng_gnn_perm", "mlp_perm", "ng_gnn", "statnn", "mlp", "mlp"])
+    assert order == ["mlp", "mlp_perm", "statnn", "ng_gnn", "ng_gnn_perm", "ws_kan", "dummy"]

@@ -101,7 +101,7 @@ def _train_settings(params):
 
 def _raising_worker(data, model, config, seed, ctx, settings, augment):
     """The training worker, broken on purpose for seed 1."""
-    from stages.train import train_one
+    from pipeline.runs import train_one
 
     if seed == 1:
         raise ValueError("run broken on purpose")
@@ -199,7 +199,7 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
 
     from stages import graphs as graphs_stage
     from stages import train, zoo
-    from stages.runs import TaskContext
+    from pipeline.runs import TaskContext
 
     workspace = tmp_path / "ws"
     workspace.mkdir()

@@ -9,9 +9,14 @@ A model ``<name>`` is the module ``pipeline/models/<name>.py`` defining
 * ``build(settings, shape: DataShape) -> nn.Module`` mapping that input to ``(B, n_classes)``
   (class logits or regression targets);
 * optionally ``build_editor(settings, shape, init_scale) -> nn.Module``, an equivariant editor
-  mapping the same input to edited ``(B, P)`` parameters (the INR editing task).
+  mapping the same input to edited ``(B, P)`` parameters (the INR editing task);
+* ``LABEL``, its name in reports, and ``REPORT_ORDER``, its rows' position (baselines first);
+  optionally ``SHORT_LABEL`` (in ``"<SHORT_LABEL> + permutation augmentation"``),
+  ``variant(settings: dict) -> str`` (the variant with its own published numbers, ``""`` for
+  none) and ``variant_label(settings: dict) -> str`` (:func:`model_label`, :func:`variant_key`).
 
-Adding a metanetwork is that one module plus its name in a ``models`` list of ``params.yaml``.
+Adding a metanetwork is that one module plus its name in a ``models`` list of ``params.yaml``
+(and its published numbers, if any, in ``pipeline/published_results.yaml``).
 Helper modules (``layers``, ``probes``) define no ``build`` and are not models.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -100,3 +106,52 @@ def build_editor(name: str, settings, shape: DataShape, init_scale: float) -> nn
         editors = [m for m in model_names() if hasattr(model_module(m), "build_editor")]
         raise ValueError(f"model {name!r} has no editor; models with one: {editors}")
     return mod.build_editor(settings, shape, init_scale)
+
+
+# Reports: a model's name in tables, the key of its published number, its row position.
+
+
+def model_label(name: str, config: dict) -> str:
+    """Human-readable name of model ``name`` trained with ``config`` (its ``Settings`` as a dict).
+
+    The module's ``LABEL``; a ``_perm`` suffix gives ``"<SHORT_LABEL> + permutation augmentation"``
+    (``SHORT_LABEL`` defaults to ``LABEL``); a non-empty variant is appended in parentheses, as the
+    module's ``variant_label(config)`` words it (default: the variant key). ``"NFN (NP)"``,
+    ``"NG-T (16 probe features)"``, ``"MLP + permutation augmentation"``.
+    """
+    mod = model_module(name)
+    _, permuted = split_model_name(name)
+    label = f"{getattr(mod, 'SHORT_LABEL', mod.LABEL)} + permutation augmentation" if permuted else mod.LABEL
+    words = mod.variant_label(config) if hasattr(mod, "variant_label") else _variant(mod, config)
+    return f"{label} ({words})" if words else label
+
+
+def variant_key(name: str, config: dict) -> str:
+    """Key of the published number that model ``name`` trained with ``config`` compares with:
+    the name (``_perm`` suffix kept), plus ``+<variant>`` when the module's ``variant(config)`` is
+    not empty. ``"nfn+hnp"``, ``"ng_t+probes"``, ``"mlp_perm"``."""
+    variant = _variant(model_module(name), config)
+    return f"{name}+{variant}" if variant else name
+
+
+def _variant(mod: ModuleType, config: dict) -> str:
+    return mod.variant(config) if hasattr(mod, "variant") else ""
+
+
+def report_order(names: Iterable[str]) -> list[str]:
+    """``names`` in report order: by their module's ``REPORT_ORDER`` (baselines first; modules
+    without one last), each ``_perm`` variant right after its base model."""
+
+    def key(name: str) -> tuple:
+        base, permuted = split_model_name(name)
+        return getattr(model_module(name), "REPORT_ORDER", float("inf")), base, permuted, name
+
+    return sorted(dict.fromkeys(names), key=key)
+
+
+def load(path, device="cpu"):
+    """A trained metanetwork rebuilt from its model file (``data/train/ng_t_seed0``, with or
+    without ``.safetensors``): :class:`pipeline.models.saved.SavedModel` (module, card, ``predict``)."""
+    from pipeline.models.saved import load as load_saved
+
+    return load_saved(path, device)

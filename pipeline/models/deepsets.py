@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pipeline.config import setting
 from pipeline.models import DataShape
 from pipeline.weightspace.spec import Params, ParamSpec, unflatten
 
@@ -126,12 +127,14 @@ class DeepSets(nn.Module):
 class Settings:
     """``<section>.deepsets`` of ``params.yaml``."""
 
-    hidden: int = 64
-    layers: int = 2
-    dropout: float = 0.0
+    hidden: int = setting(64, gt=0)
+    layers: int = setting(2, gt=0)
+    dropout: float = setting(0.0, ge=0, lt=1)
 
 
 INPUT_KIND = "flat"
+LABEL = "DeepSets over hidden neurons"
+REPORT_ORDER = 30  # a baseline
 
 
 def build(s: Settings, shape: DataShape) -> DeepSets:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pipeline.config import setting
 from pipeline.models import DataShape
 from pipeline.weightspace.spec import Params, ParamSpec, flatten, unflatten
 
@@ -376,12 +377,14 @@ class DWSNetEditor(nn.Module):
 class Settings:
     """``<section>.dwsnet`` of ``params.yaml``."""
 
-    hidden: int = 32
-    layers: int = 4
-    dropout: float = 0.0
+    hidden: int = setting(32, gt=0)
+    layers: int = setting(4, gt=0)
+    dropout: float = setting(0.0, ge=0, lt=1)
 
 
 INPUT_KIND = "flat"
+LABEL = "DWSNet"
+REPORT_ORDER = 40
 
 
 def build(s: Settings, shape: DataShape) -> DWSNet:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from pipeline.config import setting
 from pipeline.models import DataShape
 
 
@@ -43,12 +44,15 @@ class FlatMLP(nn.Module):
 class Settings:
     """``<section>.mlp`` of ``params.yaml``."""
 
-    hidden: int = 256
-    layers: int = 3
-    dropout: float = 0.0
+    hidden: int = setting(256, gt=0)
+    layers: int = setting(3, gt=0)
+    dropout: float = setting(0.0, ge=0, lt=1)
 
 
 INPUT_KIND = "flat"
+LABEL = "MLP on flattened weights"
+SHORT_LABEL = "MLP"  # in "MLP + permutation augmentation"
+REPORT_ORDER = 10  # a baseline
 
 
 def build(s: Settings, shape: DataShape) -> FlatMLP:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pipeline.config import setting
 from pipeline.models import DataShape
 from pipeline.models.dwsnet import EquivariantLinear, InvariantHead, WeightSpaceEditHead, slot_key, slots, to_slots
 from pipeline.weightspace.spec import ParamSpec, unflatten
@@ -23,15 +24,26 @@ from pipeline.weightspace.spec import ParamSpec, unflatten
 class Settings:
     """``<section>.nfn`` of ``params.yaml``."""
 
-    hidden: int = 32
-    layers: int = 3
-    mode: str = "np"  # np | hnp
-    fourier_features: int = 0
-    fourier_scale: float = 3.0
-    dropout: float = 0.0
+    hidden: int = setting(32, gt=0)
+    layers: int = setting(3, gt=0)
+    mode: str = setting("np", one_of=("np", "hnp"))
+    fourier_features: int = setting(0, ge=0)
+    fourier_scale: float = setting(3.0, gt=0)
+    dropout: float = setting(0.0, ge=0, lt=1)
 
 
 INPUT_KIND = "flat"
+LABEL = "NFN"
+REPORT_ORDER = 50
+
+
+def variant(settings: dict) -> str:
+    """The layer's symmetry, ``"np"`` or ``"hnp"``: the papers publish each separately."""
+    return settings["mode"]
+
+
+def variant_label(settings: dict) -> str:
+    return settings["mode"].upper()
 
 
 def build(s: Settings, shape: DataShape) -> NFN:

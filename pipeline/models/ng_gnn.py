@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+from pipeline.config import setting
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.models import DataShape
 from pipeline.models.layers import (
@@ -279,15 +280,27 @@ class NGGNNEditor(nn.Module):
 class Settings:
     """``<section>.ng_gnn`` of ``params.yaml``."""
 
-    hidden: int = 32
-    layers: int = 4
-    dropout: float = 0.0
-    fourier_features: int = 16
-    fourier_scale: float = 3.0
-    probe_features: int = 0  # M learned input points run through every INR (0 = none)
+    hidden: int = setting(32, gt=0)
+    layers: int = setting(4, gt=0)
+    dropout: float = setting(0.0, ge=0, lt=1)
+    fourier_features: int = setting(16, ge=0)
+    fourier_scale: float = setting(3.0, gt=0)
+    probe_features: int = setting(0, ge=0)  # M learned input points run through every INR (0 = none)
 
 
 INPUT_KIND = "graph"
+LABEL = "NG-GNN"
+REPORT_ORDER = 60
+
+
+def variant(settings: dict) -> str:
+    """``"probes"`` with probe features: the papers publish those numbers separately."""
+    return "probes" if settings.get("probe_features", 0) > 0 else ""
+
+
+def variant_label(settings: dict) -> str:
+    n = settings.get("probe_features", 0)
+    return f"{n} probe features" if n > 0 else ""
 
 
 def build(s: Settings, shape: DataShape) -> NGGNN:

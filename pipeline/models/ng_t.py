@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import softmax
 
+from pipeline.config import setting
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.models import DataShape
 from pipeline.models.layers import GraphEditHead, GraphStates, output_states
@@ -236,14 +237,32 @@ class NGTEditor(nn.Module):
 class Settings:
     """``<section>.ng_t`` of ``params.yaml``."""
 
-    hidden: int = 64
-    layers: int = 4
-    heads: int = 4
-    dropout: float = 0.0
-    probe_features: int = 0  # M learned input points run through every INR (0 = none)
+    hidden: int = setting(64, gt=0)
+    layers: int = setting(4, gt=0)
+    heads: int = setting(4, gt=0)
+    dropout: float = setting(0.0, ge=0, lt=1)
+    probe_features: int = setting(0, ge=0)  # M learned input points run through every INR (0 = none)
+
+    def check(self) -> list[tuple[str, str]]:
+        """Each attention head takes ``hidden / heads`` channels."""
+        if self.hidden % self.heads:
+            return [("hidden", f"{self.hidden} must be a multiple of heads ({self.heads})")]
+        return []
 
 
 INPUT_KIND = "graph"
+LABEL = "NG-T"
+REPORT_ORDER = 70
+
+
+def variant(settings: dict) -> str:
+    """``"probes"`` with probe features: the papers publish those numbers separately."""
+    return "probes" if settings.get("probe_features", 0) > 0 else ""
+
+
+def variant_label(settings: dict) -> str:
+    n = settings.get("probe_features", 0)
+    return f"{n} probe features" if n > 0 else ""
 
 
 def build(s: Settings, shape: DataShape) -> NGT:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pipeline.config import setting
 from pipeline.models import DataShape
 from pipeline.weightspace.spec import ParamSpec, unflatten
 
@@ -74,12 +75,14 @@ class StatNN(nn.Module):
 class Settings:
     """``<section>.statnn`` of ``params.yaml``."""
 
-    hidden: int = 256
-    layers: int = 3
-    dropout: float = 0.0
+    hidden: int = setting(256, gt=0)
+    layers: int = setting(3, gt=0)
+    dropout: float = setting(0.0, ge=0, lt=1)
 
 
 INPUT_KIND = "flat"
+LABEL = "StatNN (per-tensor statistics)"
+REPORT_ORDER = 20  # a baseline
 
 
 def build(s: Settings, shape: DataShape) -> StatNN:

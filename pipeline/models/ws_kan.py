@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch_geometric.data import Batch
 
+from pipeline.config import setting
 from pipeline.models import DataShape
 from pipeline.models.layers import output_states
 
@@ -159,12 +160,14 @@ class WSKAN(nn.Module):
 class Settings:
     """``<section>.ws_kan`` of ``params.yaml``."""
 
-    hidden: int = 64
-    layers: int = 4
-    dropout: float = 0.0
+    hidden: int = setting(64, gt=0)
+    layers: int = setting(4, gt=0)
+    dropout: float = setting(0.0, ge=0, lt=1)
 
 
 INPUT_KIND = "graph"
+LABEL = "WS-KAN"
+REPORT_ORDER = 80
 
 
 def build(s: Settings, shape: DataShape) -> WSKAN:

@@ -1,14 +1,18 @@
-"""Resumable (model, seed) runs as Ray tasks, with live MLflow tracking; shared by the stages
-``train``, ``edit``, ``kan_train`` and ``kan_forward``.
+"""Resumable (model, seed) runs as Ray tasks, with live MLflow tracking, and the training job
+they run by default; shared by the stages ``train``, ``edit``, ``kan_train`` and ``kan_forward``
+and by ``experiments/``.
 
 * **Inputs through the object store.** The driver loads the stage's data once, puts it into Ray's
   object store and hands every task a reference; a task returns its result dict and never reads
   or writes the driver's disk. Only the driver writes ``<out>/`` and talks to MLflow.
 * **Resume.** Every finished run is written at once to ``<out>/<model>_seed<seed>.json`` with a
-  fingerprint of its settings, the data version, the device and the code (every source file of
-  ``pipeline/`` and ``stages/``). A re-run keeps each run whose file carries the fingerprint it
+  fingerprint of its settings, the data version, the device and the code (every project file the
+  stage runs, :func:`pipeline.provenance.code_hash`). A re-run keeps each run whose file carries the fingerprint it
   would produce and runs only the others; a run that raises no longer takes the others down: the
   stage finishes them, then fails naming it.
+* **Trained models kept.** A run's best-validation weights come back with its result; the
+  driver writes them to ``<out>/<model>_seed<seed>.safetensors`` with the model card that rebuilds
+  the model (:mod:`pipeline.models.saved`) and logs that file as the MLflow run's ``model``.
 * **Live tracking.** A task sends ``start`` (node, device) and one row per epoch through
   a Ray queue; the driver opens the run's MLflow child run when it starts and logs each epoch as
   it arrives (:class:`pipeline.tracking.LiveRuns`), so a long run is watched in the UI.
@@ -17,18 +21,33 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.config import Params, to_flat_dict
+from pipeline.augment import augmenter, check_augmentation
+from pipeline.config import ConfigError, Params, to_flat_dict
 from pipeline.device import describe, resolve_device
-from pipeline.io import CorruptFileError, fingerprint, read_json, write_json
+from pipeline.graphs.neural_graph import graph_template
+from pipeline.graphs.store import GraphSet
+from pipeline.io import CorruptFileError, fingerprint, read_json, remove_stale_temps, write_json
+from pipeline.models import build_model, split_model_name
+from pipeline.models.saved import model_card, save_model
+from pipeline.provenance import code_hash
+from pipeline.train import (
+    Classification,
+    Regression,
+    TrainSettings,
+    data_shape,
+    fit_model,
+    forward_spec_from_meta,
+    model_inputs,
+)
+from pipeline.weightspace.spec import ParamSpec
 
 RESULTS = "results.json"
 
@@ -48,6 +67,11 @@ class Job:
     @property
     def file(self) -> str:
         return f"{self.model}_seed{self.seed}.json"
+
+    @property
+    def model_file(self) -> str:
+        """The run's best-validation weights and model card (:mod:`pipeline.models.saved`)."""
+        return f"{self.model}_seed{self.seed}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -88,19 +112,9 @@ def _node_id() -> str:
         return "local"
 
 
-@cache
-def code_version() -> str:
-    """Hash of every source file of ``pipeline/`` and ``stages/`` (what a run's code can be)."""
-    import pipeline
-    import stages
-
-    h = hashlib.sha256()
-    for pkg in (pipeline, stages):
-        root = Path(pkg.__file__).parent
-        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".cpp") and p.is_file()):
-            h.update(f"{pkg.__name__}/{path.relative_to(root).as_posix()}\n".encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+def code_version(stage: str) -> str:
+    """Hash of every project file stage ``stage`` (``"kan_train@inr"``: ``stages/kan_train.py``) runs."""
+    return code_hash(f"stages.{stage.split('@')[0]}")
 
 
 def run_fingerprint(stage: str, job: Job, settings: dict, data_version: str, device: str) -> str:
@@ -114,30 +128,33 @@ def run_fingerprint(stage: str, job: Job, settings: dict, data_version: str, dev
             "settings": settings,
             "data": data_version,
             "device": device,
-            "code": code_version(),
+            "code": code_version(stage),
         }
     )
 
 
-def kept_result(path: Path, fp: str) -> dict | None:
-    """The result stored at ``path`` if it was made for fingerprint ``fp``, else ``None``."""
+def kept_result(out: Path, job: Job, fp: str) -> dict | None:
+    """The result of ``job`` stored in ``out`` if it was made for fingerprint ``fp`` (and its model
+    file, where it has one, is there), else ``None``."""
+    path = out / job.file
     if not path.exists():
         return None
     try:
         r = read_json(path)
     except CorruptFileError:
         return None
-    return r if isinstance(r, dict) and r.get("fingerprint") == fp else None
+    if not isinstance(r, dict) or r.get("fingerprint") != fp:
+        return None
+    return None if r.get("model_file") and not (out / r["model_file"]).exists() else r
 
 
 def clean_out_dir(out: Path, jobs: Sequence[Job]) -> None:
-    """Remove run files of jobs no longer planned and temporary files of a killed writer."""
-    planned = {j.file for j in jobs}
-    for f in out.glob("*_seed*.json"):
+    """Remove run and model files of jobs no longer planned and temporary files of a killed writer."""
+    planned = {j.file for j in jobs} | {j.model_file for j in jobs}
+    for f in [*out.glob("*_seed*.json"), *out.glob("*_seed*.safetensors")]:
         if f.name not in planned:
             f.unlink()
-    for tmp in out.glob(".*.tmp"):
-        tmp.unlink()
+    remove_stale_temps(out)
 
 
 @dataclass
@@ -177,7 +194,7 @@ class StageRuns:
 
         self.out.mkdir(parents=True, exist_ok=True)
         clean_out_dir(self.out, self.jobs)
-        self.results = [kept_result(self.out / j.file, fp) for j, fp in zip(self.jobs, self.fps, strict=True)]
+        self.results = [kept_result(self.out, j, fp) for j, fp in zip(self.jobs, self.fps, strict=True)]
         todo = [i for i, r in enumerate(self.results) if r is None]
         n_kept = len(self.jobs) - len(todo)
         print(f"{self.stage}: {len(self.jobs)} runs, {n_kept} kept from an earlier invocation, running {len(todo)}")
@@ -226,13 +243,20 @@ class StageRuns:
         self.live.start(job.key, self._mlflow_params(job), self._tags(job, where), existing)
 
     def _finished(self, i: int, r: dict) -> None:
-        """Keep result ``r`` of job ``i`` on disk, then close its MLflow run and record the run id
+        """Keep result ``r`` of job ``i`` on disk (its weights, if it returned them, as the model
+        file), then close its MLflow run with the model file as artifact and record the run id
         (or, when MLflow failed, the id of the run left open, to reopen it next time)."""
         job = self.jobs[i]
+        weights, card = r.pop("weights", None), r.pop("card", None)
+        if weights is not None and card is not None:
+            card |= {"stage": self.stage, "seed": job.seed, "test": r["test"], "fingerprint": r["fingerprint"]}
+            save_model(self.out / job.model_file, weights, card)
+            r["model_file"] = job.model_file
         self.results[i] = r
         write_json(self.out / job.file, r)  # on disk before MLflow is asked anything
         self._started(i, r, r.get("mlflow_pending_run_id"))  # a no-op when the task's start event opened it
-        run_id = self.live.finish(job.key, self.final_metrics(r), self._tags(job, r), r["history"])
+        model = self.out / r["model_file"] if r.get("model_file") else None
+        run_id = self.live.finish(job.key, self.final_metrics(r), self._tags(job, r), r["history"], model)
         kept = {k: v for k, v in r.items() if k != "mlflow_pending_run_id"}
         if run_id is not None:
             self.results[i] = kept | {"mlflow_run_id": run_id}
@@ -273,7 +297,7 @@ class StageRuns:
                     self.live.epoch(key, payload)
 
         def on_result(k: int, r: dict) -> None:
-            self._finished(todo[k], r | {"fingerprint": self.fps[todo[k]], "code_version": code_version()})
+            self._finished(todo[k], r | {"fingerprint": self.fps[todo[k]], "code_version": code_version(self.stage)})
 
         def on_error(k: int, message: str) -> None:
             self._started(todo[k], {})  # a run that failed before it started still shows, FAILED
@@ -296,3 +320,137 @@ class StageRuns:
         finally:
             events.shutdown()
         return None
+
+
+N_CLASSES = 10
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class GraphData:
+    """A graphs directory in memory: ``meta.json`` and the three splits (what a task receives)."""
+
+    meta: dict
+    splits: dict[str, GraphSet]
+    derived: dict = dataclasses.field(default_factory=dict)  # how splits were changed after loading
+
+    @staticmethod
+    def load(graphs_dir: str | Path) -> GraphData:
+        gdir = Path(graphs_dir)
+        return GraphData(read_json(gdir / "meta.json"), {s: GraphSet.load(gdir / f"{s}.safetensors") for s in SPLITS})
+
+    @property
+    def version(self) -> str:
+        """The data version: a hash of the graphs' metadata (spec, statistics, counts) and of
+        whatever was derived from them."""
+        return fingerprint([self.meta, self.derived]) if self.derived else fingerprint(self.meta)
+
+
+def train_one(
+    data: GraphData, model_name: str, model_cfg, seed: int, ctx: TaskContext, settings: TrainSettings, augment: str
+) -> dict:
+    """Build and train one model on ``data``; return its result as a plain dict."""
+    device, where = ctx.start()
+    torch.manual_seed(seed)
+    meta, splits = data.meta, data.splits
+    template = graph_template(ParamSpec.from_dict(meta["spec"]))
+    if meta.get("kind", "classification") == "classification":
+        objective = Classification(int(meta.get("n_targets", N_CLASSES)))
+        n_out = objective.n_classes
+    else:
+        objective = Regression.fit(splits["train"].y)
+        n_out = objective.n_targets
+    fwd = forward_spec_from_meta(meta) if "forward" in meta else None
+    shape = data_shape(splits["train"], template, n_out, fwd)
+    base, permutations = split_model_name(model_name)
+    model = build_model(base, model_cfg, shape)
+    inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
+    t0 = time.time()
+    sel = objective.select
+
+    def progress(row: dict) -> None:  # shown in the driver's output (Ray forwards worker prints)
+        print(
+            f"{model_name} seed {seed}: epoch {int(row['epoch'])}/{settings.epochs} "
+            f"train loss {row['train_loss']:.3f} val {sel} {row[f'val_{sel}']:.3f} ({row['epoch_seconds']:.0f} s)",
+            flush=True,
+        )
+        ctx.epoch(row)
+
+    res = fit_model(
+        model,
+        inputs["train"],
+        inputs["val"],
+        inputs["test"],
+        settings,
+        seed,
+        objective,
+        on_epoch=progress,
+        augment=augmenter(augment, model.input_kind, template.spec, permutations),
+        device=device,
+    )
+    out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
+    out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()}, **where)
+    if sel == "acc":
+        out["best_val_acc"] = res.best_val
+    out["card"] = model_card(model_name, model_cfg, shape, meta, objective)
+    return out
+
+
+def result_dict(res, model_name: str, seed: int, model_cfg, seconds: float) -> dict:
+    """A run's result as plain data, with its best-validation weights (CPU tensors) under
+    ``"weights"``: :class:`StageRuns` writes those to the run's model file."""
+    weights = res.best_state
+    out = dataclasses.asdict(dataclasses.replace(res, best_state=None))
+    del out["best_state"]
+    out.update(model=model_name, seed=seed, wall_seconds=seconds, config=dataclasses.asdict(model_cfg))
+    out["weights"] = weights
+    return out
+
+
+def final_metrics(r: dict) -> dict[str, float]:
+    """What MLflow shows for a finished run (test metrics at the best validation epoch)."""
+    return {
+        **{f"test_{k}": v for k, v in r["test"].items()},
+        f"best_val_{r['select']}": r["best_val"],
+        "best_epoch": r["best_epoch"],
+        "n_params": r["n_params"],
+        "seconds_per_epoch": r["seconds_per_epoch"],
+    }
+
+
+def run_training(
+    params: Params,
+    data: GraphData,
+    out: Path,
+    models: list[str],
+    seeds: list[int],
+    settings: TrainSettings,
+    model_configs: dict,
+    augment: str,
+    threads: int,
+    stage: str,
+    worker=None,
+    extra: dict | None = None,
+) -> list[dict]:
+    """Train every (model, seed) on ``data`` as Ray tasks (resumable, tracked live); write JSON.
+
+    ``worker(data, model, model_settings, seed, ctx, train_settings, augment, *extra.values())``
+    runs one job and returns its result dict (default :func:`train_one`); ``extra`` (JSON-able
+    settings of the worker) enters the runs' fingerprints and MLflow params.
+    """
+    extra = extra or {}
+    try:
+        check_augmentation(augment, ParamSpec.from_dict(data.meta["spec"]))
+    except ValueError as e:
+        raise ConfigError(f"{stage.split('@')[0]}.augment: {e}") from e
+    jobs = [Job(m, s, model_configs[split_model_name(m)[0]]) for m in models for s in seeds]
+    run_settings = dataclasses.asdict(settings) | {"augment": augment} | extra
+    runs = StageRuns(params, stage, out, jobs, data.version, run_settings, final_metrics)
+    results = runs.run(data, worker or train_one, (settings, augment, *extra.values()), threads)
+    for r in results:
+        sel = r["select"]
+        print(
+            f"{stage}: {r['model']:>8} seed {r['seed']}: test {sel} {r['test'][sel]:.4f} at best val epoch "
+            f"{r['best_epoch']} ({r['seconds_per_epoch']:.1f} s/epoch)"
+        )
+    return results

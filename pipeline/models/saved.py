@@ -1,0 +1,174 @@
+"""Trained metanetworks on disk: weights plus the model card that rebuilds them.
+
+A model file is one safetensors file (no pickle: loading runs no code): the model's
+``state_dict`` at its best validation epoch, and in the metadata key ``metazoo`` a JSON *model
+card* with everything :func:`load` needs to rebuild the module without the training data:
+
+* ``model`` (``"ng_t"``, ``"mlp_perm"``), ``settings`` (its ``Settings`` fields), ``kind``
+  (``"predictor"`` or ``"editor"``, with ``init_scale``);
+* ``shape``: the scalar fields of :class:`~pipeline.models.DataShape` (sizes, PNA's mean
+  log-degree of the training graphs);
+* ``graphs``: the parts of the graphs' ``meta.json`` that define the input (the parameter
+  spec, the normalization statistics, the INR's forward pass);
+* ``objective``: ``classification`` with its class count, or ``regression`` with the training
+  targets' mean and std (predictions are returned in the targets' own units);
+* what the training stage adds: ``stage``, ``seed``, the ``test`` metrics it recorded, the
+  run's ``fingerprint``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.io import CorruptFileError, load_tensors, read_metadata, save_tensors
+
+CARD_KEY = "metazoo"
+GRAPH_KEYS = ("spec", "norm_stats", "forward", "kind", "n_targets", "task")
+
+
+def model_card(
+    model: str, settings: Any, shape: Any, meta: dict, objective: Any, init_scale: float | None = None
+) -> dict:
+    """The card of a trained ``model`` (JSON-able): see the module docstring. ``objective``:
+    :class:`~pipeline.train.Classification`, :class:`~pipeline.train.Regression`, or any other
+    (named by its class: the editing objective, ``None`` for the KAN expressivity check)."""
+    scalars = {
+        f.name: getattr(shape, f.name) for f in dataclasses.fields(shape) if f.name not in ("forward_spec", "template")
+    }
+    if hasattr(objective, "n_classes"):
+        obj = {"kind": "classification", "n_classes": objective.n_classes}
+    elif hasattr(objective, "mean"):
+        obj = {"kind": "regression", "mean": objective.mean.tolist(), "std": objective.std.tolist()}
+    else:
+        obj = {"kind": "none" if objective is None else type(objective).__name__.lower()}
+    return {
+        "model": model,
+        "settings": dataclasses.asdict(settings),
+        "kind": "predictor" if init_scale is None else "editor",
+        "init_scale": init_scale,
+        "shape": scalars,
+        "graphs": {k: meta[k] for k in GRAPH_KEYS if k in meta},
+        "objective": obj,
+    }
+
+
+def save_model(path: str | Path, state: dict[str, Tensor], card: dict) -> Path:
+    """Atomically write ``state`` (CPU tensors) and ``card`` as one safetensors file."""
+    return save_tensors(path, state, metadata={CARD_KEY: json.dumps(card, sort_keys=True)})
+
+
+@dataclass
+class SavedModel:
+    """A trained metanetwork rebuilt from its file: the module (eval mode) and its card."""
+
+    module: nn.Module
+    card: dict
+    path: Path
+
+    @property
+    def spec(self):
+        """The :class:`~pipeline.weightspace.spec.ParamSpec` of the nets it reads."""
+        from pipeline.weightspace.spec import ParamSpec
+
+        return ParamSpec.from_dict(self.card["graphs"]["spec"])
+
+    @torch.no_grad()
+    def predict(self, params: dict[str, Tensor], batch_size: int = 512) -> Tensor:
+        """Predictions for raw (unnormalized) nets ``params`` (spec tensors ``(B, ...)``).
+
+        Classification: logits ``(B, n_classes)``; regression: ``(B, n_targets)`` in the
+        targets' own units. Nets are normalized with the training zoo's statistics, as in training.
+        """
+        from pipeline.graphs.neural_graph import graph_template
+        from pipeline.graphs.store import GraphSet
+        from pipeline.train import model_inputs
+        from pipeline.weightspace.normalize import apply_stats
+
+        if self.card["kind"] != "predictor" or self.card["objective"]["kind"] not in ("classification", "regression"):
+            raise ValueError(
+                f"{self.path}: a {self.card['model']} {self.card['kind']} of stage {self.card.get('stage')!r} "
+                "does not predict a target from a net (predictors of train / kan_train do)"
+            )
+        spec = self.spec
+        missing = [t.name for t in spec.tensors if t.name not in params]
+        wrong = [
+            f"{t.name} {tuple(params[t.name].shape[1:])} (model: {tuple(t.shape)})"
+            for t in spec.tensors
+            if t.name in params and tuple(params[t.name].shape[1:]) != tuple(t.shape)
+        ]
+        if missing or wrong:
+            raise ValueError(
+                f"{self.path}: the nets do not have the layout this model was trained on "
+                f"(layers {list(spec.layer_sizes)}): missing {missing}, shape {wrong}"
+            )
+        template = graph_template(spec)
+        normed = apply_stats(params, spec, self.card["graphs"]["norm_stats"])
+        n = next(iter(params.values())).shape[0]
+        graphs = GraphSet.from_params(normed, template, torch.zeros(n), torch.arange(n))
+        data = model_inputs(graphs, template, self.module.input_kind)
+        self.module.eval()
+        out = torch.cat(
+            [self.module(data.batch(torch.arange(s, min(s + batch_size, n)))) for s in range(0, n, batch_size)]
+        )
+        obj = self.card["objective"]
+        if obj["kind"] == "regression":
+            out = out * torch.tensor(obj["std"]) + torch.tensor(obj["mean"])
+        return out
+
+
+def read_card(path: str | Path) -> dict:
+    """The model card of a model file; a missing file or a file without a card is named."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    meta = read_metadata(path)
+    if CARD_KEY not in meta:
+        raise CorruptFileError(f"{path}: not a metazoo model file (no model card in its metadata)")
+    return json.loads(meta[CARD_KEY])
+
+
+def build_from_card(card: dict) -> nn.Module:
+    """The untrained module a card describes (same layout as the trained one)."""
+    from pipeline.graphs.neural_graph import graph_template
+    from pipeline.models import DataShape, build_editor, build_model, settings_type, split_model_name
+    from pipeline.train import forward_spec_from_meta
+    from pipeline.weightspace.spec import ParamSpec
+
+    base, _ = split_model_name(card["model"])
+    graphs = card["graphs"]
+    template = graph_template(ParamSpec.from_dict(graphs["spec"]))
+    forward = forward_spec_from_meta(graphs) if "forward" in graphs else None
+    shape = DataShape(**card["shape"], forward_spec=forward, template=template)
+    settings = settings_type(base)(**card["settings"])
+    if card["kind"] == "editor":
+        return build_editor(base, settings, shape, card["init_scale"])
+    return build_model(base, settings, shape)
+
+
+def resolve(path: str | Path) -> Path:
+    """A run given as its model file, its result file or its stem (``data/train/ng_t_seed0``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or path.is_file() and path.suffix != ".json":
+        return path
+    return path.with_suffix(".safetensors") if path.suffix == ".json" else path.parent / f"{path.name}.safetensors"
+
+
+def load(path: str | Path, device: torch.device | str = "cpu") -> SavedModel:
+    """Rebuild a trained metanetwork from its model file (or run stem), weights checked: a file
+    from another layout or version fails naming the file and the mismatched tensors."""
+    path = resolve(path)
+    card = read_card(path)
+    module = build_from_card(card)
+    state = load_tensors(path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CorruptFileError(f"{path}: the weights do not fit the model its card describes ({e})") from e
+    return SavedModel(module.to(device).eval(), card, path)
