@@ -322,7 +322,6 @@ class StageRuns:
         return None
 
 
-N_CLASSES = 10
 SPLITS = ("train", "val", "test")
 
 
@@ -354,8 +353,8 @@ def train_one(
     torch.manual_seed(seed)
     meta, splits = data.meta, data.splits
     template = graph_template(ParamSpec.from_dict(meta["spec"]))
-    if meta.get("kind", "classification") == "classification":
-        objective = Classification(int(meta.get("n_targets", N_CLASSES)))
+    if meta["kind"] == "classification":
+        objective = Classification(int(meta["n_targets"]))
         n_out = objective.n_classes
     else:
         objective = Regression.fit(splits["train"].y)

@@ -164,5 +164,6 @@ def write_tiny_graphs(out: Path, hidden: list[int] | None = None, sizes: dict[st
         start += n
     forward = {"activation": "sin", "omega0": 30.0, "output_offset": 0.0}
     meta = {"spec": spec.to_dict(), "norm_stats": stats, "forward": forward, "n_pos": template.n_pos, "counts": sizes}
+    meta |= {"task": "inr", "kind": "classification", "n_targets": 10, "excluded": dict.fromkeys(sizes, 0)}
     write_json(out / "meta.json", meta)
     return out
