@@ -23,19 +23,63 @@ class CorruptFileError(RuntimeError):
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same directory)."""
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same directory).
+
+    The temporary file is fsynced before the rename and the directory after it (best effort),
+    so after a power loss ``path`` holds either its old or its new content, never a torn file.
+    A killed writer leaves ``.<name>.*.tmp`` behind: :func:`remove_stale_temps` clears them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        _fsync_file(tmp)  # ``write`` opened (and closed) its own file: its bytes may still be in the page cache
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; shards are shared on clusters
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable; best effort (not possible on Windows, some filesystems)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temporary files (``.*.tmp``, not recursive) a killed :func:`atomic_write` left.
+
+    Call it only where no other process is writing into ``directory`` at the same time (a
+    stage's driver, before it writes): a live writer's temporary file would be removed too.
+    Returns the paths removed.
+    """
+    removed = []
+    for tmp in sorted(Path(directory).glob(".*.tmp")):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -54,8 +54,11 @@ def fit_missing_shards(
     for stale in shard_dir.glob("shard_*.safetensors"):
         if int(stale.stem.split("_")[1]) >= len(fingerprints):
             stale.unlink()
-    for tmp in shard_dir.glob(".*.tmp"):  # only the driver writes here: a temporary file is a killed write
-        tmp.unlink()
+    # only the driver writes shards, manifest and zoo.json: a temporary file there is a killed write
+    from pipeline.io import remove_stale_temps
+
+    for tmp in remove_stale_temps(shard_dir) + remove_stale_temps(shard_dir.parent):
+        print(f"{tmp}: removed the temporary file of a killed write")
     if todo:
         import ray
 

@@ -3,7 +3,9 @@
 Not a DVC stage of the default pipeline (the files need a download). After
 ``python -m stages.import_zoo --format dwsnets --src <dir> --out data/zoo_dwsnets`` the ``graphs``
 stage reads it like a zoo we fitted: ``python -m stages.graphs --zoo data/zoo_dwsnets --out
-data/graphs_dwsnets``. Every file is loaded with ``torch.load(weights_only=True)``.
+data/graphs_dwsnets``. Every file is loaded with ``torch.load(weights_only=True)``; a net with a
+non-finite parameter, a label outside 0..9 or a ``splits.json`` entry outside ``--src`` is
+refused with a message naming the file.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pipeline.data import load_images, split_indices
 from pipeline.device import resolve_device
 from pipeline.distributed import task_device
 from pipeline.io import fingerprint, write_json
+from pipeline.provenance import fit_environment
 from pipeline.weightspace.spec import ParamSpec
 from pipeline.zoo.build import PlannedNet, net_seed, plan_inr_zoo, shard_fingerprint, shard_plan
 from pipeline.zoo.kan import kan_backend, kan_spec
@@ -23,7 +24,7 @@ from pipeline.zoo.kan_zoo import (
     digits_task,
     fit_kan_shard,
 )
-from pipeline.zoo.store import net_hashes, read_shard, shard_name, write_rows, write_shard
+from pipeline.zoo.store import read_planned_shard, shard_name, write_rows, write_shard
 from stages.common import fit_missing_shards, parse, reported_errors
 
 
@@ -82,6 +83,7 @@ def run(params: Params, task: str, out: Path) -> dict:
         "threads_per_task": kc.threads_per_task,
         # fused C++ kernel or PyTorch ops (on CPU or a GPU): equal up to float32 rounding, not bytes
         "backend": kan_backend() if device == "cpu" else f"torch-{device}",
+        "environment": fit_environment("pipeline.zoo.kan_zoo"),  # code, torch, CPU: what else makes the bytes
         "data": fingerprint({k: v.tolist() for k, v in data.get("digits", {}).items()}) if task != "inr" else "mnist",
     }
     fps = [shard_fingerprint(recipe, s) for s in shards]
@@ -100,8 +102,9 @@ def run(params: Params, task: str, out: Path) -> dict:
         fit_seconds = time.time() - t0
         rows = []
         for k, s in enumerate(shards):
-            p, extras = read_shard(shard_dir / shard_name(k), spec)
-            for i, (n, h) in enumerate(zip(s, net_hashes(p, spec), strict=True)):
+            # the hashes stored with the shard when it was written, after checking its data against them
+            _, extras, hashes = read_planned_shard(shard_dir / shard_name(k), spec, [n.net_id for n in s])
+            for i, (n, h) in enumerate(zip(s, hashes, strict=True)):
                 row = {"net_id": n.net_id, "split": n.split, "seed": n.seed}
                 if task == "inr":
                     row |= {"image_index": n.image_index, "label": n.label}

@@ -187,3 +187,17 @@ def test_every_model_settings_declares_its_ranges_and_its_defaults_pass():
     sections = {m: dataclasses.asdict(settings_type(m)()) for m in model_names()}
     p = params_from_dict({"kan": {"train": sections}})
     assert set(p.kan.train.model_settings) == set(model_names())
+
+
+def test_the_limits_copied_into_the_params_match_their_sources():
+    """KAN orders the fused kernel accepts, and the digits the classifier zoo splits."""
+    import re
+
+    from sklearn.datasets import load_digits
+
+    from pipeline.config import KAN_MAX_ORDER, N_DIGIT_CLASSES, N_DIGITS
+
+    cpp = (Path(__file__).resolve().parents[1] / "pipeline" / "zoo" / "csrc" / "kan_spline.cpp").read_text()
+    assert int(re.search(r"constexpr int kMaxOrder = (\d+);", cpp).group(1)) == KAN_MAX_ORDER
+    digits = load_digits()
+    assert (len(digits.target), len(set(digits.target.tolist()))) == (N_DIGITS, N_DIGIT_CLASSES)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from pipeline.io import CorruptFileError
 from pipeline.zoo.published import dwsnets_files, mlp_params, nfn_files, read_state_dict
 from pipeline.zoo.siren import coordinate_grid, siren_forward
 from pipeline.zoo.store import load_zoo
-from stages.import_zoo import run
+from stages.import_zoo import main, run
 
 
 def _siren_module(seed: int, sizes=(2, 32, 32, 1)) -> nn.Sequential:
@@ -159,3 +161,56 @@ def test_graphs_stage_reads_an_imported_zoo(tmp_path: Path):
     assert meta["counts"] == {"train": 3, "val": 1, "test": 4}
     assert meta["forward"] == {"activation": "sin", "omega0": 30.0, "output_offset": 0.5}
     assert sorted(GraphSet.load(tmp_path / "g" / "test.safetensors").y.tolist()) == [3, 3, 7, 7]
+
+
+# --------------------------------------------------------------------------------------------
+# Import refuses what is not a usable net: non-finite weights, labels outside 0..9, listings
+# that point outside --src
+# --------------------------------------------------------------------------------------------
+
+
+def test_non_finite_net_is_refused_naming_the_file(tmp_path: Path):
+    _write_dwsnets(tmp_path / "src", n_per=1)
+    path = sorted((tmp_path / "src").rglob("model_final.pth"))[1]
+    state = torch.load(path, weights_only=True)
+    state["seq.1.weight"][3, 4] = float("nan")
+    torch.save(state, path)
+    with pytest.raises(CorruptFileError, match=rf"{re.escape(str(path))}: layers.1.weight holds non-finite values"):
+        run("dwsnets", tmp_path / "src", tmp_path / "zoo", val_fraction=0.0, seed=0)
+    assert not (tmp_path / "zoo").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "splits"])
+def test_out_of_range_label_is_refused_naming_the_file(tmp_path: Path, where: str):
+    _write_dwsnets(tmp_path / "src", n_per=1, with_splits=where == "splits")
+    if where == "file":
+        path = sorted((tmp_path / "src").rglob("model_final.pth"))[2]
+        state = torch.load(path, weights_only=True)
+        state["label"] = 12
+        torch.save(state, path)
+    else:
+        listing = json.loads((tmp_path / "src" / "splits.json").read_text())
+        listing["test"]["label"][0] = -1
+        (tmp_path / "src" / "splits.json").write_text(json.dumps(listing))
+        path = tmp_path / "src" / listing["test"]["path"][0]
+    with pytest.raises(CorruptFileError, match=rf"{re.escape(str(path))}: .* is outside the classes 0\.\.9"):
+        run("dwsnets", tmp_path / "src", tmp_path / "zoo", val_fraction=0.0, seed=0)
+
+
+@pytest.mark.parametrize("style", ["relative", "absolute"])
+def test_splits_entry_outside_the_source_dir_is_refused(tmp_path: Path, style: str):
+    _write_dwsnets(tmp_path / "src", n_per=1, with_splits=True)
+    elsewhere = tmp_path / "elsewhere" / "mnist_png_training_3_9" / "checkpoints" / "model_final.pth"
+    elsewhere.parent.mkdir(parents=True)
+    shutil.copy(next((tmp_path / "src").rglob("model_final.pth")), elsewhere)
+    listing = json.loads((tmp_path / "src" / "splits.json").read_text())
+    listing["train"]["path"][0] = (
+        str(elsewhere) if style == "absolute" else f"../elsewhere/{elsewhere.relative_to(tmp_path / 'elsewhere')}"
+    )
+    (tmp_path / "src" / "splits.json").write_text(json.dumps(listing))
+    with pytest.raises(CorruptFileError, match=r"splits\.json: listed file .* outside the source directory"):
+        run("dwsnets", tmp_path / "src", tmp_path / "zoo", val_fraction=0.0, seed=0)
+    # the command line says the same, without a traceback
+    with pytest.raises(SystemExit, match=r"import_zoo: .*splits\.json: listed file .* outside the source directory"):
+        main(["--format", "dwsnets", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "zoo")])
+    assert not (tmp_path / "zoo").exists()

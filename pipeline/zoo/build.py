@@ -17,7 +17,7 @@ from torch import Tensor
 from pipeline.io import fingerprint
 from pipeline.weightspace.spec import ParamSpec, unflatten
 from pipeline.zoo.siren import FitSettings, fit_sirens
-from pipeline.zoo.store import NetRecord, net_hashes, read_shard, shard_name
+from pipeline.zoo.store import NetRecord, read_planned_shard, shard_name
 
 
 @dataclass(frozen=True)
@@ -94,12 +94,18 @@ def fit_shard(
 def records_from_shards(
     shard_dir: Path, shards: list[list[PlannedNet]], spec: ParamSpec, psnr_floor: float
 ) -> list[NetRecord]:
-    """Manifest rows read back from the stored shards; diverged = NaN or PSNR below the floor."""
+    """Manifest rows read back from the stored shards; diverged = NaN or PSNR below the floor.
+
+    Each row's ``sha256`` is the hash stored with its shard when it was written, after checking
+    the shard's data against it (:func:`~pipeline.zoo.store.read_planned_shard`): a shard
+    damaged since then raises :class:`~pipeline.io.CorruptFileError` naming it and the net
+    instead of passing its damage on to the manifest, as does a shard holding other nets than
+    its plan entry.
+    """
     records = []
     for k, nets in enumerate(shards):
         path = shard_dir / shard_name(k)
-        params, extras = read_shard(path, spec)
-        hashes = net_hashes(params, spec)
+        _, extras, hashes = read_planned_shard(path, spec, [n.net_id for n in nets])
         for n, mse, psnr, st, h in zip(
             nets, extras["mse"].tolist(), extras["psnr"].tolist(), extras["steps"].tolist(), hashes, strict=True
         ):

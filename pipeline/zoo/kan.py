@@ -33,18 +33,20 @@ splines of each input; elsewhere it is a dense basis times a batched matrix prod
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
-import platform
+import sys
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from pipeline.provenance import cpu_tag
 from pipeline.weightspace.spec import Params, ParamSpec, TensorSpec
 
 TRAINABLE = ("coef", "scale_base", "scale_sp")
@@ -200,14 +202,71 @@ def uniform_b_splines(x: Tensor, lo: float, hi: float, grid_size: int, order: in
     return _UniformBSplines.apply(x, lo, (hi - lo) / grid_size, grid_size, order)
 
 
-def _cpu_tag() -> str:
-    """Short hash of this CPU's model and instruction-set flags (the kernel is built for them)."""
+STALE_BATON_SECONDS = 600  # without flock (not POSIX): a baton this old is taken to be a killed build's
+
+
+def _kernel_build_dir(name: str) -> Path:
+    """Where :func:`torch.utils.cpp_extension.load` builds extension ``name``
+    (``$TORCH_EXTENSIONS_DIR/<name>`` or ``~/.cache/torch_extensions/py<ver>_<accel>/<name>``)."""
+    from torch.utils import cpp_extension
+
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = [platform.machine(), platform.processor()]
-    ident = [line for line in lines if line.startswith(("model name", "flags"))][:2] or lines
-    return hashlib.sha1("\n".join(ident).encode()).hexdigest()[:10]
+        return Path(cpp_extension._get_build_directory(name, verbose=False))
+    except AttributeError:  # torch moved its private helper: same layout, CPU build
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+            cpp_extension.get_default_build_root(), f"py{sys.version_info.major}{sys.version_info.minor}_cpu"
+        )
+        (Path(root) / name).mkdir(parents=True, exist_ok=True)
+        return Path(root) / name
+
+
+@contextmanager
+def _build_lock(build_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the kernel's build directory; clear a killed build's baton.
+
+    torch serializes builds with a ``lock`` file in ``build_dir`` (its ``FileBaton``) that the
+    builder deletes when done: a build killed midway leaves it, and every later ``load`` waits
+    for it forever. Every metazoo build therefore first takes an ``flock`` on
+    ``build_dir/metazoo_build.flock``, which the kernel releases when its holder dies; whoever
+    holds it and still finds torch's ``lock`` knows that no live build owns it and removes it.
+    Where ``flock`` is missing (not POSIX), a baton older than :data:`STALE_BATON_SECONDS` is
+    taken to be stale.
+    """
+    baton = build_dir / "lock"
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is None:
+        try:
+            age = time.time() - baton.stat().st_mtime
+        except OSError:
+            age = None
+        if age is not None and age > STALE_BATON_SECONDS:
+            _remove_stale_baton(baton, f"it is {age / 60:.0f} minutes old")
+        yield
+        return
+    with open(build_dir / "metazoo_build.flock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"KAN spline kernel: waiting for another process building it in {build_dir}", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            if baton.exists():
+                _remove_stale_baton(baton, "no live build holds the build lock")
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_stale_baton(baton: Path, why: str) -> None:
+    baton.unlink(missing_ok=True)
+    print(
+        f"KAN spline kernel: removed the stale build lock {baton} left by a killed build ({why}); rebuilding",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 @functools.cache
@@ -218,20 +277,25 @@ def spline_kernel():
     cached under ``~/.cache/torch_extensions`` with the CPU's hash in its name, so a shared home
     never hands one machine's build to another). Needs a C++ compiler: where the build fails,
     or with ``METAZOO_KAN_KERNEL=0``, the PyTorch path is used (with a warning for a failed build).
-    Both compute the same function to float32 rounding (``tests/test_kan_zoo.py``).
+    Both compute the same function to float32 rounding (``tests/test_kan_zoo.py``). Builds are
+    serialized by :func:`_build_lock`, so one killed midway does not make the next wait forever.
     """
     if os.environ.get("METAZOO_KAN_KERNEL", "1") == "0":
         return None
     try:
         from torch.utils.cpp_extension import load
 
-        return load(
-            f"metazoo_kan_spline_{_cpu_tag()}",
-            [str(Path(__file__).parent / "csrc" / "kan_spline.cpp")],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+        name = f"metazoo_kan_spline_{cpu_tag()}"  # built for this CPU's instructions
+        build_dir = _kernel_build_dir(name)
+        with _build_lock(build_dir):
+            return load(
+                name,
+                [str(Path(__file__).parent / "csrc" / "kan_spline.cpp")],
+                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                verbose=False,
+            )
     except Exception as err:  # no compiler, no headers, no OpenMP: the PyTorch path still works
         warnings.warn(f"KAN spline kernel unavailable ({err}); using the PyTorch path", stacklevel=2)
         return None

@@ -34,6 +34,7 @@ from pipeline.zoo.store import NetRecord, net_hashes, shard_name, write_manifest
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 DWSNETS_DIR = re.compile(r"_(training|testing)_(\d+)_(\d+)$")
 NFN_DIR = re.compile(r"_(\d+)s?$")
+N_CLASSES = 10  # every published INR set here is of a 10-class image data set (MNIST, F-MNIST, CIFAR-10)
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ def dwsnets_files(root: str | Path) -> list[InrFile]:
     """The INRs of a DWSNets data set directory, with labels and splits.
 
     With ``splits.json`` (``{split: {"path": [...], "label": [...]}}``, paths absolute or
-    relative to ``root``) that file decides; without it, ``*_training_*`` files are the training
-    split and ``*_testing_*`` the test split (no validation split), labels from folder names.
+    relative to ``root``, and inside ``root`` once resolved) that file decides; without it,
+    ``*_training_*`` files are the training split and ``*_testing_*`` the test split (no
+    validation split), labels from folder names.
     """
     root = Path(root)
     splits = root / "splits.json"
@@ -113,8 +115,14 @@ def dwsnets_files(root: str | Path) -> list[InrFile]:
         for name, entry in spec.items():
             if name not in SPLIT_NAMES:
                 raise CorruptFileError(f"{splits}: unknown split {name!r}; expected one of {sorted(SPLIT_NAMES)}")
-            for i, p in enumerate(entry["path"]):
-                label = int(entry["label"][i]) if "label" in entry else _dwsnets_label(Path(p))
+            try:
+                listed = [
+                    (p, int(entry["label"][i]) if "label" in entry else None) for i, p in enumerate(entry["path"])
+                ]
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                raise CorruptFileError(f"{splits}: malformed entry for split {name!r} ({type(e).__name__}: {e})") from e
+            for p, label in listed:
+                label = _dwsnets_label(Path(p)) if label is None else label
                 files.append(InrFile(_resolve(root, p), label, SPLIT_NAMES[name]))
         return files
     files = []
@@ -135,15 +143,24 @@ def _dwsnets_label(path: Path) -> int:
 
 
 def _resolve(root: Path, p: str) -> Path:
+    """The file a ``splits.json`` entry names, which must lie inside ``root`` once resolved
+    (``..`` and symbolic links followed): a listing never makes us read a file elsewhere."""
     q = Path(p)
-    if q.is_absolute() and q.exists():
-        return q
-    if (root / q).exists():
-        return root / q
+    candidates = [q if q.is_absolute() else root / q]
     # splits.json written on another machine: keep the part from the INR's own folder on
-    for i, part in enumerate(q.parts):
-        if DWSNETS_DIR.search(part) and (root / Path(*q.parts[i:])).exists():
-            return root / Path(*q.parts[i:])
+    candidates += [root / Path(*q.parts[i:]) for i, part in enumerate(q.parts) if DWSNETS_DIR.search(part)]
+    inside = root.resolve()
+    outside = None
+    for c in candidates:
+        if c.exists():
+            if c.resolve().is_relative_to(inside):
+                return c
+            outside = outside or c
+    if outside is not None:
+        raise CorruptFileError(
+            f"{root / 'splits.json'}: listed file {p} resolves to {outside.resolve()}, "
+            f"outside the source directory {root}"
+        )
     raise CorruptFileError(f"{root / 'splits.json'}: listed file {p} not found under {root}")
 
 
@@ -162,14 +179,18 @@ def nfn_files(root: str | Path, split: str = "train") -> list[InrFile]:
 def read_inrs(files: list[InrFile]) -> tuple[ParamSpec, Params, list[int]]:
     """``(spec, zoo batch, labels)`` of every file's SIREN (all must share one layout).
 
-    A ``label`` entry inside a file (F-MNIST) wins over the listing's label.
+    A ``label`` entry inside a file (F-MNIST) wins over the listing's label. A net with a
+    non-finite parameter or a label outside ``0 .. N_CLASSES - 1`` raises
+    :class:`CorruptFileError` naming its file.
     """
     nets, labels, sizes = [], [], None
     for f in files:
         state = read_state_dict(f.path)
-        label = state.get("label")
-        labels.append(int(label) if label is not None else f.label)
+        labels.append(_checked_label(f, state.get("label")))
         s, p = mlp_params({k: v for k, v in state.items() if isinstance(v, Tensor) and k != "label"}, f.path)
+        for name, t in p.items():
+            if not torch.isfinite(t).all():
+                raise CorruptFileError(f"{f.path}: {name} holds non-finite values (NaN or inf)")
         if sizes is None:
             sizes = s
         elif s != sizes:
@@ -179,6 +200,18 @@ def read_inrs(files: list[InrFile]) -> tuple[ParamSpec, Params, list[int]]:
         raise CorruptFileError("no INR files found")
     spec = siren_spec(sizes[1:-1], sizes[0], sizes[-1])
     return spec, {t.name: torch.stack([n[t.name] for n in nets]) for t in spec.tensors}, labels
+
+
+def _checked_label(f: InrFile, entry) -> int:
+    """The label of ``f``: its file's ``label`` entry if it has one, else the listing's."""
+    source = f"its 'label' entry {entry!r}" if entry is not None else f"label {f.label!r} from the listing"
+    try:
+        label = int(entry) if entry is not None else int(f.label)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CorruptFileError(f"{f.path}: {source} is not an integer class") from e
+    if not 0 <= label < N_CLASSES:
+        raise CorruptFileError(f"{f.path}: {source} is outside the classes 0..{N_CLASSES - 1}")
+    return label
 
 
 def carve_validation(files: list[InrFile], fraction: float, seed: int = 0) -> list[InrFile]:
