@@ -24,10 +24,9 @@ from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import read_json, write_json
 from pipeline.models.mlp import Settings
+from pipeline.runs import GraphData, TaskContext, train_one
 from pipeline.train import TrainSettings
 from pipeline.weightspace.spec import ParamSpec, flatten
-from pipeline.runs import TaskContext
-from pipeline.runs import GraphData, train_one
 
 # (label, model, augmentation, MLP settings, training settings)
 DEFAULT = TrainSettings(15, 32, 1e-3, 5e-4, 100, 10.0)

@@ -14,11 +14,11 @@ from pipeline.device import resolve_device
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_model, settings_type
+from pipeline.runs import GraphData
 from pipeline.train import Classification, FlatSet, data_shape, forward_spec_from_meta, model_inputs, train_step
 from pipeline.weightspace.spec import ParamSpec
 from pipeline.zoo import kan, siren
 from pipeline.zoo.kan_zoo import GRID_RANGE
-from pipeline.runs import GraphData
 from tests.conftest import REPO, write_tiny_graphs
 
 META = torch.device("meta")
@@ -83,8 +83,7 @@ def test_one_kan_fitting_step_runs_on_the_meta_device():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_two_gpu_runs_with_one_seed_agree_within_the_stated_tolerance(tmp_path):
     """README: GPU runs with the same seed agree to float32 rounding (rtol 1e-4), not bytes."""
-    from pipeline.runs import TaskContext
-    from pipeline.runs import GraphData, train_one
+    from pipeline.runs import GraphData, TaskContext, train_one
 
     images = torch.rand(64, 28, 28, generator=torch.Generator().manual_seed(0))
     settings = siren.FitSettings(steps=50, lr=5e-4, omega0=30.0, variant="standard", target_psnr=200.0)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,24 @@ def test_the_derivation_finds_what_it_must():
     assert "pipeline/zoo/csrc/kan_spline.cpp" in deps  # a C++ source the module compiles
     assert "pipeline/models/ng_t.py" not in {str(f.relative_to(ROOT)) for f in source_files("stages.zoo")}
     assert not covered(ROOT / "pipeline" / "zoo" / "kan.py", ["pipeline/zoo/kan_zoo.py", "pipeline/z"])
+
+
+def _zoo_fingerprints(project: Path) -> list[str]:
+    code = "from pipeline.config import load_params; from stages.zoo import plan_zoo; "
+    code += "print(*plan_zoo(load_params()).fingerprints)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_a_change_to_the_fitting_code_refits_every_zoo_shard(project: Path):
+    """A resume never mixes shards of other fitting code (``dvc status`` after a code change:
+    ``tests/test_pipeline.py``'s end-to-end test)."""
+    before = _zoo_fingerprints(project)
+    report = project / "pipeline" / "report.py"
+    report.write_text(report.read_text() + "\n# not fitting code\n")
+    assert _zoo_fingerprints(project) == before
+    siren = project / "pipeline" / "zoo" / "siren.py"
+    siren.write_text(siren.read_text() + "\n# a change to the fitting code\n")
+    after = _zoo_fingerprints(project)
+    assert len(after) == len(before) and not set(after) & set(before)

@@ -173,3 +173,21 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     res = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True, timeout=120)
     assert "train" in res.stdout and "zoo:" not in res.stdout
+    params["train"]["epochs"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def stale_after_touching(rel: str) -> set[str]:
+        """Stages ``dvc status`` calls stale after a comment is added to file ``rel``."""
+        path = project / rel
+        text = path.read_text()
+        path.write_text(text + "\n# changed\n")
+        res = subprocess.run(["dvc", "status", "--json"], cwd=project, capture_output=True, text=True, timeout=120)
+        path.write_text(text)
+        return set(json.loads(res.stdout))
+
+    assert stale_after_touching("params.yaml") == set()
+    batching = stale_after_touching("pipeline/graphs/store.py")  # imported by train through pipeline.runs
+    assert {"graphs", "train", "edit", "kan_train@inr", "kan_forward", "report"} <= batching
+    assert not {"zoo", "kan_zoo@inr"} & batching
+    assert {"zoo", "edit", "graphs"} <= stale_after_touching("pipeline/zoo/siren.py")
+    assert stale_after_touching("pipeline/published_results.yaml") == {"report"}

@@ -197,9 +197,9 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
+    from pipeline.runs import TaskContext
     from stages import graphs as graphs_stage
     from stages import train, zoo
-    from pipeline.runs import TaskContext
 
     workspace = tmp_path / "ws"
     workspace.mkdir()
