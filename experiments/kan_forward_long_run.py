@@ -21,10 +21,9 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.io import write_json
-from pipeline.kan_forward import fit_forward, settings_from
+from pipeline.kan_forward import fit_forward, load_forward_data, settings_from
 from pipeline.models import build_model
 from pipeline.report import plot_long_run
-from stages.kan_forward import load_forward_data
 
 
 def main() -> None:

@@ -12,29 +12,33 @@ of the training KANs there. A model at its R² has not learned to read the KAN.
 
 Every graph of a zoo shares one topology (:class:`~pipeline.graphs.neural_graph.GraphTemplate`),
 so :func:`query_batch` builds a batch of ``B x Q`` (KAN, point) graphs with a few tensor
-operations: no per-graph Python and no per-step collation. :func:`fit_forward` runs on any
-device (``device=``): data, model and batches live there and a training step never reads a
-value back to the host (the loss is summed on the device and read once per evaluation).
+operations: no per-graph Python and no per-step collation. :func:`fit_forward` trains with the
+project's one loop (:func:`pipeline.train.fit_model`, any device), fed by a
+:class:`QueryStream` of fresh pairs and scored on :class:`FixedQueries`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from pipeline.config import ConfigError
 from pipeline.graphs.neural_graph import GraphTemplate, graph_template, params_to_features
-from pipeline.models import DataShape
-from pipeline.train import RunResult
+from pipeline.models import DataShape, build_model
+from pipeline.models.saved import model_card
+from pipeline.runs import TaskContext, result_dict
+from pipeline.train import Regression, RunResult, TrainSettings, fit_model
 from pipeline.weightspace.normalize import apply_stats, fit_stats
 from pipeline.weightspace.spec import Params, ParamSpec
 from pipeline.zoo.kan import kan_forward, kan_grid_order, uniform_grid
+from pipeline.zoo.kan_zoo import GRID_RANGE, load_kan_zoo
 
 QUERY_FREQS = 4
 QUERY_DIM = 1 + 2 * QUERY_FREQS
@@ -184,13 +188,6 @@ def random_points(n: int, q: int, n_in: int, gen: torch.Generator) -> Tensor:
     return torch.rand(n, q, n_in, generator=gen) * 2 - 1
 
 
-def regression_metrics(pred: Tensor, y: Tensor) -> dict[str, float]:
-    """``mse``, ``r2`` (1 - SSE / SST) and ``rel_rmse`` (RMSE over the targets' std) of flat predictions."""
-    sse = float((pred - y).square().sum())
-    sst = float((y - y.mean()).square().sum())
-    return {"mse": sse / y.numel(), "r2": 1.0 - sse / max(sst, 1e-12), "rel_rmse": math.sqrt(sse / max(sst, 1e-12))}
-
-
 @dataclass(frozen=True)
 class ForwardSettings:
     """Step-based training on fresh (KAN, point) pairs.
@@ -224,15 +221,51 @@ class ForwardResult(RunResult):
     reference: dict[str, float] = field(default_factory=dict)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, data: ForwardData, kans: Tensor, points: Tensor, mean: float, std: float) -> Tensor:
-    """Model predictions ``(B, Q)`` in target units (dropout off), in chunks of 64 KANs."""
-    model.eval()
-    out = [
-        model(query_batch(data, kans[s : s + 64], points[s : s + 64])).view(-1, points.shape[1])
-        for s in range(0, len(kans), 64)
-    ]
-    return torch.cat(out) * std + mean
+@dataclass
+class QueryStream:
+    """Training batches for :func:`~pipeline.train.fit_model`: every step ``kans_per_step``
+    training KANs and ``points_per_kan`` query points each, drawn afresh; ``y`` ``(K, P)`` are the
+    KANs' own outputs. One "epoch" is ``eval_every`` steps (the last one what remains of ``steps``)."""
+
+    data: ForwardData
+    settings: ForwardSettings
+    done: int = 0  # steps drawn so far
+
+    def to(self, device: torch.device | str) -> QueryStream:
+        return dataclasses.replace(self, data=self.data.to(device))
+
+    def epoch_batches(self, batch_size: int, gen: torch.Generator) -> Iterator[tuple[GraphBatch, Tensor]]:
+        s, train = self.settings, self.data.splits["train"]
+        n_in = self.data.spec.layer_sizes[0]
+        for _ in range(min(s.eval_every, s.steps - self.done)):
+            pick = torch.randint(len(train), (s.kans_per_step,), generator=gen)
+            kans = train[pick.to(train.device, non_blocking=True)]
+            points = random_points(s.kans_per_step, s.points_per_kan, n_in, gen).to(train.device, non_blocking=True)
+            self.done += 1
+            yield query_batch(self.data, kans, points), kan_outputs(self.data, kans, points)
+
+
+@dataclass(frozen=True)
+class FixedQueries:
+    """Held-out KANs at fixed query points, one (KAN, point) graph per item: ``kans`` ``(n,)``,
+    ``points`` ``(n, Q, n_in)``, ``y`` ``(n Q,)`` their outputs, KAN-major (for
+    :func:`~pipeline.train.evaluate`)."""
+
+    data: ForwardData
+    kans: Tensor
+    points: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def batch(self, idx: Tensor) -> GraphBatch:
+        Q = self.points.shape[1]
+        k = idx // Q
+        return query_batch(self.data, self.kans[k], self.points[k, idx % Q].unsqueeze(1))
+
+    def to(self, device: torch.device | str) -> FixedQueries:
+        return FixedQueries(self.data.to(device), self.kans.to(device), self.points.to(device), self.y.to(device))
 
 
 def fit_forward(
@@ -243,21 +276,19 @@ def fit_forward(
     on_eval: Callable[[dict[str, float]], None] | None = None,
     device: torch.device | str = "cpu",
 ) -> ForwardResult:
-    """Train ``model`` (graphs -> ``(G, 1)``) on the forward task; select on validation R².
+    """Train ``model`` (graphs -> ``(G, 1)``) on the forward task with
+    :func:`~pipeline.train.fit_model`; select on validation R².
 
     Targets are standardized with the mean and std of the training KANs' outputs at random
-    points. The test split is scored only when validation R² improves (test metrics at the
-    best validation evaluation), beside :func:`mean_kan_reference` on the same test points.
-
-    ``model`` and ``data`` are moved to ``device`` (the model stays there, with the best
-    validation state loaded). Random draws are made on the CPU with the seeded generator (the
-    same numbers on every device) and copied over without blocking; a training step reads
-    nothing back: the loss is summed in a float64 device tensor and read once per evaluation,
-    where a non-finite sum raises :class:`FloatingPointError`. Metrics are Python floats.
+    points (:class:`~pipeline.train.Regression`). Training batches are a :class:`QueryStream`,
+    validation and test KANs :class:`FixedQueries`; the learning rate follows a one-cycle
+    schedule (peak ``lr``, 5 % warm-up). Test metrics are those at the best validation
+    evaluation, beside :func:`mean_kan_reference` on the same test points. Random draws are
+    made on the CPU with one generator seeded with ``seed`` (the same numbers on every device).
+    Each history row has the ``step`` it was evaluated at.
     """
     device = torch.device(device)
-    model.to(device)
-    data = data.to(device)
+    data = data.to(device)  # once: the stream and the fixed queries share it
     gen = torch.Generator().manual_seed(seed)
     n_in = data.spec.layer_sizes[0]
     train = data.splits["train"]
@@ -266,57 +297,100 @@ def fit_forward(
         return random_points(n, q, n_in, gen).to(device, non_blocking=True)
 
     y0 = kan_outputs(data, train, draw_points(len(train), 8))
-    mean, std = float(y0.mean()), float(y0.std().clamp_min(1e-8))
-    fixed = {s: draw_points(len(data.splits[s]), settings.eval_points) for s in ("val", "test")}
-    targets = {s: kan_outputs(data, data.splits[s], fixed[s]) for s in fixed}
-    ref = mean_kan_reference(data, fixed["test"])
-    res = ForwardResult(
-        n_params=sum(p.numel() for p in model.parameters()),
-        reference=regression_metrics(ref.flatten(), targets["test"].flatten()),
-    )
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.05)
-    best_state, train_time, t0 = None, 0.0, time.time()
-    tot = torch.zeros((), dtype=torch.float64, device=device)  # same sums as Python floats of loss.item()
-    for step in range(1, settings.steps + 1):
-        model.train()
-        pick = torch.randint(len(train), (settings.kans_per_step,), generator=gen)
-        kans = train[pick.to(device, non_blocking=True)]
-        points = draw_points(settings.kans_per_step, settings.points_per_kan)
-        y = (kan_outputs(data, kans, points) - mean) / std
-        loss = nn.functional.mse_loss(model(query_batch(data, kans, points)).view_as(y), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        opt.step()
-        sched.step()
-        tot += loss.detach().double()
-        if step % settings.eval_every and step != settings.steps:
-            continue
-        train_time += time.time() - t0
-        loss_sum = float(tot)  # the one read of the training loss per evaluation
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss became {loss_sum} by step {step}")
-        n = step - (len(res.history) * settings.eval_every)
-        val = regression_metrics(
-            predict(model, data, data.splits["val"], fixed["val"], mean, std).flatten(), targets["val"].flatten()
-        )
-        row = {"epoch": len(res.history) + 1, "step": step, "train_loss": loss_sum / n, "lr": sched.get_last_lr()[0]}
-        row |= {f"val_{k}": v for k, v in val.items()}
-        if row["val_r2"] > res.best_val:
-            res.best_val, res.best_epoch = row["val_r2"], row["epoch"]
-            best_state = copy.deepcopy(model.state_dict())
-            pred = predict(model, data, data.splits["test"], fixed["test"], mean, std)
-            res.test = regression_metrics(pred.flatten(), targets["test"].flatten())
-        row["test_r2_at_best_val"] = res.test["r2"]
-        row["epoch_seconds"] = time.time() - t0
-        res.history.append(row)
+    objective = Regression(y0.mean().reshape(1), y0.std().clamp_min(1e-8).reshape(1))
+    fixed = {}
+    for split in ("val", "test"):
+        kans, points = data.splits[split], draw_points(len(data.splits[split]), settings.eval_points)
+        fixed[split] = FixedQueries(data, kans, points, kan_outputs(data, kans, points).flatten())
+    ref = mean_kan_reference(data, fixed["test"].points).flatten()
+    reference = objective.metrics(((ref - objective.mean) / objective.std).unsqueeze(1), fixed["test"].y)
+
+    def on_epoch(row: dict) -> None:
+        row["step"] = min(row["epoch"] * settings.eval_every, settings.steps)
         if on_eval is not None:
             on_eval(row)
-        tot.zero_()
-        t0 = time.time()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        res.best_state = {k: v.detach().to("cpu", copy=True) for k, v in best_state.items()}
-    res.seconds_per_epoch = train_time / max(len(res.history), 1)
-    return res
+
+    train_settings = TrainSettings(
+        epochs=math.ceil(settings.steps / settings.eval_every),
+        batch_size=settings.kans_per_step,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        warmup_steps=0,
+        grad_clip=settings.grad_clip,
+    )
+
+    def one_cycle(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.05)
+
+    res = fit_model(
+        model,
+        QueryStream(data, settings),
+        fixed["val"],
+        fixed["test"],
+        train_settings,
+        seed,
+        objective,
+        on_epoch=on_epoch,
+        device=device,
+        generator=gen,
+        schedule=one_cycle,
+    )
+    fields = {f.name: getattr(res, f.name) for f in dataclasses.fields(RunResult)}
+    return ForwardResult(**fields, reference=reference)
+
+
+# --------------------------------------------------------------------------------------------
+# The expressivity-check runs (stage ``kan_forward``): the zoo as ForwardData, one (model, seed) job
+# --------------------------------------------------------------------------------------------
+
+SPLITS = ("train", "val", "test")
+
+
+def load_forward_data(zoo_dir: str | Path) -> ForwardData:
+    """The KAN-INR zoo (hashes checked) as a :class:`ForwardData`, non-finite nets left out."""
+    spec, params, rows, _ = load_kan_zoo(zoo_dir)
+    finite = torch.ones(len(rows), dtype=torch.bool)
+    for v in params.values():
+        finite &= torch.isfinite(v.flatten(1)).all(1)
+    splits = {s: torch.tensor([i for i, r in enumerate(rows) if r["split"] == s and bool(finite[i])]) for s in SPLITS}
+    for s, idx in splits.items():
+        if idx.numel() == 0:
+            raise SystemExit(f"kan_forward: no usable KAN in split {s!r} of {zoo_dir}")
+    return ForwardData.build(params, spec, splits, GRID_RANGE)
+
+
+def forward_one(
+    data: ForwardData, model_name: str, model_cfg, seed: int, ctx: TaskContext, settings: ForwardSettings
+) -> dict:
+    """Build and train one model on the forward task; return its result as a plain dict."""
+    device, where = ctx.start()
+    torch.manual_seed(seed)
+    model = build_model(model_name, model_cfg, data.shape())
+    if getattr(model, "input_kind", None) != "graph":
+        raise ConfigError(f"kan.forward.models: {model_name!r} does not read graphs")
+    t0 = time.time()
+
+    def progress(row: dict) -> None:  # shown in the driver's output (Ray forwards worker prints)
+        print(
+            f"kan_forward {model_name} seed {seed}: step {int(row['step'])}/{settings.steps} "
+            f"train loss {row['train_loss']:.3f} val R² {row['val_r2']:.3f} ({row['epoch_seconds']:.0f} s)",
+            flush=True,
+        )
+        ctx.epoch(row)
+
+    res = fit_forward(model, data, settings, seed, on_eval=progress, device=device)
+    out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
+    out["card"] = model_card(model_name, model_cfg, data.shape(), {"spec": data.spec.to_dict()}, None)
+    out["counts"] = {s: int(v.numel()) for s, v in data.splits.items()}
+    return out | where
+
+
+def final_metrics(r: dict) -> dict[str, float]:
+    return {
+        **{f"test_{k}": v for k, v in r["test"].items()},
+        **{f"reference_test_{k}": v for k, v in r["reference"].items()},
+        "best_val_r2": r["best_val"],
+        "best_epoch": r["best_epoch"],
+        "n_params": r["n_params"],
+        "seconds_per_epoch": r["seconds_per_epoch"],
+    }

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.graphs.store import GraphSet
@@ -118,7 +119,8 @@ class Regression:
     """MSE on targets standardized with training-split statistics; selection on R².
 
     Metrics are in the targets' own units: ``mse``, ``r2`` (1 - SSE / SST, pooled over
-    targets) and, for a single target, Kendall's ``tau`` between predictions and targets.
+    targets), ``rel_rmse`` (sqrt(SSE / SST)) and, for a single target, Kendall's ``tau``
+    between predictions and targets.
     """
 
     mean: Tensor
@@ -147,6 +149,7 @@ class Regression:
         sse = float((pred - y).square().sum())
         sst = float((y - y.mean(0)).square().sum())
         m = {"loss": self.loss(out, y).item(), "mse": sse / y.numel(), "r2": 1.0 - sse / max(sst, 1e-12)}
+        m["rel_rmse"] = math.sqrt(sse / max(sst, 1e-12))  # RMSE over the targets' std: sqrt(1 - R²)
         if self.n_targets == 1:
             from scipy.stats import kendalltau
 
@@ -213,6 +216,22 @@ def to_device(objective: Objective, device: torch.device) -> Objective:
     return move(device) if move is not None else objective
 
 
+def shuffled_batches(data, batch_size: int, gen: torch.Generator) -> Iterator[tuple[Any, Tensor]]:
+    """One epoch over a fixed split (:class:`FlatSet`, :class:`~pipeline.graphs.store.GraphSet`):
+    ``(inputs, y)`` batches in an order drawn on the CPU from ``gen``."""
+    perm = torch.randperm(len(data), generator=gen)
+    device = data.y.device
+    for start in range(0, len(data), batch_size):
+        idx = perm[start : start + batch_size].to(device)
+        yield data.batch(idx), data.y[idx]
+
+
+def warmup_schedule(settings: TrainSettings) -> Callable[[torch.optim.Optimizer], LRScheduler]:
+    """Linear warm-up over ``settings.warmup_steps`` steps, then the constant learning rate."""
+    warm = max(settings.warmup_steps, 1)
+    return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+
+
 def fit_model(
     model: nn.Module,
     train,
@@ -225,27 +244,36 @@ def fit_model(
     augment: Callable | None = None,
     on_best: Callable[[nn.Module], None] | None = None,
     device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    schedule: Callable[[torch.optim.Optimizer], LRScheduler] | None = None,
 ) -> RunResult:
-    """AdamW with linear warm-up, gradient clipping, selection on the validation metric.
+    """The one training loop: AdamW, a learning-rate schedule, gradient clipping, selection on
+    the validation metric. It serves classification and regression of nets (``train``), INR
+    editing (``edit``) and the KAN expressivity check (:func:`pipeline.kan_forward.fit_forward`).
 
-    The model and the three splits move to ``device`` once (a split that fits stays there); the
-    batch order comes from a CPU generator seeded with ``seed``, so a run is the same on any
+    ``train`` is a fixed split (shuffled every epoch, :func:`shuffled_batches`) or any source
+    with ``epoch_batches(batch_size, generator)`` yielding ``(inputs, y)`` (fresh samples every
+    step); ``val`` and ``test`` have ``batch(idx)`` and ``y`` (:func:`evaluate`). The model and
+    the three move to ``device`` once (a split that fits stays there). Random draws come from
+    a CPU generator (``generator``, else one seeded with ``seed``), so a run is the same on any
     number of workers, and byte-identical on CPU. Per-step losses are summed on the device and
-    read once per epoch: the step itself never waits for the device.
+    read once per epoch: the step itself never waits for the device. ``schedule(optimizer)``
+    makes the learning-rate scheduler, stepped once per step (default
+    :func:`warmup_schedule`).
 
     The test split is evaluated only when the validation metric (``objective.select``; higher
     is better if ``objective.maximize``, else lower) improves; the reported test metrics are
     those of the best validation epoch, whose weights are kept (``best_state``), and
-    ``on_best(model)`` is called then (e.g. to render examples). ``augment(inputs, generator)`` transforms every training batch (never val/test).
+    ``on_best(model)`` is called then (e.g. to render examples). ``augment(inputs, generator)``
+    transforms every training batch (never val/test).
     """
     device = torch.device(device)
     model.to(device)
     train, val, test = train.to(device), val.to(device), test.to(device)
     objective = to_device(objective, device)
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    warm = max(settings.warmup_steps, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    sched = (schedule or warmup_schedule(settings))(opt)
     res = RunResult(select=objective.select, n_params=sum(p.numel() for p in model.parameters()))
     res.best_val = -math.inf if objective.maximize else math.inf
     classify = isinstance(objective, Classification)
@@ -253,28 +281,30 @@ def fit_model(
     for epoch in range(1, settings.epochs + 1):
         model.train()
         t0 = time.time()
-        perm = torch.randperm(len(train), generator=gen)
+        if hasattr(train, "epoch_batches"):
+            batches = train.epoch_batches(settings.batch_size, gen)
+        else:
+            batches = shuffled_batches(train, settings.batch_size, gen)
         # float64 sums of float32 losses: the same numbers as a Python-float sum of loss.item()
         tot_loss = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
-        for start in range(0, len(train), settings.batch_size):
-            idx = perm[start : start + settings.batch_size].to(device)
-            inputs = train.batch(idx)
+        n_seen = 0
+        for inputs, y in batches:
             if augment is not None:
                 inputs = augment(inputs, gen)
-            y = train.y[idx]
             out, loss = train_step(model, inputs, y, objective, opt, settings.grad_clip)
             sched.step()
-            tot_loss += loss.double() * idx.numel()
+            tot_loss += loss.double() * y.shape[0]
+            n_seen += y.shape[0]
             if classify:
                 correct += (out.argmax(1) == y).sum()
         epoch_loss = float(tot_loss)  # the one read-back of the epoch
         train_time += time.time() - t0
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(f"training loss became {epoch_loss} at epoch {epoch}")
-        row = {"epoch": epoch, "train_loss": epoch_loss / len(train)}
+        row = {"epoch": epoch, "train_loss": epoch_loss / n_seen}
         if classify:
-            row["train_acc"] = int(correct) / len(train)
+            row["train_acc"] = int(correct) / n_seen
         row |= {f"val_{k}": v for k, v in evaluate(model, val, objective).items()}
         row |= {"lr": sched.get_last_lr()[0], "epoch_seconds": time.time() - t0}
         score = row[f"val_{objective.select}"]

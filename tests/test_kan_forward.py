@@ -157,7 +157,8 @@ def test_fit_forward_selects_on_validation_and_learns():
     assert all(
         h["test_r2_at_best_val"] == res.history[-1]["test_r2_at_best_val"] for h in res.history[res.best_epoch - 1 :]
     )
-    assert set(res.test) == {"mse", "r2", "rel_rmse"} and set(res.reference) == set(res.test)
+    assert set(res.test) == {"loss", "mse", "r2", "rel_rmse", "tau"} and set(res.reference) == set(res.test)
+    assert [h["step"] for h in res.history] == [10, 20, 30, 40, 50, 60]
     assert math.isclose(res.test["rel_rmse"] ** 2, 1 - res.test["r2"], rel_tol=1e-6)
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]  # fresh data every step, still learns
     assert res.n_params == sum(p.numel() for p in model.parameters())

@@ -426,5 +426,3 @@ def test_corrupt_kan_shard_is_named_by_kan_graphs(kan_zoos, tmp_path: Path):
     assert res.returncode != 0
     assert "shard_00001.safetensors" in res.stderr
     assert not (out / "train.safetensors").exists() and not (out / "meta.json").exists()
-
-
