@@ -55,10 +55,9 @@ def predictions_table(model: SavedModel, zoo_dir: str | Path) -> list[dict]:
         if classify:
             row["predicted_label"] = "" if p is None else int(p.argmax())
             row["confidence"] = "" if p is None else f"{float(p.softmax(0).max()):.4f}"
-        else:
-            row |= {
-                f"predicted_{target}" if k == 0 else f"predicted_{k}": "" if p is None else f"{float(v):.6f}"
-                for k, v in enumerate(p if p is not None else [None])
-            }
+        elif out.shape[1] == 1:
+            row[f"predicted_{target}"] = "" if p is None else f"{float(p[0]):.6f}"
+        else:  # several regression targets: one column each
+            row |= {f"predicted_{k}": "" if p is None else f"{float(p[k]):.6f}" for k in range(out.shape[1])}
         table.append(row)
     return table

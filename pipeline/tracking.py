@@ -32,11 +32,25 @@ def git_commit() -> str:
         return "unknown"
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts (the runs' model files): ``mlartifacts/`` next to
+    a SQLite store's file, not the working directory; ``None`` (the server's choice) otherwise."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
+
+
 def setup(cfg: MLflowConfig) -> str:
     """Point MLflow at ``cfg.tracking_uri`` and create the experiment once; return its id."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(cfg.tracking_uri)
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        try:
+            mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(cfg.tracking_uri))
+        except MlflowException:  # another stage process created it first
+            pass
     exp = mlflow.set_experiment(cfg.experiment)
     return exp.experiment_id
 

@@ -85,11 +85,13 @@ def reported_errors(stage: str) -> Iterator[None]:
     """Turn the errors a user acts on into one message and an exit code, without a traceback.
 
     A bad parameter or a resource the cluster lacks (:class:`ConfigError`) exits 2; failed runs
-    or shards (:class:`~pipeline.distributed.TasksFailed`) and a tracking store that kept
-    failing (:class:`~pipeline.tracking.TrackingError`) exit 1: their finished results are kept
+    or shards (:class:`~pipeline.distributed.TasksFailed`), a tracking store that kept failing
+    (:class:`~pipeline.tracking.TrackingError`) and a damaged input file
+    (:class:`~pipeline.io.CorruptFileError`, which names it) exit 1: finished results are kept
     and the next invocation resumes.
     """
     from pipeline.distributed import TasksFailed
+    from pipeline.io import CorruptFileError
     from pipeline.tracking import TrackingError
 
     try:
@@ -97,6 +99,6 @@ def reported_errors(stage: str) -> Iterator[None]:
     except ConfigError as e:
         print(f"{stage}: {e}", file=sys.stderr)
         raise SystemExit(2) from e
-    except (TasksFailed, TrackingError) as e:
+    except (TasksFailed, TrackingError, CorruptFileError) as e:
         print(f"{stage}: {e}", file=sys.stderr)
         raise SystemExit(1) from e

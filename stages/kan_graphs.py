@@ -14,7 +14,7 @@ import torch
 from pipeline.config import Params, to_flat_dict
 from pipeline.graphs.build import finite_nets, write_graph_sets
 from pipeline.zoo.kan_zoo import load_kan_zoo
-from stages.common import parse
+from stages.common import parse, reported_errors
 
 GRAPH_TASKS = ("inr", "classifier")
 
@@ -64,7 +64,8 @@ def run(params: Params, task: str, zoo_dir: Path, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"task": "inr", "zoo": "", "out": ""}, argv)
     zoo = args.zoo or f"data/kan/{args.task}/zoo"
-    run(params, args.task, Path(zoo), Path(args.out or f"data/kan/{args.task}/graphs"))
+    with reported_errors(f"kan_graphs@{args.task}"):
+        run(params, args.task, Path(zoo), Path(args.out or f"data/kan/{args.task}/graphs"))
 
 
 if __name__ == "__main__":

@@ -426,3 +426,30 @@ def test_corrupt_kan_shard_is_named_by_kan_graphs(kan_zoos, tmp_path: Path):
     assert res.returncode != 0
     assert "shard_00001.safetensors" in res.stderr
     assert not (out / "train.safetensors").exists() and not (out / "meta.json").exists()
+
+
+def test_a_trained_accuracy_predictor_applies_to_a_kan_classifier_zoo(kan_zoos, tmp_path: Path):
+    """kan_graphs -> kan_train (regression on each classifier's test accuracy) -> stages.predict."""
+    import csv
+
+    from pipeline.models import load
+    from pipeline.predict import zoo_nets
+    from tests.conftest import REPO, merge
+
+    params, zoo = kan_zoos["jobs"][("classifier", 1)]
+    assert kan_zoos["results"][("classifier", 1)].returncode == 0
+    graphs, train = tmp_path / "graphs", tmp_path / "train"
+    over = {"kan": {"train": {"models": ["ws_kan"], "seeds": [0], "epochs": 1}}}
+    p = write_params(tmp_path / "params.yaml", merge(SMALL, over))
+    for stage, args in (("kan_graphs", ["--zoo", str(zoo), "--out", str(graphs)]),
+                        ("kan_train", ["--graphs", str(graphs), "--out", str(train)])):  # fmt: skip
+        res = run_stage(stage, ["--params", str(p), "--task", "classifier", *args], tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "preds.csv"
+    res = run_stage("predict", ["--run", str(train / "ws_kan_seed0"), "--zoo", str(zoo), "--out", str(out)], REPO)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(out.open()))
+    _, zoo_params, manifest = zoo_nets(zoo)
+    assert [r["test_acc"] for r in rows] == [m["test_acc"] for m in manifest]
+    expected = load(train / "ws_kan_seed0").predict(zoo_params).flatten()
+    assert [float(r["predicted_test_acc"]) for r in rows] == pytest.approx(expected.tolist(), abs=1e-6)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pipeline.config import ConfigError, load_params
@@ -197,7 +198,8 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
-    from pipeline.runs import TaskContext
+    from pipeline.io import load_tensors
+    from pipeline.runs import GraphData, TaskContext, train_one
     from stages import graphs as graphs_stage
     from stages import train, zoo
 
@@ -243,14 +245,18 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
 
     # byte-identical to one node: the zoo shard by shard, every run's numbers
     assert_zoo_equals_reference(params_path, workspace / "zoo")
-    data = train.GraphData.load(workspace / "graphs")
+    data = GraphData.load(workspace / "graphs")
     configs = params.train.settings_by_model()
     for r in results:
         ctx = TaskContext(f"{r['model']}-seed{r['seed']}", 1, "cpu")
-        ref = train.train_one(
+        ref = train_one(
             data, r["model"], configs[r["model"]], r["seed"], ctx, _train_settings(params), params.train.augment
         )
-        assert comparable(r) == comparable(ref | {"fingerprint": r["fingerprint"], "code_version": r["code_version"]})
+        weights, _ = ref.pop("weights"), ref.pop("card")
+        kept = load_tensors(workspace / "train" / r["model_file"])  # the trained weights, bytes too
+        assert kept.keys() == weights.keys() and all(torch.equal(kept[k], v) for k, v in weights.items())
+        same = {k: r[k] for k in ("fingerprint", "code_version", "model_file")}
+        assert comparable(r) == comparable(ref | same)
 
 
 # --------------------------------------------------------------------------------------------
