@@ -128,6 +128,7 @@ class LiveRuns:
         self.git = git or git_commit()
         self.run_ids: dict[str, str] = {}
         self.last_epoch: dict[str, int] = {}
+        self.logged: dict[str, dict[str, int]] = {}  # reopened runs: last step logged per metric
         self.errors: dict[str, str] = {}
 
     def _call(self, key: str, what: str, fn: Callable[[], T]) -> T | None:
@@ -166,12 +167,20 @@ class LiveRuns:
             self.last_epoch[key] = 0
 
     def _reattach(self, key: str, run_id: str) -> bool:
+        """Reopen run ``run_id``, noting the last step logged of each of its metrics: a store
+        that died mid-batch may have kept some metrics of an epoch and not others."""
+
+        def steps() -> dict[str, int]:
+            keys = self.client.get_run(run_id).data.metrics
+            return {k: max((m.step for m in self.client.get_metric_history(run_id, k)), default=0) for k in keys}
+
         try:
-            history = with_retries(lambda: self.client.get_metric_history(run_id, "train_loss"), self.attempts, key)
+            logged = with_retries(steps, self.attempts, key)
         except TrackingError:  # deleted, or from another store: a new run is made instead
             return False
         self.run_ids[key] = run_id
-        self.last_epoch[key] = max((m.step for m in history), default=0)
+        self.logged[key] = logged
+        self.last_epoch[key] = min(logged.values(), default=0)
         return True
 
     def pending(self, key: str) -> str | None:
@@ -184,7 +193,9 @@ class LiveRuns:
         if key not in self.run_ids or step <= self.last_epoch[key]:
             return
         run_id = self.run_ids[key]
-        self._call(key, f"epoch {step}", lambda: self.client.log_batch(run_id, metrics=_metrics(row, step, ("epoch",))))
+        done = self.logged.get(key, {})
+        skip = ("epoch", *(k for k in row if done.get(k, 0) >= step))  # logged before the store went away
+        self._call(key, f"epoch {step}", lambda: self.client.log_batch(run_id, metrics=_metrics(row, step, skip)))
         self.last_epoch[key] = step
 
     def finish(
