@@ -370,14 +370,7 @@ def forward_one(
         raise ConfigError(f"kan.forward.models: {model_name!r} does not read graphs")
     t0 = time.time()
 
-    def progress(row: dict) -> None:  # shown in the driver's output (Ray forwards worker prints)
-        print(
-            f"kan_forward {model_name} seed {seed}: step {int(row['step'])}/{settings.steps} "
-            f"train loss {row['train_loss']:.3f} val R² {row['val_r2']:.3f} ({row['epoch_seconds']:.0f} s)",
-            flush=True,
-        )
-        ctx.epoch(row)
-
+    progress = ctx.reporter(f"kan_forward {model_name} seed {seed}", "r2", settings.steps, unit="step")
     res = fit_forward(model, data, settings, seed, on_eval=progress, device=device)
     out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
     out["card"] = model_card(model_name, model_cfg, data.shape(), {"spec": data.spec.to_dict()}, None)

@@ -96,6 +96,21 @@ class TaskContext:
         """Forward one per-epoch row to the driver (logged to MLflow while the run goes on)."""
         self._send("epoch", dict(row))
 
+    def reporter(self, label: str, metric: str, total: int, unit: str = "epoch") -> Callable[[dict], None]:
+        """An ``on_epoch`` callback: one line per epoch in the driver's output (Ray forwards a
+        worker's prints), ``label: epoch 3/8 train loss 1.234 val acc 0.456 (12 s)``, and the row
+        sent to the driver (:meth:`epoch`). ``unit="step"`` counts a row's ``step`` instead."""
+
+        def report(row: dict) -> None:
+            print(
+                f"{label}: {unit} {int(row[unit])}/{total} train loss {row['train_loss']:.4f} "
+                f"val {metric} {row[f'val_{metric}']:.4f} ({row['epoch_seconds']:.0f} s)",
+                flush=True,
+            )
+            self.epoch(row)
+
+        return report
+
     def _send(self, kind: str, payload: dict) -> None:
         # fire and forget: a task that waits on a Ray call (``Queue.put``) lends its CPU to the
         # next pending task while it waits, and two runs then share one core for good
@@ -366,15 +381,6 @@ def train_one(
     inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
     t0 = time.time()
     sel = objective.select
-
-    def progress(row: dict) -> None:  # shown in the driver's output (Ray forwards worker prints)
-        print(
-            f"{model_name} seed {seed}: epoch {int(row['epoch'])}/{settings.epochs} "
-            f"train loss {row['train_loss']:.3f} val {sel} {row[f'val_{sel}']:.3f} ({row['epoch_seconds']:.0f} s)",
-            flush=True,
-        )
-        ctx.epoch(row)
-
     res = fit_model(
         model,
         inputs["train"],
@@ -383,7 +389,7 @@ def train_one(
         settings,
         seed,
         objective,
-        on_epoch=progress,
+        on_epoch=ctx.reporter(f"{model_name} seed {seed}", sel, settings.epochs),
         augment=augmenter(augment, model.input_kind, template.spec, permutations),
         device=device,
     )

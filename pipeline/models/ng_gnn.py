@@ -26,7 +26,7 @@ from pipeline.models.layers import (
     TemplateBuckets,
     output_states,
 )
-from pipeline.models.probes import ForwardSpec, make_probes
+from pipeline.models.probes import ForwardSpec, make_probes, probe_variant, probe_variant_label
 
 
 class NGGNNLayer(nn.Module):
@@ -293,14 +293,7 @@ LABEL = "NG-GNN"
 REPORT_ORDER = 60
 
 
-def variant(settings: dict) -> str:
-    """``"probes"`` with probe features: the papers publish those numbers separately."""
-    return "probes" if settings.get("probe_features", 0) > 0 else ""
-
-
-def variant_label(settings: dict) -> str:
-    n = settings.get("probe_features", 0)
-    return f"{n} probe features" if n > 0 else ""
+variant, variant_label = probe_variant, probe_variant_label  # the report's variant: with probes or not
 
 
 def build(s: Settings, shape: DataShape) -> NGGNN:

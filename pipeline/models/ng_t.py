@@ -40,7 +40,7 @@ from pipeline.config import setting
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.models import DataShape
 from pipeline.models.layers import GraphEditHead, GraphStates, output_states
-from pipeline.models.probes import ForwardSpec, make_probes
+from pipeline.models.probes import ForwardSpec, make_probes, probe_variant, probe_variant_label
 
 
 class NGTLayer(nn.Module):
@@ -255,14 +255,7 @@ LABEL = "NG-T"
 REPORT_ORDER = 70
 
 
-def variant(settings: dict) -> str:
-    """``"probes"`` with probe features: the papers publish those numbers separately."""
-    return "probes" if settings.get("probe_features", 0) > 0 else ""
-
-
-def variant_label(settings: dict) -> str:
-    n = settings.get("probe_features", 0)
-    return f"{n} probe features" if n > 0 else ""
+variant, variant_label = probe_variant, probe_variant_label  # the report's variant: with probes or not
 
 
 def build(s: Settings, shape: DataShape) -> NGT:

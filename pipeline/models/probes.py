@@ -97,3 +97,15 @@ def make_probes(n_probes: int, n_pos: int, n_out: int, forward_spec: ForwardSpec
         raise ValueError("probe features need the zoo's forward spec (activation, normalization)")
     n_in = n_pos - n_out - (len(forward_spec.weight_stats) - 1)
     return ProbeFeatures(n_probes, n_in, forward_spec)
+
+
+def probe_variant(settings: dict) -> str:
+    """A graph model's report variant: ``"probes"`` with probe features (the papers publish
+    those numbers separately), else none."""
+    return "probes" if settings.get("probe_features", 0) > 0 else ""
+
+
+def probe_variant_label(settings: dict) -> str:
+    """``"16 probe features"`` (or nothing): how the report names the variant."""
+    n = settings.get("probe_features", 0)
+    return f"{n} probe features" if n > 0 else ""

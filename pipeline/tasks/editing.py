@@ -211,14 +211,6 @@ def edit_one(
         with torch.no_grad():
             examples["edited"] = render(m(inputs["test"].batch(shown).to(device)))  # 6 examples moved, not the split
 
-    def progress(row: dict) -> None:
-        print(
-            f"edit {model_name} seed {seed}: epoch {int(row['epoch'])}/{settings.epochs} train loss "
-            f"{row['train_loss']:.4f} val mse {row['val_mse']:.4f} ({row['epoch_seconds']:.0f} s)",
-            flush=True,
-        )
-        ctx.epoch(row)
-
     t0 = time.time()
     res = fit_model(
         model,
@@ -228,7 +220,7 @@ def edit_one(
         settings,
         seed,
         objective,
-        on_epoch=progress,
+        on_epoch=ctx.reporter(f"edit {model_name} seed {seed}", "mse", settings.epochs),
         augment=augmenter(augment, model.input_kind, spec),
         on_best=on_best,
         device=device,
