@@ -58,7 +58,7 @@ def main() -> None:
     res = fit_forward(model, data, settings, args.seed, on_eval=progress)
     out = Path(args.out)
     name = f"kan_forward_{args.model}"
-    record = dataclasses.asdict(res) | {
+    record = {k: v for k, v in dataclasses.asdict(res).items() if k != "best_state"} | {
         "model": args.model,
         "config": dataclasses.asdict(cfg),
         "settings": dataclasses.asdict(settings),

@@ -43,6 +43,7 @@ def main() -> None:
     ctx = TaskContext(f"{args.model}-seed{args.seed}", args.threads, args.device)
     data = GraphData.load(args.graphs)
     record = train_one(data, args.model, tc.settings(args.model), args.seed, ctx, settings, tc.augment)
+    del record["weights"], record["card"]  # the trained weights: kept by the training stages, not here
     record |= {"threads": args.threads, "default_epochs": tc.epochs, "settings": dataclasses.asdict(settings)}
     out = Path(args.out)
     write_json(out / f"{args.model}.json", record)
