@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.graphs.build import finite_nets
 from pipeline.io import read_json
 from pipeline.models.saved import SavedModel
 from pipeline.weightspace.spec import Params, ParamSpec
@@ -38,10 +39,7 @@ def zoo_nets(zoo_dir: str | Path) -> tuple[ParamSpec, Params, list[dict[str, str
 def predictions_table(model: SavedModel, zoo_dir: str | Path) -> list[dict]:
     """One row per net of ``zoo_dir`` with ``model``'s prediction (non-finite nets get none)."""
     spec, params, rows = zoo_nets(zoo_dir)
-    finite = torch.ones(len(rows), dtype=torch.bool)
-    for v in params.values():
-        finite &= torch.isfinite(v.flatten(1)).all(1)
-    idx = finite.nonzero().flatten()
+    idx = finite_nets(params).nonzero().flatten()
     out = model.predict({k: v[idx] for k, v in params.items()}) if idx.numel() else torch.empty(0, 1)
     classify = model.card["objective"]["kind"] == "classification"
     target = "label" if classify else "test_acc"
