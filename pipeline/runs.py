@@ -253,14 +253,15 @@ class StageRuns:
         placed = {k: str(where[k]) for k in ("node_id", "device") if k in where}
         return {"model": job.model, "data_version": self.data_version, "parent_stage": self.stage} | placed
 
-    def _started(self, i: int, where: dict, existing: str | None = None) -> None:
+    def _started(self, i: int, where: dict) -> None:
         job = self.jobs[i]
-        self.live.start(job.key, self._mlflow_params(job), self._tags(job, where), existing)
+        self.live.start(job.key, self._mlflow_params(job), self._tags(job, where), uid=self.fps[i])
 
     def _finished(self, i: int, r: dict) -> None:
         """Keep result ``r`` of job ``i`` on disk (its weights, if it returned them, as the model
-        file), then close its MLflow run with the model file as artifact and record the run id
-        (or, when MLflow failed, the id of the run left open, to reopen it next time)."""
+        file), then close its MLflow run with the model file as artifact and record the run id.
+        When MLflow fails the run stays open, tagged with the run's fingerprint; the next
+        invocation finds it by that tag and reopens it."""
         job = self.jobs[i]
         weights, card = r.pop("weights", None), r.pop("card", None)
         if weights is not None and card is not None:
@@ -269,15 +270,11 @@ class StageRuns:
             r["model_file"] = job.model_file
         self.results[i] = r
         write_json(self.out / job.file, r)  # on disk before MLflow is asked anything
-        self._started(i, r, r.get("mlflow_pending_run_id"))  # a no-op when the task's start event opened it
+        self._started(i, r)  # a no-op when the task's start event opened it
         model = self.out / r["model_file"] if r.get("model_file") else None
         run_id = self.live.finish(job.key, self.final_metrics(r), self._tags(job, r), r["history"], model)
-        kept = {k: v for k, v in r.items() if k != "mlflow_pending_run_id"}
         if run_id is not None:
-            self.results[i] = kept | {"mlflow_run_id": run_id}
-        elif self.live.pending(job.key):
-            self.results[i] = kept | {"mlflow_pending_run_id": self.live.pending(job.key)}
-        if self.results[i] is not r:
+            self.results[i] = r | {"mlflow_run_id": run_id}
             write_json(self.out / job.file, self.results[i])
 
     def _run_tasks(self, todo: list[int], data: Any, worker, worker_args: tuple, threads: int):

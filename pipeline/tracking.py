@@ -111,6 +111,9 @@ def _metrics(row: Mapping[str, float], step: int | None, skip: tuple[str, ...] =
     return [Metric(k, float(v), now, step or 0) for k, v in row.items() if k not in skip]
 
 
+RUN_UID_TAG = "metazoo.run_uid"
+
+
 class LiveRuns:
     """Child runs of the active parent run, fed from the driver while their Ray tasks train.
 
@@ -140,52 +143,46 @@ class LiveRuns:
             self.errors[key] = str(e)
             return None
 
-    def start(self, key: str, params: Mapping[str, Any], tags: Mapping[str, str], existing: str | None = None) -> None:
+    def start(self, key: str, params: Mapping[str, Any], tags: Mapping[str, str], uid: str) -> None:
         """Open the child run ``key`` (idempotent: a retried task keeps its run).
 
-        ``existing``: the id of a run opened for ``key`` by an earlier invocation that could not
-        close it (the store went away); it is reopened and its logged epochs are not logged again.
+        ``uid`` identifies the computation (the run's fingerprint) and is kept as the tag
+        :data:`RUN_UID_TAG`. A run with that tag still ``RUNNING``, left open by an earlier
+        invocation or by a call whose reply was lost, is reopened instead of made anew, and the
+        epochs it logged are not logged again.
         """
         if key in self.run_ids:
             return
-        if existing and self._reattach(key, existing):
+
+        def open_run() -> tuple[str, bool]:
+            # searched on every attempt: a create that reached the store but lost its reply must not make a twin
+            query = f"tags.`{RUN_UID_TAG}` = '{uid}' and attributes.status = 'RUNNING'"
+            found = self.client.search_runs([self.experiment], query, max_results=1)
+            if found:
+                return found[0].info.run_id, True
+            all_tags = {"mlflow.parentRunId": self.parent, "git_commit": self.git, RUN_UID_TAG: uid, **tags}
+            return self.client.create_run(self.experiment, run_name=key, tags=all_tags).info.run_id, False
+
+        opened = self._call(key, "opening the run", open_run)
+        if opened is None:
             return
+        run_id, reopened = opened
+        self.run_ids[key] = run_id
+        self.last_epoch[key] = 0
+        if reopened:
+            self._call(key, "reading what the reopened run logged", lambda: self._reattach(key, run_id))
         from mlflow.entities import Param
 
-        def create() -> str:
-            run = self.client.create_run(
-                self.experiment,
-                run_name=key,
-                tags={"mlflow.parentRunId": self.parent, "git_commit": self.git, **tags},
-            )
-            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
-            return run.info.run_id
+        batch = [Param(k, str(v)[:500]) for k, v in params.items()]  # same values again on a reopened run: a no-op
+        self._call(key, "logging the params", lambda: self.client.log_batch(run_id, params=batch))
 
-        run_id = self._call(key, "creating the run", create)
-        if run_id is not None:
-            self.run_ids[key] = run_id
-            self.last_epoch[key] = 0
-
-    def _reattach(self, key: str, run_id: str) -> bool:
-        """Reopen run ``run_id``, noting the last step logged of each of its metrics: a store
-        that died mid-batch may have kept some metrics of an epoch and not others."""
-
-        def steps() -> dict[str, int]:
-            keys = self.client.get_run(run_id).data.metrics
-            return {k: max((m.step for m in self.client.get_metric_history(run_id, k)), default=0) for k in keys}
-
-        try:
-            logged = with_retries(steps, self.attempts, key)
-        except TrackingError:  # deleted, or from another store: a new run is made instead
-            return False
-        self.run_ids[key] = run_id
+    def _reattach(self, key: str, run_id: str) -> None:
+        """Note the last step logged of each metric of the reopened run ``run_id``: a store that
+        died mid-batch may have kept some metrics of an epoch and not others."""
+        keys = self.client.get_run(run_id).data.metrics
+        logged = {k: max((m.step for m in self.client.get_metric_history(run_id, k)), default=0) for k in keys}
         self.logged[key] = logged
         self.last_epoch[key] = min(logged.values(), default=0)
-        return True
-
-    def pending(self, key: str) -> str | None:
-        """The id of run ``key`` if it was opened but could not be closed (to reopen it later)."""
-        return self.run_ids.get(key) if key in self.errors else None
 
     def epoch(self, key: str, row: Mapping[str, float]) -> None:
         """Log one per-epoch row (``row["epoch"]`` is the step); rows already logged are skipped."""

@@ -326,6 +326,14 @@ def test_a_killed_driver_resumes_training_with_only_the_missing_runs(tmp_path: P
     assert [r["seed"] for r in runs] == seeds
     for name, test in kept.items():
         assert read_json(out / name)["test"] == test
+    # the run the killed driver left open is reopened by its fingerprint tag, not made twice
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("metazoo")
+    children = client.search_runs([exp.experiment_id], "attributes.run_name LIKE 'mlp-seed%'")
+    assert sorted(r.info.run_name for r in children) == [f"mlp-seed{s}" for s in seeds]
+    assert {r.info.status for r in children} == {"FINISHED"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,6 +471,37 @@ def _mlflow_server(port: int, store: Path, log: Path) -> subprocess.Popen:
     )  # fmt: skip
     _wait_for(lambda: _http_up(f"http://127.0.0.1:{port}/health"), 120, "the MLflow server")
     return server
+
+
+def test_a_run_left_open_is_reopened_by_its_fingerprint_and_only_then(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.config import MLflowConfig
+    from pipeline.tracking import LiveRuns
+
+    cfg = MLflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(cfg.tracking_uri)
+    exp = client.create_experiment("e")
+    parent = client.create_run(exp).info.run_id
+    rows = [{"epoch": e, "val_acc": e / 10} for e in (1, 2, 3)]
+    first = LiveRuns(cfg, parent, exp, git="g")
+    first.start("mlp-seed0", {"lr": 0.1}, {}, uid="fp-a")
+    for row in rows[:2]:
+        first.epoch("mlp-seed0", row)
+    # the driver dies here; the next invocation finds the open run by its tag
+    second = LiveRuns(cfg, parent, exp, git="g")
+    second.start("mlp-seed0", {"lr": 0.1}, {}, uid="fp-a")
+    run_id = first.run_ids["mlp-seed0"]
+    assert second.run_ids["mlp-seed0"] == run_id
+    assert second.finish("mlp-seed0", {"test_acc": 0.7}, {}, rows) == run_id
+    assert not second.errors
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1, 2, 3]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # a closed run is never reopened, and another fingerprint is another run
+    third = LiveRuns(cfg, parent, exp, git="g")
+    third.start("mlp-seed0", {"lr": 0.1}, {}, uid="fp-a")
+    third.start("mlp-seed1", {"lr": 0.1}, {}, uid="fp-b")
+    assert len({run_id, third.run_ids["mlp-seed0"], third.run_ids["mlp-seed1"]}) == 3
 
 
 def test_an_mlflow_server_that_goes_away_costs_no_result(tmp_path: Path, monkeypatch):
