@@ -485,7 +485,8 @@ def _model_checks(
         if graph and hasattr(s, "layers"):
             checks.append((s.layers >= n_layers, f"{key}.{base}.layers", f"must be >= {n_layers} (parameter layers)"))
         if not probes and getattr(s, "probe_features", 0) > 0:
-            checks.append((False, f"{key}.{base}.probe_features", "probe features need a SIREN zoo; use 0"))
+            fix = "probe features need a SIREN zoo (use 0, or a model without probes)"
+            checks.append((False, f"{key}.{base}.probe_features", fix))
     return checks
 
 

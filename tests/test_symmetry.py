@@ -327,3 +327,31 @@ def test_probe_features_are_the_networks_own_activations(hidden):
     torch.testing.assert_close(h[batch.node_out].view(B, 5), ref[..., 0], rtol=0, atol=1e-4)
     inputs = batch.node_layer == 0
     torch.testing.assert_close(h[inputs].view(B, 2, 5), probes.points.t().expand(B, 2, 5).detach())
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_probe_only_baseline_samples_the_network_and_nothing_else(hidden):
+    """The probe-only MLP's inputs are the SIREN at its points (normalization undone), equal to
+    NG-GNN's probe features at the output node; sign flips keep them, a half-done flip does not."""
+    from pipeline.models.probe_mlp import ProbeMLP
+
+    spec, params = siren_params(hidden, (11, 12, 13))
+    normed = {k: (v - 0.1) / 2.0 for k, v in params.items()}
+    L = spec.n_layers
+    fwd = ForwardSpec("sin", OMEGA0, 0.0, ((0.1, 2.0),) * L, ((0.1, 2.0),) * L)
+    model = ProbeMLP(spec, fwd, n_classes=4, n_probes=5)
+    flat = flatten(normed, spec)
+    with torch.no_grad():
+        sampled = model.sample(flat)
+        torch.testing.assert_close(sampled, siren_forward(params, spec, model.points, OMEGA0), rtol=0, atol=1e-4)
+        graph_probes = ProbeFeatures(5, 2, fwd)  # same seed: same starting points
+        batch = _graphs(normed, spec).batch(torch.arange(B))
+        torch.testing.assert_close(graph_probes(batch)[batch.node_out].view(B, 5), sampled[..., 0], atol=1e-4, rtol=0)
+        signs = random_signs(spec, B, torch.Generator().manual_seed(2))
+        flipped = flatten({k: (v - 0.1) / 2.0 for k, v in flip_signs(params, spec, signs).items()}, spec)
+        torch.testing.assert_close(model.sample(flipped), sampled, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(flipped), model(flat), rtol=1e-5, atol=1e-6)
+        half = dict(params)
+        half["layers.0.weight"] = -params["layers.0.weight"]  # the incoming weights only, not the bias
+        half_flat = flatten({k: (v - 0.1) / 2.0 for k, v in half.items()}, spec)
+        assert (model.sample(half_flat) - sampled).abs().max() > 1e-2
