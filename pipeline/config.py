@@ -441,12 +441,15 @@ def validate(p: Params) -> None:
     from pipeline.device import DEVICES
     from pipeline.zoo.siren import INIT_VARIANTS
 
+    allowed_augment = f"'none', or one or more of {AUGMENTATIONS} joined by '+'"
     checks = [
         (p.data.source in OFFLINE_SOURCES, "data.source", f"must be one of {OFFLINE_SOURCES}"),
         (p.zoo.init in INIT_VARIANTS, "zoo.init", f"must be one of {INIT_VARIANTS}"),
         (p.ray.device in DEVICES, "ray.device", f"must be one of {DEVICES}"),
-        (p.train.augment in AUGMENTATIONS, "train.augment", f"must be one of {AUGMENTATIONS}"),
-        (p.edit.augment in AUGMENTATIONS, "edit.augment", f"must be one of {AUGMENTATIONS}"),
+        (_known_augment(p.train.augment), "train.augment", allowed_augment),
+        (_known_augment(p.edit.augment), "edit.augment", allowed_augment),
+        # the editing targets are the dilated original images: a warped input would not match them
+        ("inr_affine" not in p.edit.augment, "edit.augment", "inr_affine warps the image; editing targets are fixed"),
     ]
     kan_layers = max(len(p.kan.inr.hidden), len(p.kan.classifier.hidden)) + 1
     for key, section, n_layers in (
@@ -460,6 +463,16 @@ def validate(p: Params) -> None:
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
+
+
+def _known_augment(name: str) -> bool:
+    from pipeline.augment import parse_augment
+
+    try:
+        parse_augment(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _model_checks(

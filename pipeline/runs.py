@@ -387,7 +387,7 @@ def train_one(
         seed,
         objective,
         on_epoch=ctx.reporter(f"{model_name} seed {seed}", sel, settings.epochs),
-        augment=augmenter(augment, model.input_kind, template.spec, permutations),
+        augment=augmenter(augment, model.input_kind, template.spec, permutations, fwd),
         device=device,
     )
     out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
@@ -442,7 +442,8 @@ def run_training(
     """
     extra = extra or {}
     try:
-        check_augmentation(augment, ParamSpec.from_dict(data.meta["spec"]))
+        fwd = forward_spec_from_meta(data.meta) if "forward" in data.meta else None
+        check_augmentation(augment, ParamSpec.from_dict(data.meta["spec"]), fwd)
     except ValueError as e:
         raise ConfigError(f"{stage.split('@')[0]}.augment: {e}") from e
     jobs = [Job(m, s, model_configs[split_model_name(m)[0]]) for m in models for s in seeds]

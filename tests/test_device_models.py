@@ -32,6 +32,7 @@ from tests.weightspace_cases import SIREN_LAYOUTS, random_params
 META = torch.device("meta")
 B = 3
 SPEC = SIREN_LAYOUTS["siren2-8-12-6-1"]
+FWD = ForwardSpec("sin", 30.0, 0.0, ((0.0, 1.0),) * SPEC.n_layers, ((0.0, 1.0),) * SPEC.n_layers)
 KAN = kan_spec([2, 5, 4, 1], 3, 2)
 SMALL = {"hidden": 8, "layers": 2, "heads": 2, "probe_features": 3, "dropout": 0.1}
 # (case id, model name, setting overrides): every registered model, NFN in both modes
@@ -157,13 +158,16 @@ def test_augmenters_on_meta_draw_the_same_numbers_as_on_cpu():
         "sign_flip_flat": lambda x, g: sign_flip_flat(x, SPEC, g),
         "permute_flat": lambda x, g: permute_flat(x, SPEC, g),
         "sign_flip+perm": augmenter("sign_flip", "flat", SPEC, permutations=True),
+        "inr_affine_graphs": augmenter("inr_affine", "graph", SPEC, fwd=FWD),
+        "sign_flip+inr_affine_flat": augmenter("sign_flip+inr_affine", "flat", SPEC, fwd=FWD),
     }
     for what, fn in steps.items():
-        cpu_in = graph if what == "sign_flip_graphs" else flat
-        meta_in = gs.to(META).batch(torch.arange(B, device=META)) if what == "sign_flip_graphs" else flat.to(META)
+        on_graphs = what.endswith("_graphs")
+        cpu_in = graph if on_graphs else flat
+        meta_in = gs.to(META).batch(torch.arange(B, device=META)) if on_graphs else flat.to(META)
         g_cpu, g_meta = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
         ref, out = fn(cpu_in, g_cpu), fn(meta_in, g_meta)
-        if what == "sign_flip_graphs":
+        if on_graphs:
             ref, out = ref.edge_attr, out.edge_attr
         assert out.device == META and out.shape == ref.shape, what
         assert torch.equal(g_cpu.get_state(), g_meta.get_state()), what  # same draws, whatever the device

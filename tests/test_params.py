@@ -88,6 +88,15 @@ CASES = [
     _case({"data.source": "cifar10"}, "data.source", "mnist_offline"),
     _case({"data.n_val": 0}, "data.n_val", "> 0"),
     _case({"train.augment": "rotate"}, "train.augment", "sign_flip"),
+    _case({"train.augment": "sign_flip+sign_flip"}, "train.augment", "joined by '+'", "repeated"),
+    _case({"train.augment": "none+sign_flip"}, "train.augment", "joined by '+'", "none_joined"),
+    _case({"edit.augment": "sign_flip+inr_affine"}, "edit.augment", "editing targets are fixed"),
+    _case(
+        {"train.models": ["probe_mlp"], "train.probe_mlp": {"probe_features": 0}},
+        "train.probe_mlp.probe_features",
+        "> 0",
+    ),
+    _case({"kan.train.models": ["probe_mlp"]}, "kan.train.probe_mlp.probe_features", "need a SIREN zoo"),
     _case({"kan.classifier.digits_test": 1797}, "kan.classifier.digits_test", "[1, 1787]"),
     _case({"kan.classifier.digits_test": 1788}, "kan.classifier.digits_test", "[1, 1787]", "too_few_left"),
     _case({"kan.classifier.digits_test": 0}, "kan.classifier.digits_test", "[1, 1787]", "zero"),
@@ -201,3 +210,8 @@ def test_the_limits_copied_into_the_params_match_their_sources():
     assert int(re.search(r"constexpr int kMaxOrder = (\d+);", cpp).group(1)) == KAN_MAX_ORDER
     digits = load_digits()
     assert (len(digits.target), len(set(digits.target.tolist()))) == (N_DIGITS, N_DIGIT_CLASSES)
+
+
+def test_augmentations_combine_with_plus(tmp_path):
+    p = load_params(_write(tmp_path, {"train.augment": "sign_flip+inr_affine", "edit.augment": "none"}))
+    assert (p.train.augment, p.edit.augment) == ("sign_flip+inr_affine", "none")

@@ -12,7 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.augment import sign_flip_flat, sign_flip_graphs
+from pipeline.augment import (
+    augmenter,
+    compose_input_affine,
+    random_input_affines,
+    sign_flip_flat,
+    sign_flip_graphs,
+)
 from pipeline.graphs.neural_graph import features_to_params, graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_model
@@ -355,3 +361,47 @@ def test_probe_only_baseline_samples_the_network_and_nothing_else(hidden):
         half["layers.0.weight"] = -params["layers.0.weight"]  # the incoming weights only, not the bias
         half_flat = flatten({k: (v - 0.1) / 2.0 for k, v in half.items()}, spec)
         assert (model.sample(half_flat) - sampled).abs().max() > 1e-2
+
+
+# --------------------------------------------------------------------------------------------
+# inr_affine: the INR composed with a random map of its input coordinates, exactly
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_inr_affine_draws_the_warped_image_exactly(hidden):
+    spec, params = siren_params(hidden, (11, 12, 13))
+    A, t = random_input_affines(B, 2, torch.Generator().manual_seed(0))
+    assert not torch.allclose(A, torch.eye(2).expand(B, 2, 2)) and t.abs().min() > 0
+    coords = coordinate_grid(28, 28)
+    warped = (coords @ A.transpose(1, 2)) + t.unsqueeze(1)  # (B, P, 2): x -> A x + t
+    got = siren_forward(compose_input_affine(params, spec, A, t), spec, coords, OMEGA0)
+    torch.testing.assert_close(got, siren_forward(params, spec, warped, OMEGA0), rtol=0, atol=1e-4)
+    assert (got - _forward(params, spec)).abs().max() > 0.05  # the image did move
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_inr_affine_on_graphs_and_on_flat_parameters_make_the_same_networks(hidden):
+    """Normalized inputs (the stats undone and redone) on both paths; the same draws give the
+    same networks, which are the raw networks composed with the drawn maps."""
+    spec, params = siren_params(hidden, (11, 12, 13))
+    L = spec.n_layers
+    fwd = ForwardSpec("sin", OMEGA0, 0.0, ((0.1, 2.0),) * L, ((0.3, 0.5),) * L)
+    normed = {k: (v - (0.1 if "weight" in k else 0.3)) / (2.0 if "weight" in k else 0.5) for k, v in params.items()}
+    flat_aug = augmenter("inr_affine", "flat", spec, fwd=fwd)
+    graph_aug = augmenter("inr_affine", "graph", spec, fwd=fwd)
+    out_flat = flat_aug(flatten(normed, spec), torch.Generator().manual_seed(3))
+    gs = _graphs(normed, spec)
+    out_graph = graph_aug(gs.batch(torch.arange(B)), torch.Generator().manual_seed(3))
+    template = graph_template(spec)
+    back = features_to_params(out_graph.x.view(B, -1, 1), out_graph.edge_attr.view(B, -1, 1), template)
+    torch.testing.assert_close(flatten(back, spec), out_flat, rtol=0, atol=1e-5)
+    A, t = random_input_affines(B, 2, torch.Generator().manual_seed(3))
+    expected = compose_input_affine(params, spec, A, t)
+    raw = unflatten(out_flat, spec)
+    for k in spec.names:
+        mean, std = (0.1, 2.0) if "weight" in k else (0.3, 0.5)
+        torch.testing.assert_close(raw[k] * std + mean, expected[k], rtol=0, atol=1e-5)
+    # only the first layer changes
+    changed = {k for k in spec.names if not torch.equal(raw[k], normed[k])}
+    assert changed == {"layers.0.weight", "layers.0.bias"}
