@@ -36,7 +36,14 @@ FWD = ForwardSpec("sin", 30.0, 0.0, ((0.0, 1.0),) * SPEC.n_layers, ((0.0, 1.0),)
 KAN = kan_spec([2, 5, 4, 1], 3, 2)
 SMALL = {"hidden": 8, "layers": 2, "heads": 2, "probe_features": 3, "dropout": 0.1}
 # (case id, model name, setting overrides): every registered model, NFN in both modes
-VARIANTS = {"nfn": [("nfn-np", {"mode": "np", "fourier_features": 2}), ("nfn-hnp", {"mode": "hnp"})]}
+VARIANTS = {
+    "nfn": [
+        ("nfn-np", {"mode": "np", "fourier_features": 2}),
+        ("nfn-hnp", {"mode": "hnp"}),
+        ("nfn-reference", {"io_scale": 1.0, "head_pool": "hidden", "head_width": 12, "fourier_features": 2}),
+    ],
+    "dwsnet": [("dwsnet", {}), ("dwsnet-reference", {"reduction": "max", "norm": "batch", "head_width": 12})],
+}
 CASES = [(cid, name, over) for name in model_names() for cid, over in VARIANTS.get(name, [(name, {})])]
 EDITOR_CASES = [c for c in CASES if hasattr(model_module(c[1]), "build_editor")]
 

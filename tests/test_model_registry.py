@@ -34,21 +34,29 @@ BLIND_TO_WIRING = {"statnn"}
 SMALL = {"hidden": 16, "layers": 4, "heads": 2, "probe_features": 4}  # probes on: NG-GNN and NG-T use them
 
 
-def _settings(name: str):
+# the reference codes' choices, where they differ from the defaults (README "Reference-faithful
+# settings"); batch norm runs in training mode, on batch statistics
+REFERENCE = {
+    "dwsnet": {"reduction": "max", "norm": "batch", "head_width": 40},
+    "nfn": {"io_scale": 1.0, "head_pool": "hidden", "head_width": 40, "fourier_features": 4},
+}
+
+
+def _settings(name: str, over: dict | None = None):
     defaults = model_module(name).Settings()
-    return dataclasses.replace(defaults, **{k: v for k, v in SMALL.items() if hasattr(defaults, k)})
+    return dataclasses.replace(defaults, **{k: v for k, v in (SMALL | (over or {})).items() if hasattr(defaults, k)})
 
 
-def _setup(name: str, spec, editor: bool = False):
+def _setup(name: str, spec, editor: bool = False, over: dict | None = None):
     params = {k: v.double() for k, v in random_params(spec, B, seed=3).items()}
     template = graph_template(spec)
     gs = GraphSet.from_params(params, template, torch.zeros(B), torch.arange(B))
     fwd = ForwardSpec("sin", 30.0, 0.0, ((0.0, 1.0),) * spec.n_layers, ((0.0, 1.0),) * spec.n_layers)
     shape = data_shape(gs, template, n_classes=5, forward_spec=fwd)
     torch.manual_seed(0)
-    s = _settings(name)
+    s = _settings(name, over)
     model = build_editor(name, s, shape, init_scale=1.0) if editor else build_model(name, s, shape)
-    model = model.double().eval()
+    model = model.double().train(getattr(s, "norm", "none") == "batch")
     kind = model_module(name).INPUT_KIND
     assert model.input_kind == kind  # the module's declaration (config checks) and the model's agree
 
@@ -62,6 +70,9 @@ def _setup(name: str, spec, editor: bool = False):
 
 PREDICTORS = [m for m in model_names() if m not in NOT_INVARIANT]
 EDITORS = [m for m in model_names() if hasattr(model_module(m), "build_editor")]
+# (case id, model, settings): every model with its defaults, and the reference-faithful variants
+PREDICTOR_CASES = [(m, m, {}) for m in PREDICTORS] + [(f"{m}-reference", m, over) for m, over in REFERENCE.items()]
+EDITOR_CASES = [(m, m, {}) for m in EDITORS] + [(f"{m}-reference", m, over) for m, over in REFERENCE.items()]
 
 
 def test_registry_finds_every_model_of_the_papers():
@@ -70,10 +81,10 @@ def test_registry_finds_every_model_of_the_papers():
 
 
 @pytest.mark.parametrize("layout", SIREN_LAYOUTS)
-@pytest.mark.parametrize("name", PREDICTORS)
-def test_predictor_invariant_and_detects_wrong_couplings(name, layout):
+@pytest.mark.parametrize(("name", "over"), [c[1:] for c in PREDICTOR_CASES], ids=[c[0] for c in PREDICTOR_CASES])
+def test_predictor_invariant_and_detects_wrong_couplings(name, over, layout):
     spec = SIREN_LAYOUTS[layout]
-    params, run = _setup(name, spec)
+    params, run = _setup(name, spec, over=over)
     ref = run(params)
     assert ref.shape == (B, 5)
     # how much the output moves between different nets: the scale of a detectable change (an
@@ -92,10 +103,10 @@ def test_predictor_invariant_and_detects_wrong_couplings(name, layout):
 
 
 @pytest.mark.parametrize("layout", SIREN_LAYOUTS)
-@pytest.mark.parametrize("name", EDITORS)
-def test_editor_equivariant_and_detects_wrong_couplings(name, layout):
+@pytest.mark.parametrize(("name", "over"), [c[1:] for c in EDITOR_CASES], ids=[c[0] for c in EDITOR_CASES])
+def test_editor_equivariant_and_detects_wrong_couplings(name, over, layout):
     spec = SIREN_LAYOUTS[layout]
-    params, run = _setup(name, spec, editor=True)
+    params, run = _setup(name, spec, editor=True, over=over)
     edited = run(params)
     assert edited.shape == (B, spec.n_params)
     delta = float((edited - flatten(params, spec)).abs().max())

@@ -44,6 +44,14 @@ from pipeline.config import setting
 from pipeline.models import DataShape
 from pipeline.weightspace.spec import Params, ParamSpec, flatten, unflatten
 
+REDUCTIONS = ("mean", "max")  # how pooled terms and the invariant pool reduce a permuted axis
+NORMS = ("none", "batch")
+
+
+def reduce_axes(x: Tensor, dims: tuple[int, ...], how: str) -> Tensor:
+    """Mean or max of ``x`` over ``dims``: both symmetric in the entries, so equivariance holds."""
+    return x.mean(dim=dims) if how == "mean" else x.amax(dim=dims)
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -109,11 +117,17 @@ class EquivariantLinear(nn.Module):
         permuted: the neuron layers treated as permutable; default the spec's hidden layers
             (DWSNet, NFN's HNP). All layers ``0..L`` gives NFN's cheaper NP layer, whose
             input/output identity a position encoding restores (:class:`NFN`).
+        reduction: ``"mean"`` (the module equation) or ``"max"`` over the pooled axes.
     Shapes: ``{slot: (B, *sizes, c_in)}`` -> ``{slot: (B, *sizes, c_out)}``.
     """
 
-    def __init__(self, spec: ParamSpec, c_in: int | None, c_out: int, permuted: set[int] | None = None):
+    def __init__(
+        self, spec: ParamSpec, c_in: int | None, c_out: int, permuted: set[int] | None = None, reduction: str = "mean"
+    ):
         super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
         self.slots = slots(spec)
         hidden = set(spec.hidden_layers) if permuted is None else set(permuted)
         self.terms: list[_Term] = []
@@ -172,7 +186,7 @@ class EquivariantLinear(nn.Module):
         for term, theta in zip(self.terms, self.thetas, strict=True):
             x = inputs[term.src]
             if term.pool_dims:
-                x = x.mean(dim=term.pool_dims)
+                x = reduce_axes(x, term.pool_dims, self.reduction)
             y = self._place(torch.einsum(term.equation, x, theta), term, batch)
             outs[term.dst] = y if outs[term.dst] is None else outs[term.dst] + y
         result = {}
@@ -209,13 +223,15 @@ class EquivariantLinear(nn.Module):
 
 
 class InvariantPool(nn.Module):
-    """Mean over every permuted (default: hidden) axis of every slot, fixed axes kept.
+    """Mean (or max: ``reduction``) over every permuted (default: hidden) axis of every slot,
+    fixed axes kept.
 
     Shapes: ``{slot: (B, *sizes, c)}`` -> ``(B, D)``.
     """
 
-    def __init__(self, spec: ParamSpec, channels: int, permuted: set[int] | None = None):
+    def __init__(self, spec: ParamSpec, channels: int, permuted: set[int] | None = None, reduction: str = "mean"):
         super().__init__()
+        self.reduction = reduction
         self.slots = slots(spec)
         hidden = set(spec.hidden_layers) if permuted is None else set(permuted)
         self.dims = [tuple(d + 1 for d, l in enumerate(s.layers) if l in hidden) for s in self.slots]
@@ -225,7 +241,10 @@ class InvariantPool(nn.Module):
         )
 
     def forward(self, xs: dict[str, Tensor]) -> Tensor:
-        pooled = [xs[s.name].mean(dim=d) if d else xs[s.name] for s, d in zip(self.slots, self.dims, strict=True)]
+        pooled = [
+            reduce_axes(xs[s.name], d, self.reduction) if d else xs[s.name]
+            for s, d in zip(self.slots, self.dims, strict=True)
+        ]
         return torch.cat([p.flatten(1) for p in pooled], dim=1)
 
 
@@ -237,19 +256,28 @@ class InvariantHead(nn.Module):
     Args:
         spec: the weight space.  channels: ``c`` of the feature map.  n_outputs: logits.
         dropout: between the two layers.  permuted: the layers pooled (default: hidden).
+        reduction: the pool's, ``"mean"`` or ``"max"``.  width: the MLP's hidden width (0: ``4 c``).
     Shapes: ``{slot: (B, *sizes, c)}`` -> ``(B, n_outputs)``.
     """
 
     def __init__(
-        self, spec: ParamSpec, channels: int, n_outputs: int, dropout: float = 0.0, permuted: set[int] | None = None
+        self,
+        spec: ParamSpec,
+        channels: int,
+        n_outputs: int,
+        dropout: float = 0.0,
+        permuted: set[int] | None = None,
+        reduction: str = "mean",
+        width: int = 0,
     ):
         super().__init__()
-        self.pool = InvariantPool(spec, channels, permuted)
+        self.pool = InvariantPool(spec, channels, permuted, reduction)
+        width = width or channels * 4
         self.mlp = nn.Sequential(
-            nn.Linear(self.pool.out_dim, channels * 4),
+            nn.Linear(self.pool.out_dim, width),
             nn.ReLU(),
             nn.Dropout(dropout),
-            nn.Linear(channels * 4, n_outputs),
+            nn.Linear(width, n_outputs),
         )
 
     def forward(self, xs: dict[str, Tensor]) -> Tensor:
@@ -296,26 +324,56 @@ def slot_key(name: str) -> str:
     return name.replace(".", "_")
 
 
+class SlotBatchNorm(nn.Module):
+    r"""Batch normalization of every slot's channels, statistics over the batch and all positions.
+
+    .. math:: \hat x_{A,c} = \gamma_{A,c}\,\frac{x_{A,c} - \mu_{A,c}}{\sqrt{\sigma^2_{A,c} + \epsilon}} + \beta_{A,c}
+
+    :math:`\mu, \sigma` pool every neuron position of slot ``A`` alike, so permuting neurons
+    permutes the output (the DWSNets reference normalizes its layers this way).
+
+    Shapes: ``{slot: (B, *sizes, c)}`` -> same.
+    """
+
+    def __init__(self, spec: ParamSpec, channels: int):
+        super().__init__()
+        self.norms = nn.ModuleDict({slot_key(s.name): nn.BatchNorm1d(channels) for s in slots(spec)})
+
+    def forward(self, xs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: self.norms[slot_key(k)](v.reshape(-1, v.shape[-1])).view_as(v) for k, v in xs.items()}
+
+
 class DWSEncoder(nn.Module):
     r"""The equivariant trunk of DWSNet: flat parameters -> per-slot feature map.
 
-    .. math:: x^0 = \mathrm{slots}(\theta),\qquad x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t)),\ t < T
+    .. math::
+        x^0 = \mathrm{slots}(\theta),\qquad
+        x^{t+1} = \mathrm{ReLU}(\mathrm{Norm}_t(\mathrm{EqLin}_t(x^t))),\ t < T
 
-    with :class:`EquivariantLinear` layers (the first reads the spec's raw channels).
+    with :class:`EquivariantLinear` layers (the first reads the spec's raw channels; pooled terms
+    reduce by ``reduction``) and ``Norm`` the identity or :class:`SlotBatchNorm` (``norm="batch"``).
 
     Shapes: ``(B, P)`` -> ``{slot: (B, *sizes, hidden)}``; equivariant to hidden permutations.
     """
 
-    def __init__(self, spec: ParamSpec, hidden: int = 32, layers: int = 4):
+    def __init__(self, spec: ParamSpec, hidden: int = 32, layers: int = 4, reduction: str = "mean", norm: str = "none"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.spec = spec
         self.permuted = set(spec.hidden_layers)
-        self.layers = nn.ModuleList(EquivariantLinear(spec, None if t == 0 else hidden, hidden) for t in range(layers))
+        self.layers = nn.ModuleList(
+            EquivariantLinear(spec, None if t == 0 else hidden, hidden, reduction=reduction) for t in range(layers)
+        )
+        self.norms = nn.ModuleList(SlotBatchNorm(spec, hidden) for _ in range(layers) if norm == "batch")
 
     def forward(self, flat: Tensor) -> dict[str, Tensor]:
         xs = to_slots(unflatten(flat, self.spec), self.spec)
-        for layer in self.layers:
-            xs = {k: torch.relu(v) for k, v in layer(xs).items()}
+        for t, layer in enumerate(self.layers):
+            xs = layer(xs)
+            if self.norms:
+                xs = self.norms[t](xs)
+            xs = {k: torch.relu(v) for k, v in xs.items()}
         return xs
 
 
@@ -326,23 +384,36 @@ class DWSNet(nn.Module):
         x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t))\ (t < T),\qquad
         \hat y = \mathrm{MLP}(\mathrm{pool}(x^T))
 
-    :class:`DWSEncoder`, then :class:`InvariantHead` (means over hidden axes, input/output axes
-    kept, two-layer MLP). Invariant to hidden-neuron permutations for any depth ``L >= 2``.
+    :class:`DWSEncoder`, then :class:`InvariantHead` (means, or maxima, over hidden axes,
+    input/output axes kept, two-layer MLP). Invariant to hidden-neuron permutations for any depth
+    ``L >= 2``.
 
     Args:
         spec: the weight space.  n_classes: outputs.
         hidden, layers, dropout: channels, number of equivariant layers, head dropout.
+        reduction, norm: as :class:`DWSEncoder` (the head pools by ``reduction`` too).
+        head_width: the head MLP's width (0: ``4 hidden``).
     Shapes: ``(B, P)`` flattened parameters (:func:`pipeline.weightspace.spec.flatten` order)
     -> ``(B, n_classes)``.
     """
 
     input_kind = "flat"
 
-    def __init__(self, spec: ParamSpec, n_classes: int, hidden: int = 32, layers: int = 4, dropout: float = 0.0):
+    def __init__(
+        self,
+        spec: ParamSpec,
+        n_classes: int,
+        hidden: int = 32,
+        layers: int = 4,
+        dropout: float = 0.0,
+        reduction: str = "mean",
+        norm: str = "none",
+        head_width: int = 0,
+    ):
         super().__init__()
         self.spec = spec
-        self.encoder = DWSEncoder(spec, hidden, layers)
-        self.head = InvariantHead(spec, hidden, n_classes, dropout, self.encoder.permuted)
+        self.encoder = DWSEncoder(spec, hidden, layers, reduction, norm)
+        self.head = InvariantHead(spec, hidden, n_classes, dropout, self.encoder.permuted, reduction, head_width)
 
     def forward(self, flat: Tensor) -> Tensor:
         return self.head(self.encoder(flat))
@@ -357,16 +428,24 @@ class DWSNetEditor(nn.Module):
 
     Args:
         spec: the weight space.  hidden, layers: channels, equivariant layers.
-        init_scale: initial residual scale :math:`\alpha_0`.
+        init_scale: initial residual scale :math:`\alpha_0`.  reduction, norm: as :class:`DWSEncoder`.
     Shapes: ``(B, P)`` flattened parameters -> edited ``(B, P)``, same layout.
     """
 
     input_kind = "flat"
 
-    def __init__(self, spec: ParamSpec, hidden: int = 32, layers: int = 4, init_scale: float = 1e-3):
+    def __init__(
+        self,
+        spec: ParamSpec,
+        hidden: int = 32,
+        layers: int = 4,
+        init_scale: float = 1e-3,
+        reduction: str = "mean",
+        norm: str = "none",
+    ):
         super().__init__()
         self.spec = spec
-        self.encoder = DWSEncoder(spec, hidden, layers)
+        self.encoder = DWSEncoder(spec, hidden, layers, reduction, norm)
         self.head = WeightSpaceEditHead(spec, hidden, init_scale)
 
     def forward(self, flat: Tensor) -> Tensor:
@@ -380,6 +459,9 @@ class Settings:
     hidden: int = setting(32, gt=0)
     layers: int = setting(4, gt=0)
     dropout: float = setting(0.0, ge=0, lt=1)
+    reduction: str = setting("mean", one_of=REDUCTIONS)  # the reference code: max
+    norm: str = setting("none", one_of=NORMS)  # the reference code: batch
+    head_width: int = setting(0, ge=0)  # 0: 4 x hidden
 
 
 INPUT_KIND = "flat"
@@ -389,9 +471,9 @@ REPORT_ORDER = 40
 
 def build(s: Settings, shape: DataShape) -> DWSNet:
     """The DWSNet classifier / regressor of ``shape.spec``."""
-    return DWSNet(shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout)
+    return DWSNet(shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout, s.reduction, s.norm, s.head_width)
 
 
 def build_editor(s: Settings, shape: DataShape, init_scale: float) -> DWSNetEditor:
     """The DWSNet weight-space editor of ``shape.spec``."""
-    return DWSNetEditor(shape.spec, s.hidden, s.layers, init_scale)
+    return DWSNetEditor(shape.spec, s.hidden, s.layers, init_scale, s.reduction, s.norm)

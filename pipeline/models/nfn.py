@@ -19,6 +19,10 @@ from pipeline.models import DataShape
 from pipeline.models.dwsnet import EquivariantLinear, InvariantHead, WeightSpaceEditHead, slot_key, slots, to_slots
 from pipeline.weightspace.spec import ParamSpec, unflatten
 
+# what the invariant head averages: every axis the trunk permutes (NP: input and output neurons
+# too), or the hidden-neuron axes only, keeping input / output positions (the reference's HNP pool)
+HEAD_POOLS = ("permuted", "hidden")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -27,9 +31,12 @@ class Settings:
     hidden: int = setting(32, gt=0)
     layers: int = setting(3, gt=0)
     mode: str = setting("np", one_of=("np", "hnp"))
-    fourier_features: int = setting(0, ge=0)
+    fourier_features: int = setting(0, ge=0)  # the reference code: 128 (as NFNEncoder: sin and cos each)
     fourier_scale: float = setting(3.0, gt=0)
     dropout: float = setting(0.0, ge=0, lt=1)
+    io_scale: float = setting(0.1, gt=0)  # std of the initial NP position codes; the reference code: 1
+    head_pool: str = setting("permuted", one_of=HEAD_POOLS)  # the reference code: hidden
+    head_width: int = setting(0, ge=0)  # 0: 4 x hidden; the reference code: 1000
 
 
 INPUT_KIND = "flat"
@@ -48,12 +55,26 @@ def variant_label(settings: dict) -> str:
 
 def build(s: Settings, shape: DataShape) -> NFN:
     """The NFN classifier / regressor of ``shape.spec``."""
-    return NFN(shape.spec, shape.n_classes, s.hidden, s.layers, s.mode, s.fourier_features, s.fourier_scale, s.dropout)
+    return NFN(
+        shape.spec,
+        shape.n_classes,
+        s.hidden,
+        s.layers,
+        s.mode,
+        s.fourier_features,
+        s.fourier_scale,
+        s.dropout,
+        s.io_scale,
+        s.head_pool,
+        s.head_width,
+    )
 
 
 def build_editor(s: Settings, shape: DataShape, init_scale: float) -> NFNEditor:
     """The NFN weight-space editor of ``shape.spec``."""
-    return NFNEditor(shape.spec, s.hidden, s.layers, s.mode, s.fourier_features, s.fourier_scale, init_scale)
+    return NFNEditor(
+        shape.spec, s.hidden, s.layers, s.mode, s.fourier_features, s.fourier_scale, init_scale, s.io_scale
+    )
 
 
 class NFNEncoder(nn.Module):
@@ -70,7 +91,7 @@ class NFNEncoder(nn.Module):
     the trunk is again equivariant to exactly the hidden permutations. :math:`\mathrm{FF}`:
     optional Gaussian Fourier features of every scalar parameter (``fourier_features``
     frequencies, scale ``fourier_scale``); :math:`\mathrm{Lift}_A` a per-slot linear map to
-    ``hidden`` channels.
+    ``hidden`` channels; the position codes start as ``N(0, io_scale^2)``.
 
     Shapes: ``(B, P)`` -> ``{slot: (B, *sizes, hidden)}``. :attr:`permuted` holds the layers the
     equivariant layers treat as permutable (what an invariant pool must average).
@@ -84,6 +105,7 @@ class NFNEncoder(nn.Module):
         mode: str = "np",
         fourier_features: int = 0,
         fourier_scale: float = 3.0,
+        io_scale: float = 0.1,
     ):
         super().__init__()
         if mode not in ("np", "hnp"):
@@ -100,7 +122,7 @@ class NFNEncoder(nn.Module):
         self.io = nn.ParameterDict()
         if mode == "np":
             for l in (0, L):
-                self.io[str(l)] = nn.Parameter(torch.randn(spec.layer_sizes[l], hidden) * 0.1)
+                self.io[str(l)] = nn.Parameter(torch.randn(spec.layer_sizes[l], hidden) * io_scale)
         self.layers = nn.ModuleList(EquivariantLinear(spec, hidden, hidden, self.permuted) for _ in range(layers))
 
     def _features(self, x: Tensor) -> Tensor:
@@ -133,12 +155,15 @@ class NFN(nn.Module):
         x^{t+1} = \mathrm{ReLU}(\mathrm{EqLin}_t(x^t)),\qquad \hat y = \mathrm{MLP}(\mathrm{pool}(x^T))
 
     :class:`NFNEncoder` (``mode``, position codes, Fourier features), then :class:`InvariantHead`
-    pooling the axes the encoder treats as permutable.
+    pooling the axes the encoder treats as permutable (``head_pool="permuted"``) or the hidden
+    axes only (``"hidden"``, input / output positions kept: invariant to the hidden
+    permutations either way).
 
     Args:
         spec: the weight space.  n_classes: outputs.
         hidden, layers, dropout: channels, equivariant layers, head dropout.
-        mode, fourier_features, fourier_scale: as :class:`NFNEncoder`.
+        mode, fourier_features, fourier_scale, io_scale: as :class:`NFNEncoder`.
+        head_pool: ``"permuted"`` or ``"hidden"``.  head_width: the head MLP's width (0: ``4 hidden``).
     Shapes: ``(B, P)`` flattened parameters -> ``(B, n_classes)``.
     """
 
@@ -154,11 +179,17 @@ class NFN(nn.Module):
         fourier_features: int = 0,
         fourier_scale: float = 3.0,
         dropout: float = 0.0,
+        io_scale: float = 0.1,
+        head_pool: str = "permuted",
+        head_width: int = 0,
     ):
         super().__init__()
+        if head_pool not in HEAD_POOLS:
+            raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {head_pool!r}")
         self.spec = spec
-        self.encoder = NFNEncoder(spec, hidden, layers, mode, fourier_features, fourier_scale)
-        self.head = InvariantHead(spec, hidden, n_classes, dropout, self.encoder.permuted)
+        self.encoder = NFNEncoder(spec, hidden, layers, mode, fourier_features, fourier_scale, io_scale)
+        pooled = self.encoder.permuted if head_pool == "permuted" else set(spec.hidden_layers)
+        self.head = InvariantHead(spec, hidden, n_classes, dropout, pooled, width=head_width)
 
     def forward(self, flat: Tensor) -> Tensor:
         return self.head(self.encoder(flat))
@@ -171,7 +202,7 @@ class NFNEditor(nn.Module):
 
     Args:
         spec: the weight space.  hidden, layers: channels, equivariant layers.
-        mode, fourier_features, fourier_scale: as :class:`NFNEncoder`.
+        mode, fourier_features, fourier_scale, io_scale: as :class:`NFNEncoder`.
         init_scale: initial residual scale :math:`\alpha_0`.
     Shapes: ``(B, P)`` flattened parameters -> edited ``(B, P)``, same layout.
     """
@@ -187,10 +218,11 @@ class NFNEditor(nn.Module):
         fourier_features: int = 0,
         fourier_scale: float = 3.0,
         init_scale: float = 1e-3,
+        io_scale: float = 0.1,
     ):
         super().__init__()
         self.spec = spec
-        self.encoder = NFNEncoder(spec, hidden, layers, mode, fourier_features, fourier_scale)
+        self.encoder = NFNEncoder(spec, hidden, layers, mode, fourier_features, fourier_scale, io_scale)
         self.head = WeightSpaceEditHead(spec, hidden, init_scale)
 
     def forward(self, flat: Tensor) -> Tensor:
