@@ -9,7 +9,9 @@ collects the test accuracy, at the best validation epoch, of the weight-only mod
 and NG-T without probe features). Writes ``<out>/regime.json`` and ``<out>/regime.md``.
 
 Run: ``python experiments/zoo_regime.py`` (4 recipes, 3 000 INRs each, 5 models, 1 seed, 8
-epochs: about 45 minutes on 2 cores). ``--recipes standard dwsnets`` picks recipes by name.
+epochs: about 45 minutes on 2 cores). ``--recipes standard dwsnets`` picks recipes by name;
+``--augment sign_flip+inr_affine`` trains again on the same zoos (into ``<recipe>/train_<augment>/``)
+and writes ``regime_<augment>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -37,39 +39,41 @@ PUBLISHED_STD = {"W0": 0.063, "b0": 0.021, "b1": 0.011}  # the published DWSNets
 STATS = ("W0", "b0", "W1", "b1", "W2")
 
 
-def recipe_params(base: dict, zoo: dict, sizes: tuple[int, int, int], models: list[str], epochs: int) -> dict:
+def recipe_params(
+    base: dict, zoo: dict, sizes: tuple[int, int, int], models: list[str], epochs: int, augment: str
+) -> dict:
     """The default params with one recipe's zoo, a smaller split and the weight-only models."""
     p = yaml.safe_load(yaml.safe_dump(base))
     p["data"] |= dict(zip(("n_train", "n_val", "n_test"), sizes, strict=True))
     p["zoo"] |= zoo
-    p["train"] |= {"models": models, "seeds": [0], "epochs": epochs}
+    p["train"] |= {"models": models, "seeds": [0], "epochs": epochs, "augment": augment}
     for model in ("ng_gnn", "ng_t"):
         p["train"][model]["probe_features"] = 0  # weights only
     p["mlflow"]["experiment"] = "zoo_regime"
     return p
 
 
-def run_recipe(work: Path, params: dict) -> None:
-    """``zoo`` -> ``graphs`` -> ``train`` in ``work`` with the pipeline's stage entry points."""
+def run_recipe(work: Path, params: dict, train_dir: str) -> None:
+    """``zoo`` -> ``graphs`` -> ``<train_dir>`` in ``work`` with the pipeline's stage entry points."""
     work.mkdir(parents=True, exist_ok=True)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    pf = str(work / "params.yaml")
+    pf = work / f"params_{train_dir}.yaml"
+    pf.write_text(yaml.safe_dump(params, sort_keys=False))
     steps = [
-        ["zoo", "--params", pf, "--out", str(work / "zoo")],
-        ["graphs", "--params", pf, "--zoo", str(work / "zoo"), "--out", str(work / "graphs")],
-        ["train", "--params", pf, "--graphs", str(work / "graphs"), "--out", str(work / "train")],
+        ["zoo", "--params", str(pf), "--out", str(work / "zoo")],
+        ["graphs", "--params", str(pf), "--zoo", str(work / "zoo"), "--out", str(work / "graphs")],
+        ["train", "--params", str(pf), "--graphs", str(work / "graphs"), "--out", str(work / train_dir)],
     ]
     for stage, *args in steps:
         subprocess.run([sys.executable, "-m", f"stages.{stage}", *args], check=True)
 
 
-def measure(work: Path) -> dict:
+def measure(work: Path, train_dir: str) -> dict:
     """Regime of the recipe's training INRs and test accuracy per model."""
     zoo = load_zoo(work / "zoo")
     regime = zoo_regime(zoo, "train")
     names = layer_names(zoo.spec)
     regime["tensors"] = {names[k]: v for k, v in regime["tensors"].items()}
-    runs = read_json(work / "train" / "results.json")["runs"]
+    runs = read_json(work / train_dir / "results.json")["runs"]
     regime["test_acc"] = {r["model"]: r["test"]["acc"] for r in runs}
     return regime
 
@@ -101,31 +105,37 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["mlp", "statnn", "dwsnet", "nfn", "ng_gnn"])
     ap.add_argument("--sizes", nargs=3, type=int, default=[2000, 500, 500], metavar=("TRAIN", "VAL", "TEST"))
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--augment", default=None, help="train.augment (default: the params file's)")
     ap.add_argument("--work", default="data/zoo_regime")
     ap.add_argument("--out", default="reports/zoo_regime")
     args = ap.parse_args()
 
     base = yaml.safe_load(Path(args.params).read_text())
+    augment = args.augment or base["train"]["augment"]
+    train_dir = "train" if augment == base["train"]["augment"] else f"train_{augment}"
     rows = {}
     for name in args.recipes:
         t0 = time.time()
         work = Path(args.work) / name
-        run_recipe(work, recipe_params(base, RECIPES[name], tuple(args.sizes), args.models, args.epochs))
-        rows[name] = measure(work) | {"seconds": time.time() - t0}
+        params = recipe_params(base, RECIPES[name], tuple(args.sizes), args.models, args.epochs, augment)
+        run_recipe(work, params, train_dir)
+        rows[name] = measure(work, train_dir) | {"seconds": time.time() - t0}
         print(f"{name}: {rows[name]['test_acc']} ({rows[name]['seconds']:.0f} s)", flush=True)
 
     out = Path(args.out)
-    setup = {"sizes": args.sizes, "epochs": args.epochs, "seeds": [0], "models": args.models}
-    write_json(out / "regime.json", {"setup": setup, "recipes": {n: RECIPES[n] for n in rows}, "results": rows})
+    setup = {"sizes": args.sizes, "epochs": args.epochs, "seeds": [0], "models": args.models, "augment": augment}
+    stem = "regime" if train_dir == "train" else f"regime_{augment}"
+    write_json(out / f"{stem}.json", {"setup": setup, "recipes": {n: RECIPES[n] for n in rows}, "results": rows})
     text = (
         "# Zoo regime: recipe -> weight movement, reconstruction, weight-only accuracy\n\n"
         f"Made by `python experiments/zoo_regime.py` ({args.sizes[0]} / {args.sizes[1]} / {args.sizes[2]} "
-        f"train / val / test INRs of the offline MNIST digits, {args.epochs} epochs, seed 0; NG-GNN without "
+        f"train / val / test INRs of the offline MNIST digits, {args.epochs} epochs, seed 0, augmentation "
+        f"`{augment}`; NG-GNN without "
         "probe features). *moved*: median over training INRs of ||θ − θ₀|| / ||θ|| per tensor "
         "(0: left as initialized, 1: initial values gone); *std*: standard deviation of the fitted "
         "values; test accuracy (%) at the best validation epoch.\n\n" + table(rows, RECIPES, args.models) + "\n"
     )
-    (out / "regime.md").write_text(text)
+    (out / f"{stem}.md").write_text(text)
     print(text)
 
 
