@@ -10,8 +10,8 @@ and NG-T without probe features). Writes ``<out>/regime.json`` and ``<out>/regim
 
 Run: ``python experiments/zoo_regime.py`` (4 recipes, 3 000 INRs each, 5 models, 1 seed, 8
 epochs: about 45 minutes on 2 cores). ``--recipes standard dwsnets`` picks recipes by name;
-``--augment sign_flip+inr_affine`` trains again on the same zoos (into ``<recipe>/train_<augment>/``)
-and writes ``regime_<augment>.{json,md}``.
+``--set train.dwsnet.norm=batch --tag bn`` trains again on the same zoos with changed settings
+(YAML values; into ``<recipe>/train_<tag>/``) and writes ``regime_<tag>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -40,16 +40,24 @@ STATS = ("W0", "b0", "W1", "b1", "W2")
 
 
 def recipe_params(
-    base: dict, zoo: dict, sizes: tuple[int, int, int], models: list[str], epochs: int, augment: str
+    base: dict, zoo: dict, sizes: tuple[int, int, int], models: list[str], epochs: int, changes: list[str]
 ) -> dict:
-    """The default params with one recipe's zoo, a smaller split and the weight-only models."""
+    """The default params with one recipe's zoo, a smaller split, the weight-only models and
+    ``changes`` (``dotted.key=yaml value``) applied last."""
     p = yaml.safe_load(yaml.safe_dump(base))
     p["data"] |= dict(zip(("n_train", "n_val", "n_test"), sizes, strict=True))
     p["zoo"] |= zoo
-    p["train"] |= {"models": models, "seeds": [0], "epochs": epochs, "augment": augment}
+    p["train"] |= {"models": models, "seeds": [0], "epochs": epochs}
     for model in ("ng_gnn", "ng_t"):
         p["train"][model]["probe_features"] = 0  # weights only
     p["mlflow"]["experiment"] = "zoo_regime"
+    for change in changes:
+        key, _, value = change.partition("=")
+        *path, last = key.split(".")
+        node = p
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
     return p
 
 
@@ -75,6 +83,7 @@ def measure(work: Path, train_dir: str) -> dict:
     regime["tensors"] = {names[k]: v for k, v in regime["tensors"].items()}
     runs = read_json(work / train_dir / "results.json")["runs"]
     regime["test_acc"] = {r["model"]: r["test"]["acc"] for r in runs}
+    regime["configs"] = {r["model"]: r["config"] for r in runs}
     return regime
 
 
@@ -105,36 +114,40 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["mlp", "statnn", "dwsnet", "nfn", "ng_gnn"])
     ap.add_argument("--sizes", nargs=3, type=int, default=[2000, 500, 500], metavar=("TRAIN", "VAL", "TEST"))
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--augment", default=None, help="train.augment (default: the params file's)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="params changes, e.g. train.augment=none")
+    ap.add_argument("--tag", default="", help="names the training runs and outputs of --set changes")
     ap.add_argument("--work", default="data/zoo_regime")
     ap.add_argument("--out", default="reports/zoo_regime")
     args = ap.parse_args()
 
     base = yaml.safe_load(Path(args.params).read_text())
-    augment = args.augment or base["train"]["augment"]
-    train_dir = "train" if augment == base["train"]["augment"] else f"train_{augment}"
+    if bool(args.set) != bool(args.tag):
+        ap.error("--set and --tag go together (the tag keeps the changed runs apart)")
+    train_dir = f"train_{args.tag}" if args.tag else "train"
     rows = {}
     for name in args.recipes:
         t0 = time.time()
         work = Path(args.work) / name
-        params = recipe_params(base, RECIPES[name], tuple(args.sizes), args.models, args.epochs, augment)
+        params = recipe_params(base, RECIPES[name], tuple(args.sizes), args.models, args.epochs, args.set)
         run_recipe(work, params, train_dir)
         rows[name] = measure(work, train_dir) | {"seconds": time.time() - t0}
         print(f"{name}: {rows[name]['test_acc']} ({rows[name]['seconds']:.0f} s)", flush=True)
 
     out = Path(args.out)
-    setup = {"sizes": args.sizes, "epochs": args.epochs, "seeds": [0], "models": args.models, "augment": augment}
-    stem = "regime" if train_dir == "train" else f"regime_{augment}"
+    setup = {"sizes": args.sizes, "epochs": args.epochs, "seeds": [0], "models": args.models, "changes": args.set}
+    stem = f"regime_{args.tag}" if args.tag else "regime"
     write_json(out / f"{stem}.json", {"setup": setup, "recipes": {n: RECIPES[n] for n in rows}, "results": rows})
     text = (
         "# Zoo regime: recipe -> weight movement, reconstruction, weight-only accuracy\n\n"
         f"Made by `python experiments/zoo_regime.py` ({args.sizes[0]} / {args.sizes[1]} / {args.sizes[2]} "
-        f"train / val / test INRs of the offline MNIST digits, {args.epochs} epochs, seed 0, augmentation "
-        f"`{augment}`; NG-GNN without "
+        f"train / val / test INRs of the offline MNIST digits, {args.epochs} epochs, seed 0, params "
+        f"`{args.params}`{' with ' + ', '.join(args.set) if args.set else ''}; NG-GNN without "
         "probe features). *moved*: median over training INRs of ||θ − θ₀|| / ||θ|| per tensor "
         "(0: left as initialized, 1: initial values gone); *std*: standard deviation of the fitted "
         "values; test accuracy (%) at the best validation epoch.\n\n" + table(rows, RECIPES, args.models) + "\n"
     )
+    configs = next(iter(rows.values()))["configs"]
+    text += "\nModel settings (each recipe alike):\n\n" + "".join(f"- `{m}`: `{configs[m]}`\n" for m in args.models)
     (out / f"{stem}.md").write_text(text)
     print(text)
 
