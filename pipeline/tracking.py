@@ -130,8 +130,9 @@ class LiveRuns:
         self.parent, self.experiment, self.attempts = parent_run_id, experiment_id, cfg.retries
         self.git = git or git_commit()
         self.run_ids: dict[str, str] = {}
-        self.last_epoch: dict[str, int] = {}
-        self.logged: dict[str, dict[str, int]] = {}  # reopened runs: last step logged per metric
+        # steps logged per run and metric: epoch rows come through an actor queue, which may
+        # deliver them out of order, and a reopened run already holds some
+        self.logged: dict[str, dict[str, set[int]]] = {}
         self.errors: dict[str, str] = {}
 
     def _call(self, key: str, what: str, fn: Callable[[], T]) -> T | None:
@@ -168,7 +169,7 @@ class LiveRuns:
             return
         run_id, reopened = opened
         self.run_ids[key] = run_id
-        self.last_epoch[key] = 0
+        self.logged[key] = {}
         if reopened:
             self._call(key, "reading what the reopened run logged", lambda: self._reattach(key, run_id))
         from mlflow.entities import Param
@@ -177,23 +178,25 @@ class LiveRuns:
         self._call(key, "logging the params", lambda: self.client.log_batch(run_id, params=batch))
 
     def _reattach(self, key: str, run_id: str) -> None:
-        """Note the last step logged of each metric of the reopened run ``run_id``: a store that
+        """Note the steps logged of each metric of the reopened run ``run_id``: a store that
         died mid-batch may have kept some metrics of an epoch and not others."""
         keys = self.client.get_run(run_id).data.metrics
-        logged = {k: max((m.step for m in self.client.get_metric_history(run_id, k)), default=0) for k in keys}
-        self.logged[key] = logged
-        self.last_epoch[key] = min(logged.values(), default=0)
+        self.logged[key] = {k: {m.step for m in self.client.get_metric_history(run_id, k)} for k in keys}
 
     def epoch(self, key: str, row: Mapping[str, float]) -> None:
-        """Log one per-epoch row (``row["epoch"]`` is the step); rows already logged are skipped."""
+        """Log one per-epoch row (``row["epoch"]`` is the step), in any order; the metrics
+        already logged at that step are skipped."""
         step = int(row["epoch"])
-        if key not in self.run_ids or step <= self.last_epoch[key]:
+        if key not in self.run_ids:
             return
-        run_id = self.run_ids[key]
-        done = self.logged.get(key, {})
-        skip = ("epoch", *(k for k in row if done.get(k, 0) >= step))  # logged before the store went away
+        run_id, done = self.run_ids[key], self.logged[key]
+        skip = ("epoch", *(k for k in row if step in done.get(k, ())))
+        if all(k in skip for k in row):
+            return
         self._call(key, f"epoch {step}", lambda: self.client.log_batch(run_id, metrics=_metrics(row, step, skip)))
-        self.last_epoch[key] = step
+        if key not in self.errors:
+            for k in row:
+                done.setdefault(k, set()).add(step)
 
     def finish(
         self,

@@ -502,6 +502,11 @@ def test_a_run_left_open_is_reopened_by_its_fingerprint_and_only_then(tmp_path: 
     third.start("mlp-seed0", {"lr": 0.1}, {}, uid="fp-a")
     third.start("mlp-seed1", {"lr": 0.1}, {}, uid="fp-b")
     assert len({run_id, third.run_ids["mlp-seed0"], third.run_ids["mlp-seed1"]}) == 3
+    # the actor queue may deliver epoch rows out of order, or twice: each step is logged once
+    for row in (rows[2], rows[0], rows[1], rows[0]):
+        third.epoch("mlp-seed1", row)
+    steps = [m.step for m in client.get_metric_history(third.run_ids["mlp-seed1"], "val_acc")]
+    assert sorted(steps) == [1, 2, 3]
 
 
 def test_an_mlflow_server_that_goes_away_costs_no_result(tmp_path: Path, monkeypatch):
