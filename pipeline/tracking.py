@@ -148,17 +148,17 @@ class LiveRuns:
         """Open the child run ``key`` (idempotent: a retried task keeps its run).
 
         ``uid`` identifies the computation (the run's fingerprint) and is kept as the tag
-        :data:`RUN_UID_TAG`. A run with that tag still ``RUNNING``, left open by an earlier
-        invocation or by a call whose reply was lost, is reopened instead of made anew, and the
-        epochs it logged are not logged again.
+        :data:`RUN_UID_TAG`: one MLflow run per computation. A run with that tag, left open by an
+        earlier invocation, or closed by a call whose reply was lost, is reopened instead of
+        made anew, and the epochs it logged are not logged again.
         """
         if key in self.run_ids:
             return
 
         def open_run() -> tuple[str, bool]:
             # searched on every attempt: a create that reached the store but lost its reply must not make a twin
-            query = f"tags.`{RUN_UID_TAG}` = '{uid}' and attributes.status = 'RUNNING'"
-            found = self.client.search_runs([self.experiment], query, max_results=1)
+            query = f"tags.`{RUN_UID_TAG}` = '{uid}'"
+            found = self.client.search_runs([self.experiment], query, max_results=1, order_by=["start_time DESC"])
             if found:
                 return found[0].info.run_id, True
             all_tags = {"mlflow.parentRunId": self.parent, "git_commit": self.git, RUN_UID_TAG: uid, **tags}

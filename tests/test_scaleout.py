@@ -473,7 +473,7 @@ def _mlflow_server(port: int, store: Path, log: Path) -> subprocess.Popen:
     return server
 
 
-def test_a_run_left_open_is_reopened_by_its_fingerprint_and_only_then(tmp_path: Path):
+def test_one_mlflow_run_per_fingerprint_reopened_not_duplicated(tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
     from pipeline.config import MLflowConfig
@@ -497,11 +497,13 @@ def test_a_run_left_open_is_reopened_by_its_fingerprint_and_only_then(tmp_path: 
     assert not second.errors
     assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1, 2, 3]
     assert client.get_run(run_id).info.status == "FINISHED"
-    # a closed run is never reopened, and another fingerprint is another run
+    # one run per fingerprint, even once closed (a close whose reply was lost); another is another run
     third = LiveRuns(cfg, parent, exp, git="g")
     third.start("mlp-seed0", {"lr": 0.1}, {}, uid="fp-a")
     third.start("mlp-seed1", {"lr": 0.1}, {}, uid="fp-b")
-    assert len({run_id, third.run_ids["mlp-seed0"], third.run_ids["mlp-seed1"]}) == 3
+    assert third.run_ids["mlp-seed0"] == run_id != third.run_ids["mlp-seed1"]
+    assert third.finish("mlp-seed0", {"test_acc": 0.7}, {}, rows) == run_id
+    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [1, 2, 3]
     # the actor queue may deliver epoch rows out of order, or twice: each step is logged once
     for row in (rows[2], rows[0], rows[1], rows[0]):
         third.epoch("mlp-seed1", row)
