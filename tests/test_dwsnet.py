@@ -67,6 +67,56 @@ def test_every_block_of_the_layer_is_equivariant(name):
                 t.copy_(v)
 
 
+def _term_by_term(layer: EquivariantLinear, xs: dict) -> dict:
+    """The module equation one term at a time: pool, ``einsum`` with the term's Θ, broadcast
+    over the output's pooled-out axes, sum, scale, add the bias (no grouping, no cache)."""
+    outs = {}
+    for term, theta in zip(layer.terms, layer.thetas, strict=True):
+        a, b = layer.slots[term.src], layer.slots[term.dst]
+        x = xs[a.name]
+        if term.pool_dims:
+            x = x.mean(term.pool_dims) if layer.reduction == "mean" else x.amax(term.pool_dims)
+        y = torch.einsum(term.equation, x, theta)
+        out_sub = term.equation.split("->")[1]  # batch, kept (keep order), fixed axes of b, c_out
+        fixed = iter(out_sub[1 + len(term.keep) : -1])
+        spare = iter(c for c in "ABCDEFGHIJ" if c not in term.equation)
+        full, ones = out_sub[0], {}
+        for d, l in enumerate(b.layers):
+            if l in term.keep:
+                full += out_sub[1 + term.keep.index(l)]
+            elif l in layer.hidden:
+                ones[next(spare)] = b.sizes[d]
+                full += list(ones)[-1]
+            else:
+                full += next(fixed)
+        operands = (y, torch.ones(*ones.values())) if ones else (y,)
+        y = torch.einsum(f"{out_sub}{',' * bool(ones)}{''.join(ones)}->{full + out_sub[-1]}", *operands)
+        outs[b.name] = outs.get(b.name, 0) + y
+    result = {}
+    for j, b in enumerate(layer.slots):
+        shape = [1] + [1 if l in layer.hidden else s for s, l in zip(b.sizes, b.layers, strict=True)]
+        result[b.name] = outs[b.name] * layer.scale[j] + layer.biases[j].reshape(*shape, -1)
+    return result
+
+
+@pytest.mark.parametrize("reduction", ["mean", "max"])
+@pytest.mark.parametrize("name", [*LAYOUTS, "kan"])
+def test_grouped_layer_computes_the_module_equation(name, reduction):
+    """The grouped, cached forward equals the equation evaluated term by term (every layout,
+    both reductions, the first layer's raw channels and a later layer's, NP's all-permuted layer)."""
+    spec = kan_spec([2, 3, 2], grid_size=3, order=2) if name == "kan" else LAYOUTS[name]
+    torch.manual_seed(0)
+    xs = to_slots(_params(spec), spec)
+    first = EquivariantLinear(spec, None, 4, reduction=reduction)
+    later = EquivariantLinear(spec, 4, 3, reduction=reduction)
+    every = EquivariantLinear(spec, 4, 3, permuted=set(range(spec.n_layers + 1)), reduction=reduction)
+    with torch.no_grad():
+        for layer, x in ((first, xs), (later, first(xs)), (every, first(xs))):
+            for b in layer.biases:
+                b.normal_()
+            _close(layer(x), _term_by_term(layer, x))
+
+
 def test_block_structure_matches_the_paper():
     """W_i -> W_i with two hidden axes has 4 terms; neighbours couple one axis; far tensors only pool."""
     spec = LAYOUTS["mlp2-5-4-3-1"]

@@ -106,6 +106,15 @@ class _Term:
     theta_shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class _Group:
+    dst: int  # output slot
+    keep: tuple[int, ...]  # hidden layers kept by every term of the group
+    kept: tuple[int, ...]  # their sizes
+    fixed: tuple[int, ...]  # sizes of the output slot's fixed axes
+    reads: tuple[tuple[int, tuple[int, ...], int], ...]  # (term, pooled-input axis order, fixed_A count)
+
+
 class EquivariantLinear(nn.Module):
     """The DWSNet linear layer on a spec's weight space: every block, every pooling term.
 
@@ -154,6 +163,7 @@ class EquivariantLinear(nn.Module):
             for b in self.slots
         )
         self.hidden = hidden
+        self._group_list = self._groups()
 
     @staticmethod
     def _term(i, j, a: Slot, b: Slot, keep, hidden, c_in, c_out) -> _Term:
@@ -179,47 +189,87 @@ class EquivariantLinear(nn.Module):
         shape = tuple(a.sizes[d] for d, _ in fixed_a) + tuple(b.sizes[d] for d, _ in fixed_b) + (ci, c_out)
         return _Term(i, j, tuple(keep), f"{x_sub},{theta_sub}->{out_sub}", pool, shape)
 
+    def _groups(self) -> list[_Group]:
+        """The terms grouped by (output slot, kept layers): one matmul per group (see ``forward``)."""
+        groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+        for k, term in enumerate(self.terms):
+            groups.setdefault((term.dst, term.keep), []).append(k)
+        out = []
+        for (dst, keep), members in groups.items():
+            b = self.slots[dst]
+            fixed_b = [s for s, l in zip(b.sizes, b.layers, strict=True) if l not in self.hidden]
+            kept = [b.sizes[b.layers.index(l)] for l in keep]
+            reads = []
+            for k in members:
+                term, a = self.terms[k], self.slots[self.terms[k].src]
+                rest = [(d, l) for d, l in enumerate(a.layers) if not (l in self.hidden and l not in keep)]
+                # pooled input axes after the batch: a's remaining axes in a's order; kept ones first, in keep order
+                kept_pos = [1 + next(i for i, (_, l) in enumerate(rest) if l == kl) for kl in keep]
+                fixed_pos = [1 + i for i, (_, l) in enumerate(rest) if l not in self.hidden]
+                reads.append((k, (0, *kept_pos, *fixed_pos, 1 + len(rest)), len(fixed_pos)))
+            out.append(_Group(dst, keep, tuple(kept), tuple(fixed_b), tuple(reads)))
+        return out
+
+    def _pooled(self, x: Tensor, dims: tuple[int, ...], cache: dict, src: int) -> Tensor:
+        """``x`` reduced over ``dims`` (kept as size-1 axes), each reduction computed once per
+        forward: a multi-axis pool reduces the cached pool over its other axes (mean of means and
+        max of maxima over equal-sized axes are the full mean / max)."""
+        if not dims:
+            return x
+        key = (src, dims)
+        if key not in cache:
+            inner = self._pooled(x, dims[1:], cache, src)
+            d = dims[0]
+            cache[key] = inner.mean(d, keepdim=True) if self.reduction == "mean" else inner.amax(d, keepdim=True)
+        return cache[key]
+
     def forward(self, xs: dict[str, Tensor]) -> dict[str, Tensor]:
+        r"""Every term of the module equation, computed per group of terms that share an output
+        slot and kept layers: their pooled inputs, arranged as ``(B, kept..., fixed_A... x c_in)``,
+        are concatenated along the last axis and multiplied by the stacked :math:`\Theta` s in one
+        matmul; the group's ``(B, kept..., fixed_B..., c_out)`` result broadcasts over the
+        pooled-out axes of ``B`` when the groups are summed."""
         inputs = [xs[s.name] for s in self.slots]
         batch = inputs[0].shape[0]
+        cache: dict = {}
         outs: list[Tensor | None] = [None] * len(self.slots)
-        for term, theta in zip(self.terms, self.thetas, strict=True):
-            x = inputs[term.src]
-            if term.pool_dims:
-                x = reduce_axes(x, term.pool_dims, self.reduction)
-            y = self._place(torch.einsum(term.equation, x, theta), term, batch)
-            outs[term.dst] = y if outs[term.dst] is None else outs[term.dst] + y
+        for g in self._group_list:
+            feats, thetas = [], []
+            for k, order, n_fixed in g.reads:
+                term, theta = self.terms[k], self.thetas[k]
+                x = self._pooled(inputs[term.src], term.pool_dims, cache, term.src)
+                x = x.squeeze(term.pool_dims) if term.pool_dims else x
+                feats.append(x.permute(order).reshape(batch, math.prod(g.kept), -1))
+                # Θ (fixed_A..., fixed_B..., c_in, c_out) -> (fixed_A... x c_in, fixed_B... x c_out)
+                perm = (*range(n_fixed), theta.dim() - 2, *range(n_fixed, theta.dim() - 2), theta.dim() - 1)
+                thetas.append(theta.permute(perm).reshape(feats[-1].shape[-1], -1))
+            x = feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
+            w = thetas[0] if len(thetas) == 1 else torch.cat(thetas, dim=0)
+            y = self._place((x @ w).reshape(batch, *g.kept, *g.fixed, -1), g)
+            outs[g.dst] = y if outs[g.dst] is None else outs[g.dst] + y
         result = {}
         for j, b in enumerate(self.slots):
             bias_shape = (1,) + tuple(1 if l in self.hidden else s for s, l in zip(b.sizes, b.layers, strict=True))
             bias = self.biases[j].reshape(*bias_shape, -1)
-            result[b.name] = outs[j] * self.scale[j] + bias
+            out = outs[j] * self.scale[j] + bias
+            result[b.name] = out.expand(batch, *b.sizes, out.shape[-1])
         return result
 
-    def _place(self, y: Tensor, term: _Term, batch: int) -> Tensor:
-        """``(B, kept..., fixed_dst..., c)`` -> ``(B, *dst sizes, c)``, broadcasting the other hidden axes."""
-        b = self.slots[term.dst]
-        order = list(b.layers)
-        # y's axes after the batch: kept layers (in term.keep order), then b's fixed axes in order
-        src_pos = {l: 1 + k for k, l in enumerate(term.keep)}
+    def _place(self, y: Tensor, g: _Group) -> Tensor:
+        """``(B, kept..., fixed_dst..., c)`` -> ``(B, *dst axes, c)`` with size 1 on the pooled-out
+        hidden axes (broadcast by the sum in ``forward``)."""
+        b = self.slots[g.dst]
         fixed = [d for d, l in enumerate(b.layers) if l not in self.hidden]
-        for k, d in enumerate(fixed):
-            src_pos[("fixed", d)] = 1 + len(term.keep) + k
-        perm, view = [0], [batch]
-        for d, l in enumerate(order):
-            key = l if l in term.keep else ("fixed", d) if l not in self.hidden else None
-            if key is None:
-                view.append(1)
-            else:
+        src_pos = {l: 1 + k for k, l in enumerate(g.keep)}
+        src_pos |= {("fixed", d): 1 + len(g.keep) + k for k, d in enumerate(fixed)}
+        perm, shape = [0], [y.shape[0]]
+        for d, l in enumerate(b.layers):
+            key = l if l in g.keep else ("fixed", d) if l not in self.hidden else None
+            if key is not None:
                 perm.append(src_pos[key])
-                view.append(b.sizes[d])
+            shape.append(1 if key is None else b.sizes[d])
         perm.append(y.dim() - 1)
-        y = y.permute(*perm)
-        shape = [batch] + [
-            1 if (l in self.hidden and l not in term.keep) else s for s, l in zip(b.sizes, order, strict=True)
-        ]
-        y = y.reshape(*shape, y.shape[-1])
-        return y.expand(batch, *b.sizes, y.shape[-1])
+        return y.permute(*perm).reshape(*shape, y.shape[-1])
 
 
 class InvariantPool(nn.Module):
