@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.io import read_json, write_json
+from pipeline.report import regime_table
 from pipeline.zoo.regime import layer_names, zoo_regime
 from pipeline.zoo.store import load_zoo
 
@@ -87,26 +88,6 @@ def measure(work: Path, train_dir: str) -> dict:
     return regime
 
 
-def markdown_table(head: list[str], rows: list[list[str]]) -> str:
-    lines = [head, ["---"] * len(head), *rows]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
-
-
-def table(rows: dict[str, dict], recipes: dict[str, dict], models: list[str]) -> str:
-    head = ["recipe", "init", "steps", "lr", "PSNR (dB)", "diverged"]
-    head += [f"moved {s}" for s in STATS] + [f"std {s}" for s in PUBLISHED_STD] + models
-    lines = []
-    for name, r in rows.items():
-        z, t = recipes[name], r["tensors"]
-        line = [name, z["init"], str(z["steps"]), f"{z['lr']:g}", f"{r['psnr_median']:.1f}", str(r["diverged"])]
-        line += [f"{t[s]['moved']:.2f}" for s in STATS] + [f"{t[s]['std']:.3f}" for s in PUBLISHED_STD]
-        line += [f"{100 * r['test_acc'][m]:.1f}" for m in models]
-        lines.append(line)
-    published = ["published DWSNets zoo", "", "", "", "", ""] + [""] * len(STATS)
-    lines.append(published + [f"{v:.3f}" for v in PUBLISHED_STD.values()] + [""] * len(models))
-    return markdown_table(head, lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -136,7 +117,8 @@ def main() -> None:
     out = Path(args.out)
     setup = {"sizes": args.sizes, "epochs": args.epochs, "seeds": [0], "models": args.models, "changes": args.set}
     stem = f"regime_{args.tag}" if args.tag else "regime"
-    write_json(out / f"{stem}.json", {"setup": setup, "recipes": {n: RECIPES[n] for n in rows}, "results": rows})
+    record = {"setup": setup, "recipes": {n: RECIPES[n] for n in rows}, "results": rows}
+    write_json(out / f"{stem}.json", record)
     text = (
         "# Zoo regime: recipe -> weight movement, reconstruction, weight-only accuracy\n\n"
         f"Made by `python experiments/zoo_regime.py` ({args.sizes[0]} / {args.sizes[1]} / {args.sizes[2]} "
@@ -144,8 +126,9 @@ def main() -> None:
         f"`{args.params}`{' with ' + ', '.join(args.set) if args.set else ''}; NG-GNN without "
         "probe features). *moved*: median over training INRs of ||θ − θ₀|| / ||θ|| per tensor "
         "(0: left as initialized, 1: initial values gone); *std*: standard deviation of the fitted "
-        "values; test accuracy (%) at the best validation epoch.\n\n" + table(rows, RECIPES, args.models) + "\n"
+        "values; test accuracy (%) at the best validation epoch.\n\n"
     )
+    text += regime_table(record, STATS, PUBLISHED_STD) + "\n"
     configs = next(iter(rows.values()))["configs"]
     text += "\nModel settings (each recipe alike):\n\n" + "".join(f"- `{m}`: `{configs[m]}`\n" for m in args.models)
     (out / f"{stem}.md").write_text(text)

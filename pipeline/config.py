@@ -107,20 +107,23 @@ class ModelSections:
     Each such key is validated against that model's ``Settings`` dataclass
     (:mod:`pipeline.models`) and kept in ``model_settings``; a model listed in ``models`` without
     a section gets its ``Settings()`` defaults. A new model therefore needs no change here.
+    A key ``<model>@<variant>`` holds overrides of ``<model>``'s section: the settings of the
+    listed model ``<model>@<variant>`` (:func:`pipeline.models.settings_key`).
     """
 
     def settings(self, name: str) -> Any:
-        """The settings of model ``name`` (a ``_perm`` suffix reads the base model's section)."""
-        from pipeline.models import settings_type, split_model_name
+        """The settings of listed model ``name`` (a ``_perm`` suffix reads the base model's
+        section, ``@<variant>`` the variant's)."""
+        from pipeline.models import settings_key, settings_type
 
-        base, _ = split_model_name(name)
-        return self.model_settings.get(base) or settings_type(base)()
+        return self.model_settings.get(settings_key(name)) or settings_type(name)()
 
     def settings_by_model(self) -> dict[str, Any]:
-        """``{base model name: settings}`` for every model in ``models``."""
-        from pipeline.models import split_model_name
+        """``{settings key: settings}`` for every model in ``models`` (``mlp`` for ``mlp_perm``,
+        ``ng_gnn@probes`` for itself: :func:`pipeline.models.settings_key`)."""
+        from pipeline.models import settings_key
 
-        return {split_model_name(m)[0]: self.settings(m) for m in self.models}
+        return {settings_key(m): self.settings(m) for m in self.models}
 
 
 # The fused spline kernel (pipeline/zoo/csrc/kan_spline.cpp, kMaxOrder) handles orders 0 .. 7.
@@ -366,14 +369,21 @@ def _build(cls: type, raw: dict, path: str) -> Any:
     sections: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{path}.{key}" if path else str(key)
+        base, sep, variant = str(key).partition("@")
         if key in fields:
             kwargs[key] = _coerce(value, hints[key], where)
             _check(kwargs[key], fields[key].metadata.get("rule", _ANY), where)
         elif key in model_keys:
             sections[key] = _coerce(value, settings_type(key), where)
+        elif sep and base in model_keys and variant.isidentifier():
+            # a settings variant: overrides of the base model's section (its defaults if none)
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a mapping of {base} settings, got {type(value).__name__}")
+            base_raw = raw.get(base) if isinstance(raw.get(base), dict) else {}
+            sections[key] = _coerce(base_raw | value, settings_type(base), where)
         else:
             allowed = ", ".join(sorted(fields))
-            extra = f"; or a model's section: {', '.join(model_keys)}" if model_keys else ""
+            extra = f"; or a model's section: {', '.join(model_keys)} (or <model>@<variant>)" if model_keys else ""
             raise ConfigError(f"{where}: unknown key (allowed: {allowed}{extra})")
     if model_keys:
         kwargs["model_settings"] = sections
@@ -481,25 +491,30 @@ def _model_checks(
     """Every listed model exists (and reads graphs where ``graph_only``, has an editor where
     ``editor``); a graph model's readout sees only output neurons, so it needs
     ``layers >= n_layers`` to reach the input layer; probe features need a SIREN zoo (``probes``)."""
-    from pipeline.models import model_module, model_names, split_model_name
+    from pipeline.models import model_module, model_names, settings_key, split_model_name
 
     checks = []
     for m in section.models:
-        base, _ = split_model_name(m)
+        base, permuted = split_model_name(m)
         if base not in model_names():
-            checks.append((False, f"{key}.models", f"{m!r} is not one of {model_names()} (optionally + '_perm')"))
+            known = f"{model_names()} (optionally + '_perm', + '@<variant>')"
+            checks.append((False, f"{key}.models", f"{m!r} is not one of {known}"))
+            continue
+        skey = settings_key(m)
+        if skey != base and skey not in section.model_settings:
+            checks.append((False, f"{key}.models", f"{m!r} needs its settings section {key}.{skey}"))
             continue
         graph = model_module(base).INPUT_KIND == "graph"
         checks.append((graph or not graph_only, f"{key}.models", f"{m!r}: only graph models run here"))
         if editor:
-            ok = hasattr(model_module(base), "build_editor") and base == m
+            ok = hasattr(model_module(base), "build_editor") and not permuted
             checks.append((ok, f"{key}.models", f"{m!r} has no editor (models with one edit; no '_perm')"))
-        s = section.settings(base)
+        s = section.settings(m)
         if graph and hasattr(s, "layers"):
-            checks.append((s.layers >= n_layers, f"{key}.{base}.layers", f"must be >= {n_layers} (parameter layers)"))
+            checks.append((s.layers >= n_layers, f"{key}.{skey}.layers", f"must be >= {n_layers} (parameter layers)"))
         if not probes and getattr(s, "probe_features", 0) > 0:
             fix = "probe features need a SIREN zoo (use 0, or a model without probes)"
-            checks.append((False, f"{key}.{base}.probe_features", fix))
+            checks.append((False, f"{key}.{skey}.probe_features", fix))
     return checks
 
 

@@ -72,9 +72,105 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
             "val_acc_mean": val_m,
             "val_acc_std": val_s,
             **{k: row[k] for k in ("n_params", "n_seeds", "best_epoch_mean", "seconds_per_epoch", "epochs", "label")},
+            "key": variant_key(model, rs[0]["config"]),
             "published": published("inr_classification", variant_key(model, rs[0]["config"])),
         }
     return out
+
+
+def claims_markdown(summary: dict, task: str = "inr_classification") -> str:
+    """Every claim of ``published_results.yaml: claims.<task>`` whose two models ran, checked on
+    our runs: ``higher`` must beat ``lower`` by ``margin`` points (default: > 0; ``ties``: >= 0
+    within the two seeds' standard deviations). A failed claim is printed with its numbers.
+
+    ``summary`` as :func:`summarize` (its rows carry the published-number ``key``).
+    """
+    by_key = {s["key"]: s for s in summary.values()}
+    rows = []
+    for c in published_results().get("claims", {}).get(task, []):
+        lo, hi = by_key.get(c["lower"]), by_key.get(c["higher"])
+        if lo is None or hi is None:
+            continue
+        diff = 100 * (hi["test_acc_mean"] - lo["test_acc_mean"])
+        noise = 100 * (hi["test_acc_std"] + lo["test_acc_std"])
+        need = float(c.get("margin", 0.0))
+        holds = diff >= -noise if c.get("ties") else diff > need
+        sign = "≤" if c.get("ties") else "<"
+        claim = f"{lo['label']} {sign} {hi['label']}" + (f" by ≥ {need:g} points" if need else "")
+        ours = f"{_pm(lo, 'test_acc', 100)} vs {_pm(hi, 'test_acc', 100)}"
+        rows.append(f"| {claim} | {ours} | {diff:+.1f} | {'holds' if holds else '**fails**'} | {c['source']} |")
+    if not rows:
+        return ""
+    head = [
+        "### The papers' ordering, checked on these runs",
+        "",
+        "Each row: a claim of the papers about two models, our test accuracies (%, mean ± std over "
+        "seeds), the difference, and whether it holds here (a tie claim holds within the two "
+        "standard deviations).",
+        "",
+        "| claim | ours | difference | here | source |",
+        "|---|---:|---:|---|---|",
+    ]
+    return "\n".join(head + rows) + "\n"
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = [head, ["---"] * len(head), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def regime_table(regime: dict, stats: tuple[str, ...], published_std: dict[str, float] | None = None) -> str:
+    """The zoo-regime study (``experiments/zoo_regime.py``'s ``regime.json``) as a table: per
+    recipe its settings, median PSNR, diverged INRs, the weight movement of the tensors
+    ``stats``, the fitted standard deviations of ``published_std``'s tensors (with the
+    published zoo's as a last row) and each model's test accuracy (%)."""
+    models = regime["setup"]["models"]
+    std = published_std or {}
+    head = ["recipe", "init", "steps", "lr", "PSNR (dB)", "diverged"]
+    head += [f"moved {t}" for t in stats] + [f"std {t}" for t in std] + models
+    lines = []
+    for name, r in regime["results"].items():
+        z, t = regime["recipes"][name], r["tensors"]
+        line = [name, z["init"], str(z["steps"]), f"{z['lr']:g}", f"{r['psnr_median']:.1f}", str(r["diverged"])]
+        line += [f"{t[k]['moved']:.2f}" for k in stats] + [f"{t[k]['std']:.3f}" for k in std]
+        lines.append(line + [f"{100 * r['test_acc'][m]:.1f}" for m in models])
+    if std:
+        blank = [""] * (len(head) - len(std) - len(models) - 1)
+        lines.append(["published DWSNets zoo", *blank, *(f"{v:.3f}" for v in std.values()), *[""] * len(models)])
+    return markdown_table(head, lines)
+
+
+def regime_markdown(regime: dict, default: dict | None = None) -> str:
+    """The zoo-regime section of ``results.md``: which zoo recipe lets weight-only models learn;
+    the recipe equal to ``default`` (``{"init", "steps", "lr"}`` of the profile's zoo) is marked."""
+    if default is not None:
+        regime = dict(
+            regime,
+            results={
+                (f"{n} (this profile)" if regime["recipes"][n] == default else n): r
+                for n, r in regime["results"].items()
+            },
+        )
+        regime["recipes"] = {(f"{n} (this profile)" if z == default else n): z for n, z in regime["recipes"].items()}
+    setup = regime["setup"]
+    n_train, n_val, n_test = setup["sizes"]
+    changes = f", with {', '.join(setup['changes'])}" if setup.get("changes") else ""
+    return "\n".join(
+        [
+            "## Zoo regime: which SIREN zoo recipe lets weight-only models learn",
+            "",
+            f"`python experiments/zoo_regime.py` runs this pipeline's zoo, graphs and train stages "
+            f"once per recipe on {n_train} / {n_val} / {n_test} train / val / test INRs "
+            f"({setup['epochs']} epochs, seed {setup['seeds'][0]}{changes}; weight-only models, "
+            "NG-GNN without probes). *moved W0*: median over training INRs of ||θ − θ₀|| / ||θ|| "
+            "for the first layer's weights (0: left as initialized); test accuracy (%) at the best "
+            "validation epoch. Full table: `reports/zoo_regime/regime.md`.",
+            "",
+            regime_table(regime, ("W0",)),
+            "",
+        ]
+    )
 
 
 def summarize_editing(runs: list[dict]) -> dict[str, dict]:

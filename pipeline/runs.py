@@ -35,7 +35,7 @@ from pipeline.device import describe, resolve_device
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import CorruptFileError, fingerprint, read_json, remove_stale_temps, write_json
-from pipeline.models import build_model, split_model_name
+from pipeline.models import build_model, settings_key, split_model_name
 from pipeline.models.saved import model_card, save_model
 from pipeline.provenance import code_hash
 from pipeline.train import (
@@ -446,7 +446,7 @@ def run_training(
         check_augmentation(augment, ParamSpec.from_dict(data.meta["spec"]), fwd)
     except ValueError as e:
         raise ConfigError(f"{stage.split('@')[0]}.augment: {e}") from e
-    jobs = [Job(m, s, model_configs[split_model_name(m)[0]]) for m in models for s in seeds]
+    jobs = [Job(m, s, model_configs[settings_key(m)]) for m in models for s in seeds]
     run_settings = dataclasses.asdict(settings) | {"augment": augment} | extra
     runs = StageRuns(params, stage, out, jobs, data.version, run_settings, final_metrics)
     results = runs.run(data, worker or train_one, (settings, augment, *extra.values()), threads)

@@ -82,10 +82,16 @@ def stage_run(cfg: MLflowConfig, stage: str, params: Mapping[str, Any], tags: Ma
     with_retries(lambda: mlflow.end_run(), cfg.retries, f"ending the {stage} run")
 
 
+def mlflow_key(name: str) -> str:
+    """``name`` as an MLflow param or metric key, which may not hold ``@``: a settings variant
+    ``ng_gnn@probes`` is logged as ``ng_gnn:probes`` (``train.ng_gnn:probes.hidden``)."""
+    return name.replace("@", ":")
+
+
 def log_params(params: Mapping[str, Any]) -> None:
     import mlflow
 
-    mlflow.log_params({k: (str(v)[:500]) for k, v in params.items()})
+    mlflow.log_params({mlflow_key(k): (str(v)[:500]) for k, v in params.items()})
 
 
 class TrackingError(RuntimeError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline.config import Params
 from pipeline.io import fingerprint, read_json
 from pipeline.kan_forward import final_metrics, forward_one, load_forward_data, settings_from
+from pipeline.models import settings_key
 from pipeline.runs import Job, StageRuns
 from stages.common import parse, reported_errors
 
@@ -23,7 +24,7 @@ def run(params: Params, zoo_dir: Path, out: Path) -> list[dict]:
     fc = params.kan.forward
     settings = settings_from(fc)
     configs = fc.settings_by_model()
-    jobs = [Job(m, s, configs[m]) for m in fc.models for s in fc.seeds]
+    jobs = [Job(m, s, configs[settings_key(m)]) for m in fc.models for s in fc.seeds]
     data_version = fingerprint(
         {"zoo": read_json(zoo_dir / "zoo.json"), "manifest": (zoo_dir / "manifest.csv").read_text()}
     )

@@ -86,7 +86,14 @@ def _edit_section(edit_dir: Path, out: Path) -> tuple[str, dict]:
 
 
 def run(
-    params: Params, zoo_dir: Path, graphs_dir: Path, train_dir: Path, out: Path, kan_dir: Path, edit_dir: Path
+    params: Params,
+    zoo_dir: Path,
+    graphs_dir: Path,
+    train_dir: Path,
+    out: Path,
+    kan_dir: Path,
+    edit_dir: Path,
+    regime_file: Path | None = None,
 ) -> dict:
     from pipeline import tracking
     from pipeline.data import load_images
@@ -113,6 +120,10 @@ def run(
     md = report.results_markdown(
         summary, zoo_info["summary"], graph_meta["counts"], params.profile, len(params.train.seeds)
     )
+    md += report.claims_markdown(summary)
+    if regime_file is not None and regime_file.exists():
+        default = {"init": params.zoo.init, "steps": params.zoo.steps, "lr": params.zoo.lr}
+        md += "\n" + report.regime_markdown(read_json(regime_file), default)
     md += "\n" + edit_md if edit_md else ""
     md += "\n" + kan_md if kan_md else ""
     write_text(out / "results.md", md)
@@ -120,9 +131,8 @@ def run(
         import mlflow
 
         for model, s in summary.items():
-            mlflow.log_metrics(
-                {f"{model}.test_acc_mean": s["test_acc_mean"], f"{model}.test_acc_std": s["test_acc_std"]}
-            )
+            key = tracking.mlflow_key(model)
+            mlflow.log_metrics({f"{key}.test_acc_mean": s["test_acc_mean"], f"{key}.test_acc_std": s["test_acc_std"]})
         for name in ("results.md", "metrics.json", "figures/learning_curves.png", "figures/reconstructions.png"):
             mlflow.log_artifact(str(out / name))
         if kan_md:
@@ -142,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
             "train": "data/train",
             "kan": "data/kan",
             "edit": "data/edit",
+            "regime": "reports/zoo_regime/regime.json",
             "out": "reports",
         },
         argv,
@@ -154,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out),
         Path(args.kan),
         Path(args.edit),
+        Path(args.regime),
     )
 
 

@@ -108,6 +108,35 @@ def test_model_sections_are_validated_against_the_models_settings():
     )
 
 
+def test_a_settings_variant_overrides_its_base_section_and_is_validated():
+    """``<model>@<variant>`` lists one model again with overrides of its section; the variant's
+    keys are checked against the model's settings, and a listed variant needs its section."""
+    raw = {
+        "models": ["ng_gnn", "ng_gnn@probes", "ng_gnn@no_pos", "mlp_perm"],
+        "ng_gnn": {"hidden": 8, "probe_features": 0},
+        "ng_gnn@probes": {"probe_features": 4},
+        "ng_gnn@no_pos": {"positional": False},
+    }
+    tc = params_from_dict({"train": raw}).train
+    base, probes, no_pos = (tc.settings(m) for m in ("ng_gnn", "ng_gnn@probes", "ng_gnn@no_pos"))
+    assert (base.hidden, base.probe_features, base.positional) == (8, 0, True)
+    assert (probes.hidden, probes.probe_features, probes.positional) == (8, 4, True)  # base values kept
+    assert (no_pos.hidden, no_pos.probe_features, no_pos.positional) == (8, 0, False)
+    assert set(tc.settings_by_model()) == {"ng_gnn", "ng_gnn@probes", "ng_gnn@no_pos", "mlp"}
+    assert "train.ng_gnn@probes.probe_featurs" in _config_error({"train": {"ng_gnn@probes": {"probe_featurs": 4}}})
+    assert "train.ng_gnn@no_pos.positional" in _config_error({"train": {"ng_gnn@no_pos": {"positional": "no"}}})
+    assert "train.ng_gnn@x" in _config_error({"train": {"ng_gnn@x": 4}})
+    assert "train.nosuchnet@x" in _config_error({"train": {"nosuchnet@x": {}}})
+    msg = _config_error({"train": {"models": ["ng_gnn@missing"]}})
+    assert "train.models" in msg and "train.ng_gnn@missing" in msg
+    # a variant's own checks name its section
+    msg = _config_error({"kan": {"train": {"models": ["ng_gnn@p"], "ng_gnn@p": {"probe_features": 4}}}})
+    assert "kan.train.ng_gnn@p.probe_features" in msg
+    # variants edit too (no permutation augmentation there)
+    ec = params_from_dict({"edit": {"models": ["nfn", "nfn@wide"], "nfn@wide": {"hidden": 64}}}).edit
+    assert ec.settings("nfn@wide").hidden == 64 and ec.settings("nfn").hidden == 32
+
+
 def test_edit_section_accepts_only_models_with_an_editor():
     p = params_from_dict({"edit": {"models": ["nfn", "ng_t"], "ng_t": {"hidden": 8, "probe_features": 2}}})
     assert p.edit.settings("ng_t").probe_features == 2 and p.edit.settings("nfn").hidden == 32

@@ -71,8 +71,18 @@ def _setup(name: str, spec, editor: bool = False, over: dict | None = None):
 PREDICTORS = [m for m in model_names() if m not in NOT_INVARIANT]
 EDITORS = [m for m in model_names() if hasattr(model_module(m), "build_editor")]
 # (case id, model, settings): every model with its defaults, and the reference-faithful variants
-PREDICTOR_CASES = [(m, m, {}) for m in PREDICTORS] + [(f"{m}-reference", m, over) for m, over in REFERENCE.items()]
-EDITOR_CASES = [(m, m, {}) for m in EDITORS] + [(f"{m}-reference", m, over) for m, over in REFERENCE.items()]
+# the paper's ablation (probes on: they tell the input neurons apart, so swapped inputs still count)
+ABLATIONS = {"ng_gnn": {"positional": False}}
+PREDICTOR_CASES = (
+    [(m, m, {}) for m in PREDICTORS]
+    + [(f"{m}-reference", m, over) for m, over in REFERENCE.items()]
+    + [(f"{m}-ablation", m, over) for m, over in ABLATIONS.items()]
+)
+EDITOR_CASES = (
+    [(m, m, {}) for m in EDITORS]
+    + [(f"{m}-reference", m, over) for m, over in REFERENCE.items()]
+    + [(f"{m}-ablation", m, over) for m, over in ABLATIONS.items()]
+)
 
 
 def test_registry_finds_every_model_of_the_papers():
@@ -100,6 +110,24 @@ def test_predictor_invariant_and_detects_wrong_couplings(name, over, layout):
             torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12, msg=what)
         else:
             assert (out - ref).abs().max() > 1e-5 * spread, what
+
+
+@pytest.mark.parametrize("layout", SIREN_LAYOUTS)
+def test_ng_gnn_without_positional_embeddings_loses_the_input_order_only(layout):
+    """Without positional embeddings (and probes) NG-GNN still reads the hidden wiring, but the
+    input neurons become interchangeable: swapping them no longer changes the output."""
+    spec = SIREN_LAYOUTS[layout]
+    params, run = _setup("ng_gnn", spec, over={"positional": False, "probe_features": 0})
+    ref = run(params)
+    spread = float((ref - ref.mean(0)).abs().max())
+    assert spread > 1e-9
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(run(permute(params, spec, perms)), ref, rtol=1e-5, atol=1e-6 * spread)
+    for layer in spec.hidden_layers:
+        assert (run(rows_only(params, layer)) - ref).abs().max() > 1e-5 * spread
+    torch.testing.assert_close(run(swap_inputs(params)), ref, rtol=1e-10, atol=1e-10 * spread)
+    params, run = _setup("ng_gnn", spec, over={"probe_features": 0})  # with them, the order counts
+    assert (run(swap_inputs(params)) - run(params)).abs().max() > 1e-5 * spread
 
 
 @pytest.mark.parametrize("layout", SIREN_LAYOUTS)
@@ -135,6 +163,8 @@ def test_every_published_number_names_a_known_model():
     tables = published_results()
     assert {"inr_classification", "inr_editing", "kan_inr", "kan_classifier"} <= set(tables)
     for task, table in tables.items():
+        if task == "claims":  # the papers' orderings: tests/test_report.py
+            continue
         for key, entry in table.items():
             base, _ = split_model_name(key.split("+")[0])
             assert base in model_names(), f"{task}: {key}"
@@ -147,6 +177,9 @@ def test_variants_pick_labels_and_published_numbers():
         ("nfn", ("mode", "np")): ("nfn+np", "NFN (NP)"),
         ("ng_t", ("probe_features", 64)): ("ng_t+probes", "NG-T (64 probe features)"),
         ("ng_gnn", ("probe_features", 0)): ("ng_gnn", "NG-GNN"),
+        ("ng_gnn", ("positional", False)): ("ng_gnn+no_pos", "NG-GNN (no positional embeddings)"),
+        ("ng_gnn@probes", ("probe_features", 16)): ("ng_gnn+probes", "NG-GNN (16 probe features)"),
+        ("ng_t_perm@wide", ("hidden", 8)): ("ng_t_perm", "NG-T + permutation augmentation"),
         ("mlp_perm", ("hidden", 8)): ("mlp_perm", "MLP + permutation augmentation"),
         ("dwsnet_perm", ("hidden", 8)): ("dwsnet_perm", "DWSNet + permutation augmentation"),
         ("ng_gnn_perm", ("probe_features", 4)): (
@@ -171,5 +204,6 @@ def test_a_new_modules_variant_needs_no_report_code(monkeypatch):
     assert registry.variant_key("dummy_perm", {"width": 4}) == "dummy_perm"
     assert registry.model_label("dummy", {"width": 16}) == "Dummy net (wide)"
     assert registry.model_label("dummy_perm", {"width": 16}) == "Dummy net + permutation augmentation (wide)"
-    order = registry.report_order(["dummy", "ws_kan", "ng_gnn_perm", "mlp_perm", "ng_gnn", "statnn", "mlp", "mlp"])
-    assert order == ["mlp", "mlp_perm", "statnn", "ng_gnn", "ng_gnn_perm", "ws_kan", "dummy"]
+    names = ["dummy", "ws_kan", "ng_gnn@probes", "ng_gnn_perm", "mlp_perm", "ng_gnn", "statnn", "mlp", "mlp"]
+    order = registry.report_order(names)
+    assert order == ["mlp", "mlp_perm", "statnn", "ng_gnn", "ng_gnn@probes", "ng_gnn_perm", "ws_kan", "dummy"]

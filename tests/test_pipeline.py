@@ -103,6 +103,10 @@ def test_corrupt_shard_is_named_by_the_graphs_stage(tmp_path: Path):
 
 
 def test_dvc_repro_end_to_end_then_noop(project: Path):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["models"] = ["mlp", "ng_gnn@probes"]  # a settings variant, through every stage and MLflow
+    params["train"]["ng_gnn@probes"] = {"probe_features": 2}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     t0 = time.time()
     res = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -110,14 +114,15 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
 
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     cls = metrics["inr_classification"]
-    assert set(cls) == {"mlp", "ng_gnn"}
+    assert set(cls) == {"mlp", "ng_gnn@probes"}
     for m in cls.values():
         assert 0.0 <= m["test_acc_mean"] <= 1.0 and m["n_seeds"] == 2 and m["n_params"] > 0
     md = (project / "reports" / "results.md").read_text()
-    assert "NG-GNN" in md and "different data set" in md
+    assert "NG-GNN (2 probe features)" in md and "different data set" in md
+    assert "## Zoo regime" in md
     for fig in ("learning_curves.png", "reconstructions.png"):
         assert (project / "reports" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
-    curve = (project / "reports" / "curves" / "ng_gnn.csv").read_text().splitlines()
+    curve = (project / "reports" / "curves" / "ng_gnn@probes.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,") and len(curve) == 1 + 2
 
     # MLflow: a parent run per stage, a child run per (model, seed) with per-epoch metrics
@@ -131,7 +136,12 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
             "select r.name from runs r join tags t on r.run_uuid = t.run_uuid where t.key = 'mlflow.parentRunId'"
         )
     }
-    assert children == {f"{m}-seed{s}" for m in ("mlp", "mlp_perm", "ng_gnn", "ws_kan", "dwsnet") for s in (0, 1)}
+    models = ("mlp", "mlp_perm", "ng_gnn", "ng_gnn@probes", "ws_kan", "dwsnet")
+    assert children == {f"{m}-seed{s}" for m in models for s in (0, 1)}
+    keys = {r[0] for r in con.execute("select key from params")} | {
+        r[0] for r in con.execute("select key from metrics")
+    }
+    assert {"train.ng_gnn:probes.probe_features", "ng_gnn:probes.test_acc_mean"} <= keys  # MLflow refuses "@"
     steps = con.execute("select count(*) from metrics where key = 'val_acc'").fetchone()[0]
     assert steps == (4 + 4 * 2) * 2  # SIREN 4 runs + KAN-INR 8 runs, x 2 epochs
     steps = con.execute("select count(*) from metrics where key = 'val_r2'").fetchone()[0]

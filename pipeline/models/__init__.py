@@ -17,6 +17,11 @@ A model ``<name>`` is the module ``pipeline/models/<name>.py`` defining
 
 Adding a metanetwork is that one module plus its name in a ``models`` list of ``params.yaml``
 (and its published numbers, if any, in ``pipeline/published_results.yaml``).
+
+A name in a ``models`` list is ``<model>[_perm][@<variant>]``: ``_perm`` trains with random
+hidden-neuron permutations of every batch; ``@<variant>`` is the same model with the settings
+of the section ``<model>@<variant>``, overrides of ``<model>``'s section (``ng_gnn@probes:
+{probe_features: 16}``), so one model can be listed several times with different settings.
 Helper modules (``layers``, ``probes``) define no ``build`` and are not models.
 """
 
@@ -38,14 +43,25 @@ if TYPE_CHECKING:
     from pipeline.graphs.neural_graph import GraphTemplate
 
 PERM_SUFFIX = "_perm"
+VARIANT_SEP = "@"
 
 
 def split_model_name(name: str) -> tuple[str, bool]:
     """``"mlp_perm"`` -> ``("mlp", True)``: a ``_perm`` suffix trains the base model with random
-    hidden-neuron permutations of every training batch (settings from the base model's section)."""
+    hidden-neuron permutations of every training batch (settings from the base model's section).
+    A settings variant is dropped: ``"ng_gnn@probes"`` -> ``("ng_gnn", False)``."""
+    name = name.split(VARIANT_SEP, 1)[0]
     if name.endswith(PERM_SUFFIX):
         return name[: -len(PERM_SUFFIX)], True
     return name, False
+
+
+def settings_key(name: str) -> str:
+    """The ``params.yaml`` section that holds the settings of listed model ``name``: the base
+    model's, or its variant's. ``"mlp_perm"`` -> ``"mlp"``, ``"ng_gnn@probes"`` -> ``"ng_gnn@probes"``."""
+    base, _ = split_model_name(name)
+    _, sep, variant = name.partition(VARIANT_SEP)
+    return f"{base}{sep}{variant}"
 
 
 @functools.cache
@@ -128,8 +144,9 @@ def model_label(name: str, config: dict) -> str:
 
 def variant_key(name: str, config: dict) -> str:
     """Key of the published number that model ``name`` trained with ``config`` compares with:
-    the name (``_perm`` suffix kept), plus ``+<variant>`` when the module's ``variant(config)`` is
-    not empty. ``"nfn+hnp"``, ``"ng_t+probes"``, ``"mlp_perm"``."""
+    the name (``_perm`` suffix kept, settings variant dropped), plus ``+<variant>`` when the
+    module's ``variant(config)`` is not empty. ``"nfn+hnp"``, ``"ng_t+probes"``, ``"mlp_perm"``."""
+    name = name.split(VARIANT_SEP, 1)[0]
     variant = _variant(model_module(name), config)
     return f"{name}+{variant}" if variant else name
 
@@ -140,7 +157,8 @@ def _variant(mod: ModuleType, config: dict) -> str:
 
 def report_order(names: Iterable[str]) -> list[str]:
     """``names`` in report order: by their module's ``REPORT_ORDER`` (baselines first; modules
-    without one last), each ``_perm`` variant right after its base model."""
+    without one last); under each model its plain run first, its settings variants
+    (``@<variant>``) by name, then its ``_perm`` runs."""
 
     def key(name: str) -> tuple:
         base, permuted = split_model_name(name)

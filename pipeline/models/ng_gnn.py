@@ -91,9 +91,10 @@ class NGGNNEncoder(nn.Module):
 
     with :math:`\gamma` random Fourier features of the scalar node/edge features and
     :math:`P` the positional embedding table (own row per input and output neuron, one row
-    shared by each hidden layer). With ``probe_features = M > 0``, :math:`f_v` also holds the
-    neuron's activations at ``M`` learned input points (:class:`~pipeline.models.probes.ProbeFeatures`). Every layer but
-    the last updates the edges.
+    shared by each hidden layer); ``positional=False`` drops :math:`P` (the paper's ablation:
+    the input and output neurons become interchangeable too). With ``probe_features = M > 0``,
+    :math:`f_v` also holds the neuron's activations at ``M`` learned input points
+    (:class:`~pipeline.models.probes.ProbeFeatures`). Every layer but the last updates the edges.
 
     With a ``template``, the PNA degree buckets of a batch of ``G`` graphs of that topology
     come from :class:`~pipeline.models.layers.TemplateBuckets` (made on the device from ``G``,
@@ -121,6 +122,7 @@ class NGGNNEncoder(nn.Module):
         probe_features: int = 0,
         forward_spec: ForwardSpec | None = None,
         template: GraphTemplate | None = None,
+        positional: bool = True,
     ):
         super().__init__()
         self.buckets = None if template is None else TemplateBuckets(template)
@@ -129,7 +131,7 @@ class NGGNNEncoder(nn.Module):
         self.probes = make_probes(probe_features, n_pos, n_out, forward_spec)
         self.node_in = nn.Linear(self.node_ff.out_dim + probe_features, hidden)
         self.edge_in = nn.Linear(self.edge_ff.out_dim, hidden)
-        self.pos = nn.Embedding(n_pos, hidden)
+        self.pos = nn.Embedding(n_pos, hidden) if positional else None
         self.layers = nn.ModuleList(
             NGGNNLayer(hidden, dropout, update_edges=(k < layers - 1), avg_log_degree=avg_log_degree)
             for k in range(layers)
@@ -150,7 +152,9 @@ class NGGNNEncoder(nn.Module):
         feats = self.node_ff(batch.x)
         if self.probes is not None:
             feats = torch.cat([feats, self.probes(batch)], dim=1)
-        x = self.node_in(feats) + self.pos(batch.node_pos)
+        x = self.node_in(feats)
+        if self.pos is not None:
+            x = x + self.pos(batch.node_pos)
         e = self.edge_in(self.edge_ff(batch.edge_attr[order]))
         for layer in self.layers:
             x, e = layer(x, e, src, dst, buckets)
@@ -174,6 +178,7 @@ class NGGNN(nn.Module):
         probe_features: ``M`` learned probe points (0: none); needs ``forward_spec``.
         template: the zoo's graph topology, for degree buckets without host synchronisation
             (:class:`NGGNNEncoder`); ``None`` reads them from every batch.
+        positional: add the positional embeddings (``False``: the ablation).
     Shapes: a PyG :class:`Batch` of ``B`` graphs -> logits ``(B, n_classes)``.
     """
 
@@ -195,6 +200,7 @@ class NGGNN(nn.Module):
         probe_features: int = 0,
         forward_spec: ForwardSpec | None = None,
         template: GraphTemplate | None = None,
+        positional: bool = True,
     ):
         super().__init__()
         self.encoder = NGGNNEncoder(
@@ -211,6 +217,7 @@ class NGGNN(nn.Module):
             probe_features,
             forward_spec,
             template,
+            positional,
         )
         self.n_out = n_out
         self.head = nn.Sequential(
@@ -233,7 +240,7 @@ class NGGNNEditor(nn.Module):
         template: the graph topology of the zoo (every batch must share it); gives the feature
             widths, positional ids and output neurons.
         hidden, layers, dropout, fourier_features, fourier_scale, avg_log_degree, probe_features,
-        forward_spec: as :class:`NGGNN`.  init_scale: initial residual scale :math:`\alpha_0`.
+        forward_spec, positional: as :class:`NGGNN`.  init_scale: initial residual scale :math:`\alpha_0`.
     Shapes: a PyG :class:`Batch` of ``B`` graphs -> edited parameters ``(B, P)`` in
     :func:`~pipeline.weightspace.spec.flatten` order (in the graphs' normalization).
     """
@@ -252,6 +259,7 @@ class NGGNNEditor(nn.Module):
         probe_features: int = 0,
         forward_spec: ForwardSpec | None = None,
         init_scale: float = 1e-3,
+        positional: bool = True,
     ):
         super().__init__()
         t = template
@@ -269,6 +277,7 @@ class NGGNNEditor(nn.Module):
             probe_features,
             forward_spec,
             template,
+            positional,
         )
         self.head = GraphEditHead(template, hidden, init_scale)
 
@@ -286,6 +295,7 @@ class Settings:
     fourier_features: int = setting(16, ge=0)
     fourier_scale: float = setting(3.0, gt=0)
     probe_features: int = setting(0, ge=0)  # M learned input points run through every INR (0 = none)
+    positional: bool = True  # positional embeddings of the neurons (False: the paper's ablation)
 
 
 INPUT_KIND = "graph"
@@ -293,7 +303,16 @@ LABEL = "NG-GNN"
 REPORT_ORDER = 60
 
 
-variant, variant_label = probe_variant, probe_variant_label  # the report's variant: with probes or not
+def variant(settings: dict) -> str:
+    """The published number's variant: ``"probes"``, ``"no_pos"`` (the ablation), both, or none."""
+    parts = [probe_variant(settings)] + ["no_pos"] * (not settings.get("positional", True))
+    return "+".join(p for p in parts if p)
+
+
+def variant_label(settings: dict) -> str:
+    """``"16 probe features"``, ``"no positional embeddings"``, both, or nothing."""
+    words = [probe_variant_label(settings)] + ["no positional embeddings"] * (not settings.get("positional", True))
+    return ", ".join(w for w in words if w)
 
 
 def build(s: Settings, shape: DataShape) -> NGGNN:
@@ -313,6 +332,7 @@ def build(s: Settings, shape: DataShape) -> NGGNN:
         s.probe_features,
         shape.forward_spec,
         shape.template,
+        s.positional,
     )
 
 
@@ -329,4 +349,5 @@ def build_editor(s: Settings, shape: DataShape, init_scale: float) -> NGGNNEdito
         s.probe_features,
         shape.forward_spec,
         init_scale,
+        s.positional,
     )

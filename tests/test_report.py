@@ -1,0 +1,89 @@
+"""The report's checks of the papers' claims and its zoo-regime section, on made-up runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.report import claims_markdown, published_results, regime_markdown, summarize
+
+
+def _runs(accs: dict[str, tuple[float, ...]], configs: dict[str, dict] | None = None) -> list[dict]:
+    """One result per (model, seed) with test accuracy ``acc``, as the train stage writes them."""
+    runs = []
+    for model, per_seed in accs.items():
+        for seed, acc in enumerate(per_seed):
+            history = [{"epoch": 1, "val_acc": acc}]
+            runs.append(
+                {
+                    "model": model,
+                    "seed": seed,
+                    "config": (configs or {}).get(model, {}),
+                    "test": {"acc": acc},
+                    "best_val": acc,
+                    "best_epoch": 1,
+                    "n_params": 10,
+                    "seconds_per_epoch": 1.0,
+                    "history": history,
+                    "select": "acc",
+                }
+            )
+    return runs
+
+
+def _verdicts(md: str) -> dict[str, str]:
+    """``{claim: "holds" | "**fails**"}`` from the claims table."""
+    rows = [line.split(" | ") for line in md.splitlines() if " | holds | " in line or " | **fails** | " in line]
+    return {r[0].removeprefix("| "): r[3] for r in rows}
+
+
+def test_every_claim_names_published_keys_and_a_source():
+    keys = {k for task, table in published_results().items() if task != "claims" for k in table}
+    known = keys | {"statnn"}  # StatNN has no published INR number, but its place in the order is claimed
+    for task, claims in published_results()["claims"].items():
+        for c in claims:
+            assert {c["lower"], c["higher"]} <= known, (task, c)
+            assert c["source"] and c["lower"] != c["higher"]
+
+
+def test_claims_hold_or_fail_on_the_numbers_and_unrun_models_are_skipped():
+    probes = {"ng_gnn@probes": {"probe_features": 16}, "nfn": {"mode": "np"}}
+    runs = _runs(
+        {
+            "mlp": (0.20, 0.21, 0.19),
+            "statnn": (0.45, 0.44, 0.46),
+            "dwsnet": (0.50, 0.52, 0.48),  # 30 points above the MLP: holds the 15-point margin
+            "nfn": (0.30, 0.31, 0.29),  # below StatNN: fails; 10 above the MLP: fails the margin
+            "ng_gnn": (0.60, 0.61, 0.59),
+            "ng_gnn@probes": (0.70, 0.71, 0.69),
+        },
+        probes,
+    )
+    md = claims_markdown(summarize(runs))
+    got = _verdicts(md)
+    assert got["MLP on flattened weights < StatNN (per-tensor statistics)"] == "holds"
+    assert got["MLP on flattened weights < DWSNet by ≥ 15 points"] == "holds"
+    assert got["MLP on flattened weights < NFN (NP) by ≥ 15 points"] == "**fails**"
+    assert got["StatNN (per-tensor statistics) < NFN (NP)"] == "**fails**"
+    assert got["DWSNet < NG-GNN"] == "holds"
+    assert got["NG-GNN < NG-GNN (16 probe features)"] == "holds"
+    assert not any("NG-T" in claim or "positional" in claim for claim in got)  # not run: not checked
+    assert "| 45.0 ± 1.0 vs 30.0 ± 1.0 | -15.0 |" in md  # StatNN vs NFN
+
+
+def test_a_tie_claim_holds_within_the_seeds_spread_and_fails_beyond_it():
+    near = claims_markdown(summarize(_runs({"ng_gnn": (0.60, 0.64), "ng_t": (0.59, 0.61)})))
+    assert _verdicts(near)["NG-GNN ≤ NG-T"] == "holds"  # 2 points below, std 2.8 + 1.4
+    far = claims_markdown(summarize(_runs({"ng_gnn": (0.60, 0.61), "ng_t": (0.50, 0.51)})))
+    assert _verdicts(far)["NG-GNN ≤ NG-T"] == "**fails**"
+    assert claims_markdown(summarize(_runs({"mlp": (0.1,)}))) == ""  # nothing to check
+
+
+def test_the_regime_section_marks_the_profiles_recipe():
+    regime = json.loads(Path("reports/zoo_regime/regime.json").read_text())
+    name, recipe = next(iter(regime["recipes"].items()))
+    md = regime_markdown(regime, dict(recipe))
+    assert f"| {name} (this profile) |" in md
+    assert md.count("(this profile)") == sum(r == recipe for r in regime["recipes"].values())
+    acc = 100 * regime["results"][name]["test_acc"][regime["setup"]["models"][0]]
+    assert f"{acc:.1f}" in md.split(f"| {name} (this profile) |")[1].splitlines()[0]
