@@ -509,12 +509,18 @@ def _model_checks(
         if editor:
             ok = hasattr(model_module(base), "build_editor") and not permuted
             checks.append((ok, f"{key}.models", f"{m!r} has no editor (models with one edit; no '_perm')"))
-        s = section.settings(m)
+        s, base_s = section.settings(m), section.settings(base)
+        # a bad value is named where it was written: the variant's own section, or the base one it inherits
+        where = {
+            f: f"{key}.{skey if skey != base and getattr(s, f) != getattr(base_s, f) else base}.{f}"
+            for f in ("layers", "probe_features")
+            if hasattr(s, f)
+        }
         if graph and hasattr(s, "layers"):
-            checks.append((s.layers >= n_layers, f"{key}.{skey}.layers", f"must be >= {n_layers} (parameter layers)"))
+            checks.append((s.layers >= n_layers, where["layers"], f"must be >= {n_layers} (parameter layers)"))
         if not probes and getattr(s, "probe_features", 0) > 0:
             fix = "probe features need a SIREN zoo (use 0, or a model without probes)"
-            checks.append((False, f"{key}.{skey}.probe_features", fix))
+            checks.append((False, where["probe_features"], fix))
     return checks
 
 

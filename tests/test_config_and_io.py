@@ -129,9 +129,11 @@ def test_a_settings_variant_overrides_its_base_section_and_is_validated():
     assert "train.nosuchnet@x" in _config_error({"train": {"nosuchnet@x": {}}})
     msg = _config_error({"train": {"models": ["ng_gnn@missing"]}})
     assert "train.models" in msg and "train.ng_gnn@missing" in msg
-    # a variant's own checks name its section
+    # a check names the section the bad value came from: the variant's own, or the one it inherits
     msg = _config_error({"kan": {"train": {"models": ["ng_gnn@p"], "ng_gnn@p": {"probe_features": 4}}}})
     assert "kan.train.ng_gnn@p.probe_features" in msg
+    msg = _config_error({"train": {"models": ["ng_gnn@p"], "ng_gnn": {"layers": 2}, "ng_gnn@p": {"hidden": 4}}})
+    assert "train.ng_gnn.layers:" in msg
     # variants edit too (no permutation augmentation there)
     ec = params_from_dict({"edit": {"models": ["nfn", "nfn@wide"], "nfn@wide": {"hidden": 64}}}).edit
     assert ec.settings("nfn@wide").hidden == 64 and ec.settings("nfn").hidden == 32
