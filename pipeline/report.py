@@ -72,8 +72,8 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
             "val_acc_mean": val_m,
             "val_acc_std": val_s,
             **{k: row[k] for k in ("n_params", "n_seeds", "best_epoch_mean", "seconds_per_epoch", "epochs", "label")},
-            "key": variant_key(model, rs[0]["config"]),
-            "published": published("inr_classification", variant_key(model, rs[0]["config"])),
+            "key": (key := variant_key(model, rs[0]["config"])),
+            "published": published("inr_classification", key),
         }
     return out
 
