@@ -57,3 +57,30 @@ def test_ngt_graphs_do_not_leak_into_each_other():
         full = model(gs.batch(torch.arange(B)))
         single = model(gs.batch(torch.tensor([2])))
     torch.testing.assert_close(single, full[2:3], rtol=1e-5, atol=1e-6)
+
+
+def test_all_pairs_attention_reaches_every_node_in_one_layer_and_keeps_graphs_apart():
+    """With ``attention="all_pairs"`` (the reference code) an input neuron's state after one layer
+    depends on the output neuron's bias (not a neighbour); along the edges it cannot. Graphs of a
+    batch stay independent."""
+    from pipeline.models.ng_t import NGTEncoder
+
+    spec = LAYOUTS["mlp2-5-4-3-1"]
+    params, t, _ = _setup(spec)
+    moved = dict(params)
+    moved["layers.3.bias"] = params["layers.3.bias"] + 1.0
+    first_input = torch.arange(B) * t.n_nodes  # node 0 of every graph: an input neuron
+
+    def input_states(attention, p, idx=None):
+        torch.manual_seed(0)
+        enc = NGTEncoder(t.node_dim, t.edge_dim, t.n_pos, hidden=16, layers=1, heads=4, attention=attention).eval()
+        gs = GraphSet.from_params(p, t, torch.zeros(B), torch.arange(B))
+        with torch.no_grad():
+            return enc(gs.batch(torch.arange(B) if idx is None else idx)).x
+
+    for attention, reaches in (("edges", False), ("all_pairs", True)):
+        a, b = input_states(attention, params)[first_input], input_states(attention, moved)[first_input]
+        assert bool((a - b).abs().max() > 1e-4) is reaches, attention
+    full = input_states("all_pairs", params)
+    single = input_states("all_pairs", params, torch.tensor([2]))
+    torch.testing.assert_close(single, full[2 * t.n_nodes : 3 * t.n_nodes], rtol=1e-5, atol=1e-6)

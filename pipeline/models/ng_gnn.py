@@ -26,7 +26,13 @@ from pipeline.models.layers import (
     TemplateBuckets,
     output_states,
 )
-from pipeline.models.probes import ForwardSpec, make_probes, probe_variant, probe_variant_label
+from pipeline.models.probes import (
+    ForwardSpec,
+    make_probe_projection,
+    make_probes,
+    probe_variant,
+    probe_variant_label,
+)
 
 
 class NGGNNLayer(nn.Module):
@@ -94,7 +100,9 @@ class NGGNNEncoder(nn.Module):
     shared by each hidden layer); ``positional=False`` drops :math:`P` (the paper's ablation:
     the input and output neurons become interchangeable too). With ``probe_features = M > 0``,
     :math:`f_v` also holds the neuron's activations at ``M`` learned input points
-    (:class:`~pipeline.models.probes.ProbeFeatures`). Every layer but the last updates the edges.
+    (:class:`~pipeline.models.probes.ProbeFeatures`); with ``probe_projection`` they are instead
+    projected per layer and added to :math:`x^0_v` (:class:`~pipeline.models.probes.ProbeProjection`,
+    the reference code's way). Every layer but the last updates the edges.
 
     With a ``template``, the PNA degree buckets of a batch of ``G`` graphs of that topology
     come from :class:`~pipeline.models.layers.TemplateBuckets` (made on the device from ``G``,
@@ -123,13 +131,16 @@ class NGGNNEncoder(nn.Module):
         forward_spec: ForwardSpec | None = None,
         template: GraphTemplate | None = None,
         positional: bool = True,
+        probe_projection: bool = False,
     ):
         super().__init__()
         self.buckets = None if template is None else TemplateBuckets(template)
         self.node_ff = FourierFeatures(node_dim, fourier_features, fourier_scale, seed=1)
         self.edge_ff = FourierFeatures(edge_dim, fourier_features, fourier_scale, seed=2)
         self.probes = make_probes(probe_features, n_pos, n_out, forward_spec)
-        self.node_in = nn.Linear(self.node_ff.out_dim + probe_features, hidden)
+        self.probe_proj = make_probe_projection(probe_features, forward_spec, hidden, probe_projection)
+        concat = probe_features if self.probe_proj is None else 0
+        self.node_in = nn.Linear(self.node_ff.out_dim + concat, hidden)
         self.edge_in = nn.Linear(self.edge_ff.out_dim, hidden)
         self.pos = nn.Embedding(n_pos, hidden) if positional else None
         self.layers = nn.ModuleList(
@@ -150,9 +161,12 @@ class NGGNNEncoder(nn.Module):
         order = buckets.edge_order
         src, dst = src[order], dst[order]
         feats = self.node_ff(batch.x)
-        if self.probes is not None:
-            feats = torch.cat([feats, self.probes(batch)], dim=1)
+        probes = None if self.probes is None else self.probes(batch)
+        if probes is not None and self.probe_proj is None:
+            feats = torch.cat([feats, probes], dim=1)
         x = self.node_in(feats)
+        if self.probe_proj is not None:
+            x = x + self.probe_proj(probes, batch.node_layer)
         if self.pos is not None:
             x = x + self.pos(batch.node_pos)
         e = self.edge_in(self.edge_ff(batch.edge_attr[order]))
@@ -179,6 +193,8 @@ class NGGNN(nn.Module):
         template: the zoo's graph topology, for degree buckets without host synchronisation
             (:class:`NGGNNEncoder`); ``None`` reads them from every batch.
         positional: add the positional embeddings (``False``: the ablation).
+        probe_projection: probe values enter through per-layer ``Linear + LayerNorm`` maps added to
+            the node embedding (the reference code) instead of concatenated to the node features.
     Shapes: a PyG :class:`Batch` of ``B`` graphs -> logits ``(B, n_classes)``.
     """
 
@@ -201,6 +217,7 @@ class NGGNN(nn.Module):
         forward_spec: ForwardSpec | None = None,
         template: GraphTemplate | None = None,
         positional: bool = True,
+        probe_projection: bool = False,
     ):
         super().__init__()
         self.encoder = NGGNNEncoder(
@@ -218,6 +235,7 @@ class NGGNN(nn.Module):
             forward_spec,
             template,
             positional,
+            probe_projection,
         )
         self.n_out = n_out
         self.head = nn.Sequential(
@@ -240,7 +258,8 @@ class NGGNNEditor(nn.Module):
         template: the graph topology of the zoo (every batch must share it); gives the feature
             widths, positional ids and output neurons.
         hidden, layers, dropout, fourier_features, fourier_scale, avg_log_degree, probe_features,
-        forward_spec, positional: as :class:`NGGNN`.  init_scale: initial residual scale :math:`\alpha_0`.
+        forward_spec, positional, probe_projection: as :class:`NGGNN`.
+        init_scale: initial residual scale :math:`\alpha_0`.
     Shapes: a PyG :class:`Batch` of ``B`` graphs -> edited parameters ``(B, P)`` in
     :func:`~pipeline.weightspace.spec.flatten` order (in the graphs' normalization).
     """
@@ -260,6 +279,7 @@ class NGGNNEditor(nn.Module):
         forward_spec: ForwardSpec | None = None,
         init_scale: float = 1e-3,
         positional: bool = True,
+        probe_projection: bool = False,
     ):
         super().__init__()
         t = template
@@ -278,6 +298,7 @@ class NGGNNEditor(nn.Module):
             forward_spec,
             template,
             positional,
+            probe_projection,
         )
         self.head = GraphEditHead(template, hidden, init_scale)
 
@@ -296,6 +317,7 @@ class Settings:
     fourier_scale: float = setting(3.0, gt=0)
     probe_features: int = setting(0, ge=0)  # M learned input points run through every INR (0 = none)
     positional: bool = True  # positional embeddings of the neurons (False: the paper's ablation)
+    probe_projection: bool = False  # probes: per-layer Linear + LayerNorm, added (the reference code)
 
 
 INPUT_KIND = "graph"
@@ -333,6 +355,7 @@ def build(s: Settings, shape: DataShape) -> NGGNN:
         shape.forward_spec,
         shape.template,
         s.positional,
+        s.probe_projection,
     )
 
 
@@ -350,4 +373,5 @@ def build_editor(s: Settings, shape: DataShape, init_scale: float) -> NGGNNEdito
         shape.forward_spec,
         init_scale,
         s.positional,
+        s.probe_projection,
     )

@@ -85,6 +85,42 @@ class ProbeFeatures(nn.Module):
         return h
 
 
+class ProbeProjection(nn.Module):
+    r"""The Neural Graphs reference code's entry of probe values into the node states: one
+    ``Linear + LayerNorm`` per node layer, added to the node embedding (instead of concatenated
+    to the node features before it).
+
+    .. math:: x^0_v \mathrel{+}= \mathrm{LN}_{\ell(v)}\big(W_{\ell(v)} h_v + c_{\ell(v)}\big)
+
+    with :math:`\ell(v)` the node's layer (0 = inputs). The maps are per layer, shared by the
+    neurons of a layer, so a permutation of hidden neurons permutes the output rows alike.
+
+    Shapes: probe values ``(N, M)``, node layers ``(N,)`` -> ``(N, H)``.
+    """
+
+    def __init__(self, n_probes: int, n_node_layers: int, hidden: int):
+        super().__init__()
+        self.maps = nn.ModuleList(
+            nn.Sequential(nn.Linear(n_probes, hidden), nn.LayerNorm(hidden)) for _ in range(n_node_layers)
+        )
+
+    def forward(self, h: Tensor, node_layer: Tensor) -> Tensor:
+        out = self.maps[0](h)
+        for layer in range(1, len(self.maps)):
+            out = torch.where((node_layer == layer).unsqueeze(1), self.maps[layer](h), out)
+        return out
+
+
+def make_probe_projection(
+    n_probes: int, forward_spec: ForwardSpec | None, hidden: int, project: bool
+) -> ProbeProjection | None:
+    """:class:`ProbeProjection` when ``project`` and probes are on, else ``None`` (probe values
+    are then concatenated to the node features)."""
+    if not project or n_probes <= 0 or forward_spec is None:
+        return None
+    return ProbeProjection(n_probes, len(forward_spec.weight_stats) + 1, hidden)
+
+
 def make_probes(n_probes: int, n_pos: int, n_out: int, forward_spec: ForwardSpec | None) -> ProbeFeatures | None:
     """:class:`ProbeFeatures` for a neural-graph encoder, or ``None`` for ``n_probes == 0``.
 

@@ -1,0 +1,464 @@
+"""metazoo's DWSNet and NFN beside the official implementations, on one zoo and the same steps.
+
+The official code is not part of metazoo: give the paths of checkouts of
+https://github.com/AvivNavon/DWSNets and https://github.com/AllanYangZhou/nfn. This script
+imports their model classes from there and trains them on the default zoo's INRs
+(``data/graphs``, from ``dvc repro``): same splits, same batch size, same number of steps,
+selection on validation accuracy, test accuracy at the best validation epoch.
+
+Each official model is trained twice:
+
+- ``recipe=reference``: as its own training script does. DWSNets (``experiments/mnist/trainer.py``
+  defaults): raw weights with its INR augmentations (translation, rotation, noise, dropout,
+  scale), per-position normalization from the training split, AdamW (amsgrad) lr 5e-3, weight
+  decay 5e-4, no clipping. NFN (``classify_siren_configs``, MNIST: ``inv_ff_io_mnist``): raw
+  weights, Adam lr 1e-4 with a linear warm-up over the first 5 % of the steps (its 10 000 of
+  200 000), no clipping.
+- ``recipe=metazoo``: metazoo's training (the normalized inputs of ``data/graphs``, AdamW
+  lr 1e-3, weight decay 5e-4, 100 warm-up steps, clipping at 10, sign flips) — the same loop as
+  metazoo's own models, :func:`pipeline.train.fit_model`.
+
+metazoo's models run with the settings the README names as reference-faithful (the paper
+profile's ``dwsnet`` and ``nfn`` sections) at the official model's width.
+
+Run (about 40 minutes on one core for one seed at the defaults)::
+
+    python experiments/reference_side_by_side.py --dwsnets ../DWSNets --nfn ../nfn \
+        --out reports/reference/side_by_side.json
+
+The official code needs ``einops`` (NFN's perceiver head, imported by its models module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.augment import augmenter
+from pipeline.graphs.neural_graph import graph_template
+from pipeline.io import write_json
+from pipeline.models import build_model
+from pipeline.models.dwsnet import Settings as DWSSettings
+from pipeline.models.nfn import Settings as NFNSettings
+from pipeline.runs import GraphData
+from pipeline.train import Classification, TrainSettings, data_shape, fit_model, model_inputs
+from pipeline.weightspace.normalize import invert_stats
+from pipeline.weightspace.spec import ParamSpec
+
+METAZOO = TrainSettings(epochs=8, batch_size=32, lr=1e-3, weight_decay=5e-4, warmup_steps=100, grad_clip=10.0)
+
+
+@dataclasses.dataclass
+class RawSplit:
+    """One split as the official code reads it: per layer ``W (G, out, in)`` and ``b (G, out)``
+    (raw values), labels ``(G,)``."""
+
+    weights: list[Tensor]
+    biases: list[Tensor]
+    y: Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def raw_splits(data: GraphData) -> dict[str, RawSplit]:
+    """Every split's raw parameters (the graphs' per-layer normalization undone)."""
+    spec = ParamSpec.from_dict(data.meta["spec"])
+    template = graph_template(spec)
+    stats = {k: tuple(v) for k, v in data.meta["norm_stats"].items()}
+    out = {}
+    for name, g in data.splits.items():
+        p = invert_stats(g.to_params(template), spec, stats)
+        n = spec.n_layers
+        out[name] = RawSplit(
+            [p[f"layers.{i}.weight"].float() for i in range(n)], [p[f"layers.{i}.bias"].float() for i in range(n)], g.y
+        )
+    return out
+
+
+# ---- official DWSNets ----------------------------------------------------------------------
+
+
+def _official(root: Path) -> None:
+    """Put an official checkout first on the import path (both name a package ``experiments``)."""
+    for name in [m for m in sys.modules if m == "experiments" or m.startswith("experiments.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(root))
+
+
+def _without_rff() -> None:
+    """DWSNets' data module imports its INR class, which needs ``rff`` (and torchvision); the
+    augmentation used here does not. An empty stand-in module lets it import without them."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("rff") is None:
+        layers = types.ModuleType("rff.layers")
+        layers.GaussianEncoding = layers.PositionalEncoding = None
+        sys.modules["rff"] = types.ModuleType("rff")
+        sys.modules["rff.layers"] = layers
+
+
+def dwsnets_inputs(ws: list[Tensor], bs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """metazoo's ``(G, out, in)`` / ``(G, out)`` -> DWSNets' ``(G, in, out)`` / ``(G, out)`` (no feature axis)."""
+    return [w.transpose(1, 2) for w in ws], list(bs)
+
+
+def dwsnets_augment(ds_cls, ws: list[Tensor], bs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """DWSNets' own ``INRDataset._augment`` (its defaults) on every net of a batch, one at a time."""
+    aug = ds_cls.__new__(ds_cls)
+    for k, v in dict(
+        translation_scale=0.25,
+        rotation_degree=45,
+        noise_scale=1e-1,
+        drop_rate=1e-2,
+        resize_scale=0.2,
+        pos_scale=0.0,
+        quantile_dropout=0.0,
+    ).items():
+        setattr(aug, k, v)
+    out_w, out_b = [[] for _ in ws], [[] for _ in bs]
+    for i in range(ws[0].shape[0]):
+        w, b = aug._augment(tuple(x[i] for x in ws), tuple(x[i] for x in bs))
+        for lst, t in zip(out_w, w, strict=True):
+            lst.append(t)
+        for lst, t in zip(out_b, b, strict=True):
+            lst.append(t)
+    return [torch.stack(x) for x in out_w], [torch.stack(x) for x in out_b]
+
+
+def train_dwsnets_reference(root: Path, splits: dict[str, RawSplit], epochs: int, batch: int, seed: int) -> dict:
+    """The official ``DWSModelForClassification`` trained as its MNIST script trains it."""
+    _official(root)
+    _without_rff()
+    from experiments.data import INRDataset  # noqa: PLC0415  (the official code)
+    from nn.models import DWSModelForClassification  # noqa: PLC0415
+
+    torch.manual_seed(seed)
+    tr = {k: dwsnets_inputs(s.weights, s.biases) for k, s in splits.items()}
+    mean_w = [w.mean(0) for w in tr["train"][0]]
+    std_w = [w.std(0) for w in tr["train"][0]]
+    mean_b = [b.mean(0) for b in tr["train"][1]]
+    std_b = [b.std(0) for b in tr["train"][1]]
+
+    def prepare(ws, bs):  # feature axis, then per-position normalization (as INRDataset.__getitem__)
+        ws = [((w - m) / s).unsqueeze(-1) for w, m, s in zip(ws, mean_w, std_w, strict=True)]
+        bs = [((b - m) / s).unsqueeze(-1) for b, m, s in zip(bs, mean_b, std_b, strict=True)]
+        return tuple(ws), tuple(bs)
+
+    model = DWSModelForClassification(
+        weight_shapes=tuple(tuple(w.shape[1:3]) for w in tr["train"][0]),
+        bias_shapes=tuple(tuple(b.shape[1:2]) for b in tr["train"][1]),
+        input_features=1,
+        hidden_dim=32,
+        n_hidden=4,
+        reduction="max",
+        n_fc_layers=1,
+        set_layer="sab",
+        n_out_fc=1,
+        dropout_rate=0.0,
+        bn=True,
+        diagonal=False,
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, amsgrad=True, weight_decay=5e-4)
+
+    def step_batches(gen):
+        perm = torch.randperm(len(splits["train"]), generator=gen)
+        for s in range(0, len(perm), batch):
+            idx = perm[s : s + batch]
+            ws, bs = dwsnets_augment(INRDataset, [w[idx] for w in tr["train"][0]], [b[idx] for b in tr["train"][1]])
+            yield prepare(ws, bs), splits["train"].y[idx]
+
+    def predict(split):
+        ws, bs = prepare(*tr[split])
+        return torch.cat(
+            [
+                model((tuple(w[s : s + 512] for w in ws), tuple(b[s : s + 512] for b in bs)))
+                for s in range(0, len(splits[split]), 512)
+            ]
+        )
+
+    return _loop(model, opt, None, step_batches, predict, splits, epochs, seed, clip=None)
+
+
+# ---- official NFN --------------------------------------------------------------------------
+
+
+def nfn_model(root: Path, spec_feats, hidden: int):
+    """The official ``InvariantNFN`` with its MNIST SIREN configuration (``inv_ff_io_mnist``) at width ``hidden``."""
+    _official(root)
+    sys.path.insert(0, str(root / "experiments" / "perceiver-pytorch"))
+    from functools import partial  # noqa: PLC0415
+
+    from experiments.models import InvariantNFN, MlpHead  # noqa: PLC0415  (the official code)
+    from nfn.common import network_spec_from_wsfeat  # noqa: PLC0415
+    from nfn.layers import GaussianFourierFeatureTransform, IOSinusoidalEncoding  # noqa: PLC0415
+
+    spec = network_spec_from_wsfeat(spec_feats, set_all_dims=True)
+    return InvariantNFN(
+        spec,
+        hchannels=[hidden] * 3,
+        head_cls=partial(MlpHead, num_out=10, dropout=0.1, sigmoid=False, lnorm=False),
+        mode="NP",
+        feature_dropout=0.1,
+        normalize=False,
+        lnorm=None,
+        append_stats=False,
+        inp_enc_cls=partial(GaussianFourierFeatureTransform, mapping_size=128, scale=3),
+        pos_enc_cls=partial(IOSinusoidalEncoding, max_freq=3, num_bands=3, enc_layers=False),
+    )
+
+
+def train_nfn_reference(
+    root: Path, splits: dict[str, RawSplit], epochs: int, batch: int, seed: int, hidden: int
+) -> dict:
+    """The official NFN trained as its SIREN classification script trains it."""
+    _official(root)
+    from nfn.common import WeightSpaceFeatures  # noqa: PLC0415  (the official code)
+
+    def feats(split: RawSplit, idx):
+        return WeightSpaceFeatures(
+            [w[idx].unsqueeze(1) for w in split.weights], [b[idx].unsqueeze(1) for b in split.biases]
+        )
+
+    torch.manual_seed(seed)
+    model = nfn_model(root, feats(splits["train"], slice(0, 2)), hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    total = epochs * math.ceil(len(splits["train"]) / batch)
+    warm = max(1, total // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, i / warm))
+
+    def step_batches(gen):
+        perm = torch.randperm(len(splits["train"]), generator=gen)
+        for s in range(0, len(perm), batch):
+            idx = perm[s : s + batch]
+            yield feats(splits["train"], idx), splits["train"].y[idx]
+
+    def predict(split):
+        n = len(splits[split])
+        return torch.cat([model(feats(splits[split], slice(s, s + 512))) for s in range(0, n, 512)])
+
+    return _loop(model, opt, sched, step_batches, predict, splits, epochs, seed, clip=None)
+
+
+def _loop(model: nn.Module, opt, sched, step_batches, predict, splits, epochs: int, seed: int, clip) -> dict:
+    """Cross-entropy training; test accuracy at the best validation epoch (the official scripts' selection)."""
+    gen = torch.Generator().manual_seed(seed)
+    best = {"val_acc": -1.0}
+    curve = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        t0 = time.time()
+        losses = []
+        for inputs, y in step_batches(gen):
+            loss = nn.functional.cross_entropy(model(inputs), y)
+            opt.zero_grad()
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            losses.append(loss.item())
+        model.eval()
+        with torch.no_grad():
+            acc = {s: float((predict(s).argmax(1) == splits[s].y).float().mean()) for s in ("val", "test")}
+        row = {
+            "epoch": epoch,
+            "train_loss": sum(losses) / len(losses),
+            "val_acc": acc["val"],
+            "seconds": time.time() - t0,
+        }
+        curve.append(row)
+        print(
+            f"  epoch {epoch}: loss {row['train_loss']:.4f} val {acc['val']:.4f} ({row['seconds']:.0f} s)", flush=True
+        )
+        if acc["val"] > best["val_acc"]:
+            best = {"val_acc": acc["val"], "test_acc": acc["test"], "best_epoch": epoch}
+    return best | {"curve": curve, "n_params": sum(p.numel() for p in model.parameters())}
+
+
+# ---- the official models under metazoo's training, and metazoo's models ---------------------
+
+
+class _DWSNetsOnFlat(nn.Module):
+    """The official DWSNets model reading metazoo's normalized parameters (a :class:`FlatSet` batch)."""
+
+    input_kind = "flat"
+
+    def __init__(self, model: nn.Module, spec: ParamSpec):
+        super().__init__()
+        self.model, self.spec = model, spec
+
+    def forward(self, flat: Tensor) -> Tensor:
+        from pipeline.weightspace.spec import unflatten
+
+        p = unflatten(flat, self.spec)
+        n = self.spec.n_layers
+        ws = tuple(p[f"layers.{i}.weight"].transpose(1, 2).unsqueeze(-1) for i in range(n))
+        bs = tuple(p[f"layers.{i}.bias"].unsqueeze(-1) for i in range(n))
+        return self.model((ws, bs))
+
+
+class _NFNOnFlat(_DWSNetsOnFlat):
+    """The official NFN reading metazoo's normalized parameters."""
+
+    def forward(self, flat: Tensor) -> Tensor:
+        from nfn.common import WeightSpaceFeatures  # noqa: PLC0415  (the official code)
+
+        from pipeline.weightspace.spec import unflatten
+
+        p = unflatten(flat, self.spec)
+        n = self.spec.n_layers
+        return self.model(
+            WeightSpaceFeatures(
+                [p[f"layers.{i}.weight"].unsqueeze(1) for i in range(n)],
+                [p[f"layers.{i}.bias"].unsqueeze(1) for i in range(n)],
+            )
+        )
+
+
+def train_with_metazoo(model: nn.Module, data: GraphData, epochs: int, batch: int, seed: int) -> dict:
+    """Any flat-input model through metazoo's own training loop and augmentation."""
+    spec = ParamSpec.from_dict(data.meta["spec"])
+    template = graph_template(spec)
+    inputs = {s: model_inputs(g, template, "flat") for s, g in data.splits.items()}
+    settings = dataclasses.replace(METAZOO, epochs=epochs, batch_size=batch)
+    torch.manual_seed(seed)
+    res = fit_model(
+        model,
+        inputs["train"],
+        inputs["val"],
+        inputs["test"],
+        settings,
+        seed,
+        Classification(10),
+        on_epoch=lambda r: print(
+            f"  epoch {int(r['epoch'])}: loss {r['train_loss']:.4f} val {r['val_acc']:.4f}", flush=True
+        ),
+        augment=augmenter("sign_flip", "flat", spec, False, None),
+    )
+    return {
+        "val_acc": res.best_val,
+        "test_acc": res.test["acc"],
+        "best_epoch": res.best_epoch,
+        "n_params": res.n_params,
+        "curve": res.curve,
+    }
+
+
+def metazoo_model(name: str, data: GraphData, hidden: int) -> nn.Module:
+    """metazoo's ``dwsnet`` / ``nfn`` with the paper profile's (reference-faithful) settings at width ``hidden``."""
+    spec = ParamSpec.from_dict(data.meta["spec"])
+    shape = data_shape(data.splits["train"], graph_template(spec), 10)
+    if name == "dwsnet":
+        s = DWSSettings(hidden=hidden, layers=5, reduction="max", norm="batch")  # 1 + n_hidden layers
+    else:
+        s = NFNSettings(
+            hidden=hidden,
+            layers=3,
+            mode="np",
+            fourier_features=128,
+            io_scale=1.0,
+            head_pool="hidden",
+            head_width=1000,
+            dropout=0.1,
+        )
+    return build_model(name, s, shape)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dwsnets", type=Path, required=True, help="checkout of AvivNavon/DWSNets")
+    ap.add_argument("--nfn", type=Path, required=True, help="checkout of AllanYangZhou/nfn")
+    ap.add_argument("--graphs", type=Path, default=Path("data/graphs"))
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--dwsnet-hidden", type=int, default=32, help="the official MNIST width")
+    ap.add_argument("--nfn-hidden", type=int, default=32, help="official: 512 (too slow on a CPU)")
+    ap.add_argument("--runs", nargs="+", default=["dwsnet", "nfn"], help="dwsnet and / or nfn")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("reports/reference/side_by_side.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = GraphData.load(args.graphs)
+    splits = raw_splits(data)
+    spec = ParamSpec.from_dict(data.meta["spec"])
+    results = []
+    for seed in args.seeds:
+        for name in args.runs:
+            hidden = args.dwsnet_hidden if name == "dwsnet" else args.nfn_hidden
+            runs = {
+                "official, reference recipe": (reference_run, (name, args, splits, seed, hidden)),
+                "official, metazoo recipe": (
+                    metazoo_run,
+                    (official_on_flat(name, args, splits, spec), data, args, seed),
+                ),
+                "metazoo, metazoo recipe": (metazoo_run, (metazoo_model(name, data, hidden), data, args, seed)),
+            }
+            for label, (run, run_args) in runs.items():
+                print(f"{name} seed {seed}: {label}", flush=True)
+                t0 = time.time()
+                r = run(*run_args)
+                r.update(model=name, implementation=label, seed=seed, hidden=hidden, seconds=time.time() - t0)
+                print(
+                    f"{name} seed {seed}: {label}: test acc {r['test_acc']:.4f} at best val epoch {r['best_epoch']}",
+                    flush=True,
+                )
+                results.append(r)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                write_json(
+                    args.out, {"epochs": args.epochs, "batch": args.batch, "graphs": str(args.graphs), "runs": results}
+                )
+
+
+def reference_run(name: str, args, splits: dict[str, RawSplit], seed: int, hidden: int) -> dict:
+    """An official model trained by its own recipe."""
+    if name == "dwsnet":
+        return train_dwsnets_reference(args.dwsnets, splits, args.epochs, args.batch, seed)
+    return train_nfn_reference(args.nfn, splits, args.epochs, args.batch, seed, hidden)
+
+
+def metazoo_run(model: nn.Module, data: GraphData, args, seed: int) -> dict:
+    """Any flat-input model trained by metazoo's recipe."""
+    return train_with_metazoo(model, data, args.epochs, args.batch, seed)
+
+
+def official_on_flat(name: str, args, splits: dict[str, RawSplit], spec: ParamSpec) -> nn.Module:
+    """An official model (same configuration as its reference-recipe run) reading metazoo's inputs."""
+    if name == "dwsnet":
+        _official(args.dwsnets)
+        from nn.models import DWSModelForClassification  # noqa: PLC0415  (the official code)
+
+        t = splits["train"]
+        return _DWSNetsOnFlat(
+            DWSModelForClassification(
+                weight_shapes=tuple((w.shape[2], w.shape[1]) for w in t.weights),
+                bias_shapes=tuple((b.shape[1],) for b in t.biases),
+                input_features=1,
+                hidden_dim=args.dwsnet_hidden,
+                n_hidden=4,
+                reduction="max",
+                set_layer="sab",
+                bn=True,
+            ),
+            spec,
+        )
+    _official(args.nfn)
+    from nfn.common import WeightSpaceFeatures  # noqa: PLC0415
+
+    t = splits["train"]
+    feats = WeightSpaceFeatures([w[:2].unsqueeze(1) for w in t.weights], [b[:2].unsqueeze(1) for b in t.biases])
+    return _NFNOnFlat(nfn_model(args.nfn, feats, args.nfn_hidden), spec)
+
+
+if __name__ == "__main__":
+    main()
