@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from pipeline.augment import augmenter
 from pipeline.graphs.neural_graph import graph_template
-from pipeline.io import write_json
+from pipeline.io import read_json, write_json, write_text
 from pipeline.models import build_model
 from pipeline.models.dwsnet import Settings as DWSSettings
 from pipeline.models.nfn import Settings as NFNSettings
@@ -376,8 +376,8 @@ def metazoo_model(name: str, data: GraphData, hidden: int) -> nn.Module:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dwsnets", type=Path, required=True, help="checkout of AvivNavon/DWSNets")
-    ap.add_argument("--nfn", type=Path, required=True, help="checkout of AllanYangZhou/nfn")
+    ap.add_argument("--dwsnets", type=Path, help="checkout of AvivNavon/DWSNets")
+    ap.add_argument("--nfn", type=Path, help="checkout of AllanYangZhou/nfn")
     ap.add_argument("--graphs", type=Path, default=Path("data/graphs"))
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32)
@@ -387,7 +387,16 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=["dwsnet", "nfn"], help="dwsnet and / or nfn")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("reports/reference/side_by_side.json"))
+    ap.add_argument("--render", type=Path, nargs="+", help="only merge these result files into --out (and its .md)")
     args = ap.parse_args()
+    if args.render:
+        runs = [r for f in args.render for r in read_json(f)["runs"]]
+        first = read_json(args.render[0])
+        save(args.out, {k: first[k] for k in ("epochs", "batch", "graphs")} | {"runs": runs})
+        return
+    for name in args.runs:
+        if getattr(args, "dwsnets" if name == "dwsnet" else "nfn") is None:
+            ap.error(f"--runs {name} needs the checkout (--dwsnets / --nfn)")
     torch.set_num_threads(args.threads)
     data = GraphData.load(args.graphs)
     splits = raw_splits(data)
@@ -414,10 +423,39 @@ def main() -> None:
                     flush=True,
                 )
                 results.append(r)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                write_json(
-                    args.out, {"epochs": args.epochs, "batch": args.batch, "graphs": str(args.graphs), "runs": results}
-                )
+                meta = {"epochs": args.epochs, "batch": args.batch, "graphs": str(args.graphs)}
+                save(args.out, meta | {"runs": results})
+
+
+def markdown(result: dict) -> str:
+    """The side-by-side table: test accuracy at the best validation epoch, mean ± std over seeds."""
+    rows = {}
+    for r in result["runs"]:
+        rows.setdefault((r["model"], r["implementation"], r["hidden"]), []).append(r)
+    lines = [
+        f"On `{result['graphs']}`, {result['epochs']} epochs of batch {result['batch']} each "
+        "(`experiments/reference_side_by_side.py`).",
+        "",
+        "| model | implementation, training recipe | width | seeds | test acc % | best epoch | s / epoch | params |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (model, impl, hidden), rs in rows.items():
+        acc = torch.tensor([100 * r["test_acc"] for r in rs])
+        std = f" ± {float(acc.std(correction=0)):.1f}" if len(rs) > 1 else ""
+        per_epoch = sum(r["seconds"] for r in rs) / len(rs) / result["epochs"]
+        epochs = ", ".join(str(r["best_epoch"]) for r in rs)
+        lines.append(
+            f"| {model} | {impl} | {hidden} | {len(rs)} | {float(acc.mean()):.1f}{std} | {epochs} | "
+            f"{per_epoch:.0f} | {rs[0]['n_params']:,} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def save(out: Path, result: dict) -> None:
+    """The results as JSON and the table beside them (``.md``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    write_text(out.with_suffix(".md"), markdown(result))
 
 
 def reference_run(name: str, args, splits: dict[str, RawSplit], seed: int, hidden: int) -> dict:

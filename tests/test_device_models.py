@@ -35,7 +35,7 @@ SPEC = SIREN_LAYOUTS["siren2-8-12-6-1"]
 FWD = ForwardSpec("sin", 30.0, 0.0, ((0.0, 1.0),) * SPEC.n_layers, ((0.0, 1.0),) * SPEC.n_layers)
 KAN = kan_spec([2, 5, 4, 1], 3, 2)
 SMALL = {"hidden": 8, "layers": 2, "heads": 2, "probe_features": 3, "dropout": 0.1}
-# (case id, model name, setting overrides): every registered model, NFN in both modes
+# (case id, model name, setting overrides): every registered model, and the reference-faithful variants
 VARIANTS = {
     "nfn": [
         ("nfn-np", {"mode": "np", "fourier_features": 2}),
@@ -43,6 +43,8 @@ VARIANTS = {
         ("nfn-reference", {"io_scale": 1.0, "head_pool": "hidden", "head_width": 12, "fourier_features": 2}),
     ],
     "dwsnet": [("dwsnet", {}), ("dwsnet-reference", {"reduction": "max", "norm": "batch", "head_width": 12})],
+    "ng_gnn": [("ng_gnn", {}), ("ng_gnn-reference", {"probe_projection": True})],
+    "ng_t": [("ng_t", {}), ("ng_t-reference", {"probe_projection": True, "attention": "all_pairs"})],
 }
 CASES = [(cid, name, over) for name in model_names() for cid, over in VARIANTS.get(name, [(name, {})])]
 EDITOR_CASES = [c for c in CASES if hasattr(model_module(c[1]), "build_editor")]
