@@ -52,6 +52,7 @@ from pipeline.train import Classification, TrainSettings, data_shape, fit_model,
 from pipeline.weightspace.normalize import invert_stats
 from pipeline.weightspace.spec import ParamSpec
 
+IMPLEMENTATIONS = ("official, reference recipe", "official, metazoo recipe", "metazoo, metazoo recipe")
 METAZOO = TrainSettings(epochs=8, batch_size=32, lr=1e-3, weight_decay=5e-4, warmup_steps=100, grad_clip=10.0)
 
 
@@ -350,7 +351,7 @@ def train_with_metazoo(model: nn.Module, data: GraphData, epochs: int, batch: in
         "test_acc": res.test["acc"],
         "best_epoch": res.best_epoch,
         "n_params": res.n_params,
-        "curve": res.curve,
+        "curve": res.history,
     }
 
 
@@ -386,6 +387,7 @@ def main() -> None:
     ap.add_argument("--nfn-hidden", type=int, default=32, help="official: 512 (too slow on a CPU)")
     ap.add_argument("--runs", nargs="+", default=["dwsnet", "nfn"], help="dwsnet and / or nfn")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS), help="runs to do")
     ap.add_argument("--out", type=Path, default=Path("reports/reference/side_by_side.json"))
     ap.add_argument("--render", type=Path, nargs="+", help="only merge these result files into --out (and its .md)")
     args = ap.parse_args()
@@ -414,6 +416,8 @@ def main() -> None:
                 "metazoo, metazoo recipe": (metazoo_run, (metazoo_model(name, data, hidden), data, args, seed)),
             }
             for label, (run, run_args) in runs.items():
+                if label not in args.only:
+                    continue
                 print(f"{name} seed {seed}: {label}", flush=True)
                 t0 = time.time()
                 r = run(*run_args)
