@@ -135,7 +135,9 @@ def dwsnets_augment(ds_cls, ws: list[Tensor], bs: list[Tensor]) -> tuple[list[Te
     return [torch.stack(x) for x in out_w], [torch.stack(x) for x in out_b]
 
 
-def train_dwsnets_reference(root: Path, splits: dict[str, RawSplit], epochs: int, batch: int, seed: int) -> dict:
+def train_dwsnets_reference(
+    root: Path, splits: dict[str, RawSplit], epochs: int, batch: int, seed: int, set_layer: str = "sab"
+) -> dict:
     """The official ``DWSModelForClassification`` trained as its MNIST script trains it."""
     _official(root)
     _without_rff()
@@ -162,7 +164,7 @@ def train_dwsnets_reference(root: Path, splits: dict[str, RawSplit], epochs: int
         n_hidden=4,
         reduction="max",
         n_fc_layers=1,
-        set_layer="sab",
+        set_layer=set_layer,
         n_out_fc=1,
         dropout_rate=0.0,
         bn=True,
@@ -384,6 +386,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--dwsnet-hidden", type=int, default=32, help="the official MNIST width")
+    ap.add_argument("--dwsnets-set-layer", default="sab", choices=("sab", "ds"), help="official: sab")
     ap.add_argument("--nfn-hidden", type=int, default=32, help="official: 512 (too slow on a CPU)")
     ap.add_argument("--runs", nargs="+", default=["dwsnet", "nfn"], help="dwsnet and / or nfn")
     ap.add_argument("--threads", type=int, default=1)
@@ -421,6 +424,8 @@ def main() -> None:
                 print(f"{name} seed {seed}: {label}", flush=True)
                 t0 = time.time()
                 r = run(*run_args)
+                if name == "dwsnet" and label.startswith("official") and args.dwsnets_set_layer != "sab":
+                    label = f"{label}, set_layer {args.dwsnets_set_layer}"
                 r.update(model=name, implementation=label, seed=seed, hidden=hidden, seconds=time.time() - t0)
                 print(
                     f"{name} seed {seed}: {label}: test acc {r['test_acc']:.4f} at best val epoch {r['best_epoch']}",
@@ -465,7 +470,7 @@ def save(out: Path, result: dict) -> None:
 def reference_run(name: str, args, splits: dict[str, RawSplit], seed: int, hidden: int) -> dict:
     """An official model trained by its own recipe."""
     if name == "dwsnet":
-        return train_dwsnets_reference(args.dwsnets, splits, args.epochs, args.batch, seed)
+        return train_dwsnets_reference(args.dwsnets, splits, args.epochs, args.batch, seed, args.dwsnets_set_layer)
     return train_nfn_reference(args.nfn, splits, args.epochs, args.batch, seed, hidden)
 
 
@@ -489,7 +494,7 @@ def official_on_flat(name: str, args, splits: dict[str, RawSplit], spec: ParamSp
                 hidden_dim=args.dwsnet_hidden,
                 n_hidden=4,
                 reduction="max",
-                set_layer="sab",
+                set_layer=args.dwsnets_set_layer,
                 bn=True,
             ),
             spec,
