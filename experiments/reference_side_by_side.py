@@ -357,13 +357,13 @@ def train_with_metazoo(model: nn.Module, data: GraphData, epochs: int, batch: in
     }
 
 
-def metazoo_model(name: str, data: GraphData, hidden: int) -> nn.Module:
+def metazoo_model(name: str, data: GraphData, hidden: int, set_heads: int = 8) -> nn.Module:
     """metazoo's ``dwsnet`` / ``nfn`` with the paper profile's (reference-faithful) settings at width ``hidden``."""
     spec = ParamSpec.from_dict(data.meta["spec"])
     shape = data_shape(data.splits["train"], graph_template(spec), 10)
     if name == "dwsnet":
         # 1 + n_hidden layers, as the official model
-        s = DWSSettings(hidden=hidden, layers=5, reduction="max", norm="batch")
+        s = DWSSettings(hidden=hidden, layers=5, reduction="max", norm="batch", set_heads=set_heads)
     else:
         s = NFNSettings(
             hidden=hidden,
@@ -388,6 +388,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--dwsnet-hidden", type=int, default=32, help="the official MNIST width")
     ap.add_argument("--dwsnets-set-layer", default="sab", choices=("sab", "ds"), help="official: sab")
+    ap.add_argument("--dwsnet-set-heads", type=int, default=8, help="metazoo's set_heads (the reference: 8)")
     ap.add_argument("--nfn-hidden", type=int, default=32, help="official: 512 (too slow on a CPU)")
     ap.add_argument("--runs", nargs="+", default=["dwsnet", "nfn"], help="dwsnet and / or nfn")
     ap.add_argument("--threads", type=int, default=1)
@@ -417,7 +418,7 @@ def main() -> None:
                 "official, metazoo recipe": (official_metazoo_run, (name, args, splits, spec, data, seed)),
                 "metazoo, metazoo recipe": (
                     metazoo_run,
-                    (metazoo_model(name, data, hidden), data, args, seed),
+                    (metazoo_model(name, data, hidden, args.dwsnet_set_heads), data, args, seed),
                 ),
             }
             for label, (run, run_args) in runs.items():
@@ -428,6 +429,8 @@ def main() -> None:
                 r = run(*run_args)
                 if name == "dwsnet" and label.startswith("official") and args.dwsnets_set_layer != "sab":
                     label = f"{label}, set_layer {args.dwsnets_set_layer}"
+                if name == "dwsnet" and label.startswith("metazoo"):
+                    label = label.replace("metazoo,", f"metazoo (set_heads {args.dwsnet_set_heads}),", 1)
                 r.update(model=name, implementation=label, seed=seed, hidden=hidden, seconds=time.time() - t0)
                 print(
                     f"{name} seed {seed}: {label}: test acc {r['test_acc']:.4f} at best val epoch {r['best_epoch']}",

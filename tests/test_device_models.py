@@ -42,7 +42,10 @@ VARIANTS = {
         ("nfn-hnp", {"mode": "hnp"}),
         ("nfn-reference", {"io_scale": 1.0, "head_pool": "hidden", "head_width": 12, "fourier_features": 2}),
     ],
-    "dwsnet": [("dwsnet", {}), ("dwsnet-reference", {"reduction": "max", "norm": "batch", "head_width": 12})],
+    "dwsnet": [
+        ("dwsnet", {}),
+        ("dwsnet-reference", {"reduction": "max", "norm": "batch", "head_width": 12, "set_heads": 2}),
+    ],
     "ng_gnn": [("ng_gnn", {}), ("ng_gnn-reference", {"probe_projection": True})],
     "ng_t": [("ng_t", {}), ("ng_t-reference", {"probe_projection": True, "attention": "all_pairs"})],
 }

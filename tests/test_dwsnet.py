@@ -212,3 +212,30 @@ def test_untrained_encoder_keeps_the_differences_between_nets(name):
     with torch.no_grad():
         xs = enc(flat / flat.std())
     assert min(float(v.std(0).mean()) for v in xs.values()) > 0.02
+
+
+def test_set_attention_replaces_the_deepsets_blocks_and_stays_equivariant():
+    """``set_heads``: every block whose two tensors share exactly one hidden layer becomes a
+    set-attention block (the reference's ``sab``), the others keep their linear terms; the layer
+    is then non-linear and still permutation-equivariant, slot by slot."""
+    spec = mlp_spec([2, 6, 5, 1])
+    torch.manual_seed(0)
+    linear = EquivariantLinear(spec, 4, 8).double()
+    sab = EquivariantLinear(spec, 4, 8, set_heads=2).double()
+    names = [s.name for s in sab.slots]
+    pairs = {(names[b.src], names[b.dst]) for b in sab.set_blocks}
+    assert ("layers.0.weight", "layers.0.bias") in pairs and ("layers.2.weight", "layers.1.bias") in pairs
+    assert ("layers.1.weight", "layers.1.weight") not in pairs  # two shared hidden layers: linear
+    assert ("layers.0.weight", "layers.2.weight") not in pairs  # none shared: pooled, linear
+    # each set block replaces two linear terms (identity and pooled)
+    assert len(sab.terms) + 2 * len(sab.set_blocks) == len(linear.terms)
+    g = torch.Generator().manual_seed(2)
+    xs = {s.name: torch.randn(B, *s.sizes, 4, generator=g, dtype=torch.float64) for s in sab.slots}
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(3))
+    permuted_in = _permute_slots(xs, spec, perms)
+    out, out_p = sab(xs), sab(permuted_in)
+    for k, v in _permute_slots(out, spec, perms).items():
+        torch.testing.assert_close(out_p[k], v)
+    doubled = sab({k: 2 * v for k, v in xs.items()})
+    bias = sab({k: torch.zeros_like(v) for k, v in xs.items()})
+    assert any((doubled[k] - bias[k] - 2 * (out[k] - bias[k])).abs().max() > 1e-3 for k in out)  # not linear

@@ -37,7 +37,7 @@ SMALL = {"hidden": 16, "layers": 4, "heads": 2, "probe_features": 4}  # probes o
 # the reference codes' choices, where they differ from the defaults (README "Reference-faithful
 # settings"); batch norm runs in training mode, on batch statistics
 REFERENCE = {
-    "dwsnet": {"reduction": "max", "norm": "batch", "head_width": 40},
+    "dwsnet": {"reduction": "max", "norm": "batch", "head_width": 40, "set_heads": 2},
     "nfn": {"io_scale": 1.0, "head_pool": "hidden", "head_width": 40, "fourier_features": 4},
     "ng_gnn": {"probe_projection": True},
     "ng_t": {"probe_projection": True, "attention": "all_pairs"},

@@ -115,6 +115,44 @@ class _Group:
     reads: tuple[tuple[int, tuple[int, ...], int], ...]  # (term, pooled-input axis order, fixed_A count)
 
 
+class SetAttention(nn.Module):
+    r"""A set-attention block (the DWSNets reference's ``SAB``): a permutation-equivariant, non-linear
+    map of a set of tokens.
+
+    .. math::
+        Q, K, V = W_q X, W_k X, W_v X,\qquad
+        O = Q + \big\Vert_h \mathrm{softmax}\big(Q_h K_h^\top / \sqrt{d}\big) V_h,\qquad
+        Y = O + \mathrm{ReLU}(W_o O)
+
+    Shapes: ``(B, n, d_in)`` -> ``(B, n, d)``; ``heads`` must divide ``d``.
+    """
+
+    def __init__(self, d_in: int, d: int, heads: int):
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"width {d} must be a multiple of heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(d_in, 3 * d)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, n, _ = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        split = (B, n, self.heads, q.shape[-1] // self.heads)
+        att = torch.einsum("bihd,bjhd->bhij", q.view(split), k.view(split)) / math.sqrt(q.shape[-1])
+        o = q + torch.einsum("bhij,bjhd->bihd", torch.softmax(att, dim=-1), v.view(split)).reshape(B, n, -1)
+        return o + torch.relu(self.out(o))
+
+
+@dataclass(frozen=True)
+class _SetBlock:
+    src: int
+    dst: int
+    layer: int  # the one hidden layer the two slots share: the set
+    pool_dims: tuple[int, ...]  # the input's other hidden axes, reduced
+    group: _Group  # where the output goes: the set axis kept, other hidden axes broadcast
+
+
 class EquivariantLinear(nn.Module):
     """The DWSNet linear layer on a spec's weight space: every block, every pooling term.
 
@@ -127,11 +165,23 @@ class EquivariantLinear(nn.Module):
             (DWSNet, NFN's HNP). All layers ``0..L`` gives NFN's cheaper NP layer, whose
             input/output identity a position encoding restores (:class:`NFN`).
         reduction: ``"mean"`` (the module equation) or ``"max"`` over the pooled axes.
+        set_heads: ``> 0`` maps every block whose two slots share exactly one hidden layer with a
+            :class:`SetAttention` block over that layer's neurons (that many heads) instead of its
+            two linear terms (identity and pooled: a DeepSets map), as the DWSNets reference code
+            does (``set_layer: sab``). A token is the input's entries at one neuron (its other
+            hidden axes reduced, fixed axes and channels flattened); the output is broadcast over
+            the output slot's other hidden axes. The layer is then no longer linear.
     Shapes: ``{slot: (B, *sizes, c_in)}`` -> ``{slot: (B, *sizes, c_out)}``.
     """
 
     def __init__(
-        self, spec: ParamSpec, c_in: int | None, c_out: int, permuted: set[int] | None = None, reduction: str = "mean"
+        self,
+        spec: ParamSpec,
+        c_in: int | None,
+        c_out: int,
+        permuted: set[int] | None = None,
+        reduction: str = "mean",
+        set_heads: int = 0,
     ):
         super().__init__()
         if reduction not in REDUCTIONS:
@@ -142,9 +192,14 @@ class EquivariantLinear(nn.Module):
         self.terms: list[_Term] = []
         self.thetas = nn.ParameterList()
         n_terms = [0] * len(self.slots)
+        set_pairs = []
         for i, a in enumerate(self.slots):
             for j, b in enumerate(self.slots):
                 shared = sorted(set(a.layers) & set(b.layers) & hidden)
+                if set_heads > 0 and len(shared) == 1 and a.layers.count(shared[0]) == b.layers.count(shared[0]) == 1:
+                    set_pairs.append((i, j, shared[0]))
+                    n_terms[j] += 1
+                    continue
                 for r in range(len(shared) + 1):
                     for keep in itertools.combinations(shared, r):
                         self.terms.append(self._term(i, j, a, b, keep, hidden, c_in, c_out))
@@ -164,6 +219,26 @@ class EquivariantLinear(nn.Module):
         )
         self.hidden = hidden
         self._group_list = self._groups()
+        self.set_blocks = [self._set_block(i, j, layer) for i, j, layer in set_pairs]
+        self.sets = nn.ModuleList(
+            SetAttention(
+                (self.slots[blk.src].channels if c_in is None else c_in) * self._n_fixed(self.slots[blk.src]),
+                c_out * self._n_fixed(self.slots[blk.dst]),
+                set_heads,
+            )
+            for blk in self.set_blocks
+        )
+
+    def _n_fixed(self, s: Slot) -> int:
+        """Product of the slot's fixed (not permuted) axis sizes."""
+        return math.prod(n for n, l in zip(s.sizes, s.layers, strict=True) if l not in self.hidden)
+
+    def _set_block(self, i: int, j: int, layer: int) -> _SetBlock:
+        a, b = self.slots[i], self.slots[j]
+        pool = tuple(d + 1 for d, l in enumerate(a.layers) if l in self.hidden and l != layer)
+        fixed_b = tuple(n for n, l in zip(b.sizes, b.layers, strict=True) if l not in self.hidden)
+        group = _Group(j, (layer,), (b.sizes[b.layers.index(layer)],), fixed_b, ())
+        return _SetBlock(i, j, layer, pool, group)
 
     @staticmethod
     def _term(i, j, a: Slot, b: Slot, keep, hidden, c_in, c_out) -> _Term:
@@ -247,6 +322,15 @@ class EquivariantLinear(nn.Module):
             w = thetas[0] if len(thetas) == 1 else torch.cat(thetas, dim=0)
             y = self._place((x @ w).reshape(batch, *g.kept, *g.fixed, -1), g)
             outs[g.dst] = y if outs[g.dst] is None else outs[g.dst] + y
+        for blk, sab in zip(self.set_blocks, self.sets, strict=True):
+            x = self._pooled(inputs[blk.src], blk.pool_dims, cache, blk.src)
+            x = x.squeeze(blk.pool_dims) if blk.pool_dims else x
+            a = self.slots[blk.src]
+            rest = [l for l in a.layers if not (l in self.hidden and l != blk.layer)]
+            tokens = x.movedim(1 + rest.index(blk.layer), 1).reshape(batch, x.shape[1 + rest.index(blk.layer)], -1)
+            y = sab(tokens).reshape(batch, *blk.group.kept, *blk.group.fixed, -1)
+            y = self._place(y, blk.group)
+            outs[blk.dst] = y if outs[blk.dst] is None else outs[blk.dst] + y
         result = {}
         for j, b in enumerate(self.slots):
             bias_shape = (1,) + tuple(1 if l in self.hidden else s for s, l in zip(b.sizes, b.layers, strict=True))
@@ -401,19 +485,29 @@ class DWSEncoder(nn.Module):
         x^{t+1} = \mathrm{ReLU}(\mathrm{Norm}_t(\mathrm{EqLin}_t(x^t))),\ t < T
 
     with :class:`EquivariantLinear` layers (the first reads the spec's raw channels; pooled terms
-    reduce by ``reduction``) and ``Norm`` the identity or :class:`SlotBatchNorm` (``norm="batch"``).
+    reduce by ``reduction``; ``set_heads > 0``: set-attention blocks, see :class:`EquivariantLinear`)
+    and ``Norm`` the identity or :class:`SlotBatchNorm` (``norm="batch"``).
 
     Shapes: ``(B, P)`` -> ``{slot: (B, *sizes, hidden)}``; equivariant to hidden permutations.
     """
 
-    def __init__(self, spec: ParamSpec, hidden: int = 32, layers: int = 4, reduction: str = "mean", norm: str = "none"):
+    def __init__(
+        self,
+        spec: ParamSpec,
+        hidden: int = 32,
+        layers: int = 4,
+        reduction: str = "mean",
+        norm: str = "none",
+        set_heads: int = 0,
+    ):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.spec = spec
         self.permuted = set(spec.hidden_layers)
         self.layers = nn.ModuleList(
-            EquivariantLinear(spec, None if t == 0 else hidden, hidden, reduction=reduction) for t in range(layers)
+            EquivariantLinear(spec, None if t == 0 else hidden, hidden, reduction=reduction, set_heads=set_heads)
+            for t in range(layers)
         )
         self.norms = nn.ModuleList(SlotBatchNorm(spec, hidden) for _ in range(layers) if norm == "batch")
 
@@ -441,7 +535,7 @@ class DWSNet(nn.Module):
     Args:
         spec: the weight space.  n_classes: outputs.
         hidden, layers, dropout: channels, number of equivariant layers, head dropout.
-        reduction, norm: as :class:`DWSEncoder` (the head pools by ``reduction`` too).
+        reduction, norm, set_heads: as :class:`DWSEncoder` (the head pools by ``reduction`` too).
         head_width: the head MLP's width (0: ``4 hidden``).
     Shapes: ``(B, P)`` flattened parameters (:func:`pipeline.weightspace.spec.flatten` order)
     -> ``(B, n_classes)``.
@@ -459,10 +553,11 @@ class DWSNet(nn.Module):
         reduction: str = "mean",
         norm: str = "none",
         head_width: int = 0,
+        set_heads: int = 0,
     ):
         super().__init__()
         self.spec = spec
-        self.encoder = DWSEncoder(spec, hidden, layers, reduction, norm)
+        self.encoder = DWSEncoder(spec, hidden, layers, reduction, norm, set_heads)
         self.head = InvariantHead(spec, hidden, n_classes, dropout, self.encoder.permuted, reduction, head_width)
 
     def forward(self, flat: Tensor) -> Tensor:
@@ -478,7 +573,7 @@ class DWSNetEditor(nn.Module):
 
     Args:
         spec: the weight space.  hidden, layers: channels, equivariant layers.
-        init_scale: initial residual scale :math:`\alpha_0`.  reduction, norm: as :class:`DWSEncoder`.
+        init_scale: initial residual scale :math:`\alpha_0`.  reduction, norm, set_heads: as :class:`DWSEncoder`.
     Shapes: ``(B, P)`` flattened parameters -> edited ``(B, P)``, same layout.
     """
 
@@ -492,10 +587,11 @@ class DWSNetEditor(nn.Module):
         init_scale: float = 1e-3,
         reduction: str = "mean",
         norm: str = "none",
+        set_heads: int = 0,
     ):
         super().__init__()
         self.spec = spec
-        self.encoder = DWSEncoder(spec, hidden, layers, reduction, norm)
+        self.encoder = DWSEncoder(spec, hidden, layers, reduction, norm, set_heads)
         self.head = WeightSpaceEditHead(spec, hidden, init_scale)
 
     def forward(self, flat: Tensor) -> Tensor:
@@ -512,6 +608,13 @@ class Settings:
     reduction: str = setting("mean", one_of=REDUCTIONS)  # the reference code: max
     norm: str = setting("none", one_of=NORMS)  # the reference code: batch
     head_width: int = setting(0, ge=0)  # 0: 4 x hidden
+    set_heads: int = setting(0, ge=0)  # set-attention blocks (0: linear DeepSets terms); the reference code: 8
+
+    def check(self) -> list[tuple[str, str]]:
+        """Each set-attention head takes ``hidden / set_heads`` channels."""
+        if self.set_heads and self.hidden % self.set_heads:
+            return [("set_heads", f"{self.set_heads} must divide hidden ({self.hidden})")]
+        return []
 
 
 INPUT_KIND = "flat"
@@ -521,9 +624,11 @@ REPORT_ORDER = 40
 
 def build(s: Settings, shape: DataShape) -> DWSNet:
     """The DWSNet classifier / regressor of ``shape.spec``."""
-    return DWSNet(shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout, s.reduction, s.norm, s.head_width)
+    return DWSNet(
+        shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout, s.reduction, s.norm, s.head_width, s.set_heads
+    )
 
 
 def build_editor(s: Settings, shape: DataShape, init_scale: float) -> DWSNetEditor:
     """The DWSNet weight-space editor of ``shape.spec``."""
-    return DWSNetEditor(shape.spec, s.hidden, s.layers, init_scale, s.reduction, s.norm)
+    return DWSNetEditor(shape.spec, s.hidden, s.layers, init_scale, s.reduction, s.norm, s.set_heads)
