@@ -150,6 +150,7 @@ class _SetBlock:
     dst: int
     layer: int  # the one hidden layer the two slots share: the set
     pool_dims: tuple[int, ...]  # the input's other hidden axes, reduced
+    set_axis: int  # the set's axis in the reduced input (after the batch axis)
     group: _Group  # where the output goes: the set axis kept, other hidden axes broadcast
 
 
@@ -238,7 +239,8 @@ class EquivariantLinear(nn.Module):
         pool = tuple(d + 1 for d, l in enumerate(a.layers) if l in self.hidden and l != layer)
         fixed_b = tuple(n for n, l in zip(b.sizes, b.layers, strict=True) if l not in self.hidden)
         group = _Group(j, (layer,), (b.sizes[b.layers.index(layer)],), fixed_b, ())
-        return _SetBlock(i, j, layer, pool, group)
+        rest = [l for l in a.layers if not (l in self.hidden and l != layer)]
+        return _SetBlock(i, j, layer, pool, 1 + rest.index(layer), group)
 
     @staticmethod
     def _term(i, j, a: Slot, b: Slot, keep, hidden, c_in, c_out) -> _Term:
@@ -325,9 +327,7 @@ class EquivariantLinear(nn.Module):
         for blk, sab in zip(self.set_blocks, self.sets, strict=True):
             x = self._pooled(inputs[blk.src], blk.pool_dims, cache, blk.src)
             x = x.squeeze(blk.pool_dims) if blk.pool_dims else x
-            a = self.slots[blk.src]
-            rest = [l for l in a.layers if not (l in self.hidden and l != blk.layer)]
-            tokens = x.movedim(1 + rest.index(blk.layer), 1).reshape(batch, x.shape[1 + rest.index(blk.layer)], -1)
+            tokens = x.movedim(blk.set_axis, 1).reshape(batch, x.shape[blk.set_axis], -1)
             y = sab(tokens).reshape(batch, *blk.group.kept, *blk.group.fixed, -1)
             y = self._place(y, blk.group)
             outs[blk.dst] = y if outs[blk.dst] is None else outs[blk.dst] + y

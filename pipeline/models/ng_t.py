@@ -60,13 +60,13 @@ class NGTLayer(nn.Module):
 
     Shapes: x ``(N, H)``, e ``(E, H)``, src/dst ``(E,)``, direction ``(2, H)`` -> x, e."""
 
-    def __init__(self, hidden: int, heads: int, dropout: float, update_edges: bool):
+    def __init__(self, hidden: int, heads: int, dropout: float, update_edges: bool, edge_width: int = 0):
         super().__init__()
         if hidden % heads:
             raise ValueError(f"hidden {hidden} must be a multiple of heads {heads}")
         self.heads, self.d = heads, hidden // heads
         self.node_qkv = nn.Linear(hidden, 3 * hidden)  # W_q, W_k, W_v
-        self.edge_proj = nn.Linear(hidden, 4 * hidden)  # W_qe, W_ke, W_s, W_h
+        self.edge_proj = nn.Linear(edge_width or hidden, 4 * hidden)  # W_qe, W_ke, W_s, W_h
         self.out = nn.Linear(hidden, hidden)
         self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden))
@@ -100,16 +100,20 @@ class NGTLayer(nn.Module):
         agg = x.new_zeros(N, self.heads, self.d)
         agg.index_add_(0, dst, alpha[0].unsqueeze(-1) * halves[0][1])
         agg.index_add_(0, src, alpha[1].unsqueeze(-1) * halves[1][1])
-        x = self.norm1(x + self.drop(self.out(agg.view(N, H))))
-        x = self.norm2(x + self.drop(self.mlp(x)))
+        x = self.update_nodes(x, agg.view(N, H))
         if self.update_edges:
             a, b = self.edge_nodes(x).split(H, dim=1)
             upd = self.edge_out(self.edge_in(e) + a.index_select(0, src) + b.index_select(0, dst))
             e = self.edge_norm(e + self.drop(upd))
         return x, e
 
+    def update_nodes(self, x: Tensor, agg: Tensor) -> Tensor:
+        """Output projection of the attention, residuals, norms and the node MLP: ``(..., H)`` -> ``(..., H)``."""
+        x = self.norm1(x + self.drop(self.out(agg)))
+        return self.norm2(x + self.drop(self.mlp(x)))
 
-class NGTPairLayer(nn.Module):
+
+class NGTPairLayer(NGTLayer):
     r"""One relational-attention layer over all ordered node pairs of each graph (dense).
 
     Every pair has a state :math:`e_{ij}` (``i`` the source row, ``j`` the destination column);
@@ -131,35 +135,18 @@ class NGTPairLayer(nn.Module):
     """
 
     def __init__(self, hidden: int, heads: int, dropout: float, update_edges: bool):
-        super().__init__()
-        if hidden % heads:
-            raise ValueError(f"hidden {hidden} must be a multiple of heads {heads}")
-        self.heads, self.d = heads, hidden // heads
-        self.node_qkv = nn.Linear(hidden, 3 * hidden)
-        self.pair_proj = nn.Linear(2 * hidden, 4 * hidden)  # W_r over [e_ji, e_ij]
-        self.out = nn.Linear(hidden, hidden)
-        self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
-        self.mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden))
-        self.drop = nn.Dropout(dropout)
-        self.update_edges = update_edges
-        if update_edges:
-            self.edge_in = nn.Linear(hidden, hidden)
-            self.edge_nodes = nn.Linear(hidden, 2 * hidden, bias=False)
-            self.edge_out = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden))
-            self.edge_norm = nn.LayerNorm(hidden)
+        super().__init__(hidden, heads, dropout, update_edges, edge_width=2 * hidden)  # W_r over [e_ji, e_ij]
 
     def forward(self, x: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
         G, n, H = x.shape
         q, k, v = self.node_qkv(x).split(H, dim=2)
-        rq, rk, rs, rh = self.pair_proj(torch.cat([e.transpose(1, 2), e], dim=3)).split(H, dim=3)
+        rq, rk, rs, rh = self.edge_proj(torch.cat([e.transpose(1, 2), e], dim=3)).split(H, dim=3)
         heads = (G, n, n, self.heads, self.d)
         qq = (q.unsqueeze(2) + rq).view(heads)
         kk = (k.unsqueeze(1) + rk).view(heads)
         vv = (v.unsqueeze(1) * rs + rh).view(heads)
         alpha = torch.softmax((qq * kk).sum(-1) / math.sqrt(self.d), dim=2)  # (G, n_i, n_j, heads)
-        agg = (alpha.unsqueeze(-1) * vv).sum(2).reshape(G, n, H)
-        x = self.norm1(x + self.drop(self.out(agg)))
-        x = self.norm2(x + self.drop(self.mlp(x)))
+        x = self.update_nodes(x, (alpha.unsqueeze(-1) * vv).sum(2).reshape(G, n, H))
         if self.update_edges:
             a, b = self.edge_nodes(x).split(H, dim=2)
             upd = self.edge_out(self.edge_in(e) + a.unsqueeze(2) + b.unsqueeze(1))
