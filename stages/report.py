@@ -94,6 +94,7 @@ def run(
     kan_dir: Path,
     edit_dir: Path,
     regime_file: Path | None = None,
+    reference_file: Path | None = None,
 ) -> dict:
     from pipeline import tracking
     from pipeline.data import load_images
@@ -121,6 +122,8 @@ def run(
         summary, zoo_info["summary"], graph_meta["counts"], params.profile, len(params.train.seeds)
     )
     md += report.claims_markdown(summary)
+    if reference_file is not None and reference_file.exists():
+        md += "\n" + report.reference_markdown(reference_file.read_text())
     if regime_file is not None and regime_file.exists():
         default = {"init": params.zoo.init, "steps": params.zoo.steps, "lr": params.zoo.lr}
         md += "\n" + report.regime_markdown(read_json(regime_file), default)
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
             "kan": "data/kan",
             "edit": "data/edit",
             "regime": "reports/zoo_regime/regime.json",
+            "reference": "reports/reference/side_by_side.md",
             "out": "reports",
         },
         argv,
@@ -166,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.kan),
         Path(args.edit),
         Path(args.regime),
+        Path(args.reference),
     )
 
 

@@ -120,6 +120,7 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     md = (project / "reports" / "results.md").read_text()
     assert "NG-GNN (2 probe features)" in md and "different data set" in md
     assert "## Zoo regime" in md
+    assert "### Is it the implementation?" in md and "official, metazoo recipe" in md
     for fig in ("learning_curves.png", "reconstructions.png"):
         assert (project / "reports" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
     curve = (project / "reports" / "curves" / "ng_gnn@probes.csv").read_text().splitlines()

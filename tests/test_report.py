@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.report import claims_markdown, published_results, regime_markdown, summarize
+from pipeline.report import claims_markdown, published_results, reference_markdown, regime_markdown, summarize
 
 
 def _runs(accs: dict[str, tuple[float, ...]], configs: dict[str, dict] | None = None) -> list[dict]:
@@ -90,3 +90,11 @@ def test_the_regime_section_marks_the_profiles_recipe():
     assert md.count("(this profile)") == sum(r == recipe for r in regime["recipes"].values())
     acc = 100 * regime["results"][name]["test_acc"][regime["setup"]["models"][0]]
     assert f"{acc:.1f}" in md.split(f"| {name} (this profile) |")[1].splitlines()[0]
+
+
+def test_the_reference_section_embeds_the_side_by_side_table():
+    table = Path("reports/reference/side_by_side.md").read_text()
+    md = reference_markdown(table)
+    assert md.startswith("### Is it the implementation?")
+    rows = [line for line in table.splitlines() if line.startswith("| dwsnet") or line.startswith("| nfn")]
+    assert rows and all(row in md for row in rows)
