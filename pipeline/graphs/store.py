@@ -104,6 +104,25 @@ class GraphSet:
             net_id=net_id.long(),
         )
 
+    @staticmethod
+    def concat(sets: list[GraphSet]) -> GraphSet:
+        """One set of the graphs of ``sets`` in order (e.g. the architectures of a zoo); node and
+        edge feature widths must agree."""
+        if not sets:
+            raise ValueError("no graph sets to concatenate")
+        ptrs = {}
+        for name, size in (("node_ptr", "x"), ("edge_ptr", "edge_attr")):
+            offsets = torch.cumsum(torch.tensor([0] + [getattr(g, size).shape[0] for g in sets[:-1]]), 0)
+            ptrs[name] = torch.cat(
+                [getattr(sets[0], name)[:1]] + [getattr(g, name)[1:] + o for g, o in zip(sets, offsets, strict=True)]
+            )
+        rest = {
+            f.name: torch.cat([getattr(g, f.name) for g in sets], dim=-1 if f.name == "edge_index" else 0)
+            for f in fields(GraphSet)
+            if f.name not in ptrs
+        }
+        return GraphSet(**rest, **ptrs)
+
     def to_params(self, template: GraphTemplate) -> Params:
         """The dense (weights, biases) view of every graph, for weight-space models (DWSNet, NFN)."""
         G = len(self)

@@ -68,12 +68,22 @@ class ParamSpec:
         tensors: the parameter tensors in storage / flattening order.
         sign_symmetric: the hidden activation is odd (``sin``, ``tanh``), so negating a hidden
             neuron (every axis tagged with its layer, at that index) also keeps the function.
+        tied: pairs of hidden layers joined by an identity residual connection (equal sizes):
+            their neurons are added one to one, so only a permutation shared by both keeps the
+            function (:func:`random_permutations` draws one per group of tied layers).
     """
 
     family: str
     layer_sizes: tuple[int, ...]
     tensors: tuple[TensorSpec, ...]
     sign_symmetric: bool = False
+    tied: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        for a, b in self.tied:
+            hidden = range(1, len(self.layer_sizes) - 1)
+            if a not in hidden or b not in hidden or self.layer_sizes[a] != self.layer_sizes[b]:
+                raise ValueError(f"tied layers {a} and {b} must be hidden layers of one size ({self.layer_sizes})")
 
     @property
     def n_layers(self) -> int:
@@ -84,6 +94,24 @@ class ParamSpec:
     def hidden_layers(self) -> range:
         """Neuron layers whose order is a symmetry of the function."""
         return range(1, self.n_layers)
+
+    @property
+    def perm_groups(self) -> list[tuple[int, ...]]:
+        """The hidden layers grouped by shared permutation: tied layers (:attr:`tied`, followed
+        transitively) form one group, every other hidden layer its own."""
+        root = {l: l for l in self.hidden_layers}
+
+        def find(l: int) -> int:
+            while root[l] != l:
+                l = root[l]
+            return l
+
+        for a, b in self.tied:
+            root[find(b)] = find(a)
+        groups: dict[int, list[int]] = {}
+        for l in self.hidden_layers:
+            groups.setdefault(find(l), []).append(l)
+        return [tuple(g) for g in groups.values()]
 
     @property
     def n_params(self) -> int:
@@ -101,7 +129,7 @@ class ParamSpec:
 
     def to_dict(self) -> dict:
         """JSON-ready description (stored beside every zoo shard set)."""
-        return {
+        out = {
             "family": self.family,
             "sign_symmetric": self.sign_symmetric,
             "layer_sizes": list(self.layer_sizes),
@@ -109,6 +137,9 @@ class ParamSpec:
                 {"name": t.name, "shape": list(t.shape), "axes": list(t.axes), "role": t.role} for t in self.tensors
             ],
         }
+        if self.tied:  # absent when empty: specs without residuals keep their stored form
+            out["tied"] = [list(p) for p in self.tied]
+        return out
 
     @staticmethod
     def from_dict(d: Mapping) -> ParamSpec:
@@ -117,6 +148,7 @@ class ParamSpec:
             layer_sizes=tuple(int(s) for s in d["layer_sizes"]),
             tensors=tuple(TensorSpec(t["name"], tuple(t["shape"]), tuple(t["axes"]), t["role"]) for t in d["tensors"]),
             sign_symmetric=bool(d.get("sign_symmetric", False)),
+            tied=tuple((int(a), int(b)) for a, b in d.get("tied", ())),
         )
 
 
@@ -152,10 +184,14 @@ def check_params(params: Mapping[str, Tensor], spec: ParamSpec) -> int:
 
 
 def random_permutations(spec: ParamSpec, batch: int, generator: torch.Generator | None = None) -> dict[int, Tensor]:
-    """One random permutation per net of every hidden layer: ``{layer: (B, n_layer) long}``."""
-    return {
-        l: torch.argsort(torch.rand(batch, spec.layer_sizes[l], generator=generator), dim=1) for l in spec.hidden_layers
-    }
+    """One random permutation per net of every hidden layer: ``{layer: (B, n_layer) long}``;
+    tied layers (:attr:`ParamSpec.tied`) get the same one. Without ties, the draws are one per
+    hidden layer in order."""
+    out = {}
+    for group in spec.perm_groups:
+        perm = torch.argsort(torch.rand(batch, spec.layer_sizes[group[0]], generator=generator), dim=1)
+        out |= {l: perm for l in group}
+    return dict(sorted(out.items()))
 
 
 def permute(params: Mapping[str, Tensor], spec: ParamSpec, perms: Mapping[int, Tensor]) -> Params:

@@ -1,0 +1,291 @@
+"""CNN classifier zoos for accuracy prediction: what each net is trained on, with which
+hyper-parameters, and which architectures a zoo holds.
+
+Every *run* trains one CNN on the offline MNIST digits (average-pooled to 14x14) with its own
+learning rate, weight decay, initialization scale, dropout, label noise, fraction of the training
+digits and number of steps, all drawn from the run's seed, so that test accuracies spread; it
+keeps ``checkpoints`` snapshots evenly spaced over its steps, each scored on held-out digits that
+no run trains on. Runs of one architecture train together (:func:`train_cnns`: one grouped
+convolution per layer, Adam on one flat ``(B, D)`` buffer with per-net learning rates).
+
+Two families of architectures (:func:`zoo_architectures`):
+
+* ``homogeneous``: the Small CNN Zoo's (3 convs of 16 channels, 3x3, stride 2, ReLU, global
+  average pooling, a linear layer to 10 classes), one architecture for every run;
+* ``heterogeneous`` (CNN Wild Park style): 2-5 convs, channels from {4, 8, 16, 32}, kernels
+  {3, 5, 7}, one activation per net from :data:`~pipeline.zoo.cnn.ACTIVATIONS`, and with
+  probability 1/2 an identity residual connection between two convs of equal width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from pipeline.weightspace.spec import Params, flatten, unflatten
+from pipeline.zoo.cnn import ACTIVATIONS, CNNArch, cnn_forward, cnn_spec, init_cnns, small_cnn_zoo_arch
+from pipeline.zoo.kan import AdamSettings, adam_update
+
+CNN_FAMILIES = ("homogeneous", "heterogeneous")
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+@dataclass(frozen=True)
+class CNNRanges:
+    """Ranges of the per-run hyper-parameters (log-uniform for lr, decay and init scale)."""
+
+    lr: tuple[float, float]
+    weight_decay: tuple[float, float]
+    init_scale: tuple[float, float]
+    dropout: tuple[float, float]
+    label_noise: tuple[float, float]
+    train_fraction: tuple[float, float]
+    steps: tuple[int, ...]
+    batch_size: int = 32
+    checkpoints: int = 4
+
+
+CNN_HYPER_FIELDS = ("lr", "weight_decay", "init_scale", "dropout", "label_noise", "train_fraction", "steps")
+
+
+def _log_uniform(lo: float, hi: float, u: float) -> float:
+    return math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+
+
+def draw_cnn_hyper(seed: int, ranges: CNNRanges) -> dict[str, float]:
+    """One run's hyper-parameters, from its own seed only."""
+    u = torch.rand(len(CNN_HYPER_FIELDS), generator=torch.Generator().manual_seed(int(seed) + 1), dtype=torch.float64)
+    u = u.tolist()
+    lin = lambda r, v: r[0] + v * (r[1] - r[0])  # noqa: E731
+    return {
+        "lr": _log_uniform(*ranges.lr, u[0]),
+        "weight_decay": _log_uniform(*ranges.weight_decay, u[1]),
+        "init_scale": _log_uniform(*ranges.init_scale, u[2]),
+        "dropout": lin(ranges.dropout, u[3]),
+        "label_noise": lin(ranges.label_noise, u[4]),
+        "train_fraction": lin(ranges.train_fraction, u[5]),
+        "steps": int(ranges.steps[min(int(u[6] * len(ranges.steps)), len(ranges.steps) - 1)]),
+    }
+
+
+def checkpoint_steps(steps: int, n: int) -> list[int]:
+    """``n`` snapshot steps evenly spaced over a run of ``steps`` steps, the last at ``steps``."""
+    return [max(1, round(steps * (j + 1) / n)) for j in range(n)]
+
+
+def mnist_task(seed: int, n_test: int = 1000, pool: int = 2) -> dict[str, Tensor]:
+    """The offline MNIST digits, ``pool``-average-pooled (28x28 -> 14x14), standardized with
+    MNIST's usual mean and std, split once into training digits and held-out test digits.
+
+    Returns ``x_train (N, 1, h, w)``, ``y_train``, ``x_test``, ``y_test``.
+    """
+    from pipeline.data import load_images, split_indices
+
+    images, labels = load_images("mnist_offline")
+    x = (F.avg_pool2d(images.unsqueeze(1), pool) - MNIST_MEAN) / MNIST_STD
+    splits = split_indices(len(images), {"train": len(images) - n_test, "test": n_test}, seed)
+    return {
+        "x_train": x[splits["train"]].contiguous(),
+        "y_train": labels[splits["train"]],
+        "x_test": x[splits["test"]].contiguous(),
+        "y_test": labels[splits["test"]],
+    }
+
+
+def sample_architecture(seed: int) -> CNNArch:
+    """A Wild-Park-style architecture from its seed alone (see the module docstring). Strides
+    are 2 for the first two convs and 1 after them; a residual joins two consecutive convs
+    (the later one takes the earlier one's width)."""
+    g = torch.Generator().manual_seed(int(seed))
+
+    def pick(options, n=1):
+        return [options[int(i)] for i in torch.randint(len(options), (n,), generator=g)]
+
+    K = int(torch.randint(2, 6, (1,), generator=g))
+    channels = pick((4, 8, 16, 32), K)
+    kernels = pick((3, 5, 7), K)
+    activation = pick(sorted(ACTIVATIONS))[0]
+    residual: tuple[tuple[int, int], ...] = ()
+    if bool(torch.rand(1, generator=g) < 0.5):
+        dst = int(torch.randint(2, K + 1, (1,), generator=g))
+        channels[dst - 1] = channels[dst - 2]
+        residual = ((dst - 1, dst),)
+    strides = [2 if l < 2 else 1 for l in range(K)]
+    return CNNArch(tuple(channels), tuple(kernels), tuple(strides), activation, residual)
+
+
+def zoo_architectures(family: str, n_architectures: int, seed: int) -> list[CNNArch]:
+    """The architectures of a zoo: the Small CNN Zoo's once (``homogeneous``), or
+    ``n_architectures`` distinct draws of :func:`sample_architecture` (``heterogeneous``)."""
+    if family == "homogeneous":
+        return [small_cnn_zoo_arch()]
+    if family != "heterogeneous":
+        raise ValueError(f"unknown CNN zoo family {family!r}; choose from {CNN_FAMILIES}")
+    archs: list[CNNArch] = []
+    k = 0
+    while len(archs) < n_architectures:
+        arch = sample_architecture(seed * 1_000_003 + k)
+        k += 1
+        if arch not in archs:
+            archs.append(arch)
+        if k > 100 * n_architectures:
+            raise ValueError(f"could not draw {n_architectures} distinct architectures")
+    return archs
+
+
+def run_data(hyper: dict, seed: int, y: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
+    """A run's training digits ``(n_b,)`` (its fraction of the digits) and its labels for every
+    digit ``(N,)`` (a fraction ``label_noise`` replaced at random), from its seed."""
+    g = torch.Generator().manual_seed(int(seed) + 2)
+    n = y.numel()
+    subset = torch.randperm(n, generator=g)[: max(int(round(hyper["train_fraction"] * n)), n_classes)]
+    noisy = torch.rand(n, generator=g) < hyper["label_noise"]
+    return subset.sort().values, torch.where(noisy, torch.randint(0, n_classes, (n,), generator=g), y)
+
+
+@torch.no_grad()
+def accuracy(params: Params, arch: CNNArch, x: Tensor, y: Tensor, chunk: int = 500) -> Tensor:
+    """Accuracy ``(B,)`` of every net on ``(x, y)`` (shared images), in chunks of images."""
+    correct = sum(
+        (cnn_forward(params, arch, x[i : i + chunk]).argmax(-1) == y[i : i + chunk]).sum(1)
+        for i in range(0, len(y), chunk)
+    )
+    return correct.float() / len(y)
+
+
+def train_cnns(
+    arch: CNNArch, seeds: list[int], data: dict[str, Tensor], ranges: CNNRanges, device: torch.device | str = "cpu"
+) -> tuple[list[Params], dict[str, Tensor]]:
+    """Train one CNN per seed, all of architecture ``arch``, each with its own hyper-parameters
+    (:func:`draw_cnn_hyper`), at once; keep ``ranges.checkpoints`` snapshots per run.
+
+    Every step, run ``b`` draws ``ranges.batch_size`` of its training digits and its dropout
+    mask from its own generator, and takes an Adam step (L2 weight decay) with its own learning
+    rate; after its last step its learning rate is 0. Draws never depend on the other runs of
+    the batch, and on the CPU neither do a run's bytes. Initial values, hyper-parameters,
+    subsets and labels are drawn on the CPU.
+
+    Returns:
+        ``(snapshots, extras)``: ``snapshots[j]`` the zoo batch of every run's ``j``-th
+        checkpoint (CPU); extras ``test_acc`` (on the held-out digits) and ``step``, each
+        ``(checkpoints, B)``, and every field of :data:`CNN_HYPER_FIELDS` ``(B,)``.
+    """
+    if len(seeds) == 1:
+        # CPU kernels reduce a lone group in another order than >= 2 groups: a ghost copy keeps a
+        # run's bytes independent of its partners (checked by the tests)
+        snapshots, extras = train_cnns(arch, seeds * 2, data, ranges, device)
+        return [{k: t[:1] for k, t in s.items()} for s in snapshots], {k: t[..., :1] for k, t in extras.items()}
+    device = torch.device(device)
+    spec = cnn_spec(arch)
+    B, n_ckpt, bs = len(seeds), ranges.checkpoints, ranges.batch_size
+    hypers = [draw_cnn_hyper(s, ranges) for s in seeds]
+    runs = [run_data(h, s, data["y_train"], arch.n_classes) for h, s in zip(hypers, seeds, strict=True)]
+    labels = torch.stack([r[1] for r in runs]).to(device)  # (B, N)
+    gens = [torch.Generator().manual_seed(int(s) + 3) for s in seeds]
+    col = {k: torch.tensor([float(h[k]) for h in hypers], dtype=torch.float32) for k in CNN_HYPER_FIELDS}
+    lr, wd = col["lr"].to(device), col["weight_decay"].to(device).view(B, 1)
+    steps = col["steps"].long().to(device)
+    x_train = data["x_train"].to(device)
+    flat = flatten(init_cnns(arch, seeds, [h["init_scale"] for h in hypers]), spec).to(device).requires_grad_(True)
+    m, v = torch.zeros_like(flat), torch.zeros_like(flat)
+    ckpt = torch.tensor([checkpoint_steps(int(h["steps"]), n_ckpt) for h in hypers]).t()  # (n_ckpt, B)
+    snaps = torch.zeros(n_ckpt, B, flat.shape[1])
+    settings = AdamSettings(int(steps.max()))
+    for step in range(1, settings.steps + 1):
+        idx = torch.stack([r[0][torch.randint(len(r[0]), (bs,), generator=g)] for r, g in zip(runs, gens, strict=True)])
+        mask = torch.stack(
+            [
+                (torch.rand(bs, arch.channels[-1], generator=g) >= h["dropout"]).float() / (1 - h["dropout"])
+                for h, g in zip(hypers, gens, strict=True)
+            ]
+        ).to(device)
+        idx = idx.to(device)
+        logits = cnn_forward(unflatten(flat, spec), arch, x_train[idx], mask)  # (B, bs, classes)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.gather(1, idx).flatten(), reduction="none")
+        (g,) = torch.autograd.grad(loss.view(B, bs).mean(1).sum(), [flat])
+        with torch.no_grad():
+            adam_update(flat, g, m, v, step, torch.where(steps >= step, lr, 0.0), settings, wd)
+        for j, b in (ckpt == step).nonzero().tolist():
+            snaps[j, b] = flat[b].detach().cpu()
+    snapshots = [{k: t.clone() for k, t in unflatten(s, spec).items()} for s in snaps]
+    x_test, y_test = data["x_test"].to(device), data["y_test"].to(device)
+    test_acc = torch.stack(
+        [accuracy({k: t.to(device) for k, t in s.items()}, arch, x_test, y_test).cpu() for s in snapshots]
+    )
+    return snapshots, {"test_acc": test_acc, "step": ckpt, **col}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of a CNN zoo: its id, architecture, split (every checkpoint of a run is
+    in that split) and seed."""
+
+    run_id: int
+    arch_index: int
+    split: str
+    seed: int
+
+
+def plan_cnn_zoo(
+    n_architectures: int, runs_per_architecture: int, n_val: int, n_test: int, seed: int
+) -> list[PlannedRun]:
+    """Every run of a zoo, architecture by architecture: of each architecture's runs, ``n_val``
+    drawn at random go to validation, ``n_test`` to test, the rest to training (splits by run,
+    every architecture in every split). Seeds and splits depend on ``seed`` and the run alone."""
+    if n_val + n_test >= runs_per_architecture:
+        raise ValueError(
+            f"{runs_per_architecture} runs per architecture leave none for training after {n_val} + {n_test}"
+        )
+    plan = []
+    for a in range(n_architectures):
+        order = torch.randperm(
+            runs_per_architecture, generator=torch.Generator().manual_seed(seed * 7_919 + a)
+        ).tolist()
+        split = {r: "val" for r in order[:n_val]} | {r: "test" for r in order[n_val : n_val + n_test]}
+        for r in range(runs_per_architecture):
+            run_id = a * runs_per_architecture + r
+            plan.append(
+                PlannedRun(run_id, a, split.get(r, "train"), (seed * 1_000_003 + run_id * 7_919 + 12_345) % (2**31 - 1))
+            )
+    return plan
+
+
+def fit_cnn_shard(
+    arch: CNNArch,
+    runs: list[PlannedRun],
+    data: dict[str, Tensor],
+    ranges: CNNRanges,
+    chunk: int,
+    device: torch.device | str = "cpu",
+) -> tuple[Params, dict[str, Tensor]]:
+    """Train the runs of one shard (one architecture), ``chunk`` at a time, grouped by their drawn
+    step counts (a chunk of short runs does not wait for a long one; the order depends on the
+    seeds only). Every checkpoint becomes a net of the shard, run-major: net id
+    ``run_id * checkpoints + j``.
+
+    Returns ``(params, extras)`` on the CPU: extras ``net_id``, ``run_id``, ``checkpoint``,
+    ``step``, ``test_acc`` and every field of :data:`CNN_HYPER_FIELDS`, each ``(n_runs * checkpoints,)``.
+    """
+    order = sorted(range(len(runs)), key=lambda i: draw_cnn_hyper(runs[i].seed, ranges)["steps"])
+    n_ckpt = ranges.checkpoints
+    parts = []
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        snapshots, extras = train_cnns(arch, [runs[i].seed for i in idx], data, ranges, device)
+        parts.append((idx, snapshots, extras))
+    spec = cnn_spec(arch)
+    by_run: dict[int, tuple[list[Tensor], dict[str, Tensor]]] = {}
+    for idx, snapshots, extras in parts:
+        for b, i in enumerate(idx):
+            flat = torch.stack([flatten({k: v[b : b + 1] for k, v in s.items()}, spec)[0] for s in snapshots])
+            by_run[i] = (flat, {k: (v[:, b] if v.dim() == 2 else v[b].expand(n_ckpt)) for k, v in extras.items()})
+    flat = torch.cat([by_run[i][0] for i in range(len(runs))])
+    cols = {k: torch.cat([by_run[i][1][k] for i in range(len(runs))]) for k in parts[0][2]}
+    cols["run_id"] = torch.tensor([r.run_id for r in runs for _ in range(n_ckpt)], dtype=torch.long)
+    cols["checkpoint"] = torch.arange(n_ckpt).repeat(len(runs))
+    cols["net_id"] = cols["run_id"] * n_ckpt + cols["checkpoint"]
+    return {k: v.clone() for k, v in unflatten(flat, spec).items()}, cols

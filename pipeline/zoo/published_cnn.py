@@ -1,0 +1,138 @@
+"""Readers for published CNN zoos, into metazoo's CNN layout (:func:`~pipeline.zoo.cnn.cnn_spec`).
+
+* **Small CNN Zoo** (Unterthiner et al. 2020; ``../shared/reference/formats.md``): ``weights.npy``
+  (one row of 4 970 values per checkpoint for the MNIST architecture 1 -> 16 -> 16 -> 16 conv +
+  dense 10), ``layout.csv`` (``varname, start_idx, end_idx, shape``: where each TensorFlow
+  variable lies in a row), ``metrics.csv.gz`` (one row per checkpoint: hyper-parameters,
+  ``test_accuracy``, ``step``, ...). Kernels are in TensorFlow order ``(h, w, in, out)`` and dense
+  matrices ``(in, out)``; they become PyTorch's ``(out, in, h, w)`` and ``(out, in)``. The
+  layout holds no strides: the zoo's convolutions have stride 2
+  (:func:`~pipeline.zoo.cnn.small_cnn_zoo_arch`);
+  the activation is read per checkpoint from the metrics (``config.activation``), ReLU if absent.
+* **Wild-Park-style checkpoints**: one file per (run, step), ``<root>/<run>/<step>.pt``, holding
+  ``state_dict`` (the conv weights and biases in order, then the linear head: any key names
+  whose order is the layers' order), ``config`` (:meth:`~pipeline.zoo.cnn.CNNArch.to_dict`) and
+  ``test_accuracy``.
+
+Every ``.pt`` file is read with ``torch.load(weights_only=True)`` (a pickle from a stranger never
+runs code) and ``weights.npy`` with ``allow_pickle=False``; a file that does not fit its layout
+raises :class:`~pipeline.io.CorruptFileError` naming it.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.io import CorruptFileError
+from pipeline.weightspace.spec import Params, check_params
+from pipeline.zoo.cnn import ACTIVATIONS, CNNArch, cnn_spec
+
+
+@dataclass
+class CNNCheckpoints:
+    """Checkpoints of one architecture: the zoo batch and one metrics row per checkpoint
+    (``run``, ``step``, ``test_accuracy`` and whatever else the source records)."""
+
+    arch: CNNArch
+    params: Params
+    rows: list[dict[str, str]]
+
+
+def _layout(path: Path) -> list[tuple[str, int, int, tuple[int, ...]]]:
+    try:
+        with path.open(newline="") as f:
+            rows = [
+                (r["varname"], int(r["start_idx"]), int(r["end_idx"]), tuple(ast.literal_eval(r["shape"])))
+                for r in csv.DictReader(f)
+            ]
+    except (KeyError, ValueError, SyntaxError) as e:
+        raise CorruptFileError(f"{path}: not a Small CNN Zoo layout ({type(e).__name__}: {e})") from e
+    return sorted(rows, key=lambda r: r[1])
+
+
+def read_small_cnn_zoo(root: str | Path, step: int | None = 86) -> dict[str, CNNCheckpoints]:
+    """The Small CNN Zoo in ``root`` (``weights.npy``, ``layout.csv``, ``metrics.csv.gz``), grouped
+    by activation (one :class:`CNNCheckpoints` per architecture); ``step``: keep only that
+    checkpoint of every run (the published final step, 86), ``None``: all of them."""
+    root = Path(root)
+    layout = _layout(root / "layout.csv")
+    try:
+        weights = np.load(root / "weights.npy", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CorruptFileError(f"{root / 'weights.npy'}: not a NumPy array file ({e})") from e
+    with gzip.open(root / "metrics.csv.gz", "rt", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if weights.ndim != 2 or len(rows) != weights.shape[0] or weights.shape[1] != layout[-1][2]:
+        raise CorruptFileError(
+            f"{root}: weights.npy {weights.shape} does not match {len(rows)} metrics rows and a layout "
+            f"of {layout[-1][2]} values"
+        )
+    kernels = [r for r in layout if len(r[3]) == 4]
+    dense = [r for r in layout if len(r[3]) == 2]
+    biases = [r for r in layout if len(r[3]) == 1]
+    if len(dense) != 1 or len(biases) != len(kernels) + 1:
+        raise CorruptFileError(f"{root / 'layout.csv'}: expected conv kernels with biases and one dense layer")
+    keep = [i for i, r in enumerate(rows) if step is None or int(float(r.get("step", step))) == step]
+    w = torch.from_numpy(np.ascontiguousarray(weights[keep], dtype=np.float32))
+
+    def take(entry) -> Tensor:
+        _, start, end, shape = entry
+        return w[:, start:end].reshape(len(keep), *shape)
+
+    params: Params = {}
+    for l, (kernel, bias) in enumerate(zip(kernels, biases, strict=False)):
+        params[f"conv.{l}.weight"] = (
+            take(kernel).permute(0, 4, 3, 1, 2).contiguous()
+        )  # (h, w, in, out) -> (out, in, h, w)
+        params[f"conv.{l}.bias"] = take(bias)
+    params["head.weight"] = take(dense[0]).transpose(1, 2).contiguous()  # (in, out) -> (out, in)
+    params["head.bias"] = take(biases[-1])
+    convs = [params[f"conv.{l}.weight"].shape[1:] for l in range(len(kernels))]  # (out, in, h, w)
+    out: dict[str, CNNCheckpoints] = {}
+    for act in sorted({rows[i].get("config.activation", "relu") for i in keep}):
+        if act not in ACTIVATIONS:
+            raise CorruptFileError(f"{root / 'metrics.csv.gz'}: unknown activation {act!r}")
+        sel = [k for k, i in enumerate(keep) if rows[i].get("config.activation", "relu") == act]
+        channels, sizes = tuple(c[0] for c in convs), tuple(c[-1] for c in convs)
+        arch = CNNArch(channels, sizes, (2,) * len(convs), act, (), convs[0][1], params["head.bias"].shape[1])
+        batch = {k: v[sel] for k, v in params.items()}
+        check_params(batch, cnn_spec(arch))
+        out[arch.name] = CNNCheckpoints(arch, batch, [rows[keep[k]] for k in sel])
+    return out
+
+
+def read_wild_park(root: str | Path) -> dict[str, CNNCheckpoints]:
+    """Wild-Park-style checkpoints under ``root`` (``<run>/<step>.pt``), grouped by architecture;
+    each row holds ``run``, ``step`` and ``test_accuracy``."""
+    root = Path(root)
+    groups: dict[CNNArch, tuple[list[Params], list[dict[str, str]]]] = {}
+    files = sorted(root.glob("*/*.pt"), key=lambda p: (p.parent.name, int(p.stem) if p.stem.isdigit() else p.stem))
+    if not files:
+        raise CorruptFileError(f"{root}: no <run>/<step>.pt checkpoint files")
+    for path in files:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            arch = CNNArch.from_dict(obj["config"])
+            state, acc = obj["state_dict"], float(obj["test_accuracy"])
+        except Exception as e:  # refused pickle, truncated file, missing or ill-typed entry
+            raise CorruptFileError(f"{path}: not a Wild-Park-style checkpoint ({type(e).__name__}: {e})") from e
+        tensors = [v for v in state.values() if isinstance(v, Tensor)]
+        spec = cnn_spec(arch)
+        if [tuple(v.shape) for v in tensors] != [t.shape for t in spec.tensors]:
+            raise CorruptFileError(f"{path}: tensor shapes do not match the architecture {arch.name}")
+        params = {t.name: v.unsqueeze(0).float() for t, v in zip(spec.tensors, tensors, strict=True)}
+        nets, rows = groups.setdefault(arch, ([], []))
+        nets.append(params)
+        rows.append({"run": path.parent.name, "step": path.stem, "test_accuracy": f"{acc:.6g}"})
+    return {
+        arch.name: CNNCheckpoints(arch, {k: torch.cat([p[k] for p in nets]) for k in nets[0]}, rows)
+        for arch, (nets, rows) in groups.items()
+    }

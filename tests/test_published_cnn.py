@@ -1,0 +1,85 @@
+"""Readers of published CNN zoos, on fixture files written here in the published layouts."""
+
+import csv
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.io import CorruptFileError
+from pipeline.zoo.cnn import CNNArch, cnn_forward, init_cnns, small_cnn_zoo_arch
+from pipeline.zoo.published_cnn import read_small_cnn_zoo, read_wild_park
+
+
+def write_small_cnn_zoo(root, params, rows):
+    """``params`` (our layout) as a Small CNN Zoo: TensorFlow kernel order, one row per checkpoint."""
+    names = ["conv.0.weight", "conv.0.bias", "conv.1.weight", "conv.1.bias", "conv.2.weight", "conv.2.bias"]
+    tf = {n: params[n].permute(0, 3, 4, 2, 1) if params[n].dim() == 5 else params[n] for n in names}
+    tf["head.weight"], tf["head.bias"] = params["head.weight"].transpose(1, 2), params["head.bias"]
+    var = {"conv.0.weight": "sequential/conv2d/kernel:0", "head.weight": "sequential/dense/kernel:0"}
+    cols, layout, start = [], [], 0
+    for name, t in tf.items():
+        n = t[0].numel()
+        layout.append(
+            {"varname": var.get(name, name), "start_idx": start, "end_idx": start + n, "shape": str(tuple(t.shape[1:]))}
+        )
+        cols.append(t.reshape(t.shape[0], -1))
+        start += n
+    np.save(root / "weights.npy", torch.cat(cols, dim=1).numpy())
+    with (root / "layout.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(layout[0]))
+        w.writeheader()
+        w.writerows(layout)
+    with gzip.open(root / "metrics.csv.gz", "wt", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_small_cnn_zoo_reads_back_in_pytorch_order(tmp_path):
+    arch = small_cnn_zoo_arch()
+    params = init_cnns(arch, [1, 2, 3, 4])
+    rows = [
+        {"step": s, "test_accuracy": a, "config.activation": act}
+        for s, a, act in ((86, 0.9, "relu"), (0, 0.1, "relu"), (86, 0.8, "tanh"), (86, 0.7, "relu"))
+    ]
+    write_small_cnn_zoo(tmp_path, params, rows)
+    zoo = read_small_cnn_zoo(tmp_path)
+    assert sorted(zoo) == [arch.name, arch.name.replace("relu", "tanh")]
+    relu = zoo[arch.name]
+    assert relu.arch == arch and [r["test_accuracy"] for r in relu.rows] == ["0.9", "0.7"]
+    for name, v in params.items():
+        torch.testing.assert_close(relu.params[name], v[[0, 3]])
+    x = torch.rand(5, 1, 14, 14)
+    torch.testing.assert_close(
+        cnn_forward(relu.params, arch, x), cnn_forward({k: v[[0, 3]] for k, v in params.items()}, arch, x)
+    )
+    assert sum(len(z.rows) for z in read_small_cnn_zoo(tmp_path, step=None).values()) == 4
+    np.save(tmp_path / "weights.npy", np.zeros((4, 100), dtype=np.float32))
+    with pytest.raises(CorruptFileError, match="weights.npy"):
+        read_small_cnn_zoo(tmp_path)
+
+
+def test_wild_park_checkpoints_group_by_architecture_and_refuse_bad_files(tmp_path):
+    archs = [CNNArch((8, 8), (5, 3), (2, 1), "tanh", ((1, 2),)), small_cnn_zoo_arch()]
+    expected = {}
+    for run, arch in enumerate(archs * 2):
+        params = init_cnns(arch, [run])
+        for step in (10, 20):
+            # Sequential-style key names: only their order matters
+            state = {f"layers.{k}": v[0] for k, v in enumerate(params.values())}
+            (tmp_path / f"run{run}").mkdir(exist_ok=True)
+            torch.save(
+                {"state_dict": state, "config": arch.to_dict(), "test_accuracy": 0.5 + run / 10},
+                tmp_path / f"run{run}" / f"{step}.pt",
+            )
+        expected.setdefault(arch.name, []).append(params)
+    zoo = read_wild_park(tmp_path)
+    assert set(zoo) == {a.name for a in archs}
+    for name, ckpt in zoo.items():
+        assert len(ckpt.rows) == 4 and {r["step"] for r in ckpt.rows} == {"10", "20"}
+        torch.testing.assert_close(ckpt.params["conv.0.weight"][0], expected[name][0]["conv.0.weight"][0])
+    (tmp_path / "run0" / "30.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptFileError, match="30.pt"):
+        read_wild_park(tmp_path)
