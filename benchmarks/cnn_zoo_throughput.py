@@ -27,7 +27,7 @@ from timing import matmul_peak
 from torch import nn
 
 from pipeline.zoo.cnn import CNNArch, cnn_forward, init_cnns, small_cnn_zoo_arch
-from pipeline.zoo.cnn_zoo import CNNRanges, run_data, draw_cnn_hyper, mnist_task, train_cnns
+from pipeline.zoo.cnn_zoo import CNNRanges, draw_cnn_hyper, mnist_task, run_data, train_cnns
 
 TARGET_RATIO = 5.0
 AGREE_REL = 0.02

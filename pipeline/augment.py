@@ -177,10 +177,15 @@ def inr_affine_graphs(batch: Batch, n_in: int, fwd: ForwardSpec, generator: torc
     return out
 
 
-def check_augmentation(name: str, spec: ParamSpec, fwd: ForwardSpec | None = None) -> None:
+def check_augmentation(name: str, spec: ParamSpec | None, fwd: ForwardSpec | None = None) -> None:
     """Raise ``ValueError`` if augmentation ``name`` does not apply to ``spec`` (``fwd``: the
-    zoo's forward spec, which ``inr_affine`` needs to undo the normalization)."""
+    zoo's forward spec, which ``inr_affine`` needs to undo the normalization). ``spec`` is
+    ``None`` for a zoo of several architectures, which admits no augmentation."""
     parts = parse_augment(name)
+    if spec is None:
+        if parts:
+            raise ValueError("augmentations act on one architecture's weight space; this zoo has several")
+        return
     if "sign_flip" in parts and not spec.sign_symmetric:
         raise ValueError(f"sign_flip needs a sign-symmetric (odd activation) spec; {spec.family} is not")
     if "inr_affine" in parts:
@@ -189,15 +194,20 @@ def check_augmentation(name: str, spec: ParamSpec, fwd: ForwardSpec | None = Non
         first_layer(spec)
 
 
-def augmenter(name: str, input_kind: str, spec: ParamSpec, permutations: bool = False, fwd: ForwardSpec | None = None):
+def augmenter(
+    name: str, input_kind: str, spec: ParamSpec | None, permutations: bool = False, fwd: ForwardSpec | None = None
+):
     """The batch transform for augmentation ``name`` and a model's input kind (None if nothing).
 
     ``permutations=True`` adds :func:`permute_flat` (flat models only) after ``name``'s transforms;
-    ``fwd``: the zoo's forward spec (``inr_affine`` needs it).
+    ``fwd``: the zoo's forward spec (``inr_affine`` needs it). ``spec`` is ``None`` for a zoo of
+    several architectures (:func:`check_augmentation`).
     """
     check_augmentation(name, spec, fwd)
     if permutations and input_kind != "flat":
         raise ValueError("permutation augmentation is for flat models; graph models are permutation invariant")
+    if spec is None:  # several architectures: permutations only reach here for graph models (refused above)
+        return None
     graph, n_in = input_kind == "graph", spec.layer_sizes[0]
     steps = []
     for part in parse_augment(name):

@@ -273,6 +273,78 @@ class KanConfig:
 
 
 @dataclass(frozen=True)
+class CnnFamilyConfig:
+    """One CNN zoo family: ``n_architectures`` (heterogeneous: distinct draws; homogeneous: 1),
+    each trained ``runs_per_architecture`` times; of each architecture's runs, ``n_val`` and
+    ``n_test`` go to validation and test (every checkpoint of a run in its run's split)."""
+
+    n_architectures: int = setting(1, gt=0)
+    runs_per_architecture: int = setting(240, gt=0)
+    n_val: int = setting(30, ge=1)
+    n_test: int = setting(30, ge=1)
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.n_val + self.n_test >= self.runs_per_architecture:
+            return [("runs_per_architecture", f"must exceed n_val + n_test ({self.n_val + self.n_test})")]
+        return []
+
+
+@dataclass(frozen=True)
+class CnnTrainConfig(ModelSections):
+    """Accuracy prediction on the CNN zoos. ``models`` train on the homogeneous zoo,
+    ``heterogeneous_models`` (models that read graphs of any architecture) on the heterogeneous one."""
+
+    # graph models need layers >= 6 here (their default is 4): params.yaml lists them with their sections
+    models: list[str] = setting(["mlp", "statnn"], unique=True)
+    heterogeneous_models: list[str] = setting(["statnn"], unique=True)
+    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    epochs: int = setting(20, gt=0)
+    batch_size: int = setting(32, gt=0)
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(5e-4, ge=0)
+    warmup_steps: int = setting(100, ge=0)
+    grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    threads_per_task: int = setting(1, ge=1)
+    model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
+
+    def family_models(self, family: str) -> list[str]:
+        return self.heterogeneous_models if family == "heterogeneous" else self.models
+
+    def settings_by_model(self) -> dict[str, Any]:
+        from pipeline.models import settings_key
+
+        return {settings_key(m): self.settings(m) for m in [*self.models, *self.heterogeneous_models]}
+
+
+@dataclass(frozen=True)
+class CnnConfig:
+    """CNN classifier zoos of the offline MNIST digits (:mod:`pipeline.zoo.cnn_zoo`). Ranges
+    (``[low, high]``; log-uniform for lr, weight decay and init scale) and choices (``steps``)
+    are drawn per run."""
+
+    homogeneous: CnnFamilyConfig = field(default_factory=CnnFamilyConfig)
+    heterogeneous: CnnFamilyConfig = field(default_factory=lambda: CnnFamilyConfig(24, 12, 2, 2))
+    digits_test: int = setting(1000, ge=1, le=4000)  # held-out digits every CNN is scored on
+    lr: list[float] = setting([1e-4, 1e-2], gt=0, min_len=2, max_len=2)
+    weight_decay: list[float] = setting([1e-6, 1e-2], gt=0, min_len=2, max_len=2)
+    init_scale: list[float] = setting([0.3, 1.5], gt=0, min_len=2, max_len=2)
+    dropout: list[float] = setting([0.0, 0.5], ge=0, lt=1, min_len=2, max_len=2)
+    label_noise: list[float] = setting([0.0, 0.5], ge=0, le=1, min_len=2, max_len=2)
+    train_fraction: list[float] = setting([0.05, 1.0], gt=0, le=1, min_len=2, max_len=2)
+    steps: list[int] = setting([100, 200, 400], gt=0, min_len=1)
+    batch_size: int = setting(32, gt=0)
+    checkpoints: int = setting(4, gt=0)  # snapshots per run, evenly spaced over its steps
+    shard_size: int = setting(32, gt=0)  # runs per shard (a shard holds one architecture)
+    chunk_size: int = setting(16, gt=0)  # runs trained at once
+    threads_per_task: int = setting(1, ge=1)
+    train: CnnTrainConfig = field(default_factory=CnnTrainConfig)
+
+    def check(self) -> list[tuple[str, str]]:
+        pairs = ("lr", "weight_decay", "init_scale", "dropout", "label_noise", "train_fraction")
+        return [(k, "needs [low, high] with low <= high") for k in pairs if getattr(self, k)[0] > getattr(self, k)[1]]
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Where tasks run. ``address``: ``""`` = ``RAY_ADDRESS`` if set, else a local cluster of the
     stage's own (``num_cpus`` caps it); ``"auto"`` = the ``ray start`` cluster on this machine;
@@ -308,6 +380,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     edit: EditConfig = field(default_factory=EditConfig)
     kan: KanConfig = field(default_factory=KanConfig)
+    cnn: CnnConfig = field(default_factory=CnnConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
@@ -470,6 +543,18 @@ def validate(p: Params) -> None:
     ):
         graph_only, probes, editor = key == "kan.forward", key in ("train", "edit"), key == "edit"
         checks += _model_checks(key, section, n_layers, graph_only, probes, editor)
+    # CNN zoos: the homogeneous architecture has 3 convs + head; heterogeneous ones up to CNN_MAX_CONV
+    from pipeline.models import model_module, model_names, split_model_name
+    from pipeline.zoo.cnn_zoo import CNN_MAX_CONV
+
+    cnn = p.cnn.train
+    checks += _model_checks("cnn.train", cnn, 4, False, False)
+    hetero = dataclasses.replace(cnn, models=cnn.heterogeneous_models)
+    checks += _model_checks("cnn.train", hetero, CNN_MAX_CONV + 1, False, False, list_key="heterogeneous_models")
+    any_arch = [m for m in model_names() if getattr(model_module(m), "ANY_ARCHITECTURE", False)]
+    for m in cnn.heterogeneous_models:
+        ok = split_model_name(m)[0] in any_arch and not split_model_name(m)[1]
+        checks.append((ok, "cnn.train.heterogeneous_models", f"{m!r} reads one architecture only; use {any_arch}"))
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
@@ -486,7 +571,13 @@ def _known_augment(name: str) -> bool:
 
 
 def _model_checks(
-    key: str, section: ModelSections, n_layers: int, graph_only: bool, probes: bool, editor: bool = False
+    key: str,
+    section: ModelSections,
+    n_layers: int,
+    graph_only: bool,
+    probes: bool,
+    editor: bool = False,
+    list_key: str = "models",
 ) -> list[tuple[bool, str, str]]:
     """Every listed model exists (and reads graphs where ``graph_only``, has an editor where
     ``editor``); a graph model's readout sees only output neurons, so it needs
@@ -498,17 +589,17 @@ def _model_checks(
         base, permuted = split_model_name(m)
         if base not in model_names():
             known = f"{model_names()} (optionally + '_perm', + '@<variant>')"
-            checks.append((False, f"{key}.models", f"{m!r} is not one of {known}"))
+            checks.append((False, f"{key}.{list_key}", f"{m!r} is not one of {known}"))
             continue
         skey = settings_key(m)
         if skey != base and skey not in section.model_settings:
-            checks.append((False, f"{key}.models", f"{m!r} needs its settings section {key}.{skey}"))
+            checks.append((False, f"{key}.{list_key}", f"{m!r} needs its settings section {key}.{skey}"))
             continue
         graph = model_module(base).INPUT_KIND == "graph"
-        checks.append((graph or not graph_only, f"{key}.models", f"{m!r}: only graph models run here"))
+        checks.append((graph or not graph_only, f"{key}.{list_key}", f"{m!r}: only graph models run here"))
         if editor:
             ok = hasattr(model_module(base), "build_editor") and not permuted
-            checks.append((ok, f"{key}.models", f"{m!r} has no editor (models with one edit; no '_perm')"))
+            checks.append((ok, f"{key}.{list_key}", f"{m!r} has no editor (models with one edit; no '_perm')"))
         s, base_s = section.settings(m), section.settings(base)
         # a bad value is named where it was written: the variant's own section, or the base one it inherits
         where = {

@@ -46,6 +46,7 @@ from pipeline.train import (
     fit_model,
     forward_spec_from_meta,
     model_inputs,
+    test_predictions,
 )
 from pipeline.weightspace.spec import ParamSpec
 
@@ -364,7 +365,8 @@ def train_one(
     device, where = ctx.start()
     torch.manual_seed(seed)
     meta, splits = data.meta, data.splits
-    template = graph_template(ParamSpec.from_dict(meta["spec"]))
+    # no spec: graphs of several architectures (models with ANY_ARCHITECTURE only)
+    template = graph_template(ParamSpec.from_dict(meta["spec"])) if meta.get("spec") else None
     if meta["kind"] == "classification":
         objective = Classification(int(meta["n_targets"]))
         n_out = objective.n_classes
@@ -378,6 +380,13 @@ def train_one(
     inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
     t0 = time.time()
     sel = objective.select
+    kept: dict[str, list[float]] = {}
+    keep_predictions = None
+    if isinstance(objective, Regression) and objective.n_targets == 1:
+        # the test predictions of the best validation epoch, for the report's scatter plots
+        def keep_predictions(m) -> None:
+            kept["test_predictions"] = test_predictions(m, inputs["test"], objective)
+
     res = fit_model(
         model,
         inputs["train"],
@@ -387,10 +396,14 @@ def train_one(
         seed,
         objective,
         on_epoch=ctx.reporter(f"{model_name} seed {seed}", sel, settings.epochs),
-        augment=augmenter(augment, model.input_kind, template.spec, permutations, fwd),
+        augment=augmenter(augment, model.input_kind, template.spec if template else None, permutations, fwd),
         device=device,
+        on_best=keep_predictions,
     )
     out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
+    if kept:
+        out["test_predictions"] = kept["test_predictions"]
+        out["test_targets"] = splits["test"].y.float().flatten().tolist()
     out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()}, **where)
     if sel == "acc":
         out["best_val_acc"] = res.best_val
@@ -443,7 +456,8 @@ def run_training(
     extra = extra or {}
     try:
         fwd = forward_spec_from_meta(data.meta) if "forward" in data.meta else None
-        check_augmentation(augment, ParamSpec.from_dict(data.meta["spec"]), fwd)
+        spec = ParamSpec.from_dict(data.meta["spec"]) if data.meta.get("spec") else None  # None: several
+        check_augmentation(augment, spec, fwd)
     except ValueError as e:
         raise ConfigError(f"{stage.split('@')[0]}.augment: {e}") from e
     jobs = [Job(m, s, model_configs[settings_key(m)]) for m in models for s in seeds]

@@ -52,23 +52,34 @@ def model_inputs(graphs: GraphSet, template: GraphTemplate, kind: str) -> FlatSe
 
 
 def data_shape(
-    train: GraphSet, template: GraphTemplate, n_classes: int, forward_spec: ForwardSpec | None = None
+    train: GraphSet, template: GraphTemplate | None, n_classes: int, forward_spec: ForwardSpec | None = None
 ) -> DataShape:
-    """Sizes a model needs, with PNA's mean log-degree computed on the training graphs."""
+    """Sizes a model needs, with PNA's mean log-degree computed on the training graphs.
+
+    ``template`` is ``None`` for a zoo of several architectures: the positional ids, output
+    neurons and parameter layers are then read from the graphs (the deepest), and models that
+    need one :class:`~pipeline.weightspace.spec.ParamSpec` cannot be built.
+    """
     deg = torch.bincount(
         train.edge_index[1] + torch.repeat_interleave(train.node_ptr[:-1], train.edge_ptr[1:] - train.edge_ptr[:-1]),
         minlength=train.x.shape[0],
     )
+    if template is not None:
+        n_params, n_pos, n_out = template.spec.n_params, template.n_pos, template.spec.layer_sizes[-1]
+    else:
+        n_params, n_pos = 0, int(train.node_pos.max()) + 1
+        n_out = int(train.node_out[int(train.node_ptr[0]) : int(train.node_ptr[1])].sum())
     return DataShape(
-        n_params=template.spec.n_params,
+        n_params=n_params,
         node_dim=train.x.shape[1],
         edge_dim=train.edge_attr.shape[1],
-        n_pos=template.n_pos,
-        n_out=template.spec.layer_sizes[-1],
+        n_pos=n_pos,
+        n_out=n_out,
         n_classes=n_classes,
         avg_log_degree=float(torch.log1p(deg.double()).mean()),
         forward_spec=forward_spec,
         template=template,
+        n_layers=int(train.node_layer.max()),
     )
 
 
@@ -184,14 +195,28 @@ class RunResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, objective: Objective, batch_size: int = 512) -> dict[str, float]:
-    """The objective's metrics over a whole split (dropout off), on the device the split lives on."""
+def split_outputs(model: nn.Module, data, batch_size: int = 512) -> Tensor:
+    """The model's outputs over a whole split (dropout off), on the device the split lives on."""
     model.eval()
     device = data.y.device
-    outs = []
-    for start in range(0, len(data), batch_size):
-        outs.append(model(data.batch(torch.arange(start, min(start + batch_size, len(data)), device=device))))
-    return objective.metrics(torch.cat(outs), data.y)
+    return torch.cat(
+        [
+            model(data.batch(torch.arange(s, min(s + batch_size, len(data)), device=device)))
+            for s in range(0, len(data), batch_size)
+        ]
+    )
+
+
+def evaluate(model: nn.Module, data, objective: Objective, batch_size: int = 512) -> dict[str, float]:
+    """The objective's metrics over a whole split (dropout off), on the device the split lives on."""
+    return objective.metrics(split_outputs(model, data, batch_size), data.y)
+
+
+def test_predictions(model: nn.Module, data, objective: Regression) -> list[float]:
+    """A single-target regression model's predictions over a whole split (moved to the model's
+    device), in the targets' units."""
+    out = split_outputs(model, data.to(next(model.parameters()).device)).float().cpu()
+    return (out * objective.std.cpu() + objective.mean.cpu()).flatten().tolist()
 
 
 def train_step(

@@ -64,6 +64,25 @@ def _kan_section(kan_dir: Path, out: Path, n_seeds: int) -> tuple[str, dict]:
     return report.kan_markdown(summaries, zoos, counts, n_seeds, reference), numbers
 
 
+CNN_FAMILIES = ("homogeneous", "heterogeneous")
+
+
+def _cnn_section(cnn_dir: Path, out: Path, n_seeds: int) -> tuple[str, dict]:
+    """The generalization section (CNN accuracy prediction), if every CNN family has been trained."""
+    if not all((cnn_dir / f / "train" / "results.json").exists() for f in CNN_FAMILIES):
+        return "", {}
+    family_runs = {f: read_json(cnn_dir / f / "train" / "results.json")["runs"] for f in CNN_FAMILIES}
+    summaries = {f: report.summarize_cnn(runs) for f, runs in family_runs.items()}
+    zoos = {f: read_json(cnn_dir / f / "zoo" / "zoo.json")["summary"] for f in CNN_FAMILIES}
+    counts = {f: read_json(cnn_dir / f / "graphs" / "meta.json")["counts"] for f in CNN_FAMILIES}
+    report.plot_cnn_scatter(family_runs, out / "figures" / "cnn_scatter.png")
+    numbers = {
+        f"cnn_{f}": {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
+        for f, summary in summaries.items()
+    }
+    return report.cnn_markdown(summaries, zoos, counts, n_seeds), numbers
+
+
 def _edit_section(edit_dir: Path, out: Path) -> tuple[str, dict]:
     """The editing table, metrics and example figure, if the ``edit`` stage has run."""
     if not (edit_dir / "results.json").exists():
@@ -95,6 +114,7 @@ def run(
     edit_dir: Path,
     regime_file: Path | None = None,
     reference_file: Path | None = None,
+    cnn_dir: Path | None = None,
 ) -> dict:
     from pipeline import tracking
     from pipeline.data import load_images
@@ -105,7 +125,8 @@ def run(
     numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
     kan_md, kan_numbers = _kan_section(kan_dir, out, len(params.kan.train.seeds))
     edit_md, edit_numbers = _edit_section(edit_dir, out)
-    write_json(out / "metrics.json", {"inr_classification": numbers} | edit_numbers | kan_numbers)
+    cnn_md, cnn_numbers = _cnn_section(cnn_dir, out, len(params.cnn.train.seeds)) if cnn_dir else ("", {})
+    write_json(out / "metrics.json", {"inr_classification": numbers} | edit_numbers | kan_numbers | cnn_numbers)
     for model in summary:
         rows = report.curves(runs, model)
         buf = io.StringIO()
@@ -129,6 +150,7 @@ def run(
         md += "\n" + report.regime_markdown(read_json(regime_file), default)
     md += "\n" + edit_md if edit_md else ""
     md += "\n" + kan_md if kan_md else ""
+    md += "\n" + cnn_md if cnn_md else ""
     write_text(out / "results.md", md)
     with tracking.stage_run(params.mlflow, "report", to_flat_dict(params), {"data_version": results["data_version"]}):
         import mlflow
@@ -142,6 +164,8 @@ def run(
             mlflow.log_artifact(str(out / "figures" / "kan_learning_curves.png"))
         if edit_md:
             mlflow.log_artifact(str(out / "figures" / "editing_examples.png"))
+        if cnn_md:
+            mlflow.log_artifact(str(out / "figures" / "cnn_scatter.png"))
     print(md)
     return summary
 
@@ -157,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             "edit": "data/edit",
             "regime": "reports/zoo_regime/regime.json",
             "reference": "reports/reference/side_by_side.md",
+            "cnn": "data/cnn",
             "out": "reports",
         },
         argv,
@@ -171,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.edit),
         Path(args.regime),
         Path(args.reference),
+        Path(args.cnn),
     )
 
 

@@ -86,6 +86,26 @@ TINY = {
             "ws_kan": {"hidden": 8, "layers": 3},
         },
     },
+    "cnn": {
+        "homogeneous": {"runs_per_architecture": 6, "n_val": 1, "n_test": 1},
+        "heterogeneous": {"n_architectures": 2, "runs_per_architecture": 4, "n_val": 1, "n_test": 1},
+        "digits_test": 200,
+        "steps": [10, 20],
+        "checkpoints": 2,
+        "shard_size": 4,
+        "chunk_size": 4,
+        "train": {
+            "models": ["mlp", "statnn", "ng_gnn"],
+            "heterogeneous_models": ["statnn", "ng_gnn"],
+            "seeds": [0, 1],
+            "epochs": 2,
+            "batch_size": 8,
+            "warmup_steps": 2,
+            "mlp": {"hidden": 32, "layers": 2},
+            "statnn": {"hidden": 16, "layers": 2},
+            "ng_gnn": {"hidden": 8, "layers": 6, "fourier_features": 4},
+        },
+    },
     "ray": {"num_cpus": 2},
 }
 

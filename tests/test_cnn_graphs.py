@@ -145,3 +145,53 @@ def test_weight_space_models_read_the_homogeneous_cnn_zoo_invariantly(name):
         )
         changed = float((model(flatten(wrong, spec)) - out).abs().max())
     assert changed == 0.0 if name == "statnn" else changed > 1e-5 * spread
+
+
+def test_segment_statistics_match_tensor_statistics_per_group():
+    from pipeline.models.statnn import QUANTILES, segment_statistics, tensor_statistics
+
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randn(n, generator=g, dtype=torch.float64) for n in (1, 7, 30)]
+    values = torch.cat(rows)
+    group = torch.cat([torch.full((len(r),), k) for k, r in zip((3, 0, 1), rows, strict=True)])  # group 2 empty
+    out = segment_statistics(values, group, 4, torch.tensor(QUANTILES, dtype=torch.float64))
+    for k, r in zip((3, 0, 1), rows, strict=True):
+        torch.testing.assert_close(out[k], tensor_statistics(r.unsqueeze(0))[0])
+    assert float(out[2].abs().sum()) == 0.0
+
+
+def test_graph_statnn_reads_any_architecture_by_layer_slot():
+    """StatNN on graphs of several architectures: a 3x3 kernel's statistics leave out its 7x7
+    slot's padding (equal to the raw tensor's), the head fills the last slot, channel
+    permutations leave the output unchanged (as for any statistic: a wrong coupling does too),
+    and rescaling one layer's weights changes it."""
+    from pipeline.models.statnn import N_STATS, GraphStatNN, tensor_statistics
+
+    archs = [SMALL, RESIDUAL]
+    params = [{k: v.double() for k, v in init_cnns(a, [1, 2], [2.0, 2.0]).items()} for a in archs]
+
+    def graphs(ps):
+        sets = [cnn_graph_set(p, a, torch.zeros(2), torch.arange(2), 7, 4) for a, p in zip(archs, ps, strict=True)]
+        return GraphSet.concat(sets)
+
+    idx = torch.arange(4)
+    torch.manual_seed(0)
+    model = GraphStatNN(5, 1, hidden=16, layers=2).double().eval()
+    model.norm.running_var.fill_(1.0)
+    with torch.no_grad():
+        base = graphs(params)
+        feats = model.features(base.batch(idx)).view(4, 5, 2 * N_STATS + 1)
+        # SMALL: conv.0 (3x3) in slot 0, conv.1 (7x7) in slot 1, the head in slot 4; slots 2-3 absent
+        torch.testing.assert_close(feats[0, 0, :N_STATS], tensor_statistics(params[0]["conv.0.weight"][:1])[0])
+        torch.testing.assert_close(feats[0, 4, :N_STATS], tensor_statistics(params[0]["head.weight"][:1])[0])
+        torch.testing.assert_close(feats[0, 4, N_STATS:-1], tensor_statistics(params[0]["head.bias"][:1])[0])
+        assert feats[0, :, -1].tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
+        assert feats[2, :, -1].tolist() == [1.0, 1.0, 1.0, 1.0, 1.0]  # RESIDUAL: 4 convs + head
+        out = model(base.batch(idx))
+        spread = float((out - out.mean(0)).abs().max())
+        assert spread > 1e-9
+        perms = [random_permutations(cnn_spec(a), 2, torch.Generator().manual_seed(k)) for k, a in enumerate(archs)]
+        permuted = [permute(p, cnn_spec(a), q) for p, a, q in zip(params, archs, perms, strict=True)]
+        torch.testing.assert_close(model(graphs(permuted).batch(idx)), out, rtol=1e-6, atol=1e-6 * spread)
+        scaled = [dict(p, **{"conv.0.weight": p["conv.0.weight"] * 1.5}) for p in params]
+        assert float((model(graphs(scaled).batch(idx)) - out).abs().max()) > 1e-3 * spread

@@ -121,7 +121,10 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     assert "NG-GNN (2 probe features)" in md and "different data set" in md
     assert "## Zoo regime" in md
     assert "### Is it the implementation?" in md and "official, metazoo recipe" in md
-    for fig in ("learning_curves.png", "reconstructions.png"):
+    assert "## Generalization: predicting a CNN's test accuracy" in md and "Kendall τ" in md
+    assert set(metrics["cnn_homogeneous"]) == {"mlp", "statnn", "ng_gnn"}
+    assert set(metrics["cnn_heterogeneous"]) == {"statnn", "ng_gnn"}
+    for fig in ("learning_curves.png", "reconstructions.png", "cnn_scatter.png"):
         assert (project / "reports" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
     curve = (project / "reports" / "curves" / "ng_gnn@probes.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,") and len(curve) == 1 + 2
@@ -129,7 +132,7 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     # MLflow: a parent run per stage, a child run per (model, seed) with per-epoch metrics
     con = sqlite3.connect(project / "mlflow.db")
     names = [r[0] for r in con.execute("select name from runs")]
-    for stage in ("zoo", "graphs", "train", "edit", "report"):
+    for stage in ("zoo", "graphs", "train", "edit", "report", "cnn_zoo@heterogeneous", "cnn_train@homogeneous"):
         assert stage in names
     children = {
         r[0]

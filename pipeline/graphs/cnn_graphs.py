@@ -13,11 +13,17 @@ code for the outputs); edge features: ``K * K`` kernel values.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
+from pipeline.data import SPLITS
+from pipeline.graphs.build import finite_nets
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
+from pipeline.io import write_json
+from pipeline.weightspace.normalize import apply_stats, fit_stats
 from pipeline.weightspace.spec import Params
 from pipeline.zoo.cnn import ACTIVATIONS, CNNArch, cnn_spec
 
@@ -46,3 +52,68 @@ def cnn_graph_set(
     code[hidden, ACTIVATION_CODES.index(arch.activation)] = 1.0
     graphs.x = torch.cat([graphs.x, code], dim=1)
     return graphs
+
+
+def write_cnn_graph_sets(
+    out: str | Path,
+    archs: list[CNNArch],
+    params: list[Params],
+    targets: list[Tensor],
+    net_ids: list[Tensor],
+    splits: list[list[str]],
+    meta: dict,
+) -> dict:
+    """Write ``<out>/<split>.safetensors`` and ``<out>/meta.json`` for a CNN zoo; return the meta.
+
+    Per architecture ``a``: ``params[a]`` its nets ``(N_a, ...)``, ``targets[a]`` ``(N_a,)``,
+    ``net_ids[a]`` ``(N_a,)``, ``splits[a]`` each net's split. Every architecture is normalized
+    with the per-tensor statistics of its own finite training nets; nets with a non-finite
+    parameter are left out. All graphs share one kernel slot (the largest kernel) and one set
+    of positional ids (the deepest net), so one model reads them all. ``meta.json`` holds the
+    schema of :mod:`pipeline.graphs.build`, with ``spec`` and ``norm_stats`` only for a zoo of one
+    architecture (``None`` otherwise) and ``architectures`` always.
+
+    Raises:
+        ValueError naming the split when a split has no usable net.
+    """
+    out = Path(out)
+    K = max(max(a.kernels) for a in archs)
+    hidden_slots = max(a.n_conv for a in archs)
+    per_split: dict[str, list[GraphSet]] = {s: [] for s in SPLITS}
+    excluded = dict.fromkeys(SPLITS, 0)
+    all_stats = []
+    for arch, p, y, ids, sp in zip(archs, params, targets, net_ids, splits, strict=True):
+        spec = cnn_spec(arch)
+        ok = finite_nets(p)
+        idx = {
+            s: torch.tensor([i for i, x in enumerate(sp) if x == s and bool(ok[i])], dtype=torch.long) for s in SPLITS
+        }
+        for s in SPLITS:
+            excluded[s] += sum(x == s for x in sp) - int(idx[s].numel())
+        if idx["train"].numel() == 0:
+            raise ValueError(f"architecture {arch.name} has no usable training net")
+        stats = fit_stats({k: v[idx["train"]] for k, v in p.items()}, spec)
+        all_stats.append(stats)
+        for s in SPLITS:
+            if idx[s].numel():
+                normed = apply_stats({k: v[idx[s]] for k, v in p.items()}, spec, stats)
+                per_split[s].append(cnn_graph_set(normed, arch, y[idx[s]], ids[idx[s]], K, hidden_slots))
+    one = len(archs) == 1
+    template = graph_template(cnn_spec(archs[0]), K, hidden_slots)
+    meta = {
+        "spec": cnn_spec(archs[0]).to_dict() if one else None,
+        "norm_stats": all_stats[0] if one else None,
+        "n_pos": template.n_pos,
+        "architectures": [a.to_dict() for a in archs],
+        "kernel_slot": K,
+        "activation_codes": list(ACTIVATION_CODES),
+    } | meta
+    meta |= {"counts": {}, "excluded": excluded}
+    for s in SPLITS:
+        if not per_split[s]:
+            raise ValueError(f"no usable net in split {s!r} ({excluded[s]} excluded)")
+        graphs = GraphSet.concat(per_split[s]) if len(per_split[s]) > 1 else per_split[s][0]
+        graphs.save(out / f"{s}.safetensors")
+        meta["counts"][s] = len(graphs)
+    write_json(out / "meta.json", meta)
+    return meta

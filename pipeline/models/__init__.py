@@ -10,6 +10,8 @@ A model ``<name>`` is the module ``pipeline/models/<name>.py`` defining
   (class logits or regression targets);
 * optionally ``build_editor(settings, shape, init_scale) -> nn.Module``, an equivariant editor
   mapping the same input to edited ``(B, P)`` parameters (the INR editing task);
+* optionally ``ANY_ARCHITECTURE = True``: it also reads zoos of several architectures (no single
+  spec; ``DataShape.template`` is ``None``), as the graph models do;
 * ``LABEL``, its name in reports, and ``REPORT_ORDER``, its rows' position (baselines first);
   optionally ``SHORT_LABEL`` (in ``"<SHORT_LABEL> + permutation augmentation"``),
   ``variant(settings: dict) -> str`` (the variant with its own published numbers, ``""`` for
@@ -100,7 +102,8 @@ class DataShape:
     n_classes: int  # outputs: classes, or regression targets
     avg_log_degree: float
     forward_spec: ForwardSpec | None = None
-    template: GraphTemplate | None = None  # the zoo's graph topology (and its ParamSpec)
+    template: GraphTemplate | None = None  # the zoo's graph topology (and its ParamSpec); None: several
+    n_layers: int = 0  # parameter layers (of the deepest net, in a zoo of several architectures)
 
     @property
     def spec(self):

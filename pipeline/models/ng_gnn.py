@@ -323,6 +323,7 @@ class Settings:
 INPUT_KIND = "graph"
 LABEL = "NG-GNN"
 REPORT_ORDER = 60
+ANY_ARCHITECTURE = True  # reads graphs of several architectures (no single spec needed)
 
 
 def variant(settings: dict) -> str:

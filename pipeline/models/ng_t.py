@@ -371,6 +371,7 @@ class Settings:
 INPUT_KIND = "graph"
 LABEL = "NG-T"
 REPORT_ORDER = 70
+ANY_ARCHITECTURE = True  # reads graphs of several architectures (no single spec needed)
 
 
 variant, variant_label = probe_variant, probe_variant_label  # the report's variant: with probes or not

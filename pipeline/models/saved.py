@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from pipeline.io import CorruptFileError, load_tensors, read_metadata, save_tensors
 
 CARD_KEY = "metazoo"
-GRAPH_KEYS = ("spec", "norm_stats", "forward", "kind", "n_targets", "task")
+GRAPH_KEYS = ("spec", "norm_stats", "forward", "kind", "n_targets", "task", "architectures", "kernel_slot")
 
 
 def model_card(
@@ -96,6 +96,12 @@ class SavedModel:
                 f"{self.path}: a {self.card['model']} {self.card['kind']} of stage {self.card.get('stage')!r} "
                 "does not predict a target from a net (predictors of train / kan_train do)"
             )
+        archs = self.card["graphs"].get("architectures")
+        if self.card["graphs"].get("spec") is None:
+            raise ValueError(
+                f"{self.path}: trained on a zoo of {len(archs or [])} architectures; apply it to the graphs "
+                "the cnn_graphs stage writes (pipeline.runs.GraphData), which carry each net's architecture"
+            )
         spec = self.spec
         missing = [t.name for t in spec.tensors if t.name not in params]
         wrong = [
@@ -111,7 +117,14 @@ class SavedModel:
         template = graph_template(spec)
         normed = apply_stats(params, spec, self.card["graphs"]["norm_stats"])
         n = next(iter(params.values())).shape[0]
-        graphs = GraphSet.from_params(normed, template, torch.zeros(n), torch.arange(n))
+        if archs:  # a CNN zoo of one architecture: its graphs carry activation codes
+            from pipeline.graphs.cnn_graphs import cnn_graph_set
+            from pipeline.zoo.cnn import CNNArch
+
+            arch = CNNArch.from_dict(archs[0])
+            graphs = cnn_graph_set(normed, arch, torch.zeros(n), torch.arange(n), self.card["graphs"]["kernel_slot"])
+        else:
+            graphs = GraphSet.from_params(normed, template, torch.zeros(n), torch.arange(n))
         data = model_inputs(graphs, template, self.module.input_kind)
         self.module.eval()
         out = torch.cat(
@@ -143,7 +156,8 @@ def build_from_card(card: dict) -> nn.Module:
 
     base, _ = split_model_name(card["model"])
     graphs = card["graphs"]
-    template = graph_template(ParamSpec.from_dict(graphs["spec"]))
+    # no spec: a zoo of several architectures (the model reads graphs only)
+    template = graph_template(ParamSpec.from_dict(graphs["spec"])) if graphs.get("spec") else None
     forward = forward_spec_from_meta(graphs) if "forward" in graphs else None
     shape = DataShape(**card["shape"], forward_spec=forward, template=template)
     settings = settings_type(base)(**card["settings"])

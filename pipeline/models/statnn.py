@@ -10,6 +10,13 @@ coefficients and scales):
 Every statistic is a symmetric function of the tensor's entries, so the model is invariant to
 any permutation of neurons (hidden or not) by construction: the strong baseline for
 generalization prediction, blind to how weights are wired.
+
+On a zoo of several architectures (no single spec: the heterogeneous CNN zoo) the same
+statistics are taken per *layer slot* of each neural graph (:class:`GraphStatNN`): slot ``l``
+holds the statistics of layer ``l``'s edge features (kernel entries; the zero padding of a
+kernel smaller than the graph's slot is left out) and of its output nodes' biases, the last
+layer (the head) always in the last slot; absent slots are zeros and a 0/1 flag per slot says
+which are present. Residual edges (constants) are left out.
 """
 
 from __future__ import annotations
@@ -71,6 +78,93 @@ class StatNN(nn.Module):
         return self.mlp(self.norm(stats))
 
 
+def segment_statistics(values: Tensor, group: Tensor, n_groups: int, quantiles: Tensor) -> Tensor:
+    """Statistics of ragged groups: ``values`` ``(M,)`` with ``group`` ids ``(M,)`` in
+    ``[0, n_groups)`` -> ``(n_groups, 7)`` [mean, variance, quantiles] per group, as
+    :func:`tensor_statistics` computes them for one row (linear interpolation between order
+    statistics); an empty group gives zeros. Sorting by value then (stably) by group puts every
+    group's values in order in one contiguous run, so no loop over groups is needed."""
+    by_value = torch.argsort(values)
+    order = by_value[torch.argsort(group[by_value], stable=True)]
+    v = values[order]
+    counts = torch.bincount(group, minlength=n_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    n = counts.to(values.dtype)
+    total = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add_(0, group, values)
+    total_sq = torch.zeros_like(total).index_add_(0, group, values.square())
+    mean = total / n.clamp_min(1)
+    var = (total_sq / n.clamp_min(1) - mean.square()).clamp_min(0)
+    pos = quantiles.to(values.dtype).unsqueeze(0) * (n - 1).clamp_min(0).unsqueeze(1)  # (S, Q)
+    lo, frac = pos.floor(), pos - pos.floor()
+    last = (starts + counts - 1).clamp_min(0).unsqueeze(1)
+    i_lo = (starts.unsqueeze(1) + lo.long()).clamp(max=last)
+    i_hi = (i_lo + 1).clamp(max=last)
+    vpad = torch.cat([v, v.new_zeros(1)])  # a valid index when every group is empty
+    q = vpad[i_lo] * (1 - frac) + vpad[i_hi] * frac
+    out = torch.cat([mean.unsqueeze(1), var.unsqueeze(1), q], dim=1)
+    return torch.where((counts > 0).unsqueeze(1), out, torch.zeros_like(out))
+
+
+class GraphStatNN(nn.Module):
+    """StatNN on neural graphs of any architecture. Shapes: a batch of ``B`` graphs ->
+    ``(B, n_classes)``.
+
+    Features per graph: for each of ``n_slots`` layer slots, ``[s(W_l), s(b_l)]`` (7 + 7
+    statistics) and a presence flag; the last parameter layer of every graph fills the last
+    slot, layer ``l < L - 1`` slot ``l``. Invariant to any permutation of a graph's nodes (the
+    statistics are symmetric in their entries).
+
+    Args:
+        n_slots: layer slots (the deepest graph's number of parameter layers).
+        n_classes, hidden, layers, dropout: as :class:`StatNN`.
+    """
+
+    input_kind = "graph"
+
+    def __init__(self, n_slots: int, n_classes: int, hidden: int = 256, layers: int = 3, dropout: float = 0.0):
+        super().__init__()
+        self.n_slots = n_slots
+        self.register_buffer("quantiles", torch.tensor(QUANTILES), persistent=False)
+        width = (2 * N_STATS + 1) * n_slots
+        self.norm = nn.BatchNorm1d(width, affine=False)
+        mods: list[nn.Module] = []
+        for _ in range(layers):
+            mods += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
+            width = hidden
+        mods.append(nn.Linear(width, n_classes))
+        self.mlp = nn.Sequential(*mods)
+
+    def features(self, batch) -> Tensor:
+        """``(B, (2 * 7 + 1) * n_slots)`` per-slot statistics of a graph batch."""
+        S = self.n_slots
+        node_graph = batch.batch
+        B = int(batch.num_graphs)
+        n_layers = torch.zeros(B, dtype=torch.long, device=node_graph.device).scatter_reduce_(
+            0, node_graph, batch.node_layer, "amax"
+        )  # L per graph: its output nodes' layer
+        edge_graph = node_graph[batch.edge_index[0]]
+        L_e = n_layers[edge_graph]
+
+        def slot(layer: Tensor, L: Tensor) -> Tensor:  # parameter layer -> slot, the head last
+            return torch.where(layer == L - 1, torch.full_like(layer, S - 1), layer)
+
+        keep = batch.edge_layer < L_e  # residual edges carry the layer id L
+        e_slot = slot(batch.edge_layer[keep], L_e[keep])
+        vals = batch.edge_attr[keep]
+        real = vals != 0  # the zero padding of a kernel smaller than the slot
+        g_w = (edge_graph[keep] * S + e_slot).unsqueeze(1).expand_as(vals)[real]
+        w_stats = segment_statistics(vals[real], g_w, B * S, self.quantiles)
+        has_bias = batch.node_layer > 0
+        n_slot = slot(batch.node_layer[has_bias] - 1, n_layers[node_graph[has_bias]])
+        g_b = node_graph[has_bias] * S + n_slot
+        b_stats = segment_statistics(batch.x[has_bias, 0], g_b, B * S, self.quantiles)
+        present = torch.bincount(g_b, minlength=B * S).clamp(max=1).to(vals.dtype).unsqueeze(1)
+        return torch.cat([w_stats, b_stats, present], dim=1).view(B, -1)
+
+    def forward(self, batch) -> Tensor:
+        return self.mlp(self.norm(self.features(batch)))
+
+
 @dataclass(frozen=True)
 class Settings:
     """``<section>.statnn`` of ``params.yaml``."""
@@ -85,6 +179,12 @@ LABEL = "StatNN (per-tensor statistics)"
 REPORT_ORDER = 20  # a baseline
 
 
-def build(s: Settings, shape: DataShape) -> StatNN:
-    """StatNN on the per-tensor statistics of ``shape.spec``."""
+ANY_ARCHITECTURE = True  # reads a zoo of several architectures (as GraphStatNN)
+
+
+def build(s: Settings, shape: DataShape) -> StatNN | GraphStatNN:
+    """StatNN on the per-tensor statistics of ``shape.spec``; on a zoo of several architectures
+    (no template), :class:`GraphStatNN` on per-layer statistics of the graphs."""
+    if shape.template is None:
+        return GraphStatNN(shape.n_layers, shape.n_classes, s.hidden, s.layers, s.dropout)
     return StatNN(shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout)

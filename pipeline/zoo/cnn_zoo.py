@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -31,6 +32,7 @@ from pipeline.zoo.cnn import ACTIVATIONS, CNNArch, cnn_forward, cnn_spec, init_c
 from pipeline.zoo.kan import AdamSettings, adam_update
 
 CNN_FAMILIES = ("homogeneous", "heterogeneous")
+CNN_MAX_CONV = 5  # the deepest heterogeneous architecture (convs; plus the linear head)
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
@@ -105,7 +107,7 @@ def sample_architecture(seed: int) -> CNNArch:
     def pick(options, n=1):
         return [options[int(i)] for i in torch.randint(len(options), (n,), generator=g)]
 
-    K = int(torch.randint(2, 6, (1,), generator=g))
+    K = int(torch.randint(2, CNN_MAX_CONV + 1, (1,), generator=g))
     channels = pick((4, 8, 16, 32), K)
     kernels = pick((3, 5, 7), K)
     activation = pick(sorted(ACTIVATIONS))[0]
@@ -289,3 +291,55 @@ def fit_cnn_shard(
     cols["checkpoint"] = torch.arange(n_ckpt).repeat(len(runs))
     cols["net_id"] = cols["run_id"] * n_ckpt + cols["checkpoint"]
     return {k: v.clone() for k, v in unflatten(flat, spec).items()}, cols
+
+
+def load_cnn_zoo(
+    zoo_dir: str | Path, verify: bool = True
+) -> tuple[list[CNNArch], list[Params], list[list[dict[str, str]]], dict]:
+    """``(architectures, params per architecture, manifest rows per architecture, zoo.json)``
+    of a CNN zoo written by the ``cnn_zoo`` stage, nets in manifest order within each architecture.
+
+    Every net is checked against the hash stored with its shard and against the manifest;
+    :class:`~pipeline.io.CorruptFileError` names a bad shard and net, a net listed twice, or a
+    manifest net that no shard holds.
+    """
+    from pipeline.io import CorruptFileError, read_json
+    from pipeline.zoo.store import check_unique_ids, read_rows, read_shard, read_verified_shard
+
+    zoo_dir = Path(zoo_dir)
+    info = read_json(zoo_dir / "zoo.json")
+    archs = [CNNArch.from_dict(a) for a in info["architectures"]]
+    manifest = zoo_dir / "manifest.csv"
+    rows = read_rows(manifest)
+    try:
+        ids = [int(r["net_id"]) for r in rows]
+        shard_of = {int(r["net_id"]): (r["shard"], int(r["arch_index"])) for r in rows}
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptFileError(f"{manifest}: malformed manifest row ({e})") from e
+    check_unique_ids(manifest, ids)
+    by_id = dict(zip(ids, rows, strict=True))
+    params: list[list[Params]] = [[] for _ in archs]
+    out_rows: list[list[dict[str, str]]] = [[] for _ in archs]
+    for shard in sorted({s for s, _ in shard_of.values()}):
+        path = zoo_dir / "shards" / shard
+        a = {shard_of[i][1] for i in ids if shard_of[i][0] == shard}
+        if len(a) != 1 or not 0 <= min(a) < len(archs):
+            raise CorruptFileError(f"{manifest}: shard {shard} is listed with architectures {sorted(a)}")
+        arch_index = a.pop()
+        spec = cnn_spec(archs[arch_index])
+        if verify:
+            p, extras, stored = read_verified_shard(path, spec)
+        else:
+            p, extras = read_shard(path, spec)
+            stored = [by_id[i]["sha256"] for i in extras["net_id"].tolist()]
+        shard_ids = extras["net_id"].tolist()
+        for net_id, h in zip(shard_ids, stored, strict=True):
+            if net_id not in by_id or by_id[net_id]["sha256"] != h:
+                raise CorruptFileError(f"{path}: net {net_id} does not match its manifest entry")
+        params[arch_index].append(p)
+        out_rows[arch_index].extend(by_id[i] for i in shard_ids)
+    found = sum(len(r) for r in out_rows)
+    if found != len(rows):
+        raise CorruptFileError(f"{zoo_dir / 'shards'}: the shards hold {found} of the manifest's {len(rows)} nets")
+    merged = [{k: torch.cat([p[k] for p in ps]) for k in ps[0]} if ps else {} for ps in params]
+    return archs, merged, out_rows, info
