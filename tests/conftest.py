@@ -87,7 +87,7 @@ TINY = {
         },
     },
     "cnn": {
-        "homogeneous": {"runs_per_architecture": 6, "n_val": 1, "n_test": 1},
+        "homogeneous": {"runs_per_architecture": 8, "n_val": 2, "n_test": 2},
         "heterogeneous": {"n_architectures": 2, "runs_per_architecture": 4, "n_val": 1, "n_test": 1},
         "digits_test": 200,
         "steps": [10, 20],

@@ -5,6 +5,7 @@ report's generalization section."""
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,8 +16,8 @@ from pipeline.io import read_json
 from tests.conftest import run_stage, write_params
 
 FAMILIES = ("homogeneous", "heterogeneous")
-# homogeneous: 6 runs in shards of 4 -> 2 shards; heterogeneous: 2 architectures x 4 runs -> 2 shards
-N_NETS = {"homogeneous": 6 * 2, "heterogeneous": 2 * 4 * 2}
+# homogeneous: 8 runs in shards of 4 -> 2 shards; heterogeneous: 2 architectures x 4 runs -> 2 shards
+N_NETS = {"homogeneous": 8 * 2, "heterogeneous": 2 * 4 * 2}
 
 
 def _digests(out: Path) -> dict[str, str]:
@@ -147,8 +148,11 @@ def test_cnn_train_reports_tau_and_test_predictions(cnn_trained, family: str):
     expected = {"homogeneous": {"mlp", "mlp_perm", "statnn", "dwsnet", "nfn", "ng_gnn", "ng_t"}}
     assert {r["model"] for r in runs} == expected.get(family, {"statnn", "ng_gnn", "ng_t"})
     for r in runs:
-        assert r["select"] == "r2" and -1.0 <= r["test"]["tau"] <= 1.0
+        assert r["select"] == "r2"
         assert len(r["test_predictions"]) == len(r["test_targets"]) == meta["counts"]["test"]
+        # Kendall's tau is undefined (NaN) only when the predictions or the targets are all equal
+        constant = len(set(r["test_predictions"])) == 1 or len(set(r["test_targets"])) == 1
+        assert constant if math.isnan(r["test"]["tau"]) else -1.0 <= r["test"]["tau"] <= 1.0
 
 
 def test_report_generalization_section(cnn_trained, tmp_path: Path):
