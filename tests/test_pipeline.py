@@ -140,7 +140,7 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
             "select r.name from runs r join tags t on r.run_uuid = t.run_uuid where t.key = 'mlflow.parentRunId'"
         )
     }
-    models = ("mlp", "mlp_perm", "ng_gnn", "ng_gnn@probes", "ws_kan", "dwsnet")
+    models = ("mlp", "mlp_perm", "ng_gnn", "ng_gnn@probes", "ws_kan", "dwsnet", "statnn")  # statnn: CNN stages
     assert children == {f"{m}-seed{s}" for m in models for s in (0, 1)}
     keys = {r[0] for r in con.execute("select key from params")} | {
         r[0] for r in con.execute("select key from metrics")
@@ -149,7 +149,8 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     steps = con.execute("select count(*) from metrics where key = 'val_acc'").fetchone()[0]
     assert steps == (4 + 4 * 2) * 2  # SIREN 4 runs + KAN-INR 8 runs, x 2 epochs
     steps = con.execute("select count(*) from metrics where key = 'val_r2'").fetchone()[0]
-    assert steps == (4 * 2 + 1 * 2) * 2  # KAN classifier 8 runs + forward task (WS-KAN) 2 runs, x 2 epochs
+    # KAN classifier 8 runs + forward task (WS-KAN) 2 runs + CNN zoos (3 + 2 models) x 2 seeds, x 2 epochs
+    assert steps == (4 * 2 + 1 * 2 + 5 * 2) * 2
     for task in ("inr", "classifier"):
         assert f"kan_zoo@{task}" in names and f"kan_graphs@{task}" in names
     for task in ("inr", "classifier"):
