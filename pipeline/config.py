@@ -345,6 +345,72 @@ class CnnConfig:
 
 
 @dataclass(frozen=True)
+class CorruptionConfig:
+    """The target domain of domain adaptation (:class:`pipeline.zoo.adapt_zoo.Corruption`)."""
+
+    rotation: float = setting(30.0, ge=-180, le=180)  # degrees
+    jitter: float = setting(10.0, ge=0, le=180)  # +- degrees per image, uniform
+    flip: bool = False  # left-right
+    blur: float = setting(1.0, ge=0)  # Gaussian std in pixels (0: none)
+    contrast: float = setting(0.6, gt=0)
+    brightness: float = setting(0.2, ge=-1, le=1)
+    noise: float = setting(0.1, ge=0)  # Gaussian std, pixels in [0, 1]
+
+
+@dataclass(frozen=True)
+class AdaptZooConfig:
+    """Binary MLP classifiers of digit pairs (:mod:`pipeline.zoo.adapt_zoo`)."""
+
+    n_nets: int = setting(2000, gt=0)
+    n_val: int = setting(200, gt=0)
+    n_test: int = setting(200, gt=0)  # test nets of known pairs; every net of a novel pair is a test net too
+    novel_pairs: int = setting(5, ge=0, le=44)  # digit pairs (of 45) that only test nets have
+    hidden: list[int] = setting([32, 32], gt=0, min_len=1)
+    pool: int = setting(4, one_of=(1, 2, 4, 7, 14))  # 28 x 28 -> (28 / pool)^2 inputs
+    steps: int = setting(300, gt=0)
+    lr: float = setting(3e-3, gt=0)
+    batch_size: int = setting(32, gt=0)
+    images_per_digit: int = setting(256, gt=0, le=300)  # training images of each digit in a pair's bank
+    digits_test: int = setting(1000, ge=100, le=2000)  # held-out digits every net is scored on
+    finetune_images: int = setting(16, ge=2)  # labelled target images per net (half of each digit)
+    finetune_steps: int = setting(50, gt=0)
+    finetune_lr: float = setting(1e-3, gt=0)
+    shard_size: int = setting(500, gt=0)
+    threads_per_task: int = setting(1, ge=1)
+
+    def check(self) -> list[tuple[str, str]]:
+        out = []
+        if self.finetune_images % 2:
+            out.append(("finetune_images", f"{self.finetune_images} must be even (half of each digit)"))
+        novel_nets = math.ceil(self.n_nets * self.novel_pairs / 45)  # nets cycle through the 45 pairs
+        if self.n_val + self.n_test + novel_nets >= self.n_nets:
+            msg = f"{self.n_nets} nets: none left for training after {self.n_val} + {self.n_test} + ~{novel_nets} novel"
+            out.append(("n_nets", msg))
+        return out
+
+
+@dataclass(frozen=True)
+class AdaptConfig(ModelSections):
+    """Domain adaptation (:mod:`pipeline.tasks.adaptation`): every listed model's equivariant
+    editor maps a source-domain classifier to one for the corrupted target domain."""
+
+    zoo: AdaptZooConfig = field(default_factory=AdaptZooConfig)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    models: list[str] = setting(["mlp", "mlp_perm", "dwsnet"], unique=True)
+    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    epochs: int = setting(10, gt=0)
+    n_train: int = setting(0, ge=0)  # n training nets drawn at random (0: all); val and test are always whole
+    batch_size: int = setting(32, gt=0)
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(0.0, ge=0)
+    warmup_steps: int = setting(50, ge=0)
+    grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    init_scale: float = setting(1e-2, gt=0)  # initial residual scale of every adapter
+    threads_per_task: int = setting(1, ge=1)
+    model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Where tasks run. ``address``: ``""`` = ``RAY_ADDRESS`` if set, else a local cluster of the
     stage's own (``num_cpus`` caps it); ``"auto"`` = the ``ray start`` cluster on this machine;
@@ -381,6 +447,7 @@ class Params:
     edit: EditConfig = field(default_factory=EditConfig)
     kan: KanConfig = field(default_factory=KanConfig)
     cnn: CnnConfig = field(default_factory=CnnConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
@@ -540,8 +607,9 @@ def validate(p: Params) -> None:
         ("edit", p.edit, len(p.zoo.hidden) + 1),
         ("kan.train", p.kan.train, kan_layers),
         ("kan.forward", p.kan.forward, kan_layers),
+        ("adapt", p.adapt, len(p.adapt.zoo.hidden) + 1),
     ):
-        graph_only, probes, editor = key == "kan.forward", key in ("train", "edit"), key == "edit"
+        graph_only, probes, editor = key == "kan.forward", key in ("train", "edit"), key in ("edit", "adapt")
         checks += _model_checks(key, section, n_layers, graph_only, probes, editor)
     # CNN zoos: the homogeneous architecture has 3 convs + head; heterogeneous ones up to CNN_MAX_CONV
     from pipeline.models import model_module, model_names, split_model_name
@@ -597,9 +665,11 @@ def _model_checks(
             continue
         graph = model_module(base).INPUT_KIND == "graph"
         checks.append((graph or not graph_only, f"{key}.{list_key}", f"{m!r}: only graph models run here"))
+        no_perm = f"{m!r}: permutation augmentation is for flat models; graph models are permutation invariant"
+        checks.append((not (graph and permuted), f"{key}.{list_key}", no_perm))
         if editor:
-            ok = hasattr(model_module(base), "build_editor") and not permuted
-            checks.append((ok, f"{key}.{list_key}", f"{m!r} has no editor (models with one edit; no '_perm')"))
+            ok = hasattr(model_module(base), "build_editor")
+            checks.append((ok, f"{key}.{list_key}", f"{m!r} has no editor (only models with one edit)"))
         s, base_s = section.settings(m), section.settings(base)
         # a bad value is named where it was written: the variant's own section, or the base one it inherits
         where = {

@@ -397,9 +397,7 @@ def summarize_cnn(runs: list[dict]) -> dict[str, dict]:
 def plot_cnn_scatter(family_runs: dict[str, list[dict]], path: str | Path) -> None:
     """Predicted vs true test accuracy of the test CNNs, one panel per (family, model), first seed."""
     n_cols = max(len(models_in_order(runs)) for runs in family_runs.values())
-    fig, axes = plt.subplots(
-        len(family_runs), n_cols, figsize=(2.6 * n_cols, 2.7 * len(family_runs)), squeeze=False
-    )
+    fig, axes = plt.subplots(len(family_runs), n_cols, figsize=(2.6 * n_cols, 2.7 * len(family_runs)), squeeze=False)
     for row, (family, runs) in zip(axes, family_runs.items(), strict=True):
         models = models_in_order(runs)
         for ax, model in zip(row, models, strict=False):
@@ -413,6 +411,112 @@ def plot_cnn_scatter(family_runs: dict[str, list[dict]], path: str | Path) -> No
         row[0].set_ylabel(f"{family} zoo\npredicted acc. (%)")
         for ax in row[len(models) :]:
             ax.axis("off")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+NO_ADAPTATION = "none"  # the claims' key of the unadapted nets (published_results.yaml: domain_adaptation)
+
+
+def summarize_adaptation(runs: list[dict]) -> dict[str, dict]:
+    """:func:`summarize_metrics` of the ``adapt`` runs, first a row for the unadapted test nets
+    (``runs[*]["reference"]``: the same nets every run, so no spread over seeds), each row with
+    its published-number ``key`` and the ``test_acc_*`` fields :func:`claims_markdown` reads."""
+    ref = reference_summary(runs)
+    out: dict[str, dict] = {
+        NO_ADAPTATION: {k.removeprefix("test_"): v for k, v in ref.items()} | {"label": "no adaptation", "n_params": 0}
+    }
+    out |= summarize_metrics(runs)
+    for model, row in out.items():
+        config = next((r["config"] for r in runs if r["model"] == model), {})
+        row["key"] = variant_key(model, config) if model != NO_ADAPTATION else NO_ADAPTATION
+        row["published"] = published("domain_adaptation", row["key"])
+        row["test_acc_mean"], row["test_acc_std"] = row["acc_mean"], row["acc_std"]
+    return out
+
+
+def adaptation_markdown(summary: dict, zoo: dict, counts: dict, corruption: dict, n_seeds: int) -> str:
+    """The domain-adaptation section of ``results.md``: target accuracy of every adapter (and on
+    the novel pairs alone, and on the source afterwards), the baselines of the zoo, the published
+    numbers beside (a different data set) and the papers' claims checked.
+
+    Args:
+        summary: :func:`summarize_adaptation`.  zoo: the zoo's summary (``zoo.json``).
+        counts: nets per split.  corruption: the target domain's settings.  n_seeds: of every run.
+    """
+    rows = [s for k, s in summary.items() if k != NO_ADAPTATION]
+    epochs = rows[0]["epochs"] if rows else 0
+    c = corruption
+    shift = (
+        f"rotation {c['rotation']:g}° ± {c['jitter']:g}°{', left-right flip' if c['flip'] else ''}, Gaussian blur "
+        f"σ {c['blur']:g} px, contrast ×{c['contrast']:g}, brightness {c['brightness']:+g}, noise σ {c['noise']:g}"
+    )
+    lines = [
+        "## Domain adaptation: clean → corrupted digits",
+        "",
+        "Every net is a binary ReLU MLP (7×7 pooled digits → 32 → 32 → 2) trained on the clean digits of its "
+        "own digit pair; the target domain is the same digits under one seeded corruption "
+        f"({shift}). Each model's editor maps a net's weights to θ' = θ + α·Δ(θ), trained with the "
+        "cross-entropy of the adapted nets on corrupted training digits of their pairs; a test net is "
+        "adapted from its weights alone (no target label, zero-shot) and scored on corrupted held-out "
+        f"digits. Nets per split: {counts}; the test nets of {len(zoo.get('novel_pairs', []))} novel digit "
+        f"pairs (no training net has them) are scored apart. {epochs} epochs; test metrics at the best "
+        f"validation epoch (target accuracy), mean ± std over {n_seeds} seeds. "
+        'Settings and reasons: README, "Domain adaptation".',
+        "",
+        "| model | parameters | target acc. (%) | novel pairs (%) | source acc. after (%) | best epoch | s / epoch "
+        "| published, CIFAR-10 → CIFAR-10-C (%)* |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, s in summary.items():
+        novel = _pm(s, "novel_acc", 100) if "novel_acc_mean" in s else "–"
+        timing = (
+            "– | –"
+            if key == NO_ADAPTATION
+            else f"{s['best_epoch_mean']:.1f} / {s['epochs']} | {s['seconds_per_epoch']:.1f}"
+        )
+        lines.append(
+            f"| {s['label']} | {s['n_params']:,} | {_pm(s, 'acc', 100)} | {novel} | {_pm(s, 'source_acc', 100)} "
+            f"| {timing} | {s['published']} |"
+        )
+    lines += [
+        "",
+        "Baselines of the zoo (mean ± std over the test nets, not over seeds):",
+        "",
+        "| baseline | target acc. (%) | novel pairs (%) |",
+        "|---|---:|---:|",
+    ]
+    for name, key in (
+        ("source nets, no adaptation", "target_acc"),
+        ("fine-tuned on a few labelled target images (uses target labels)", "finetune_acc"),
+        ("trained on the target domain (upper bound)", "oracle_acc"),
+    ):
+        novel = _pm(zoo, f"novel_{key}", 100) if f"novel_{key}_mean" in zoo else "–"
+        lines.append(f"| {name} | {_pm(zoo, f'test_{key}', 100)} | {novel} |")
+    lines += [
+        "",
+        "\\* DWSNets, domain adaptation: binary MLP classifiers of CIFAR-10 pairs adapted to CIFAR-10-Corrupted, a "
+        "**different data set**. For orientation only.",
+        "",
+    ]
+    claims = claims_markdown(summary, "domain_adaptation")
+    lines += [claims, "![target accuracy per adapter](figures/adaptation.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_adaptation(summary: dict, zoo: dict, path: str | Path) -> None:
+    """Target accuracy of every adapter (mean ± std over seeds) as bars, with the zoo's
+    no-adaptation and trained-on-target accuracies as lines."""
+    rows = list(summary.values())
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.2))
+    y = range(len(rows))
+    ax.barh(list(y), [100 * s["acc_mean"] for s in rows], xerr=[100 * s["acc_std"] for s in rows], color="tab:blue")
+    ax.set_yticks(list(y), [s["label"] for s in rows], fontsize=8)
+    ax.invert_yaxis()
+    for key, style, name in (("test_target_acc", ":", "no adaptation"), ("test_oracle_acc", "--", "trained on target")):
+        ax.axvline(100 * zoo[f"{key}_mean"], color="grey", ls=style, lw=1, label=name)
+    ax.set(xlabel="target test accuracy (%)", xlim=(50, 100))
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     _save(fig, path)
 

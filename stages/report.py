@@ -104,6 +104,22 @@ def _edit_section(edit_dir: Path, out: Path) -> tuple[str, dict]:
     return md, {"inr_editing": numbers, "inr_editing_no_edit_reference": reference}
 
 
+def _adapt_section(adapt_dir: Path, out: Path) -> tuple[str, dict]:
+    """The domain-adaptation table, metrics and figure, if the ``adapt`` stage has run."""
+    if not (adapt_dir / "train" / "results.json").exists():
+        return "", {}
+    runs = read_json(adapt_dir / "train" / "results.json")["runs"]
+    summary = report.summarize_adaptation(runs)
+    info = read_json(adapt_dir / "zoo" / "zoo.json")
+    zoo = info["summary"] | {"novel_pairs": info["novel_pairs"]}
+    report.plot_adaptation(summary, zoo, out / "figures" / "adaptation.png")
+    counts = {s: zoo[f"n_{s}"] for s in ("train", "val", "test")}
+    n_seeds = len({r["seed"] for r in runs})
+    md = report.adaptation_markdown(summary, zoo, counts, info["recipe"]["corruption"], n_seeds)
+    numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
+    return md, {"domain_adaptation": numbers, "domain_adaptation_baselines": info["summary"]}
+
+
 def run(
     params: Params,
     zoo_dir: Path,
@@ -115,6 +131,7 @@ def run(
     regime_file: Path | None = None,
     reference_file: Path | None = None,
     cnn_dir: Path | None = None,
+    adapt_dir: Path | None = None,
 ) -> dict:
     from pipeline import tracking
     from pipeline.data import load_images
@@ -126,7 +143,9 @@ def run(
     kan_md, kan_numbers = _kan_section(kan_dir, out, len(params.kan.train.seeds))
     edit_md, edit_numbers = _edit_section(edit_dir, out)
     cnn_md, cnn_numbers = _cnn_section(cnn_dir, out, len(params.cnn.train.seeds)) if cnn_dir else ("", {})
-    write_json(out / "metrics.json", {"inr_classification": numbers} | edit_numbers | kan_numbers | cnn_numbers)
+    adapt_md, adapt_numbers = _adapt_section(adapt_dir, out) if adapt_dir else ("", {})
+    sections = edit_numbers | kan_numbers | cnn_numbers | adapt_numbers
+    write_json(out / "metrics.json", {"inr_classification": numbers} | sections)
     for model in summary:
         rows = report.curves(runs, model)
         buf = io.StringIO()
@@ -151,6 +170,7 @@ def run(
     md += "\n" + edit_md if edit_md else ""
     md += "\n" + kan_md if kan_md else ""
     md += "\n" + cnn_md if cnn_md else ""
+    md += "\n" + adapt_md if adapt_md else ""
     write_text(out / "results.md", md)
     with tracking.stage_run(params.mlflow, "report", to_flat_dict(params), {"data_version": results["data_version"]}):
         import mlflow
@@ -166,6 +186,8 @@ def run(
             mlflow.log_artifact(str(out / "figures" / "editing_examples.png"))
         if cnn_md:
             mlflow.log_artifact(str(out / "figures" / "cnn_scatter.png"))
+        if adapt_md:
+            mlflow.log_artifact(str(out / "figures" / "adaptation.png"))
     print(md)
     return summary
 
@@ -182,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
             "regime": "reports/zoo_regime/regime.json",
             "reference": "reports/reference/side_by_side.md",
             "cnn": "data/cnn",
+            "adapt": "data/adapt",
             "out": "reports",
         },
         argv,
@@ -197,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.regime),
         Path(args.reference),
         Path(args.cnn),
+        Path(args.adapt),
     )
 
 

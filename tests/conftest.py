@@ -106,6 +106,24 @@ TINY = {
             "ng_gnn": {"hidden": 8, "layers": 6, "fourier_features": 4},
         },
     },
+    "adapt": {
+        "zoo": {
+            "n_nets": 90,
+            "n_val": 9,
+            "n_test": 9,
+            "novel_pairs": 2,
+            "hidden": [8, 8],
+            "steps": 30,
+            "shard_size": 45,
+        },
+        "models": ["mlp", "dwsnet"],
+        "seeds": [0, 1],
+        "epochs": 2,
+        "batch_size": 16,
+        "warmup_steps": 2,
+        "mlp": {"hidden": 32, "layers": 2},
+        "dwsnet": {"hidden": 4, "layers": 2},
+    },
     "ray": {"num_cpus": 2},
 }
 

@@ -142,7 +142,8 @@ def test_a_settings_variant_overrides_its_base_section_and_is_validated():
 def test_edit_section_accepts_only_models_with_an_editor():
     p = params_from_dict({"edit": {"models": ["nfn", "ng_t"], "ng_t": {"hidden": 8, "probe_features": 2}}})
     assert p.edit.settings("ng_t").probe_features == 2 and p.edit.settings("nfn").hidden == 32
-    for bad in ("mlp", "statnn", "ng_gnn_perm"):  # no editor; permutation augmentation is for flat models
+    assert params_from_dict({"edit": {"models": ["mlp", "mlp_perm"]}}).edit.models == ["mlp", "mlp_perm"]
+    for bad in ("statnn", "ng_gnn_perm"):  # no editor; permutation augmentation is for flat models
         msg = _config_error({"edit": {"models": [bad]}})
         assert "edit.models" in msg and bad in msg
     assert "edit.ng_t.hiden" in _config_error({"edit": {"ng_t": {"hiden": 8}}})

@@ -142,7 +142,7 @@ CASES = [
     _dup_case("seed:", "seed: 1", "seed"),
     _dup_case("  steps: 300", "  steps: 301", "zoo.steps"),
     _dup_case("    mode: np", "    mode: hnp", "train.nfn.mode"),
-    _dup_case("    digits_test:", "    digits_test: 400", "kan.classifier.digits_test"),
+    _dup_case("    digits_test: 500", "    digits_test: 400", "kan.classifier.digits_test"),
     _dup_case("      probe_features: 0", "      probe_features: 0", "kan.train.ng_gnn.probe_features"),
     pytest.param("zoo:\n  steps: 3\nseed: 0\nzoo:\n  steps: 4\n", "zoo", "lines 1 and 4", id="twice-section"),
 ]

@@ -124,7 +124,8 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     assert "## Generalization: predicting a CNN's test accuracy" in md and "Kendall τ" in md
     assert set(metrics["cnn_homogeneous"]) == {"mlp", "statnn", "ng_gnn"}
     assert set(metrics["cnn_heterogeneous"]) == {"statnn", "ng_gnn"}
-    for fig in ("learning_curves.png", "reconstructions.png", "cnn_scatter.png"):
+    assert "## Domain adaptation" in md and set(metrics["domain_adaptation"]) == {"none", "mlp", "dwsnet"}
+    for fig in ("learning_curves.png", "reconstructions.png", "cnn_scatter.png", "adaptation.png"):
         assert (project / "reports" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
     curve = (project / "reports" / "curves" / "ng_gnn@probes.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,") and len(curve) == 1 + 2
@@ -132,7 +133,8 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     # MLflow: a parent run per stage, a child run per (model, seed) with per-epoch metrics
     con = sqlite3.connect(project / "mlflow.db")
     names = [r[0] for r in con.execute("select name from runs")]
-    for stage in ("zoo", "graphs", "train", "edit", "report", "cnn_zoo@heterogeneous", "cnn_train@homogeneous"):
+    stages = ("zoo", "graphs", "train", "edit", "report", "cnn_zoo@heterogeneous", "cnn_train@homogeneous", "adapt")
+    for stage in stages:
         assert stage in names
     children = {
         r[0]
@@ -147,7 +149,7 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     }
     assert {"train.ng_gnn:probes.probe_features", "ng_gnn:probes.test_acc_mean"} <= keys  # MLflow refuses "@"
     steps = con.execute("select count(*) from metrics where key = 'val_acc'").fetchone()[0]
-    assert steps == (4 + 4 * 2) * 2  # SIREN 4 runs + KAN-INR 8 runs, x 2 epochs
+    assert steps == (4 + 4 * 2 + 2 * 2) * 2  # SIREN 4 runs + KAN-INR 8 runs + adaptation 4 runs, x 2 epochs
     steps = con.execute("select count(*) from metrics where key = 'val_r2'").fetchone()[0]
     # KAN classifier 8 runs + forward task (WS-KAN) 2 runs + CNN zoos (3 + 2 models) x 2 seeds, x 2 epochs
     assert steps == (4 * 2 + 1 * 2 + 5 * 2) * 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from pipeline.config import setting
@@ -40,6 +41,30 @@ class FlatMLP(nn.Module):
         return self.net(flat)
 
 
+class FlatMLPEditor(nn.Module):
+    r"""The flat baseline as an editor: a residual update of the parameter vector.
+
+    .. math:: \theta' = \theta + \alpha\,\mathrm{MLP}(\theta),\qquad \alpha_0 = \texttt{init\_scale}
+
+    Not equivariant: permuting the input net's hidden neurons does not permute the update
+    alike (the ``_perm`` variant learns it from permuted copies).
+
+    Args:
+        in_dim: ``P``.  hidden, layers, dropout: as :class:`FlatMLP`.  init_scale: :math:`\alpha_0`.
+    Shapes: ``(B, P)`` -> edited ``(B, P)``, same layout.
+    """
+
+    input_kind = "flat"
+
+    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 3, dropout: float = 0.0, init_scale: float = 1e-3):
+        super().__init__()
+        self.delta = FlatMLP(in_dim, in_dim, hidden, layers, dropout)
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))
+
+    def forward(self, flat: Tensor) -> Tensor:
+        return flat + self.scale * self.delta(flat)
+
+
 @dataclass(frozen=True)
 class Settings:
     """``<section>.mlp`` of ``params.yaml``."""
@@ -58,3 +83,8 @@ REPORT_ORDER = 10  # a baseline
 def build(s: Settings, shape: DataShape) -> FlatMLP:
     """The flattened-parameter MLP for ``shape.n_params`` inputs."""
     return FlatMLP(shape.n_params, shape.n_classes, s.hidden, s.layers, s.dropout)
+
+
+def build_editor(s: Settings, shape: DataShape, init_scale: float) -> FlatMLPEditor:
+    """The flattened-parameter editor for ``shape.n_params`` parameters."""
+    return FlatMLPEditor(shape.n_params, s.hidden, s.layers, s.dropout, init_scale)

@@ -32,7 +32,7 @@ from pipeline.data import load_images
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import fingerprint, read_json
-from pipeline.models import build_editor
+from pipeline.models import build_editor, split_model_name
 from pipeline.models.saved import model_card
 from pipeline.runs import GraphData, TaskContext, result_dict
 from pipeline.train import TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
@@ -195,7 +195,8 @@ def edit_one(
     stats = {k: tuple(v) for k, v in meta["norm_stats"].items()}
     objective = Editing(spec, float(fwd["omega0"]), float(fwd["output_offset"]), stats)
     shape = data_shape(splits["train"], template, 1, forward_spec_from_meta(meta))
-    model = build_editor(model_name, model_cfg, shape, init_scale)
+    base, permutations = split_model_name(model_name)
+    model = build_editor(base, model_cfg, shape, init_scale)
     inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
     test = splits["test"]
     test_flat = flatten(test.to_params(template), spec)
@@ -221,7 +222,7 @@ def edit_one(
         seed,
         objective,
         on_epoch=ctx.reporter(f"edit {model_name} seed {seed}", "mse", settings.epochs),
-        augment=augmenter(augment, model.input_kind, spec),
+        augment=augmenter(augment, model.input_kind, spec, permutations),
         on_best=on_best,
         device=device,
     )

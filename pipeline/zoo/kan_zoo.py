@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pipeline.io import CorruptFileError, read_json
 from pipeline.weightspace.spec import Params, ParamSpec
 from pipeline.zoo.kan import AdamSettings, init_kans, kan_forward, train_kans
 from pipeline.zoo.siren import coordinate_grid, psnr_from_mse
-from pipeline.zoo.store import check_unique_ids, load_shards, read_rows
+from pipeline.zoo.store import load_spec_zoo
 
 KAN_TASKS = ("inr", "classifier")
 GRID_RANGE = (-1.0, 1.0)
@@ -207,22 +206,5 @@ def fit_kan_shard(
 
 
 def load_kan_zoo(zoo_dir: str | Path, verify: bool = True) -> tuple[ParamSpec, Params, list[dict[str, str]], dict]:
-    """``(spec, params, manifest rows, zoo.json)`` of a KAN zoo, nets in manifest order.
-
-    Every net is checked against the hash stored with its shard and against the manifest;
-    :class:`~pipeline.io.CorruptFileError` names a bad shard and net, or a manifest or shard
-    that lists a net id twice.
-    """
-    zoo_dir = Path(zoo_dir)
-    info = read_json(zoo_dir / "zoo.json")
-    spec = ParamSpec.from_dict(info["spec"])
-    manifest = zoo_dir / "manifest.csv"
-    rows = read_rows(manifest)
-    try:
-        ids = [int(r["net_id"]) for r in rows]
-    except (KeyError, TypeError, ValueError) as e:
-        raise CorruptFileError(f"{manifest}: malformed manifest row ({e})") from e
-    check_unique_ids(manifest, ids)
-    by_id = dict(zip(ids, rows, strict=True))
-    params, ids, _ = load_shards(zoo_dir, spec, {i: r["sha256"] for i, r in by_id.items()}, verify)
-    return spec, params, [by_id[i] for i in ids], info
+    """``(spec, params, manifest rows, zoo.json)`` of a KAN zoo (:func:`~pipeline.zoo.store.load_spec_zoo`)."""
+    return load_spec_zoo(zoo_dir, verify)

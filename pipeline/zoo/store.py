@@ -324,3 +324,26 @@ def read_rows(path: Path) -> list[dict[str, str]]:
             return list(csv.DictReader(f))
     except OSError as e:
         raise CorruptFileError(f"{path}: cannot read table ({e})") from e
+
+
+def load_spec_zoo(zoo_dir: str | Path, verify: bool = True) -> tuple[ParamSpec, Params, list[dict[str, str]], dict]:
+    """``(spec, params, manifest rows, zoo.json)`` of a zoo of one weight space whose
+    ``zoo.json`` holds its ``spec`` (KAN and domain-adaptation zoos), nets in manifest order.
+
+    Every net is checked against the hash stored with its shard and against the manifest;
+    :class:`~pipeline.io.CorruptFileError` names a bad shard and net, or a manifest or shard
+    that lists a net id twice.
+    """
+    zoo_dir = Path(zoo_dir)
+    info = read_json(zoo_dir / "zoo.json")
+    spec = ParamSpec.from_dict(info["spec"])
+    manifest = zoo_dir / "manifest.csv"
+    rows = read_rows(manifest)
+    try:
+        ids = [int(r["net_id"]) for r in rows]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptFileError(f"{manifest}: malformed manifest row ({e})") from e
+    check_unique_ids(manifest, ids)
+    by_id = dict(zip(ids, rows, strict=True))
+    params, ids, _ = load_shards(zoo_dir, spec, {i: r["sha256"] for i, r in by_id.items()}, verify)
+    return spec, params, [by_id[i] for i in ids], info

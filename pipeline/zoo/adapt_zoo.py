@@ -1,0 +1,332 @@
+r"""Binary MLP classifiers of digit pairs and a corrupted target domain: the zoo of domain
+adaptation (DWSNets, "adapting a network to a new domain").
+
+Every net is a ReLU MLP on the offline MNIST digits, average-pooled to ``28 / pool`` squared
+pixels and standardized:
+
+.. math::
+    h_0 = x \in \mathbb R^{D},\qquad h_{l} = \mathrm{relu}(W_l h_{l-1} + b_l)\ (l < L),\qquad
+    \hat y = W_L h_{L-1} + b_L \in \mathbb R^2
+
+trained on the *source* domain (the clean digits) of its own digit pair ``(a, b)``, label 0 for
+``a`` and 1 for ``b``. The *target* domain is the same digits under one seeded corruption
+(:func:`corrupt_digits`: rotation, optional left-right flip, Gaussian blur, contrast and
+brightness, pixel noise), computed once from ``(digits, seed)``. Hidden units are a symmetry
+(:func:`~pipeline.weightspace.spec.mlp_spec`): permuting them keeps the logits.
+
+A zoo holds, per net, beside its weights: its accuracy on held-out source and target digits of
+its pair (the *no adaptation* baseline), the accuracy after fine-tuning on a few labelled target
+images (a reference that uses target labels) and the accuracy of its twin, the same seed trained
+on the target domain (the upper bound). Some digit pairs are *novel*: only test nets have them,
+so an adapter that memorises pairs instead of reading the weights shows up there.
+
+Training is batched over nets (:func:`train_pair_mlps`: one ``bmm`` per layer, Adam on one flat
+``(B, D)`` buffer); every draw comes from a net's own seed, so a net's bytes do not depend on
+the nets it trains with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from pipeline.weightspace.spec import Params, ParamSpec, flatten, mlp_spec, unflatten
+from pipeline.zoo.kan import AdamSettings, adam_update
+
+PAIRS: tuple[tuple[int, int], ...] = tuple((a, b) for a in range(10) for b in range(a + 1, 10))  # 45 digit pairs
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def pair_spec(in_dim: int, hidden: list[int] | tuple[int, ...]) -> ParamSpec:
+    """The weight space of a binary classifier ``in_dim -> hidden... -> 2``."""
+    return mlp_spec([in_dim, *hidden, 2])
+
+
+def mlp_forward(params: Params, spec: ParamSpec, x: Tensor) -> Tensor:
+    """Differentiable batched ReLU MLP: ``x`` ``(n, D)`` shared or ``(B, n, D)`` per net ->
+    logits ``(B, n, C)``."""
+    h = x
+    n = spec.n_layers
+    for l in range(n):
+        h = torch.matmul(h, params[f"layers.{l}.weight"].transpose(1, 2)) + params[f"layers.{l}.bias"].unsqueeze(1)
+        if l < n - 1:
+            h = F.relu(h)
+    return h
+
+
+# --------------------------------------------------------------------------------------------
+# The two domains
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """The target domain's corruption, applied to ``28 x 28`` digits in ``[0, 1]`` in this order:
+    rotation by ``rotation`` degrees (plus a uniform jitter of ``± jitter`` per image), a left-right
+    flip if ``flip``, a Gaussian blur of std ``blur`` pixels (0: none),
+    ``contrast * x + brightness``, Gaussian noise of std ``noise``, clipped to ``[0, 1]``."""
+
+    rotation: float = 30.0
+    jitter: float = 10.0
+    flip: bool = False
+    blur: float = 1.0
+    contrast: float = 0.6
+    brightness: float = 0.2
+    noise: float = 0.1
+
+
+def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur, ``(N, H, W)`` -> ``(N, H, W)`` (zero padding, radius ``3 sigma``)."""
+    r = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=images.dtype)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    x = images.unsqueeze(1)
+    x = F.conv2d(x, k.view(1, 1, 1, -1), padding=(0, r))
+    x = F.conv2d(x, k.view(1, 1, -1, 1), padding=(r, 0))
+    return x.squeeze(1)
+
+
+def corrupt_digits(images: Tensor, c: Corruption, seed: int) -> Tensor:
+    """The target domain: every image corrupted by :class:`Corruption`, its random parts (angle
+    jitter, noise) drawn from ``seed`` alone. ``(N, 28, 28)`` in ``[0, 1]`` -> same shape."""
+    g = torch.Generator().manual_seed(int(seed))
+    n = images.shape[0]
+    angle = torch.deg2rad(c.rotation + c.jitter * (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1))
+    cos, sin = angle.cos().float(), angle.sin().float()
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    grid = F.affine_grid(theta, [n, 1, *images.shape[1:]], align_corners=False)
+    x = F.grid_sample(images.unsqueeze(1).float(), grid, align_corners=False).squeeze(1)
+    if c.flip:
+        x = x.flip(-1)
+    if c.blur > 0:
+        x = _gaussian_blur(x, c.blur)
+    x = c.contrast * x + c.brightness
+    x = x + c.noise * torch.randn(x.shape, generator=g)
+    return x.clamp(0.0, 1.0)
+
+
+def pool_digits(images: Tensor, pool: int) -> Tensor:
+    """``(N, 28, 28)`` in ``[0, 1]`` -> ``(N, (28 / pool)^2)``: average-pooled, standardized with
+    MNIST's mean and std, flattened (the classifiers' input)."""
+    x = F.avg_pool2d(images.unsqueeze(1), pool) if pool > 1 else images.unsqueeze(1)
+    return ((x - MNIST_MEAN) / MNIST_STD).flatten(1)
+
+
+@dataclass(frozen=True)
+class PairBanks:
+    """Images of every digit pair, as rectangular banks indexed by pair: ``x_*`` ``(45, n, D)``,
+    ``y_*`` ``(45, n)`` with label 0 for the pair's first digit, 1 for its second; half of each
+    pair's images per digit. ``train``: the training digits; ``test``: held-out digits no net
+    trains on. ``source`` clean, ``target`` corrupted (the same digits)."""
+
+    x_source_train: Tensor
+    x_target_train: Tensor
+    y_train: Tensor
+    x_source_test: Tensor
+    x_target_test: Tensor
+    y_test: Tensor
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _bank(digits: Tensor, per_digit: int, *images: Tensor) -> tuple[list[Tensor], Tensor]:
+    """For every pair: the first ``per_digit`` images of each of its digits (in the given order)."""
+    first = {d: (digits == d).nonzero().flatten()[:per_digit] for d in range(10)}
+    short = [d for d, i in first.items() if len(i) < per_digit]
+    if short:
+        raise ValueError(f"digits {short} have fewer than {per_digit} images")
+    idx = torch.stack([torch.cat([first[a], first[b]]) for a, b in PAIRS])  # (45, 2 * per_digit)
+    labels = torch.cat([torch.zeros(per_digit), torch.ones(per_digit)]).long().expand(len(PAIRS), -1).contiguous()
+    return [x[idx] for x in images], labels
+
+
+def pair_banks(
+    images: Tensor, digits: Tensor, c: Corruption, seed: int, n_test: int, pool: int, per_digit_train: int
+) -> PairBanks:
+    """Split the digits once (``n_test`` held out, drawn with ``seed``), corrupt them all with
+    ``seed``, and bank them by pair: ``per_digit_train`` training images per digit; as many
+    held-out images per digit as the rarest digit has."""
+    from pipeline.data import split_indices
+
+    corrupted = corrupt_digits(images, c, seed)
+    split = split_indices(len(images), {"train": len(images) - n_test, "test": n_test}, seed)
+    src, tgt = pool_digits(images, pool), pool_digits(corrupted, pool)
+    (xs_tr, xt_tr), y_tr = _bank(digits[split["train"]], per_digit_train, src[split["train"]], tgt[split["train"]])
+    test_digits = digits[split["test"]]
+    per_digit_test = int(torch.bincount(test_digits, minlength=10).min())
+    (xs_te, xt_te), y_te = _bank(test_digits, per_digit_test, src[split["test"]], tgt[split["test"]])
+    return PairBanks(xs_tr, xt_tr, y_tr, xs_te, xt_te, y_te)
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo plan and batched training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedPairNet:
+    """One classifier of the zoo: its id, digit pair (index into :data:`PAIRS`), split and seed."""
+
+    net_id: int
+    pair: int
+    split: str
+    seed: int
+
+
+def novel_pairs(n_novel: int, seed: int) -> list[int]:
+    """The pairs (indices into :data:`PAIRS`) that only test nets have, drawn from ``seed``."""
+    return sorted(torch.randperm(len(PAIRS), generator=torch.Generator().manual_seed(seed * 31 + 7))[:n_novel].tolist())
+
+
+def plan_pair_zoo(n_nets: int, n_val: int, n_test: int, n_novel: int, seed: int) -> list[PlannedPairNet]:
+    """Every net of the zoo. Nets cycle through the pairs (net ``i`` has a pair drawn from a
+    seeded shuffle of pair ``i mod 45``'s order); the nets of the novel pairs are test nets, and of
+    the others ``n_val`` go to validation and ``n_test`` more to test, drawn at random."""
+    if not 0 <= n_novel < len(PAIRS):
+        raise ValueError(f"novel pairs must be in 0 .. {len(PAIRS) - 1}, got {n_novel}")
+    g = torch.Generator().manual_seed(seed * 1_009 + 3)
+    order = torch.randperm(len(PAIRS), generator=g).tolist()
+    pairs = [order[i % len(PAIRS)] for i in range(n_nets)]
+    novel = set(novel_pairs(n_novel, seed))
+    known = [i for i in range(n_nets) if pairs[i] not in novel]
+    if n_val + n_test >= len(known):
+        raise ValueError(f"{len(known)} nets of known pairs leave none for training after {n_val} + {n_test}")
+    shuffled = [known[int(j)] for j in torch.randperm(len(known), generator=g)]
+    split = {i: "test" for i in range(n_nets) if pairs[i] in novel}
+    split |= {i: "val" for i in shuffled[:n_val]} | {i: "test" for i in shuffled[n_val : n_val + n_test]}
+    return [
+        PlannedPairNet(i, pairs[i], split.get(i, "train"), (seed * 1_000_003 + i * 7_919 + 4_321) % (2**31 - 1))
+        for i in range(n_nets)
+    ]
+
+
+@dataclass(frozen=True)
+class PairFit:
+    """How every classifier trains: Adam, ``steps`` steps of ``batch_size`` images of its pair,
+    He-uniform initialization; ``finetune_*``: the labelled-target reference (``finetune_images``
+    corrupted training images of the pair per net, half of each digit, full batch,
+    ``finetune_steps`` Adam steps)."""
+
+    hidden: tuple[int, ...] = (32, 32)
+    pool: int = 4
+    steps: int = 300
+    lr: float = 3e-3
+    batch_size: int = 32
+    finetune_images: int = 16
+    finetune_steps: int = 50
+    finetune_lr: float = 1e-3
+
+
+def init_pair_mlps(spec: ParamSpec, seeds: list[int]) -> Params:
+    """He-uniform weights (``U(±sqrt(6 / fan_in))``), zero biases; net ``b`` from ``seeds[b]``."""
+    out: Params = {t.name: torch.zeros(len(seeds), *t.shape) for t in spec.tensors}
+    for b, s in enumerate(seeds):
+        g = torch.Generator().manual_seed(int(s))
+        for t in spec.tensors:
+            if t.name.endswith("weight"):
+                bound = math.sqrt(6.0 / t.shape[1])
+                out[t.name][b] = (2 * torch.rand(t.shape, generator=g) - 1) * bound
+    return out
+
+
+def train_pair_mlps(
+    spec: ParamSpec,
+    init: Params,
+    seeds: list[int],
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> Params:
+    """Train ``B`` classifiers at once from ``init``: net ``b`` draws ``batch_size`` of its own
+    images ``x[b]`` ``(B, n, D)`` (labels ``y[b]`` ``(B, n)``) per step from its seed, Adam.
+    ``batch_size >= n``: full batch. Returns the trained nets (CPU)."""
+    if len(seeds) == 1:  # a ghost partner: a lone batch may reduce in another order on CPU kernels
+        out = train_pair_mlps(spec, {k: v.repeat(2, *[1] * (v.dim() - 1)) for k, v in init.items()}, seeds * 2,
+                              x.repeat(2, 1, 1), y.repeat(2, 1), steps, lr, batch_size, device)  # fmt: skip
+        return {k: v[:1] for k, v in out.items()}
+    device = torch.device(device)
+    B, n = y.shape
+    gens = [torch.Generator().manual_seed(int(s) + 11) for s in seeds]
+    flat = flatten(init, spec).to(device).requires_grad_(True)
+    m, v = torch.zeros_like(flat), torch.zeros_like(flat)
+    settings = AdamSettings(steps)
+    lrs = torch.full((B,), float(lr), device=device)
+    x, y = x.to(device), y.to(device)
+    for step in range(1, steps + 1):
+        if batch_size >= n:
+            xb, yb = x, y
+        else:
+            idx = torch.stack([torch.randint(n, (batch_size,), generator=g) for g in gens]).to(device)
+            xb, yb = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])), y.gather(1, idx)
+        logits = mlp_forward(unflatten(flat, spec), spec, xb)
+        loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(B, -1).mean(1).sum()
+        (g,) = torch.autograd.grad(loss, [flat])
+        with torch.no_grad():
+            adam_update(flat, g, m, v, step, lrs, settings)
+    return {k: t.detach().cpu().clone() for k, t in unflatten(flat.detach(), spec).items()}
+
+
+def few_shot_indices(seeds: list[int], per_digit: int, k: int) -> Tensor:
+    """``(B, 2k)`` indices into a pair's bank (first ``per_digit`` images: its first digit, the
+    next ``per_digit``: its second): ``k`` images of each digit per net, drawn from its seed."""
+    rows = []
+    for s in seeds:
+        g = torch.Generator().manual_seed(int(s) + 13)
+        rows.append(
+            torch.cat(
+                [torch.randperm(per_digit, generator=g)[:k], per_digit + torch.randperm(per_digit, generator=g)[:k]]
+            )
+        )
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def pair_accuracy(params: Params, spec: ParamSpec, x: Tensor, y: Tensor) -> Tensor:
+    """Accuracy ``(B,)`` of net ``b`` on its own images ``x[b]`` ``(B, n, D)``, labels ``y[b]``."""
+    return (mlp_forward(params, spec, x).argmax(-1) == y).float().mean(1)
+
+
+def fit_pair_shard(
+    nets: list[PlannedPairNet], banks: dict[str, Tensor], fit: PairFit, device: torch.device | str = "cpu"
+) -> tuple[Params, dict[str, Tensor]]:
+    """Train the nets of one shard on their pairs' source digits and score the baselines.
+
+    Returns ``(params, extras)`` on the CPU; extras ``(B,)``: ``net_id``, ``pair``, and the
+    held-out accuracies ``source_acc`` / ``target_acc`` (no adaptation), ``finetune_acc`` (after
+    fine-tuning on ``fit.finetune_images`` labelled target images), ``oracle_acc`` (the twin
+    trained on the target domain).
+    """
+    spec = pair_spec(banks["x_source_train"].shape[-1], fit.hidden)
+    seeds = [n.seed for n in nets]
+    pair = torch.tensor([n.pair for n in nets])
+    init = init_pair_mlps(spec, seeds)
+    y_tr, y_te = banks["y_train"][pair], banks["y_test"][pair]
+
+    def train(x: Tensor) -> Params:
+        return train_pair_mlps(spec, init, seeds, x[pair], y_tr, fit.steps, fit.lr, fit.batch_size, device)
+
+    params, oracle = train(banks["x_source_train"]), train(banks["x_target_train"])
+    few = few_shot_indices(seeds, y_tr.shape[1] // 2, fit.finetune_images // 2)
+    x_few = banks["x_target_train"][pair].gather(1, few.unsqueeze(-1).expand(-1, -1, spec.layer_sizes[0]))
+    tuned = train_pair_mlps(spec, params, seeds, x_few, y_tr.gather(1, few), fit.finetune_steps, fit.finetune_lr,
+                            x_few.shape[1], device)  # fmt: skip
+    x_src, x_tgt = banks["x_source_test"][pair], banks["x_target_test"][pair]
+    extras = {
+        "net_id": torch.tensor([n.net_id for n in nets]),
+        "pair": pair,
+        "source_acc": pair_accuracy(params, spec, x_src, y_te),
+        "target_acc": pair_accuracy(params, spec, x_tgt, y_te),
+        "finetune_acc": pair_accuracy(tuned, spec, x_tgt, y_te),
+        "oracle_acc": pair_accuracy(oracle, spec, x_tgt, y_te),
+    }
+    return params, extras

@@ -1,0 +1,185 @@
+"""Domain adaptation in the library: the classifier zoo's symmetry, its seeded target domain, its
+plan and batched training, every adapter's equivariance (both ways) and the adaptation objective."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.models.mlp import FlatMLPEditor
+from pipeline.tasks.adaptation import Adaptation
+from pipeline.weightspace.normalize import apply_stats, fit_stats
+from pipeline.weightspace.spec import flatten, permute, random_permutations, unflatten
+from pipeline.zoo.adapt_zoo import (
+    PAIRS,
+    Corruption,
+    PairFit,
+    corrupt_digits,
+    fit_pair_shard,
+    init_pair_mlps,
+    mlp_forward,
+    pair_banks,
+    pair_spec,
+    plan_pair_zoo,
+    pool_digits,
+    train_pair_mlps,
+)
+from tests.test_editing import EDITORS, _edit, _editor
+from tests.weightspace_cases import random_params, rows_only, swap_inputs
+
+SPEC = pair_spec(16, [6, 5])  # 16 inputs -> 6 -> 5 -> 2
+B = 3
+
+
+@pytest.fixture(scope="module")
+def banks() -> dict[str, torch.Tensor]:
+    from pipeline.data import load_images
+
+    images, digits = load_images("mnist_offline")
+    return pair_banks(images, digits, Corruption(), seed=3, n_test=500, pool=7, per_digit_train=32).tensors()
+
+
+def test_permuting_hidden_units_keeps_the_logits_and_a_wrong_coupling_does_not():
+    params = random_params(SPEC, B)
+    x = torch.randn(10, 16)
+    out = mlp_forward(params, SPEC, x)
+    perms = random_permutations(SPEC, B, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mlp_forward(permute(params, SPEC, perms), SPEC, x), out)
+    for layer in SPEC.hidden_layers:
+        assert not torch.allclose(mlp_forward(rows_only(params, layer), SPEC, x), out, atol=1e-3)
+    assert not torch.allclose(mlp_forward(swap_inputs(params), SPEC, x), out, atol=1e-3)
+
+
+def test_the_target_domain_is_seeded_and_differs_from_the_source():
+    images = torch.rand(20, 28, 28)
+    a, b = corrupt_digits(images, Corruption(), 5), corrupt_digits(images, Corruption(), 5)
+    assert torch.equal(a, b) and a.shape == images.shape
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    assert not torch.equal(a, corrupt_digits(images, Corruption(), 6))  # jitter and noise come from the seed
+    plain = Corruption(rotation=0, jitter=0, blur=0, contrast=1, brightness=0, noise=0)
+    torch.testing.assert_close(corrupt_digits(images, plain, 5), images, atol=1e-5, rtol=0)
+    flipped = corrupt_digits(images, Corruption(0, 0, True, 0, 1, 0, 0), 5)
+    torch.testing.assert_close(flipped, images.flip(-1), atol=1e-5, rtol=0)
+    assert pool_digits(images, 4).shape == (20, 49)
+
+
+def test_banks_hold_each_pairs_digits_half_and_half(banks):
+    from pipeline.data import load_images
+
+    assert banks["x_source_train"].shape == (len(PAIRS), 64, 16) == banks["x_target_train"].shape
+    assert torch.equal(banks["y_train"][:, :32], torch.zeros(len(PAIRS), 32, dtype=torch.long))
+    assert torch.equal(banks["y_train"][:, 32:], torch.ones(len(PAIRS), 32, dtype=torch.long))
+    assert banks["x_source_test"].shape[1] == banks["y_test"].shape[1] >= 2 * 30
+    assert not torch.equal(banks["x_source_train"], banks["x_target_train"])
+    # the banks are the digits themselves: the first training image of pair (0, 1) is a 0 of the digits
+    images, digits = load_images("mnist_offline")
+    zeros = pool_digits(images[digits == 0], 7)
+    assert (zeros - banks["x_source_train"][0, 0]).abs().sum(1).min() < 1e-5
+
+
+def test_the_plan_keeps_novel_pairs_in_test_and_splits_the_rest():
+    plan = plan_pair_zoo(200, 20, 15, 3, seed=1)
+    from pipeline.zoo.adapt_zoo import novel_pairs
+
+    novel = set(novel_pairs(3, 1))
+    assert len(novel) == 3
+    assert all(n.split == "test" for n in plan if n.pair in novel)
+    assert {n.pair for n in plan if n.split == "train"}.isdisjoint(novel)
+    assert sum(n.split == "val" for n in plan) == 20
+    assert sum(n.split == "test" and n.pair not in novel for n in plan) == 15
+    assert plan == plan_pair_zoo(200, 20, 15, 3, seed=1) and plan != plan_pair_zoo(200, 20, 15, 3, seed=2)
+    with pytest.raises(ValueError, match="none for training"):
+        plan_pair_zoo(30, 20, 15, 3, seed=1)
+
+
+def test_a_nets_training_bytes_do_not_depend_on_its_partners(banks):
+    spec = pair_spec(16, [8])
+    x, y = banks["x_source_train"][[0, 1, 2]], banks["y_train"][[0, 1, 2]]
+
+    def trained(seeds, rows):
+        return train_pair_mlps(spec, init_pair_mlps(spec, seeds), seeds, x[rows], y[rows], 20, 1e-2, 8)
+
+    a, b, alone = trained([11, 12], [0, 1]), trained([11, 13], [0, 2]), trained([11], [0])
+    for k in a:
+        assert torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][0], alone[k][0]), k
+    assert not torch.equal(a["layers.0.weight"][0], init_pair_mlps(spec, [11])["layers.0.weight"][0])
+
+
+def test_the_corruption_hurts_and_training_on_the_target_recovers(banks):
+    plan = plan_pair_zoo(45, 5, 5, 0, seed=0)
+    _, ex = fit_pair_shard(plan, banks, PairFit(hidden=(16,), steps=150, lr=1e-2, finetune_steps=20))
+    assert float(ex["source_acc"].mean()) > 0.9
+    assert float(ex["target_acc"].mean()) < float(ex["source_acc"].mean()) - 0.05
+    assert float(ex["oracle_acc"].mean()) > float(ex["target_acc"].mean()) + 0.05
+    assert torch.equal(ex["pair"], torch.tensor([n.pair for n in plan]))
+
+
+# --------------------------------------------------------------------------------------------
+# adapters and the objective
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [k for k in EDITORS if not k.endswith("probes")])
+def test_every_adapter_is_equivariant_on_a_classifier_and_detects_wrong_couplings(kind):
+    model = _editor(kind, SPEC)
+    params = random_params(SPEC, B)
+    perms = random_permutations(SPEC, B, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = _edit(model, params, SPEC)
+        scale = float((out - flatten(params, SPEC)).abs().max())
+        assert scale > 1e-2
+        expected = flatten(permute(unflatten(out, SPEC), SPEC, perms), SPEC)
+        torch.testing.assert_close(
+            _edit(model, permute(params, SPEC, perms), SPEC), expected, rtol=1e-5, atol=1e-5 * scale
+        )
+        for layer in SPEC.hidden_layers:
+            wrong = flatten(rows_only(unflatten(out, SPEC), layer), SPEC)
+            assert float((_edit(model, rows_only(params, layer), SPEC) - wrong).abs().max()) > 1e-4 * scale
+
+
+def test_the_flat_mlp_adapter_is_not_equivariant():
+    torch.manual_seed(0)
+    model = FlatMLPEditor(SPEC.n_params, hidden=32, layers=2, init_scale=1.0).eval()
+    params = random_params(SPEC, B)
+    perms = random_permutations(SPEC, B, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(flatten(params, SPEC))
+        expected = flatten(permute(unflatten(out, SPEC), SPEC, perms), SPEC)
+        assert float((model(flatten(permute(params, SPEC, perms), SPEC)) - expected).abs().max()) > 1e-3
+        model.scale.zero_()
+        assert torch.equal(model(flatten(params, SPEC)), flatten(params, SPEC))
+
+
+def _objective(banks, spec, params) -> tuple[Adaptation, torch.Tensor]:
+    stats = fit_stats(params, spec)
+    novel = torch.zeros(len(PAIRS), dtype=torch.bool)
+    novel[[3, 4]] = True
+    obj = Adaptation(
+        spec,
+        stats,
+        banks["x_target_train"],
+        banks["y_train"],
+        banks["x_target_test"],
+        banks["x_source_test"],
+        banks["y_test"],
+        novel,
+    )
+    return obj, flatten(apply_stats(params, spec, stats), spec)
+
+
+def test_the_adaptation_metrics_are_the_nets_own_and_invariant_to_their_hidden_order(banks):
+    spec = pair_spec(16, [8, 8])
+    plan = plan_pair_zoo(45, 5, 5, 0, seed=0)[:6]
+    params, ex = fit_pair_shard(plan, banks, PairFit(hidden=(8, 8), steps=60, lr=1e-2, finetune_steps=5))
+    obj, flat = _objective(banks, spec, params)
+    pair = ex["pair"]
+    m = obj.metrics(flat, pair)
+    # unadapted nets: the metric is the zoo's own held-out score of each net
+    assert m["acc"] == pytest.approx(float(ex["target_acc"].mean()), abs=1e-6)
+    assert m["source_acc"] == pytest.approx(float(ex["source_acc"].mean()), abs=1e-6)
+    assert ("novel_acc" in m) == bool(((pair == 3) | (pair == 4)).any())
+    perms = random_permutations(spec, len(plan), torch.Generator().manual_seed(2))
+    permuted = flatten(permute(unflatten(flat, spec), spec, perms), spec)
+    assert float(obj.loss(permuted, pair)) == pytest.approx(float(obj.loss(flat, pair)), rel=1e-5)
+    wrong = flatten(rows_only(unflatten(flat, spec), 1), spec)
+    assert float(obj.loss(wrong, pair)) != pytest.approx(float(obj.loss(flat, pair)), rel=1e-3)
