@@ -508,7 +508,7 @@ def plot_adaptation(summary: dict, zoo: dict, path: str | Path) -> None:
     """Target accuracy of every adapter (mean ± std over seeds) as bars, with the zoo's
     no-adaptation and trained-on-target accuracies as lines."""
     rows = list(summary.values())
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.6))
     y = range(len(rows))
     ax.barh(list(y), [100 * s["acc_mean"] for s in rows], xerr=[100 * s["acc_std"] for s in rows], color="tab:blue")
     ax.set_yticks(list(y), [s["label"] for s in rows], fontsize=8)
@@ -516,7 +516,7 @@ def plot_adaptation(summary: dict, zoo: dict, path: str | Path) -> None:
     for key, style, name in (("test_target_acc", ":", "no adaptation"), ("test_oracle_acc", "--", "trained on target")):
         ax.axvline(100 * zoo[f"{key}_mean"], color="grey", ls=style, lw=1, label=name)
     ax.set(xlabel="target test accuracy (%)", xlim=(50, 100))
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     fig.tight_layout()
     _save(fig, path)
 
