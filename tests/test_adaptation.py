@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.models.mlp import FlatMLPEditor
-from pipeline.tasks.adaptation import Adaptation
+from pipeline.tasks.adaptation import Adaptation, adaptation_objective
 from pipeline.weightspace.normalize import apply_stats, fit_stats
 from pipeline.weightspace.spec import flatten, permute, random_permutations, unflatten
 from pipeline.zoo.adapt_zoo import (
@@ -151,20 +151,10 @@ def test_the_flat_mlp_adapter_is_not_equivariant():
 
 
 def _objective(banks, spec, params) -> tuple[Adaptation, torch.Tensor]:
+    """The objective as the ``adapt`` stage builds it (pairs 3 and 4 novel), and the nets normalized."""
     stats = fit_stats(params, spec)
-    novel = torch.zeros(len(PAIRS), dtype=torch.bool)
-    novel[[3, 4]] = True
-    obj = Adaptation(
-        spec,
-        stats,
-        banks["x_target_train"],
-        banks["y_train"],
-        banks["x_target_test"],
-        banks["x_source_test"],
-        banks["y_test"],
-        novel,
-    )
-    return obj, flatten(apply_stats(params, spec, stats), spec)
+    meta = {"spec": spec.to_dict(), "norm_stats": stats, "novel_pairs": [3, 4]}
+    return adaptation_objective(meta, banks), flatten(apply_stats(params, spec, stats), spec)
 
 
 def test_the_adaptation_metrics_are_the_nets_own_and_invariant_to_their_hidden_order(banks):
