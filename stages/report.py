@@ -113,7 +113,7 @@ def _adapt_section(adapt_dir: Path, out: Path) -> tuple[str, dict]:
     info = read_json(adapt_dir / "zoo" / "zoo.json")
     zoo = info["summary"] | {"novel_pairs": info["novel_pairs"]}
     report.plot_adaptation(summary, zoo, out / "figures" / "adaptation.png")
-    counts = {s: zoo[f"n_{s}"] for s in ("train", "val", "test")}
+    counts = read_json(adapt_dir / "graphs" / "meta.json")["counts"]  # the nets trained on (finite ones)
     n_seeds = len({r["seed"] for r in runs})
     md = report.adaptation_markdown(summary, zoo, counts, info["recipe"]["corruption"], n_seeds)
     numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
