@@ -20,6 +20,7 @@ from pipeline.tasks.l2o import (
     baseline_steps,
     feature_graphs,
     graph_to_parameters,
+    layer_template,
     optimizer_features,
     preprocess,
     unroll,
@@ -45,11 +46,10 @@ def _features(seed: int = 0) -> torch.Tensor:
 
 def _optimizers():
     torch.manual_seed(0)
-    t = graph_template(SPEC)
     return {
         "ff": FFOptimizer(16),
-        "ng_gnn": GraphOptimizer(t, "ng_gnn", hidden=8, layers=3),
-        "ng_t": GraphOptimizer(t, "ng_t", hidden=8, layers=3),
+        "ng_gnn": GraphOptimizer(SPEC.n_layers, "ng_gnn", hidden=8, layers=3),
+        "ng_t": GraphOptimizer(SPEC.n_layers, "ng_t", hidden=8, layers=3),
     }
 
 
@@ -85,8 +85,9 @@ def test_every_learned_optimizer_is_equivariant_and_sees_wrong_couplings(kind):
     f = _features()
     perms = random_permutations(SPEC, B, torch.Generator().manual_seed(1))
     with torch.no_grad():
-        out = opt(f)
-        got = opt(_permute_features(f, perms))
+        t = layer_template(SPEC)
+        out = opt(f, t)
+        got = opt(_permute_features(f, perms), t)
         expected = flatten(permute(unflatten(out, SPEC), SPEC, perms), SPEC)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
         if kind == "ff":  # per parameter: any reordering commutes, so only the graph models can tell
@@ -96,7 +97,7 @@ def test_every_learned_optimizer_is_equivariant_and_sees_wrong_couplings(kind):
                 [flatten(rows_only(unflatten(f[..., c], SPEC), layer), SPEC) for c in range(N_FEATURES)], -1
             )
             wrong_out = flatten(rows_only(unflatten(out, SPEC), layer), SPEC)
-            assert float((opt(wrong_in) - wrong_out).abs().max()) > 1e-5, layer
+            assert float((opt(wrong_in, t) - wrong_out).abs().max()) > 1e-5, layer
 
 
 @pytest.mark.parametrize("kind", ["ng_gnn", "ng_t"])

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pipeline.graphs.neural_graph import GraphTemplate, features_to_params, params_to_features
+from pipeline.graphs.neural_graph import GraphTemplate, features_to_params, graph_template, params_to_features
 from pipeline.graphs.store import GraphSet
 from pipeline.weightspace.spec import ParamSpec, flatten, unflatten
 from pipeline.zoo.adapt_zoo import mlp_forward
@@ -90,7 +90,7 @@ class FFOptimizer(nn.Module):
         super().__init__()
         self.mlp = PerParameterMLP(N_FEATURES, hidden)
 
-    def forward(self, features: Tensor) -> Tensor:
+    def forward(self, features: Tensor, template: GraphTemplate | None = None) -> Tensor:
         return self.mlp(features)
 
 
@@ -118,39 +118,45 @@ def graph_to_parameters(node: Tensor, edge: Tensor, template: GraphTemplate) -> 
     return torch.stack(chans, dim=-1)
 
 
+def layer_template(spec: ParamSpec) -> GraphTemplate:
+    """The neural graph of ``spec`` with one positional id per neuron *layer* (input neurons
+    share one too), so that an optimizer meta-trained on one width of net runs on another."""
+    t = graph_template(spec)
+    return dataclasses.replace(t, node_pos=t.node_layer.clone(), n_pos=spec.n_layers + 1)
+
+
 class GraphOptimizer(nn.Module):
     r"""FF + a neural-graph encoder: :math:`u_i = \mathrm{MLP}([\phi_i, c_i])` with :math:`c_i`
     from the encoder's final states: :math:`W_n x_v` for the bias of neuron ``v``,
-    :math:`W_e [e_{uv}, x_u, x_v]` for the weight of edge ``u -> v``.
+    :math:`W_e [e_{uv}, x_u, x_v]` for the weight of edge ``u -> v``. The graphs carry one
+    positional id per neuron layer (:func:`layer_template`), so one optimizer runs on nets of any
+    width with ``n_layers`` parameter layers.
 
     Args:
-        template: the optimizee's graph topology.  encoder: ``"ng_gnn"`` or ``"ng_t"``.
+        n_layers: parameter layers of the optimizees.  encoder: ``"ng_gnn"`` or ``"ng_t"``.
         hidden: the encoder's and the MLP's width.  layers: encoder layers.
-    Shapes: features ``(B, P, C)`` -> updates ``(B, P)``.
+    Shapes: features ``(B, P, C)`` and the optimizees' :func:`layer_template` -> updates ``(B, P)``.
     """
 
-    def __init__(self, template: GraphTemplate, encoder: str = "ng_gnn", hidden: int = 32, layers: int = 2):
+    def __init__(self, n_layers: int, encoder: str = "ng_gnn", hidden: int = 32, layers: int = 2):
         super().__init__()
-        self.template = template
-        n_out = template.spec.layer_sizes[-1]
+        n_pos = n_layers + 1
         if encoder == "ng_gnn":
             from pipeline.models.ng_gnn import NGGNNEncoder
 
-            self.encoder = NGGNNEncoder(
-                N_FEATURES, N_FEATURES, template.n_pos, n_out, hidden, layers, fourier_features=0, template=template
-            )
+            self.encoder = NGGNNEncoder(N_FEATURES, N_FEATURES, n_pos, 1, hidden, layers, fourier_features=0)
         elif encoder == "ng_t":
             from pipeline.models.ng_t import NGTEncoder
 
-            self.encoder = NGTEncoder(N_FEATURES, N_FEATURES, template.n_pos, hidden, layers, heads=4, n_out=n_out)
+            self.encoder = NGTEncoder(N_FEATURES, N_FEATURES, n_pos, hidden, layers, heads=4)
         else:
             raise ValueError(f"unknown encoder {encoder!r}; choose from ('ng_gnn', 'ng_t')")
         self.node_ctx = nn.Linear(hidden, hidden)
         self.edge_ctx = nn.Linear(3 * hidden, hidden)
         self.mlp = PerParameterMLP(N_FEATURES + hidden, hidden)
 
-    def forward(self, features: Tensor) -> Tensor:
-        t, B = self.template, features.shape[0]
+    def forward(self, features: Tensor, template: GraphTemplate) -> Tensor:
+        t, B = template, features.shape[0]
         graphs = feature_graphs(features, t)
         x, e, src, dst, order = self.encoder(graphs.batch(torch.arange(B, device=features.device)))
         node = self.node_ctx(x)
@@ -205,6 +211,7 @@ def unroll(
     training losses ``(steps, B)`` measured before each update, each a function of the updates
     before it."""
     flat, moments = state.flat.detach().requires_grad_(True), state.moments.detach()
+    template = layer_template(task.spec)
     losses = []
     for _ in range(steps):
         idx = batch_indices(task, gens, flat.device)
@@ -212,7 +219,7 @@ def unroll(
         (grad,) = torch.autograd.grad(loss.sum(), flat, retain_graph=True)
         grad = grad.detach()  # first order: the optimizee's gradient is an input
         moments = update_moments(moments, grad)
-        flat = flat + scale * optimizer(optimizer_features(grad, moments))
+        flat = flat + scale * optimizer(optimizer_features(grad, moments), template)
         losses.append(loss)
     return OptState(flat, moments), torch.stack(losses)
 
@@ -257,3 +264,76 @@ def held_out_accuracy(flat: Tensor, task: Task) -> Tensor:
     """``(B,)`` accuracy of every optimizee on the task's test examples."""
     logits = mlp_forward(unflatten(flat, task.spec), task.spec, task.x_test)
     return (logits.argmax(-1) == task.y_test).float().mean(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Meta-training and evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetaSettings:
+    """Truncated meta-training: ``outer_steps`` updates of the optimizer (Adam, ``lr``), each on
+    the mean training loss of ``n_optimizees`` nets over one unroll of ``unroll`` steps; a net is
+    re-initialized after ``horizon`` steps. ``scale``: the update's output scale."""
+
+    outer_steps: int = 200
+    unroll: int = 10
+    horizon: int = 100
+    n_optimizees: int = 8
+    lr: float = 1e-3
+    scale: float = 1e-2
+    grad_clip: float = 1.0
+
+
+def init_optimizees(spec: ParamSpec, seeds: list[int]) -> Tensor:
+    """He-uniform weights and zero biases (:func:`pipeline.zoo.adapt_zoo.init_pair_mlps`), flat ``(B, P)``."""
+    from pipeline.zoo.adapt_zoo import init_pair_mlps
+
+    return flatten(init_pair_mlps(spec, seeds), spec)
+
+
+def fresh_state(spec: ParamSpec, seeds: list[int]) -> tuple[OptState, list[torch.Generator]]:
+    """New optimizees from ``seeds`` (zero momenta) and their batch generators."""
+    flat = init_optimizees(spec, seeds)
+    return OptState(flat, flat.new_zeros(*flat.shape, len(MOMENTA))), [
+        torch.Generator().manual_seed(s + 1) for s in seeds
+    ]
+
+
+def meta_train(optimizer: nn.Module, task: Task, settings: MetaSettings, seed: int, on_step=None) -> list[float]:
+    """Meta-train ``optimizer`` on ``task``; returns the meta-loss of every outer step."""
+    s = settings
+    meta_opt = torch.optim.Adam(optimizer.parameters(), lr=s.lr)
+    history, state, gens, t, k = [], None, [], s.horizon, 0
+    for outer in range(s.outer_steps):
+        if t >= s.horizon:
+            seeds = [seed * 1_000_003 + k * s.n_optimizees + b for b in range(s.n_optimizees)]
+            state, gens = fresh_state(task.spec, seeds)
+            t, k = 0, k + 1
+        state, losses = unroll(optimizer, state, task, s.unroll, gens, s.scale)
+        meta = losses[1:].mean()  # the first loss is measured before any update of this unroll
+        meta_opt.zero_grad(set_to_none=True)
+        meta.backward()
+        nn.utils.clip_grad_norm_(optimizer.parameters(), s.grad_clip)
+        meta_opt.step()
+        t += s.unroll
+        history.append(float(meta))
+        if on_step is not None:
+            on_step(outer, float(meta))
+    return history
+
+
+def evaluate_optimizer(
+    optimizer: nn.Module, task: Task, steps: int, seeds: list[int], scale: float
+) -> dict[str, float]:
+    """Train fresh optimizees from ``seeds`` for ``steps`` steps with ``optimizer`` (no meta-gradient):
+    the mean final training loss (last 10 steps) and held-out test accuracy, and the loss curve."""
+    state, gens = fresh_state(task.spec, seeds)
+    curve = []
+    for _ in range(0, steps, 10):
+        state, losses = unroll(optimizer, state, task, min(10, steps - len(curve)), gens, scale)
+        state = OptState(state.flat.detach(), state.moments.detach())
+        curve += losses.detach().mean(1).tolist()
+    acc = held_out_accuracy(state.flat, task)
+    return {"final_loss": sum(curve[-10:]) / len(curve[-10:]), "test_acc": float(acc.mean()), "curve": curve}
