@@ -1,0 +1,160 @@
+"""Learning to optimize in the library: preprocessing, every learned optimizer's equivariance
+(both ways), permutation-equivariant optimization, the Adam baseline against torch.optim.Adam,
+and truncation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.graphs.neural_graph import graph_template
+from pipeline.tasks.l2o import (
+    MOMENTA,
+    N_FEATURES,
+    FFOptimizer,
+    GraphOptimizer,
+    OptState,
+    Task,
+    baseline_steps,
+    feature_graphs,
+    graph_to_parameters,
+    layer_template,
+    optimizer_features,
+    preprocess,
+    unroll,
+)
+from pipeline.weightspace.spec import flatten, mlp_spec, permute, random_permutations, unflatten
+from tests.weightspace_cases import random_params, rows_only
+
+SPEC = mlp_spec([6, 5, 4, 3])
+B = 3
+
+
+def _task(n: int = 40) -> Task:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    y = torch.randint(3, (n,), generator=g)
+    return Task(SPEC, x, y, x[:10], y[:10], batch_size=8)
+
+
+def _features(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, SPEC.n_params, N_FEATURES, generator=g)
+
+
+def _optimizers():
+    torch.manual_seed(0)
+    return {
+        "ff": FFOptimizer(16),
+        "ng_gnn": GraphOptimizer(SPEC.n_layers, "ng_gnn", hidden=8, layers=3),
+        "ng_t": GraphOptimizer(SPEC.n_layers, "ng_t", hidden=8, layers=3),
+    }
+
+
+def _permute_features(f: torch.Tensor, perms) -> torch.Tensor:
+    """Per-parameter channels permuted as the parameters are (channel by channel)."""
+    chans = [flatten(permute(unflatten(f[..., c], SPEC), SPEC, perms), SPEC) for c in range(f.shape[-1])]
+    return torch.stack(chans, -1)
+
+
+def test_preprocessing_is_log_and_sign_above_the_threshold_and_linear_below():
+    x = torch.tensor([2.0, -0.5, 1e-6, -1e-6, 0.0])
+    out = preprocess(x)
+    assert out[0].tolist() == pytest.approx([math.log(2.0) / 10, 1.0])
+    assert out[1].tolist() == pytest.approx([math.log(0.5) / 10, -1.0])
+    assert out[2].tolist() == pytest.approx([-1.0, 1e-6 * math.exp(10)])
+    assert out[4].tolist() == [-1.0, 0.0]
+    f = optimizer_features(torch.ones(B, SPEC.n_params), torch.zeros(B, SPEC.n_params, len(MOMENTA)))
+    assert f.shape == (B, SPEC.n_params, N_FEATURES)
+
+
+def test_feature_graphs_round_trip_every_channel():
+    t = graph_template(SPEC)
+    f = _features()
+    g = feature_graphs(f, t)
+    assert g.x.shape == (B * t.n_nodes, N_FEATURES) and g.edge_attr.shape == (B * t.n_edges, N_FEATURES)
+    back = graph_to_parameters(g.x.view(B, t.n_nodes, -1), g.edge_attr.view(B, t.n_edges, -1), t)
+    assert torch.equal(back, f)
+
+
+@pytest.mark.parametrize("kind", ["ff", "ng_gnn", "ng_t"])
+def test_every_learned_optimizer_is_equivariant_and_sees_wrong_couplings(kind):
+    opt = _optimizers()[kind].eval()
+    f = _features()
+    perms = random_permutations(SPEC, B, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        t = layer_template(SPEC)
+        out = opt(f, t)
+        got = opt(_permute_features(f, perms), t)
+        expected = flatten(permute(unflatten(out, SPEC), SPEC, perms), SPEC)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        if kind == "ff":  # per parameter: any reordering commutes, so only the graph models can tell
+            return
+        for layer in SPEC.hidden_layers:  # permute a layer's incoming rows but not its outgoing columns
+            wrong_in = torch.stack(
+                [flatten(rows_only(unflatten(f[..., c], SPEC), layer), SPEC) for c in range(N_FEATURES)], -1
+            )
+            wrong_out = flatten(rows_only(unflatten(out, SPEC), layer), SPEC)
+            assert float((opt(wrong_in, t) - wrong_out).abs().max()) > 1e-5, layer
+
+
+@pytest.mark.parametrize("kind", ["ng_gnn", "ng_t"])
+def test_optimizing_from_a_permuted_net_gives_the_same_losses(kind):
+    opt = _optimizers()[kind].eval()
+    task = _task()
+    params = random_params(SPEC, B)
+    perms = random_permutations(SPEC, B, torch.Generator().manual_seed(2))
+    runs = []
+    for p in (params, permute(params, SPEC, perms)):
+        gens = [torch.Generator().manual_seed(10 + b) for b in range(B)]
+        state = OptState(flatten(p, SPEC), torch.zeros(B, SPEC.n_params, len(MOMENTA)))
+        runs.append(unroll(opt, state, task, 4, gens, scale=0.05))
+    (s0, l0), (s1, l1) = runs
+    torch.testing.assert_close(l1, l0, rtol=1e-4, atol=1e-5)
+    assert float((l0[-1] - l0[0]).detach().abs().max()) > 1e-4  # the optimizer moved the nets
+    expected = flatten(permute(unflatten(s0.flat.detach(), SPEC), SPEC, perms), SPEC)
+    torch.testing.assert_close(s1.flat.detach(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_adam_baseline_is_torch_adam_and_sgd_is_torch_sgd():
+    task = _task()
+    flat = flatten(random_params(SPEC, 1), SPEC)
+    for method, make in (
+        ("adam", lambda p: torch.optim.Adam(p, lr=1e-2)),
+        ("sgd", lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9)),
+    ):
+        ours, losses = baseline_steps(flat, task, 5, 1e-2, [torch.Generator().manual_seed(3)], method)
+        theta = flat[0].clone().requires_grad_(True)
+        torch_opt, g = make([theta]), torch.Generator().manual_seed(3)
+        for step in range(5):
+            idx = torch.randint(task.y_train.shape[0], (task.batch_size,), generator=g)
+            logits = torch.nn.functional.cross_entropy(_logits(theta, task.x_train[idx]), task.y_train[idx])
+            assert float(logits) == pytest.approx(float(losses[step, 0]), rel=1e-5)
+            torch_opt.zero_grad()
+            logits.backward()
+            torch_opt.step()
+        torch.testing.assert_close(ours[0], theta.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _logits(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    from pipeline.zoo.adapt_zoo import mlp_forward
+
+    return mlp_forward(unflatten(theta.unsqueeze(0), SPEC), SPEC, x)[0]
+
+
+def test_no_gradient_crosses_a_truncation_boundary():
+    opt = _optimizers()["ff"]
+    task = _task()
+    gens = [torch.Generator().manual_seed(b) for b in range(B)]
+    state = OptState(flatten(random_params(SPEC, B), SPEC), torch.zeros(B, SPEC.n_params, len(MOMENTA)))
+    first, _ = unroll(opt, state, task, 3, gens, scale=0.05)
+    assert first.flat.requires_grad  # attached to the optimizer within its own unroll
+    _, losses = unroll(opt, first, task, 3, gens, scale=0.05)
+    # the second unroll's first loss is measured at the (detached) starting point: no path to the optimizer
+    assert losses[0].grad_fn is not None
+    grads = torch.autograd.grad(losses[0].sum(), list(opt.parameters()), allow_unused=True, retain_graph=True)
+    assert all(g is None or float(g.abs().max()) == 0.0 for g in grads)
+    later = torch.autograd.grad(losses[-1].sum(), list(opt.parameters()), allow_unused=True)
+    assert any(g is not None and float(g.abs().max()) > 0 for g in later)
