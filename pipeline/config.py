@@ -411,6 +411,66 @@ class AdaptConfig(ModelSections):
 
 
 @dataclass(frozen=True)
+class L2OTaskConfig:
+    """A task of learning to optimize (:func:`pipeline.tasks.l2o.make_task`): ReLU MLPs
+    ``inputs -> hidden -> 10`` of offline images, average-pooled by ``pool``."""
+
+    source: str = setting("digits_offline", one_of=("digits_offline", "mnist_offline"))
+    pool: int = setting(1, one_of=(1, 2, 4, 7, 8, 14))  # must divide the side (8 digits, 28 MNIST)
+    hidden: list[int] = setting([32], gt=0, min_len=1)
+    n_test: int = setting(497, gt=0)  # held-out images the trained nets are scored on
+    batch_size: int = setting(64, gt=0)
+
+    def check(self) -> list[tuple[str, str]]:
+        side, n = (8, 1797) if self.source == "digits_offline" else (28, 5000)
+        out = [] if side % self.pool == 0 else [("pool", f"{self.pool} does not divide the {side}-pixel side")]
+        if self.n_test >= n:
+            out.append(("n_test", f"{self.n_test} leaves no training image of {self.source}'s {n}"))
+        return out
+
+
+@dataclass(frozen=True)
+class L2OConfig:
+    """Learning to optimize (:mod:`pipeline.tasks.l2o`): learned optimizers meta-trained on
+    ``meta_task`` and tested there and on ``test_task``, beside lr-tuned Adam and SGD."""
+
+    optimizers: list[str] = setting(
+        ["ng_t", "ng_gnn", "ff", "adam", "sgd"], one_of=("adam", "sgd", "ff", "ng_gnn", "ng_t"), min_len=1, unique=True
+    )
+    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    meta_task: L2OTaskConfig = field(default_factory=L2OTaskConfig)
+    test_task: L2OTaskConfig = field(
+        default_factory=lambda: L2OTaskConfig(source="mnist_offline", pool=2, hidden=[64], n_test=1000)
+    )
+    outer_steps: int = setting(100, gt=0)  # meta-training updates of the optimizer
+    unroll: int = setting(10, gt=0)  # optimizee steps per truncated unroll
+    horizon: int = setting(200, gt=0)  # optimizee steps before the meta-training nets are re-drawn
+    n_optimizees: int = setting(4, gt=0)  # nets per unroll
+    meta_lr: float = setting(1e-3, gt=0)
+    scale: float = setting(1e-2, gt=0)  # output scale of a learned update
+    grad_clip: float = setting(1.0, gt=0, allow_inf=True)
+    ff_hidden: int = setting(32, gt=0)  # the FF optimizer's per-parameter MLP width
+    graph_hidden: int = setting(16, gt=0)  # the graph optimizers' encoder and MLP width
+    graph_layers: int = setting(2, gt=0)
+    heads: int = setting(4, gt=0)  # NG-T's; must divide graph_hidden
+    eval_steps: int = setting(200, gt=0)  # steps of every evaluation net
+    eval_nets: int = setting(4, gt=0)  # evaluation nets per task and seed
+    baseline_lrs: list[float] = setting([1e-3, 3e-3, 1e-2, 3e-2, 1e-1], gt=0, min_len=1, unique=True)
+    momentum: float = setting(0.9, ge=0, lt=1)  # SGD's heavy ball
+    threads_per_task: int = setting(1, ge=1)
+
+    def check(self) -> list[tuple[str, str]]:
+        out = []
+        graph = [o for o in self.optimizers if o in ("ng_gnn", "ng_t")]
+        if graph and len(self.meta_task.hidden) != len(self.test_task.hidden):
+            msg = f"{graph} run on nets of one depth: as many hidden layers as meta_task.hidden"
+            out.append(("test_task.hidden", msg))
+        if "ng_t" in self.optimizers and self.graph_hidden % self.heads:
+            out.append(("heads", f"{self.heads} does not divide graph_hidden {self.graph_hidden}"))
+        return out
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Where tasks run. ``address``: ``""`` = ``RAY_ADDRESS`` if set, else a local cluster of the
     stage's own (``num_cpus`` caps it); ``"auto"`` = the ``ray start`` cluster on this machine;
@@ -448,6 +508,7 @@ class Params:
     kan: KanConfig = field(default_factory=KanConfig)
     cnn: CnnConfig = field(default_factory=CnnConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    l2o: L2OConfig = field(default_factory=L2OConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config import ConfigError
-from pipeline.graphs.neural_graph import GraphTemplate, graph_template, params_to_features
+from pipeline.graphs.neural_graph import GraphBatch, GraphTemplate, graph_template, params_to_features, uniform_batch
 from pipeline.models import DataShape, build_model
 from pipeline.models.saved import model_card
 from pipeline.runs import TaskContext, result_dict
@@ -53,20 +53,6 @@ def query_features(p: Tensor) -> Tensor:
     f = torch.arange(1, QUERY_FREQS + 1, dtype=p.dtype, device=p.device) * torch.pi
     pf = p.unsqueeze(-1) * f
     return torch.cat([p.unsqueeze(-1), torch.sin(pf), torch.cos(pf)], dim=-1)
-
-
-@dataclass
-class GraphBatch:
-    """The attributes of a PyG ``Batch`` that graph metanetworks read (``B`` graphs, ``ΣN`` nodes)."""
-
-    x: Tensor  # (ΣN, node_dim)
-    edge_attr: Tensor  # (ΣE, edge_dim)
-    edge_index: Tensor  # (2, ΣE) global node ids
-    node_pos: Tensor  # (ΣN,)
-    node_layer: Tensor  # (ΣN,)
-    node_out: Tensor  # (ΣN,) bool
-    batch: Tensor  # (ΣN,) graph of each node
-    num_graphs: int
 
 
 @dataclass(frozen=True)
@@ -154,22 +140,13 @@ def query_batch(data: ForwardData, kans: Tensor, points: Tensor) -> GraphBatch:
     B, Q = points.shape[:2]
     G = B * Q
     t = data.template
-    N, E = t.n_nodes, t.n_edges
+    N = t.n_nodes
     n_in = t.spec.layer_sizes[0]
     x = data.nodes[kans].repeat_interleave(Q, dim=0)  # (G, N, node_dim)
     q = x.new_zeros(G, N, QUERY_DIM)
     q[:, :n_in] = query_features(points.reshape(G, -1))  # input neurons are nodes 0 .. n_in - 1
-    offsets = torch.arange(G, device=x.device) * N
-    return GraphBatch(
-        x=torch.cat([x, q], dim=-1).reshape(G * N, -1),
-        edge_attr=data.edges[kans].repeat_interleave(Q, dim=0).reshape(G * E, -1),
-        edge_index=(t.edge_index.unsqueeze(1) + offsets.view(1, G, 1)).reshape(2, G * E),
-        node_pos=t.node_pos.repeat(G),
-        node_layer=t.node_layer.repeat(G),
-        node_out=(t.node_layer == t.spec.n_layers).repeat(G),
-        batch=torch.arange(G, device=x.device).repeat_interleave(N),
-        num_graphs=G,
-    )
+    e = data.edges[kans].repeat_interleave(Q, dim=0)  # (G, E, edge_dim)
+    return uniform_batch(t, torch.cat([x, q], dim=-1), e)
 
 
 def mean_kan_reference(data: ForwardData, points: Tensor, chunk: int = 250) -> Tensor:

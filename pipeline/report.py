@@ -720,3 +720,105 @@ def plot_long_run_epochs(record: dict, path: str | Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+L2O_LABELS = {
+    "adam": "Adam (lr tuned)",
+    "sgd": "SGD + momentum (lr tuned)",
+    "ff": "FF (per-parameter MLP)",
+    "ng_gnn": "NG-GNN",
+    "ng_t": "NG-T",
+}
+L2O_TASKS = ("meta_task", "test_task")
+
+
+def summarize_l2o(runs: list[dict]) -> dict[str, dict]:
+    """``{optimizer: {<task>_{loss,acc}_{mean,std}, lrs, n_params, wall_seconds, label, key,
+    published, test_acc_*}}`` over seeds (a seed's number is the mean over its evaluation nets),
+    in :data:`L2O_LABELS` order; ``test_acc_*`` is the test task's accuracy (what
+    :func:`claims_markdown` compares)."""
+    out: dict[str, dict] = {}
+    for name in [n for n in L2O_LABELS if any(r["model"] == n for r in runs)]:
+        rs = sorted((r for r in runs if r["model"] == name), key=lambda r: r["seed"])
+        row: dict = {}
+        for key in rs[0]["test"]:
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r["test"][key] for r in rs])
+        row |= {
+            "n_seeds": len(rs),
+            "n_params": rs[0]["n_params"],
+            "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rs),
+            "lrs": sorted({r["lr"] for r in rs if r.get("lr") is not None}),
+            "label": L2O_LABELS[name],
+            "key": name,
+            "published": published("learning_to_optimize", name),
+            "test_acc_mean": row["test_task_acc_mean"],
+            "test_acc_std": row["test_task_acc_std"],
+        }
+        out[name] = row
+    return out
+
+
+def l2o_markdown(summary: dict, tasks: dict[str, str], settings: dict, n_eval: int) -> str:
+    """The learning-to-optimize section of ``results.md``: final training loss and test accuracy
+    of fresh nets trained by every optimizer on the meta-training task and on the test task, the
+    published numbers beside (a different data set) and the paper's claims checked.
+
+    Args:
+        summary: :func:`summarize_l2o`.  tasks: ``{meta_task | test_task: description}``
+        (:attr:`pipeline.tasks.l2o.Task.label`).  settings: the runs' schedule (``L2OSettings`` as a dict).
+        n_eval: evaluation nets per task and seed.
+    """
+    m = settings["meta"]
+    n_seeds = max(s["n_seeds"] for s in summary.values())
+    lines = [
+        "## Learning to optimize",
+        "",
+        f"Learned optimizers are meta-trained on the meta task ({tasks['meta_task']}) with "
+        f"{m['outer_steps']} outer steps of {m['unroll']}-step truncated unrolls ({m['n_optimizees']} nets each, "
+        f"re-drawn every {m['horizon']} steps, first-order meta-gradients); Adam and SGD with momentum get "
+        "the learning rate of their grid with the lowest final training loss on the meta task (other nets "
+        f"than the evaluation ones). Then every optimizer trains {n_eval} fresh nets per task and seed for "
+        f"{settings['eval_steps']} steps, on the meta task and on the test task ({tasks['test_task']}): "
+        "a wider net on other data, never seen in meta-training. Final training loss (mean of the last 10 "
+        "steps) and held-out test accuracy, mean ± std over "
+        f"{n_seeds} seeds (a seed's number: the mean over its nets). The learned optimizers are taken after "
+        'their last outer step (no selection). Settings and reasons: README, "Learning to optimize".',
+        "",
+        "| optimizer | parameters | lr | meta task: train loss | meta task: test acc. (%) | test task: train loss "
+        "| test task: test acc. (%) | s / run | published, F-MNIST / CIFAR-10 (%)* |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summary.values():
+        lr = ", ".join(f"{v:g}" for v in s["lrs"]) if s["lrs"] else "–"
+        n_params = f"{s['n_params']:,}" if s["n_params"] else "–"  # a baseline has none
+        lines.append(
+            f"| {s['label']} | {n_params} | {lr} | {_pm(s, 'meta_task_loss', 1, 3)} "
+            f"| {_pm(s, 'meta_task_acc', 100)} | {_pm(s, 'test_task_loss', 1, 3)} | {_pm(s, 'test_task_acc', 100)} "
+            f"| {s['wall_seconds']:.0f} | {s['published']} |"
+        )
+    lines += [
+        "",
+        "\\* Neural Graphs §4.3: CNN optimizees meta-trained on FashionMNIST (validation accuracy) and tested on "
+        "CIFAR-10 with a bigger CNN, 1 000-step evaluations: a **different data set and schedule**. For "
+        "orientation only.",
+        "",
+    ]
+    claims = claims_markdown(summary, "learning_to_optimize")
+    lines += [claims, "![training loss per step](figures/l2o_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_l2o(runs: list[dict], path: str | Path) -> None:
+    """Training loss per step of the evaluation nets on both tasks (mean over seeds, log scale),
+    one line per optimizer."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, task in zip(axes, L2O_TASKS, strict=True):
+        for name, label in L2O_LABELS.items():
+            rs = [r for r in runs if r["model"] == name]
+            if rs:
+                curve = torch.tensor([r["curves"][task] for r in rs]).mean(0)
+                ax.plot(range(1, len(curve) + 1), curve, lw=1.2, label=label)
+        ax.set(xlabel="step", ylabel="training loss", yscale="log", title=task.replace("_", " "))
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)

@@ -120,6 +120,19 @@ def _adapt_section(adapt_dir: Path, out: Path) -> tuple[str, dict]:
     return md, {"domain_adaptation": numbers, "domain_adaptation_baselines": info["summary"]}
 
 
+def _l2o_section(l2o_dir: Path, out: Path) -> tuple[str, dict]:
+    """The learning-to-optimize table, metrics and figure, if the ``l2o`` stage has run."""
+    if not (l2o_dir / "results.json").exists():
+        return "", {}
+    runs = read_json(l2o_dir / "results.json")["runs"]
+    summary = report.summarize_l2o(runs)
+    report.plot_l2o(runs, out / "figures" / "l2o_curves.png")
+    r0 = runs[0]
+    md = report.l2o_markdown(summary, r0["tasks"], r0["settings"], r0["settings"]["eval_nets"])
+    numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
+    return md, {"learning_to_optimize": numbers}
+
+
 def run(
     params: Params,
     zoo_dir: Path,
@@ -132,6 +145,7 @@ def run(
     reference_file: Path | None = None,
     cnn_dir: Path | None = None,
     adapt_dir: Path | None = None,
+    l2o_dir: Path | None = None,
 ) -> dict:
     from pipeline import tracking
     from pipeline.data import load_images
@@ -144,7 +158,8 @@ def run(
     edit_md, edit_numbers = _edit_section(edit_dir, out)
     cnn_md, cnn_numbers = _cnn_section(cnn_dir, out, len(params.cnn.train.seeds)) if cnn_dir else ("", {})
     adapt_md, adapt_numbers = _adapt_section(adapt_dir, out) if adapt_dir else ("", {})
-    sections = edit_numbers | kan_numbers | cnn_numbers | adapt_numbers
+    l2o_md, l2o_numbers = _l2o_section(l2o_dir, out) if l2o_dir else ("", {})
+    sections = edit_numbers | kan_numbers | cnn_numbers | adapt_numbers | l2o_numbers
     write_json(out / "metrics.json", {"inr_classification": numbers} | sections)
     for model in summary:
         rows = report.curves(runs, model)
@@ -171,6 +186,7 @@ def run(
     md += "\n" + kan_md if kan_md else ""
     md += "\n" + cnn_md if cnn_md else ""
     md += "\n" + adapt_md if adapt_md else ""
+    md += "\n" + l2o_md if l2o_md else ""
     write_text(out / "results.md", md)
     with tracking.stage_run(params.mlflow, "report", to_flat_dict(params), {"data_version": results["data_version"]}):
         import mlflow
@@ -188,6 +204,8 @@ def run(
             mlflow.log_artifact(str(out / "figures" / "cnn_scatter.png"))
         if adapt_md:
             mlflow.log_artifact(str(out / "figures" / "adaptation.png"))
+        if l2o_md:
+            mlflow.log_artifact(str(out / "figures" / "l2o_curves.png"))
     print(md)
     return summary
 
@@ -205,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
             "reference": "reports/reference/side_by_side.md",
             "cnn": "data/cnn",
             "adapt": "data/adapt",
+            "l2o": "data/l2o",
             "out": "reports",
         },
         argv,
@@ -221,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.reference),
         Path(args.cnn),
         Path(args.adapt),
+        Path(args.l2o),
     )
 
 

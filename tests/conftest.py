@@ -124,6 +124,20 @@ TINY = {
         "mlp": {"hidden": 32, "layers": 2},
         "dwsnet": {"hidden": 4, "layers": 2},
     },
+    "l2o": {
+        "optimizers": ["ng_gnn", "ff", "adam", "sgd"],
+        "seeds": [0, 1],
+        "meta_task": {"hidden": [8]},
+        "test_task": {"pool": 4, "hidden": [12]},
+        "outer_steps": 4,
+        "unroll": 3,
+        "horizon": 6,
+        "n_optimizees": 2,
+        "graph_hidden": 8,
+        "eval_steps": 12,
+        "eval_nets": 2,
+        "baseline_lrs": [1.0e-2, 1.0e-1],
+    },
     "ray": {"num_cpus": 2},
 }
 

@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 
-from pipeline.graphs.neural_graph import graph_template
 from pipeline.tasks.l2o import (
     MOMENTA,
     N_FEATURES,
@@ -19,8 +18,12 @@ from pipeline.tasks.l2o import (
     Task,
     baseline_steps,
     feature_graphs,
+    fresh_state,
     graph_to_parameters,
-    layer_template,
+    held_out_accuracy,
+    make_task,
+    optimize,
+    optimizee_graph,
     optimizer_features,
     preprocess,
     unroll,
@@ -70,13 +73,20 @@ def test_preprocessing_is_log_and_sign_above_the_threshold_and_linear_below():
     assert f.shape == (B, SPEC.n_params, N_FEATURES)
 
 
-def test_feature_graphs_round_trip_every_channel():
-    t = graph_template(SPEC)
+def test_feature_graphs_round_trip_every_channel_and_match_the_neural_graph():
+    from pipeline.graphs.neural_graph import params_to_features
+
+    graph = optimizee_graph(SPEC)
+    t = graph.template
     f = _features()
-    g = feature_graphs(f, t)
+    g = feature_graphs(f, graph)
     assert g.x.shape == (B * t.n_nodes, N_FEATURES) and g.edge_attr.shape == (B * t.n_edges, N_FEATURES)
-    back = graph_to_parameters(g.x.view(B, t.n_nodes, -1), g.edge_attr.view(B, t.n_edges, -1), t)
+    back = graph_to_parameters(g.x.view(B, t.n_nodes, -1), g.edge_attr.view(B, t.n_edges, -1), graph)
     assert torch.equal(back, f)
+    for c in (0, N_FEATURES - 1):  # channel c is the neural graph of the parameters' c-th feature
+        x, e = params_to_features(unflatten(f[..., c], SPEC), t)
+        assert torch.equal(g.x.view(B, t.n_nodes, -1)[..., c : c + 1], x)
+        assert torch.equal(g.edge_attr.view(B, t.n_edges, -1)[..., c : c + 1], e)
 
 
 @pytest.mark.parametrize("kind", ["ff", "ng_gnn", "ng_t"])
@@ -85,7 +95,7 @@ def test_every_learned_optimizer_is_equivariant_and_sees_wrong_couplings(kind):
     f = _features()
     perms = random_permutations(SPEC, B, torch.Generator().manual_seed(1))
     with torch.no_grad():
-        t = layer_template(SPEC)
+        t = optimizee_graph(SPEC)
         out = opt(f, t)
         got = opt(_permute_features(f, perms), t)
         expected = flatten(permute(unflatten(out, SPEC), SPEC, perms), SPEC)
@@ -158,3 +168,46 @@ def test_no_gradient_crosses_a_truncation_boundary():
     assert all(g is None or float(g.abs().max()) == 0.0 for g in grads)
     later = torch.autograd.grad(losses[-1].sum(), list(opt.parameters()), allow_unused=True)
     assert any(g is not None and float(g.abs().max()) > 0 for g in later)
+
+
+def test_an_evaluation_unroll_takes_the_same_steps_without_a_meta_graph():
+    opt = _optimizers()["ng_gnn"].eval()
+    task = _task()
+    flat = flatten(random_params(SPEC, B), SPEC)
+    runs = []
+    for meta in (True, False):
+        gens = [torch.Generator().manual_seed(b) for b in range(B)]
+        runs.append(unroll(opt, OptState(flat, torch.zeros(B, SPEC.n_params, len(MOMENTA))), task, 4, gens, 0.05, meta))
+    (s_meta, l_meta), (s_eval, l_eval) = runs
+    torch.testing.assert_close(l_eval, l_meta.detach())
+    torch.testing.assert_close(s_eval.flat, s_meta.flat.detach())
+    assert s_meta.flat.grad_fn is not None and not s_eval.flat.requires_grad and l_eval.grad_fn is None
+
+
+def test_one_graph_optimizer_runs_on_nets_of_another_width():
+    torch.manual_seed(0)
+    opt = GraphOptimizer(SPEC.n_layers, "ng_t", hidden=8, layers=2).eval()
+    for spec in (SPEC, mlp_spec([9, 7, 2, 5])):
+        f = torch.randn(2, spec.n_params, N_FEATURES)
+        out = opt(f, optimizee_graph(spec))
+        assert out.shape == (2, spec.n_params) and torch.isfinite(out).all()
+
+
+def test_a_task_is_standardized_on_its_training_images_and_split_by_seed():
+    a = make_task("digits_offline", 2, [16], 297, 32, seed=0)
+    assert a.spec.layer_sizes == (16, 16, 10) and a.label == "digits_offline: 16 → 16 → 10"
+    assert a.x_train.shape == (1500, 16) and a.x_test.shape == (297, 16) and a.batch_size == 32
+    assert abs(float(a.x_train.mean())) < 1e-5 and abs(float(a.x_train.std()) - 1) < 1e-4
+    b, c = make_task("digits_offline", 2, [16], 297, 32, seed=0), make_task("digits_offline", 2, [16], 297, 32, seed=1)
+    assert torch.equal(a.x_test, b.x_test) and not torch.equal(a.x_test, c.x_test)
+
+
+def test_optimize_with_a_baseline_is_the_baseline_from_fresh_nets():
+    task = _task()
+    seeds = [5, 6]
+    t = optimize("sgd", task, 6, seeds, lr=0.05, momentum=0.5)
+    state, gens = fresh_state(SPEC, seeds)
+    flat, losses = baseline_steps(state.flat, task, 6, 0.05, gens, "sgd", 0.5)
+    torch.testing.assert_close(t.final_loss, losses[-6:].mean(0))
+    torch.testing.assert_close(t.test_acc, held_out_accuracy(flat, task))
+    assert t.curve.shape == (6,)

@@ -125,7 +125,8 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     assert set(metrics["cnn_homogeneous"]) == {"mlp", "statnn", "ng_gnn"}
     assert set(metrics["cnn_heterogeneous"]) == {"statnn", "ng_gnn"}
     assert "## Domain adaptation" in md and set(metrics["domain_adaptation"]) == {"none", "mlp", "dwsnet"}
-    for fig in ("learning_curves.png", "reconstructions.png", "cnn_scatter.png", "adaptation.png"):
+    assert "## Learning to optimize" in md and set(metrics["learning_to_optimize"]) == {"adam", "sgd", "ff", "ng_gnn"}
+    for fig in ("learning_curves.png", "reconstructions.png", "cnn_scatter.png", "adaptation.png", "l2o_curves.png"):
         assert (project / "reports" / "figures" / fig).read_bytes()[:4] == b"\x89PNG"
     curve = (project / "reports" / "curves" / "ng_gnn@probes.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,") and len(curve) == 1 + 2
@@ -133,7 +134,17 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
     # MLflow: a parent run per stage, a child run per (model, seed) with per-epoch metrics
     con = sqlite3.connect(project / "mlflow.db")
     names = [r[0] for r in con.execute("select name from runs")]
-    stages = ("zoo", "graphs", "train", "edit", "report", "cnn_zoo@heterogeneous", "cnn_train@homogeneous", "adapt")
+    stages = (
+        "zoo",
+        "graphs",
+        "train",
+        "edit",
+        "report",
+        "cnn_zoo@heterogeneous",
+        "cnn_train@homogeneous",
+        "adapt",
+        "l2o",
+    )
     for stage in stages:
         assert stage in names
     children = {
@@ -142,7 +153,8 @@ def test_dvc_repro_end_to_end_then_noop(project: Path):
             "select r.name from runs r join tags t on r.run_uuid = t.run_uuid where t.key = 'mlflow.parentRunId'"
         )
     }
-    models = ("mlp", "mlp_perm", "ng_gnn", "ng_gnn@probes", "ws_kan", "dwsnet", "statnn")  # statnn: CNN stages
+    # statnn: CNN stages; ff, adam, sgd (and ng_gnn): learning to optimize
+    models = ("mlp", "mlp_perm", "ng_gnn", "ng_gnn@probes", "ws_kan", "dwsnet", "statnn", "ff", "adam", "sgd")
     assert children == {f"{m}-seed{s}" for m in models for s in (0, 1)}
     keys = {r[0] for r in con.execute("select key from params")} | {
         r[0] for r in con.execute("select key from metrics")

@@ -239,3 +239,37 @@ def features_to_params(x: Tensor, e: Tensor, template: GraphTemplate) -> Params:
                 inverse[a] = k
             out[t.name] = v.permute(0, *(k + 1 for k in inverse)).contiguous()
     return {t.name: out[t.name] for t in template.spec.tensors}
+
+
+@dataclass
+class GraphBatch:
+    """The attributes of a PyG ``Batch`` that graph metanetworks read (``B`` graphs, ``ΣN`` nodes)."""
+
+    x: Tensor  # (ΣN, node_dim)
+    edge_attr: Tensor  # (ΣE, edge_dim)
+    edge_index: Tensor  # (2, ΣE) global node ids
+    node_pos: Tensor  # (ΣN,)
+    node_layer: Tensor  # (ΣN,)
+    node_out: Tensor  # (ΣN,) bool
+    batch: Tensor  # (ΣN,) graph of each node
+    num_graphs: int
+
+
+def uniform_batch(template: GraphTemplate, x: Tensor, e: Tensor) -> GraphBatch:
+    """``B`` graphs of one topology as one batch: node features ``(B, N, ·)`` and edge features
+    ``(B, E, ·)`` -> :class:`GraphBatch`. Built on the features' device with a few tensor
+    operations (every size is known on the host: no synchronisation, no per-graph Python); the
+    template's indices must be on that device too."""
+    B, t = x.shape[0], template
+    N, E = t.n_nodes, t.n_edges
+    offsets = torch.arange(B, device=x.device) * N
+    return GraphBatch(
+        x=x.reshape(B * N, -1),
+        edge_attr=e.reshape(B * E, -1),
+        edge_index=(t.edge_index.unsqueeze(1) + offsets.view(1, B, 1)).reshape(2, B * E),
+        node_pos=t.node_pos.repeat(B),
+        node_layer=t.node_layer.repeat(B),
+        node_out=(t.node_layer == t.spec.n_layers).repeat(B),
+        batch=torch.arange(B, device=x.device).repeat_interleave(N),
+        num_graphs=B,
+    )

@@ -21,28 +21,36 @@ so a parameter has :data:`N_FEATURES` channels :math:`\phi`. An optimizer maps t
   updates alike (tested both ways).
 
 Optimizees are batched ReLU MLP classifiers (:func:`pipeline.zoo.adapt_zoo.mlp_forward`): ``B``
-nets of one :class:`~pipeline.weightspace.spec.ParamSpec` as one flat ``(B, P)`` tensor.
+nets of one :class:`~pipeline.weightspace.spec.ParamSpec` as one flat ``(B, P)`` tensor. A
+:class:`Task` is an image classification data set (:func:`make_task`: the offline digits or
+MNIST, pooled and standardized) with the spec of its optimizees.
 :func:`unroll` runs ``k`` steps and returns the training losses; meta-training backpropagates
 through the updates (first order: gradients of the optimizee enter as features, detached) and
 never across a truncation boundary (:func:`unroll` detaches its starting state).
+
+:func:`l2o_one` is one run of the ``l2o`` stage: meta-train a learned optimizer (or tune a
+baseline's learning rate) on the meta-training task, then train fresh nets with it on both
+tasks and score them (:func:`evaluate`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pipeline.graphs.neural_graph import GraphTemplate, features_to_params, graph_template, params_to_features
-from pipeline.graphs.store import GraphSet
-from pipeline.weightspace.spec import ParamSpec, flatten, unflatten
+from pipeline.graphs.neural_graph import GraphBatch, GraphTemplate, graph_template, params_to_features, uniform_batch
+from pipeline.weightspace.spec import ParamSpec, flatten, mlp_spec, unflatten
 from pipeline.zoo.adapt_zoo import mlp_forward
 
-MOMENTA = (0.5, 0.9, 0.99, 0.999)
+MOMENTA = (0.5, 0.9, 0.99, 0.999, 0.9999)  # Neural Graphs §4.3: 0.5 ... 0.9999
 N_FEATURES = 2 * (1 + len(MOMENTA))
 PREPROCESS_P = 10.0
 
@@ -90,32 +98,8 @@ class FFOptimizer(nn.Module):
         super().__init__()
         self.mlp = PerParameterMLP(N_FEATURES, hidden)
 
-    def forward(self, features: Tensor, template: GraphTemplate | None = None) -> Tensor:
+    def forward(self, features: Tensor, graph: OptimizeeGraph | None = None) -> Tensor:
         return self.mlp(features)
-
-
-def feature_graphs(features: Tensor, template: GraphTemplate) -> GraphSet:
-    """The neural graphs of ``B`` nets whose node / edge features are the per-parameter feature
-    channels ``(B, P, C)`` (input neurons, which have no bias, get zeros)."""
-    spec = template.spec
-    one = dataclasses.replace(template, node_dim=1, edge_dim=1)
-    xs, es = zip(
-        *(params_to_features(unflatten(features[..., c], spec), one) for c in range(features.shape[-1])), strict=True
-    )
-    B = features.shape[0]
-    base = GraphSet.from_params(unflatten(features[..., 0], spec), template, torch.zeros(B), torch.arange(B))
-    return dataclasses.replace(base, x=torch.cat(xs, -1).flatten(0, 1), edge_attr=torch.cat(es, -1).flatten(0, 1))
-
-
-def graph_to_parameters(node: Tensor, edge: Tensor, template: GraphTemplate) -> Tensor:
-    """Per-node ``(B, N, K)`` and per-edge ``(B, E, K)`` values -> per-parameter ``(B, P, K)``
-    (the inverse of the graph construction, channel by channel)."""
-    one = dataclasses.replace(template, node_dim=1, edge_dim=1)
-    chans = [
-        flatten(features_to_params(node[..., k : k + 1], edge[..., k : k + 1], one), template.spec)
-        for k in range(node.shape[-1])
-    ]
-    return torch.stack(chans, dim=-1)
 
 
 def layer_template(spec: ParamSpec) -> GraphTemplate:
@@ -123,6 +107,56 @@ def layer_template(spec: ParamSpec) -> GraphTemplate:
     share one too), so that an optimizer meta-trained on one width of net runs on another."""
     t = graph_template(spec)
     return dataclasses.replace(t, node_pos=t.node_layer.clone(), n_pos=spec.n_layers + 1)
+
+
+@dataclass(frozen=True)
+class OptimizeeGraph:
+    """The neural graph of an optimizee spec (:func:`layer_template`) and where every parameter
+    sits in it: ``node_param (N,)`` the flat index of each node's bias (``P``, a zero column, for
+    input neurons), ``edge_param (E,)`` that of each edge's weight, and ``param_slot (P,)`` each
+    parameter's row in the stacked ``[nodes; edges]``. Built once per spec
+    (:func:`optimizee_graph`); a feature graph is then two gathers."""
+
+    template: GraphTemplate
+    node_param: Tensor
+    edge_param: Tensor
+    param_slot: Tensor
+
+    def to(self, device: torch.device | str) -> OptimizeeGraph:
+        return OptimizeeGraph(
+            self.template.to(device), self.node_param.to(device), self.edge_param.to(device), self.param_slot.to(device)
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def optimizee_graph(spec: ParamSpec) -> OptimizeeGraph:
+    """:class:`OptimizeeGraph` of ``spec``: the graph construction applied to the parameter ids
+    ``1 .. P`` (exact in float64) tells where each parameter lands."""
+    t = layer_template(spec)
+    P = spec.n_params
+    x, e = params_to_features(unflatten(torch.arange(1, P + 1, dtype=torch.float64).unsqueeze(0), spec), t)
+    if x.shape[-1] != 1 or e.shape[-1] != 1:
+        raise ValueError(f"learned optimizers take MLP optimizees (one parameter per node / edge), got {spec.family}")
+    node_param, edge_param = x[0, :, 0].long() - 1, e[0, :, 0].long() - 1
+    node_param[node_param < 0] = P
+    slot = torch.empty(P, dtype=torch.long)
+    has_bias = node_param < P
+    slot[node_param[has_bias]] = torch.arange(t.n_nodes)[has_bias]
+    slot[edge_param] = t.n_nodes + torch.arange(t.n_edges)
+    return OptimizeeGraph(t, node_param, edge_param, slot)
+
+
+def feature_graphs(features: Tensor, graph: OptimizeeGraph) -> GraphBatch:
+    """The neural graphs of ``B`` nets whose node / edge features are the per-parameter feature
+    channels ``(B, P, C)`` (input neurons, which have no bias, get zeros)."""
+    padded = F.pad(features, (0, 0, 0, 1))  # (B, P + 1, C): row P is the zero of bias-less nodes
+    return uniform_batch(graph.template, padded[:, graph.node_param], features[:, graph.edge_param])
+
+
+def graph_to_parameters(node: Tensor, edge: Tensor, graph: OptimizeeGraph) -> Tensor:
+    """Per-node ``(B, N, K)`` and per-edge ``(B, E, K)`` values -> per-parameter ``(B, P, K)``
+    (the inverse of :func:`feature_graphs`)."""
+    return torch.cat([node, edge], dim=1)[:, graph.param_slot]
 
 
 class GraphOptimizer(nn.Module):
@@ -134,11 +168,11 @@ class GraphOptimizer(nn.Module):
 
     Args:
         n_layers: parameter layers of the optimizees.  encoder: ``"ng_gnn"`` or ``"ng_t"``.
-        hidden: the encoder's and the MLP's width.  layers: encoder layers.
-    Shapes: features ``(B, P, C)`` and the optimizees' :func:`layer_template` -> updates ``(B, P)``.
+        hidden: the encoder's and the MLP's width.  layers: encoder layers.  heads: NG-T's.
+    Shapes: features ``(B, P, C)`` and the optimizees' :func:`optimizee_graph` -> updates ``(B, P)``.
     """
 
-    def __init__(self, n_layers: int, encoder: str = "ng_gnn", hidden: int = 32, layers: int = 2):
+    def __init__(self, n_layers: int, encoder: str = "ng_gnn", hidden: int = 32, layers: int = 2, heads: int = 4):
         super().__init__()
         n_pos = n_layers + 1
         if encoder == "ng_gnn":
@@ -148,21 +182,20 @@ class GraphOptimizer(nn.Module):
         elif encoder == "ng_t":
             from pipeline.models.ng_t import NGTEncoder
 
-            self.encoder = NGTEncoder(N_FEATURES, N_FEATURES, n_pos, hidden, layers, heads=4)
+            self.encoder = NGTEncoder(N_FEATURES, N_FEATURES, n_pos, hidden, layers, heads=heads)
         else:
             raise ValueError(f"unknown encoder {encoder!r}; choose from ('ng_gnn', 'ng_t')")
         self.node_ctx = nn.Linear(hidden, hidden)
         self.edge_ctx = nn.Linear(3 * hidden, hidden)
         self.mlp = PerParameterMLP(N_FEATURES + hidden, hidden)
 
-    def forward(self, features: Tensor, template: GraphTemplate) -> Tensor:
-        t, B = template, features.shape[0]
-        graphs = feature_graphs(features, t)
-        x, e, src, dst, order = self.encoder(graphs.batch(torch.arange(B, device=features.device)))
+    def forward(self, features: Tensor, graph: OptimizeeGraph) -> Tensor:
+        t, B = graph.template, features.shape[0]
+        x, e, src, dst, order = self.encoder(feature_graphs(features, graph))
         node = self.node_ctx(x)
         edge = self.edge_ctx(torch.cat([e, x.index_select(0, src), x.index_select(0, dst)], dim=1))
         edge = edge.new_zeros(edge.shape).index_copy(0, order, edge)  # back to the batch's edge order
-        ctx = graph_to_parameters(node.view(B, t.n_nodes, -1), edge.view(B, t.n_edges, -1), t)
+        ctx = graph_to_parameters(node.view(B, t.n_nodes, -1), edge.view(B, t.n_edges, -1), graph)
         return self.mlp(torch.cat([features, ctx], dim=-1))
 
 
@@ -181,6 +214,35 @@ class Task:
     x_test: Tensor
     y_test: Tensor
     batch_size: int = 64
+    source: str = ""  # the images' name
+
+    @property
+    def label(self) -> str:
+        """``"digits_offline: 64 → 32 → 10"``: the data and the optimizees' layer sizes."""
+        return f"{self.source or 'data'}: {' → '.join(map(str, self.spec.layer_sizes))}"
+
+    def to(self, device: torch.device | str) -> Task:
+        return dataclasses.replace(
+            self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
+        )
+
+
+def make_task(source: str, pool: int, hidden: list[int], n_test: int, batch_size: int, seed: int) -> Task:
+    """A task of the offline images ``source`` (:func:`pipeline.data.load_images`), average-pooled
+    by ``pool`` and flattened, standardized with the training pixels' mean and std (one scalar
+    each), split at random (``seed``) into ``n_test`` test images and the rest for training; its
+    optimizees are ReLU MLPs ``inputs -> hidden -> 10``."""
+    from pipeline.data import load_images, split_indices
+
+    images, labels = load_images(source)
+    x = F.avg_pool2d(images.unsqueeze(1), pool).flatten(1) if pool > 1 else images.flatten(1)
+    split = split_indices(len(labels), {"train": len(labels) - n_test, "test": n_test}, seed)
+    train = x[split["train"]]
+    mean, std = train.mean(), train.std()
+    x = (x - mean) / std
+    spec = mlp_spec([x.shape[1], *hidden, 10])
+    tr, te = split["train"], split["test"]
+    return Task(spec, x[tr].contiguous(), labels[tr], x[te].contiguous(), labels[te], batch_size, source)
 
 
 def batch_losses(flat: Tensor, task: Task, idx: Tensor) -> Tensor:
@@ -204,24 +266,37 @@ class OptState:
 
 
 def unroll(
-    optimizer: nn.Module, state: OptState, task: Task, steps: int, gens: list[torch.Generator], scale: float
+    optimizer: nn.Module,
+    state: OptState,
+    task: Task,
+    steps: int,
+    gens: list[torch.Generator],
+    scale: float,
+    meta: bool = True,
 ) -> tuple[OptState, Tensor]:
     """``steps`` learned-optimizer steps from ``state`` (detached: no gradient crosses into an
-    earlier unroll). Returns the new state (attached to the optimizer's parameters) and the
-    training losses ``(steps, B)`` measured before each update, each a function of the updates
-    before it."""
+    earlier unroll). Returns the new state and the training losses ``(steps, B)`` measured before
+    each update. With ``meta`` both are attached to the optimizer's parameters (each loss a
+    function of the updates before it); without, nothing is recorded for a meta-gradient (the
+    evaluation: memory does not grow with ``steps``)."""
     flat, moments = state.flat.detach().requires_grad_(True), state.moments.detach()
-    template = layer_template(task.spec)
+    graph = optimizee_graph(task.spec).to(flat.device)
     losses = []
     for _ in range(steps):
         idx = batch_indices(task, gens, flat.device)
         loss = batch_losses(flat, task, idx)
-        (grad,) = torch.autograd.grad(loss.sum(), flat, retain_graph=True)
+        (grad,) = torch.autograd.grad(loss.sum(), flat, retain_graph=meta)
         grad = grad.detach()  # first order: the optimizee's gradient is an input
         moments = update_moments(moments, grad)
-        flat = flat + scale * optimizer(optimizer_features(grad, moments), template)
+        with torch.set_grad_enabled(meta):
+            flat = flat + scale * optimizer(optimizer_features(grad, moments), graph)
+        if not meta:
+            flat, loss = flat.detach().requires_grad_(True), loss.detach()
         losses.append(loss)
-    return OptState(flat, moments), torch.stack(losses)
+    return OptState(flat if meta else flat.detach(), moments), torch.stack(losses)
+
+
+BASELINES = ("adam", "sgd")
 
 
 def baseline_steps(
@@ -238,8 +313,8 @@ def baseline_steps(
     (``torch.optim.SGD``'s). Returns the final parameters and the losses ``(steps, B)``."""
     from pipeline.zoo.kan import AdamSettings, adam_update
 
-    if method not in ("adam", "sgd"):
-        raise ValueError(f"unknown baseline {method!r}; choose from ('adam', 'sgd')")
+    if method not in BASELINES:
+        raise ValueError(f"unknown baseline {method!r}; choose from {BASELINES}")
     flat = flat.detach().clone()
     m, v = torch.zeros_like(flat), torch.zeros_like(flat)
     lrs = torch.full((flat.shape[0],), float(lr), device=flat.device)
@@ -293,23 +368,32 @@ def init_optimizees(spec: ParamSpec, seeds: list[int]) -> Tensor:
     return flatten(init_pair_mlps(spec, seeds), spec)
 
 
-def fresh_state(spec: ParamSpec, seeds: list[int]) -> tuple[OptState, list[torch.Generator]]:
-    """New optimizees from ``seeds`` (zero momenta) and their batch generators."""
-    flat = init_optimizees(spec, seeds)
+def fresh_state(spec: ParamSpec, seeds: list[int], device: torch.device | str = "cpu") -> tuple[OptState, list]:
+    """New optimizees from ``seeds`` (zero momenta) and their batch generators (CPU: the draws do
+    not depend on the device)."""
+    flat = init_optimizees(spec, seeds).to(device)
     return OptState(flat, flat.new_zeros(*flat.shape, len(MOMENTA))), [
         torch.Generator().manual_seed(s + 1) for s in seeds
     ]
 
 
-def meta_train(optimizer: nn.Module, task: Task, settings: MetaSettings, seed: int, on_step=None) -> list[float]:
-    """Meta-train ``optimizer`` on ``task``; returns the meta-loss of every outer step."""
+def meta_train(
+    optimizer: nn.Module,
+    task: Task,
+    settings: MetaSettings,
+    seed: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Meta-train ``optimizer`` (on ``task``'s device) on ``task``; returns the meta-loss of every
+    outer step (the mean training loss over an unroll, after its first update)."""
     s = settings
+    device = task.x_train.device
     meta_opt = torch.optim.Adam(optimizer.parameters(), lr=s.lr)
     history, state, gens, t, k = [], None, [], s.horizon, 0
     for outer in range(s.outer_steps):
         if t >= s.horizon:
             seeds = [seed * 1_000_003 + k * s.n_optimizees + b for b in range(s.n_optimizees)]
-            state, gens = fresh_state(task.spec, seeds)
+            state, gens = fresh_state(task.spec, seeds, device)
             t, k = 0, k + 1
         state, losses = unroll(optimizer, state, task, s.unroll, gens, s.scale)
         meta = losses[1:].mean()  # the first loss is measured before any update of this unroll
@@ -318,22 +402,240 @@ def meta_train(optimizer: nn.Module, task: Task, settings: MetaSettings, seed: i
         nn.utils.clip_grad_norm_(optimizer.parameters(), s.grad_clip)
         meta_opt.step()
         t += s.unroll
-        history.append(float(meta))
+        history.append(float(meta.detach()))
         if on_step is not None:
-            on_step(outer, float(meta))
+            on_step(outer, history[-1])
     return history
 
 
-def evaluate_optimizer(
-    optimizer: nn.Module, task: Task, steps: int, seeds: list[int], scale: float
-) -> dict[str, float]:
-    """Train fresh optimizees from ``seeds`` for ``steps`` steps with ``optimizer`` (no meta-gradient):
-    the mean final training loss (last 10 steps) and held-out test accuracy, and the loss curve."""
-    state, gens = fresh_state(task.spec, seeds)
-    curve = []
-    for _ in range(0, steps, 10):
-        state, losses = unroll(optimizer, state, task, min(10, steps - len(curve)), gens, scale)
-        state = OptState(state.flat.detach(), state.moments.detach())
-        curve += losses.detach().mean(1).tolist()
-    acc = held_out_accuracy(state.flat, task)
-    return {"final_loss": sum(curve[-10:]) / len(curve[-10:]), "test_acc": float(acc.mean()), "curve": curve}
+@dataclass(frozen=True)
+class Trajectory:
+    """Fresh nets trained ``steps`` steps: per-net mean training loss of the last
+    :data:`FINAL_WINDOW` steps ``(B,)``, per-net held-out test accuracy ``(B,)``, and the mean
+    training loss of every step ``(steps,)``."""
+
+    final_loss: Tensor
+    test_acc: Tensor
+    curve: Tensor
+
+
+FINAL_WINDOW = 10
+
+
+def trajectory(flat: Tensor, losses: Tensor, task: Task) -> Trajectory:
+    """A :class:`Trajectory` from the final parameters ``(B, P)`` and the losses ``(steps, B)``."""
+    losses = losses.detach().cpu()
+    return Trajectory(losses[-FINAL_WINDOW:].mean(0), held_out_accuracy(flat, task).cpu(), losses.mean(1))
+
+
+def optimize(
+    optimizer: nn.Module | str,
+    task: Task,
+    steps: int,
+    seeds: list[int],
+    scale: float = 1e-2,
+    lr: float = 1e-3,
+    momentum: float = 0.9,
+) -> Trajectory:
+    """Train fresh nets of ``task`` from ``seeds`` for ``steps`` steps with a learned ``optimizer``
+    (no meta-gradient; update scale ``scale``) or a baseline named ``"adam"`` / ``"sgd"`` (``lr``,
+    ``momentum``), on the task's device."""
+    state, gens = fresh_state(task.spec, seeds, task.x_train.device)
+    if isinstance(optimizer, str):
+        flat, losses = baseline_steps(state.flat, task, steps, lr, gens, optimizer, momentum)
+    else:
+        state, losses = unroll(optimizer, state, task, steps, gens, scale, meta=False)
+        flat = state.flat
+    return trajectory(flat, losses, task)
+
+
+# --------------------------------------------------------------------------------------------
+# One run of the l2o stage
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """A learned optimizer: the per-parameter MLP's (and the encoder's) width, the encoder's
+    layers and NG-T's attention heads."""
+
+    hidden: int = 32
+    layers: int = 2
+    heads: int = 4
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """A hand-written baseline: the learning rates tried on the meta-training task and the
+    heavy-ball momentum of SGD."""
+
+    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    momentum: float = 0.9
+
+
+LEARNED = ("ff", "ng_gnn", "ng_t")
+
+
+def build_optimizer(name: str, config: OptimizerConfig, n_layers: int) -> nn.Module:
+    """The learned optimizer ``name`` (:data:`LEARNED`) for optimizees of ``n_layers`` layers."""
+    if name == "ff":
+        return FFOptimizer(config.hidden)
+    if name in ("ng_gnn", "ng_t"):
+        return GraphOptimizer(n_layers, name, config.hidden, config.layers, config.heads)
+    raise ValueError(f"unknown learned optimizer {name!r}; choose from {LEARNED}")
+
+
+@dataclass(frozen=True)
+class L2OData:
+    """What every run reads: the meta-training task and the (bigger, other) test task."""
+
+    meta_task: Task
+    test_task: Task
+
+
+@dataclass(frozen=True)
+class L2OSettings:
+    """A run's schedule: meta-training, then ``eval_steps`` steps of ``eval_nets`` fresh nets per
+    task (and the baselines' learning-rate search on ``eval_nets`` other nets of the meta task)."""
+
+    meta: MetaSettings
+    eval_steps: int = 200
+    eval_nets: int = 4
+
+
+EVAL_SEED_BASE = 2_000_000_000  # evaluation nets never share a seed with meta-training ones
+TUNE_SEED_BASE = 3_000_000_000  # nor with the nets a baseline's learning rate is chosen on
+
+
+def eval_seeds(seed: int, n: int, base: int = EVAL_SEED_BASE) -> list[int]:
+    """The ``n`` net seeds a run of seed ``seed`` evaluates on (tunes on, with ``TUNE_SEED_BASE``)."""
+    return [base + 1000 * seed + i for i in range(n)]
+
+
+def tune_learning_rate(
+    method: str, config: BaselineConfig, task: Task, settings: L2OSettings, seed: int
+) -> tuple[float, list[dict]]:
+    """The learning rate of ``config.lrs`` with the lowest final training loss of ``method`` on
+    ``task`` (nets of :data:`TUNE_SEED_BASE`, not the evaluation nets); a diverged run scores
+    ``inf``. Returns it and one row per learning rate."""
+    rows = []
+    for i, lr in enumerate(config.lrs):
+        t = optimize(
+            method,
+            task,
+            settings.eval_steps,
+            eval_seeds(seed, settings.eval_nets, TUNE_SEED_BASE),
+            lr=lr,
+            momentum=config.momentum,
+        )
+        loss = float(t.final_loss.mean())
+        rows.append({"epoch": i + 1, "lr": lr, "train_loss": loss if math.isfinite(loss) else math.inf})
+    best = min(rows, key=lambda r: r["train_loss"])
+    return best["lr"], rows
+
+
+def l2o_one(data: L2OData, name: str, config, seed: int, ctx, settings: L2OSettings) -> dict:
+    """One run of the ``l2o`` stage (a Ray task): meta-train learned optimizer ``name`` on the
+    meta task (or tune baseline ``name``'s learning rate there), then train ``eval_nets`` fresh
+    nets of each task with it and score them. ``ctx``: :class:`pipeline.runs.TaskContext`.
+
+    Returns ``test`` (per task: mean final training loss and test accuracy), ``per_net`` (every
+    evaluation net's), ``curves`` (mean training loss per step), ``history`` (the meta-loss per
+    logged outer step, or the loss per tried learning rate) and, for a learned optimizer, its
+    weights and model card (:func:`load_optimizer`)."""
+    device, where = ctx.start()
+    t0 = time.time()
+    tasks = {"meta_task": data.meta_task.to(device), "test_task": data.test_task.to(device)}
+    n_layers = data.meta_task.spec.n_layers
+    weights = card = lr = None
+    if name in BASELINES:
+        lr, history = tune_learning_rate(name, config, tasks["meta_task"], settings, seed)
+        for row in history:
+            ctx.epoch(row)
+        print(f"{name} seed {seed}: learning rate {lr:g} of {list(config.lrs)}", flush=True)
+        run = functools.partial(optimize, name, lr=lr, momentum=config.momentum)
+    else:
+        torch.manual_seed(seed)
+        optimizer = build_optimizer(name, config, n_layers).to(device)
+        history, every = [], max(1, settings.meta.outer_steps // 10)
+        chunk, tick = [], time.time()
+
+        def on_step(outer: int, loss: float) -> None:
+            nonlocal tick
+            chunk.append(loss)
+            if (outer + 1) % every == 0 or outer + 1 == settings.meta.outer_steps:
+                row = {"epoch": outer + 1, "train_loss": sum(chunk) / len(chunk), "epoch_seconds": time.time() - tick}
+                history.append(row)
+                ctx.epoch(row)
+                print(
+                    f"{name} seed {seed}: outer step {outer + 1}/{settings.meta.outer_steps} "
+                    f"meta-loss {row['train_loss']:.4f}",
+                    flush=True,
+                )
+                chunk.clear()
+                tick = time.time()
+
+        meta_train(optimizer, tasks["meta_task"], settings.meta, seed, on_step)
+        optimizer.eval()
+        run = functools.partial(optimize, optimizer, scale=settings.meta.scale)
+        weights = {k: v.detach().cpu().clone() for k, v in optimizer.state_dict().items()}
+        card = optimizer_card(name, config, n_layers, settings.meta.scale)
+    test, per_net, curves = {}, {}, {}
+    for key, task in tasks.items():
+        t = run(task, settings.eval_steps, eval_seeds(seed, settings.eval_nets))
+        test |= {f"{key}_loss": float(t.final_loss.mean()), f"{key}_acc": float(t.test_acc.mean())}
+        per_net[key] = {"final_loss": t.final_loss.tolist(), "test_acc": t.test_acc.tolist()}
+        curves[key] = t.curve.tolist()
+    n_params = 0 if weights is None else sum(v.numel() for v in weights.values())
+    out = {
+        "model": name,
+        "seed": seed,
+        "config": dataclasses.asdict(config),
+        "test": test,
+        "per_net": per_net,
+        "curves": curves,
+        "history": history,
+        "lr": lr,
+        "n_params": n_params,
+        "wall_seconds": time.time() - t0,
+        "tasks": {k: t.label for k, t in tasks.items()},
+        "settings": dataclasses.asdict(settings),
+        **where,
+    }
+    if weights is not None:
+        out |= {"weights": weights, "card": card}
+    return out
+
+
+def final_metrics(r: dict) -> dict[str, float]:
+    """What MLflow shows for a finished ``l2o`` run."""
+    extra = {"lr": r["lr"]} if r.get("lr") is not None else {}
+    return {**{f"test_{k}": v for k, v in r["test"].items()}, "wall_seconds": r["wall_seconds"], **extra}
+
+
+def optimizer_card(name: str, config: OptimizerConfig, n_layers: int, scale: float) -> dict:
+    """The model card of a meta-trained optimizer (what :func:`load_optimizer` rebuilds it from)."""
+    return {
+        "model": name,
+        "kind": "learned_optimizer",
+        "settings": dataclasses.asdict(config),
+        "n_layers": n_layers,
+        "scale": scale,
+        "momenta": list(MOMENTA),
+    }
+
+
+def load_optimizer(path) -> tuple[nn.Module, dict]:
+    """A meta-trained optimizer saved by the ``l2o`` stage (safetensors + card; no pickle), in
+    eval mode, and its card (its update ``scale``, the ``test`` metrics of its run)."""
+    from pipeline.io import load_tensors
+    from pipeline.models.saved import read_card
+
+    card = read_card(path)
+    if card.get("kind") != "learned_optimizer":
+        raise ValueError(f"{path}: not a learned optimizer (kind {card.get('kind')!r})")
+    if tuple(card["momenta"]) != MOMENTA:
+        raise ValueError(f"{path}: saved with momenta {card['momenta']}, this code computes {list(MOMENTA)}")
+    optimizer = build_optimizer(card["model"], OptimizerConfig(**card["settings"]), card["n_layers"])
+    optimizer.load_state_dict(load_tensors(path))
+    return optimizer.eval(), card

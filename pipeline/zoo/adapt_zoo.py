@@ -186,9 +186,10 @@ def novel_pairs(n_novel: int, seed: int) -> list[int]:
 
 
 def plan_pair_zoo(n_nets: int, n_val: int, n_test: int, n_novel: int, seed: int) -> list[PlannedPairNet]:
-    """Every net of the zoo. Nets cycle through the pairs (net ``i`` has a pair drawn from a
-    seeded shuffle of pair ``i mod 45``'s order); the nets of the novel pairs are test nets, and of
-    the others ``n_val`` go to validation and ``n_test`` more to test, drawn at random."""
+    """Every net of the zoo. Nets cycle through the 45 pairs in a seeded order (net ``i`` gets
+    entry ``i mod 45`` of one shuffle of the pairs), so every pair has ``n_nets / 45`` nets, give
+    or take one; the nets of the novel pairs are test nets, and of the others ``n_val`` go to
+    validation and ``n_test`` more to test, drawn at random."""
     if not 0 <= n_novel < len(PAIRS):
         raise ValueError(f"novel pairs must be in 0 .. {len(PAIRS) - 1}, got {n_novel}")
     g = torch.Generator().manual_seed(seed * 1_009 + 3)

@@ -1,0 +1,86 @@
+"""DVC stage ``l2o``: learning to optimize (Neural Graphs §4.3), as Ray tasks.
+
+Each (optimizer, seed) of ``l2o`` meta-trains a learned optimizer (FF, NG-GNN, NG-T) on the
+meta-training task, or tunes a baseline's learning rate (Adam, SGD with momentum) there, then
+trains fresh nets of both tasks with it and scores them (:func:`pipeline.tasks.l2o.l2o_one`).
+Runs resume, are tracked live in MLflow and keep every meta-trained optimizer as
+``<out>/<optimizer>_seed<seed>.safetensors`` (:func:`pipeline.tasks.l2o.load_optimizer`), as in
+``train`` (:mod:`pipeline.runs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from pipeline.config import L2OConfig, L2OTaskConfig, Params
+from pipeline.io import fingerprint, tensor_hash
+from pipeline.runs import Job, StageRuns
+from pipeline.tasks.l2o import (
+    BASELINES,
+    BaselineConfig,
+    L2OData,
+    L2OSettings,
+    MetaSettings,
+    OptimizerConfig,
+    final_metrics,
+    l2o_one,
+    make_task,
+)
+from stages.common import parse, reported_errors
+
+
+def settings_from(c: L2OConfig) -> L2OSettings:
+    meta = MetaSettings(c.outer_steps, c.unroll, c.horizon, c.n_optimizees, c.meta_lr, c.scale, c.grad_clip)
+    return L2OSettings(meta, c.eval_steps, c.eval_nets)
+
+
+def optimizer_config(c: L2OConfig, name: str) -> OptimizerConfig | BaselineConfig:
+    if name in BASELINES:
+        return BaselineConfig(tuple(c.baseline_lrs), c.momentum)
+    if name == "ff":
+        return OptimizerConfig(c.ff_hidden, c.graph_layers, c.heads)
+    return OptimizerConfig(c.graph_hidden, c.graph_layers, c.heads)
+
+
+def load_data(c: L2OConfig, seed: int) -> L2OData:
+    def task(t: L2OTaskConfig):
+        return make_task(t.source, t.pool, t.hidden, t.n_test, t.batch_size, seed)
+
+    return L2OData(task(c.meta_task), task(c.test_task))
+
+
+def data_version(data: L2OData) -> str:
+    return fingerprint(
+        {
+            name: {"spec": t.spec.to_dict(), "batch_size": t.batch_size}
+            | {k: tensor_hash(getattr(t, k)) for k in ("x_train", "y_train", "x_test", "y_test")}
+            for name, t in (("meta_task", data.meta_task), ("test_task", data.test_task))
+        }
+    )
+
+
+def run(params: Params, out: Path) -> list[dict]:
+    c = params.l2o
+    data = load_data(c, params.seed)
+    settings = settings_from(c)
+    jobs = [Job(name, s, optimizer_config(c, name)) for name in c.optimizers for s in c.seeds]
+    runs = StageRuns(params, "l2o", out, jobs, data_version(data), dataclasses.asdict(settings), final_metrics)
+    results = runs.run(data, l2o_one, (settings,), c.threads_per_task)
+    for r in results:
+        t = r["test"]
+        print(
+            f"l2o: {r['model']:>6} seed {r['seed']}: meta task loss {t['meta_task_loss']:.4f} acc "
+            f"{t['meta_task_acc']:.4f}; test task loss {t['test_task_loss']:.4f} acc {t['test_task_acc']:.4f}"
+        )
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    params, args = parse(__doc__, {"out": "data/l2o"}, argv)
+    with reported_errors("l2o"):
+        run(params, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
