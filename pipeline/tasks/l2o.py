@@ -30,7 +30,7 @@ never across a truncation boundary (:func:`unroll` detaches its starting state).
 
 :func:`l2o_one` is one run of the ``l2o`` stage: meta-train a learned optimizer (or tune a
 baseline's learning rate) on the meta-training task, then train fresh nets with it on both
-tasks and score them (:func:`evaluate`).
+tasks and score them (:func:`optimize`).
 """
 
 from __future__ import annotations
