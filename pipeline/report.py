@@ -758,7 +758,7 @@ def summarize_l2o(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
-def l2o_markdown(summary: dict, tasks: dict[str, str], settings: dict, n_eval: int) -> str:
+def l2o_markdown(summary: dict, tasks: dict[str, str], settings: dict) -> str:
     """The learning-to-optimize section of ``results.md``: final training loss and test accuracy
     of fresh nets trained by every optimizer on the meta-training task and on the test task, the
     published numbers beside (a different data set) and the paper's claims checked.
@@ -766,7 +766,6 @@ def l2o_markdown(summary: dict, tasks: dict[str, str], settings: dict, n_eval: i
     Args:
         summary: :func:`summarize_l2o`.  tasks: ``{meta_task | test_task: description}``
         (:attr:`pipeline.tasks.l2o.Task.label`).  settings: the runs' schedule (``L2OSettings`` as a dict).
-        n_eval: evaluation nets per task and seed.
     """
     m = settings["meta"]
     n_seeds = max(s["n_seeds"] for s in summary.values())
@@ -777,8 +776,8 @@ def l2o_markdown(summary: dict, tasks: dict[str, str], settings: dict, n_eval: i
         f"{m['outer_steps']} outer steps of {m['unroll']}-step truncated unrolls ({m['n_optimizees']} nets each, "
         f"re-drawn every {m['horizon']} steps, first-order meta-gradients); Adam and SGD with momentum get "
         "the learning rate of their grid with the lowest final training loss on the meta task (other nets "
-        f"than the evaluation ones). Then every optimizer trains {n_eval} fresh nets per task and seed for "
-        f"{settings['eval_steps']} steps, on the meta task and on the test task ({tasks['test_task']}): "
+        f"than the evaluation ones). Then every optimizer trains {settings['eval_nets']} fresh nets per task and "
+        f"seed for {settings['eval_steps']} steps, on the meta task and on the test task ({tasks['test_task']}): "
         "a wider net on other data, never seen in meta-training. Final training loss (mean of the last 10 "
         "steps) and held-out test accuracy, mean ± std over "
         f"{n_seeds} seeds (a seed's number: the mean over its nets). The learned optimizers are taken after "

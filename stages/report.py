@@ -127,8 +127,7 @@ def _l2o_section(l2o_dir: Path, out: Path) -> tuple[str, dict]:
     runs = read_json(l2o_dir / "results.json")["runs"]
     summary = report.summarize_l2o(runs)
     report.plot_l2o(runs, out / "figures" / "l2o_curves.png")
-    r0 = runs[0]
-    md = report.l2o_markdown(summary, r0["tasks"], r0["settings"], r0["settings"]["eval_nets"])
+    md = report.l2o_markdown(summary, runs[0]["tasks"], runs[0]["settings"])
     numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
     return md, {"learning_to_optimize": numbers}
 
