@@ -19,6 +19,7 @@ from pipeline.runs import Job, StageRuns
 from pipeline.tasks.l2o import (
     BASELINES,
     BaselineConfig,
+    FFConfig,
     L2OData,
     L2OSettings,
     MetaSettings,
@@ -35,11 +36,11 @@ def settings_from(c: L2OConfig) -> L2OSettings:
     return L2OSettings(meta, c.eval_steps, c.eval_nets)
 
 
-def optimizer_config(c: L2OConfig, name: str) -> OptimizerConfig | BaselineConfig:
+def optimizer_config(c: L2OConfig, name: str) -> FFConfig | OptimizerConfig | BaselineConfig:
     if name in BASELINES:
         return BaselineConfig(tuple(c.baseline_lrs), c.momentum)
     if name == "ff":
-        return OptimizerConfig(c.ff_hidden, c.graph_layers, c.heads)
+        return FFConfig(c.ff_hidden)  # the graph settings do not enter its fingerprint
     return OptimizerConfig(c.graph_hidden, c.graph_layers, c.heads)
 
 

@@ -455,9 +455,16 @@ def optimize(
 
 
 @dataclass(frozen=True)
+class FFConfig:
+    """The FF optimizer: its per-parameter MLP's width."""
+
+    hidden: int = 32
+
+
+@dataclass(frozen=True)
 class OptimizerConfig:
-    """A learned optimizer: the per-parameter MLP's (and the encoder's) width, the encoder's
-    layers and NG-T's attention heads."""
+    """A graph optimizer (NG-GNN, NG-T): the encoder's and the per-parameter MLP's width, the
+    encoder's layers and NG-T's attention heads."""
 
     hidden: int = 32
     layers: int = 2
@@ -476,7 +483,7 @@ class BaselineConfig:
 LEARNED = ("ff", "ng_gnn", "ng_t")
 
 
-def build_optimizer(name: str, config: OptimizerConfig, n_layers: int) -> nn.Module:
+def build_optimizer(name: str, config: FFConfig | OptimizerConfig, n_layers: int) -> nn.Module:
     """The learned optimizer ``name`` (:data:`LEARNED`) for optimizees of ``n_layers`` layers."""
     if name == "ff":
         return FFOptimizer(config.hidden)
@@ -613,7 +620,7 @@ def final_metrics(r: dict) -> dict[str, float]:
     return {**{f"test_{k}": v for k, v in r["test"].items()}, "wall_seconds": r["wall_seconds"], **extra}
 
 
-def optimizer_card(name: str, config: OptimizerConfig, n_layers: int, scale: float) -> dict:
+def optimizer_card(name: str, config: FFConfig | OptimizerConfig, n_layers: int, scale: float) -> dict:
     """The model card of a meta-trained optimizer (what :func:`load_optimizer` rebuilds it from)."""
     return {
         "model": name,
@@ -636,6 +643,7 @@ def load_optimizer(path) -> tuple[nn.Module, dict]:
         raise ValueError(f"{path}: not a learned optimizer (kind {card.get('kind')!r})")
     if tuple(card["momenta"]) != MOMENTA:
         raise ValueError(f"{path}: saved with momenta {card['momenta']}, this code computes {list(MOMENTA)}")
-    optimizer = build_optimizer(card["model"], OptimizerConfig(**card["settings"]), card["n_layers"])
+    config = (FFConfig if card["model"] == "ff" else OptimizerConfig)(**card["settings"])
+    optimizer = build_optimizer(card["model"], config, card["n_layers"])
     optimizer.load_state_dict(load_tensors(path))
     return optimizer.eval(), card
