@@ -100,9 +100,13 @@ class DegreeBuckets:
         """
         n_nodes, H = dst_term.shape
         out = dst_term.new_zeros(n_nodes, 4 * H)
-        for d, nodes, s, e in self.buckets:
+        # the buckets tile the edges in order: one split per tensor (its gradient is one
+        # concatenation, where slicing would scatter every bucket's gradient into a zero (E, H))
+        sizes = [e - s for _, _, s, e in self.buckets]
+        parts = zip(*(t.split(sizes) for t in (edge_term, scale, shift)), strict=True)
+        for (d, nodes, _, _), (edge_d, scale_d, shift_d) in zip(self.buckets, parts, strict=True):
             u = dst_term.index_select(0, nodes).unsqueeze(1)  # (n_d, 1, H)
-            blk = torch.addcmul(shift[s:e].view(-1, d, H), scale[s:e].view(-1, d, H), edge_term[s:e].view(-1, d, H) + u)
+            blk = torch.addcmul(shift_d.view(-1, d, H), scale_d.view(-1, d, H), edge_d.view(-1, d, H) + u)
             # two plain reductions: much faster on CPU than var_mean over a middle axis
             mean = blk.mean(dim=1)
             var = (blk - mean.unsqueeze(1)).square().mean(dim=1)

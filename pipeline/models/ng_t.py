@@ -82,24 +82,26 @@ class NGTLayer(nn.Module):
     def forward(self, x: Tensor, e: Tensor, src: Tensor, dst: Tensor, direction: Tensor) -> tuple[Tensor, Tensor]:
         N, H = x.shape
         # attend both ways: over every edge forwards (dst <- src) and backwards (src <- dst), the
-        # edge state plus the half's direction code. The edge projections are affine, so they
-        # are computed once per edge and the codes' projections added per half (no 2E-row copy).
+        # edge state plus the half's direction code c. The edge projections are affine, so they
+        # are computed once per edge, and the code's projections W c are added where they cost
+        # least: to the node terms before the gather for q and k (N rows, not E), to the edge
+        # terms for s and h (the same equation, no (E, 4H) copy per half).
         q, k, v = self.node_qkv(x).split(H, dim=1)
-        pe = self.edge_proj(e)  # (E, 4H)
-        pd = nn.functional.linear(direction, self.edge_proj.weight)  # (2, 4H): forward, backward code
+        qe, ke, s, h = self.edge_proj(e).split(H, dim=1)  # (E, H) each
+        cq, ck, cs, ch = nn.functional.linear(direction, self.edge_proj.weight).split(H, dim=1)  # (2, H) each
         heads = (-1, self.heads, self.d)
-        halves = []
+        scores, values = [], []
         for half, (recv, send) in enumerate(((dst, src), (src, dst))):
-            qe, ke, s, h = (pe + pd[half]).split(H, dim=1)
-            qq = (q.index_select(0, recv) + qe).view(heads)
-            kk = (k.index_select(0, send) + ke).view(heads)
-            vv = (v.index_select(0, send) * s + h).view(heads)
-            halves.append(((qq * kk).sum(-1) / math.sqrt(self.d), vv))  # score (E, heads), value
+            qq = ((q + cq[half]).index_select(0, recv) + qe).view(heads)
+            kk = ((k + ck[half]).index_select(0, send) + ke).view(heads)
+            vv = torch.addcmul(h + ch[half], v.index_select(0, send), s + cs[half]).view(heads)
+            scores.append((qq * kk).sum(-1) / math.sqrt(self.d))  # (E, heads)
+            values.append(vv)
         recv_all = torch.cat([dst, src])
-        alpha = softmax(torch.cat([halves[0][0], halves[1][0]]), recv_all, num_nodes=N).split(src.numel())
+        alpha = softmax(torch.cat(scores), recv_all, num_nodes=N).split(src.numel())
         agg = x.new_zeros(N, self.heads, self.d)
-        agg.index_add_(0, dst, alpha[0].unsqueeze(-1) * halves[0][1])
-        agg.index_add_(0, src, alpha[1].unsqueeze(-1) * halves[1][1])
+        agg.index_add_(0, dst, alpha[0].unsqueeze(-1) * values[0])
+        agg.index_add_(0, src, alpha[1].unsqueeze(-1) * values[1])
         x = self.update_nodes(x, agg.view(N, H))
         if self.update_edges:
             a, b = self.edge_nodes(x).split(H, dim=1)
