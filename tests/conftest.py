@@ -29,6 +29,15 @@ def siren_params(hidden: list[int], seeds) -> tuple[ParamSpec, Params]:
     return spec, {k: v.clone() for k, v in unflatten(flat, spec).items()}
 
 
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rel: float, what: object = "") -> None:
+    """``|actual - expected| <= rel * max|expected|`` entry for entry: for two results of the same
+    computation whose floats were summed in another order (another batch composition, another
+    kernel), where rounding differences may grow over training steps; ``rel`` says how far,
+    relative to the tensor's own scale. ``what`` names the tensor in the failure message."""
+    atol = rel * float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol, msg=lambda m: f"{what}: {m}" if what != "" else m)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Fixed seed; one intra-op thread (tiny ops on a shared 2-core box spin-wait otherwise)."""

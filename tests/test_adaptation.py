@@ -24,6 +24,7 @@ from pipeline.zoo.adapt_zoo import (
     pool_digits,
     train_pair_mlps,
 )
+from tests.conftest import assert_close_to_scale
 from tests.test_editing import EDITORS, _edit, _editor
 from tests.weightspace_cases import random_params, rows_only, swap_inputs
 
@@ -53,7 +54,7 @@ def test_permuting_hidden_units_keeps_the_logits_and_a_wrong_coupling_does_not()
 def test_the_target_domain_is_seeded_and_differs_from_the_source():
     images = torch.rand(20, 28, 28)
     a, b = corrupt_digits(images, Corruption(), 5), corrupt_digits(images, Corruption(), 5)
-    assert torch.equal(a, b) and a.shape == images.shape
+    assert torch.equal(a, b) and a.shape == images.shape  # the same call twice: same seed, same order
     assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
     assert not torch.equal(a, corrupt_digits(images, Corruption(), 6))  # jitter and noise come from the seed
     plain = Corruption(rotation=0, jitter=0, blur=0, contrast=1, brightness=0, noise=0)
@@ -92,7 +93,7 @@ def test_the_plan_keeps_novel_pairs_in_test_and_splits_the_rest():
         plan_pair_zoo(30, 20, 15, 3, seed=1)
 
 
-def test_a_nets_training_bytes_do_not_depend_on_its_partners(banks):
+def test_a_nets_training_does_not_depend_on_its_partners(banks):
     spec = pair_spec(16, [8])
     x, y = banks["x_source_train"][[0, 1, 2]], banks["y_train"][[0, 1, 2]]
 
@@ -100,8 +101,11 @@ def test_a_nets_training_bytes_do_not_depend_on_its_partners(banks):
         return train_pair_mlps(spec, init_pair_mlps(spec, seeds), seeds, x[rows], y[rows], 20, 1e-2, 8)
 
     a, b, alone = trained([11, 12], [0, 1]), trained([11, 13], [0, 2]), trained([11], [0])
+    # other partners / alone: batched kernels may sum in another order on another CPU. Float32
+    # drift over these 20 steps is ~3e-7 of a tensor's scale; training moves it ~0.2 of it
     for k in a:
-        assert torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][0], alone[k][0]), k
+        assert_close_to_scale(b[k][0], a[k][0], 1e-4, k)
+        assert_close_to_scale(alone[k][0], a[k][0], 1e-4, k)
     assert not torch.equal(a["layers.0.weight"][0], init_pair_mlps(spec, [11])["layers.0.weight"][0])
 
 
@@ -147,7 +151,7 @@ def test_the_flat_mlp_adapter_is_not_equivariant():
         expected = flatten(permute(unflatten(out, SPEC), SPEC, perms), SPEC)
         assert float((model(flatten(permute(params, SPEC, perms), SPEC)) - expected).abs().max()) > 1e-3
         model.scale.zero_()
-        assert torch.equal(model(flatten(params, SPEC)), flatten(params, SPEC))
+        assert torch.equal(model(flatten(params, SPEC)), flatten(params, SPEC))  # flat + 0 * delta: exact
 
 
 def _objective(banks, spec, params) -> tuple[Adaptation, torch.Tensor]:

@@ -17,6 +17,7 @@ from pipeline.zoo.cnn_zoo import (
     train_cnns,
     zoo_architectures,
 )
+from tests.conftest import assert_close_to_scale
 
 HOMOGENEOUS = small_cnn_zoo_arch()
 # residuals 1 -> 2 and 2 -> 4 tie layers 1, 2 and 4; layer 3 is free; strides make the pooled skip matter
@@ -147,14 +148,26 @@ def test_hyper_parameters_come_from_the_seed_alone_and_stay_in_range():
     assert checkpoint_steps(8, 4) == [2, 4, 6, 8] and checkpoint_steps(3, 4)[-1] == 3
 
 
-def test_a_runs_bytes_do_not_depend_on_its_partners(digits):
+# A run trained in another batch (other partners, another batch size: grouped convolutions and
+# batched products may sum in another order on another CPU) drifts by float32 rounding: ~3e-4 of a
+# tensor's scale at most over these <= 8 Adam steps when every product is off by one ulp, while
+# training moves the tensors by ~0.8 of it. Its test accuracy may then differ by one digit at most.
+DRIFT = 5e-3
+
+
+def _one_digit(data) -> float:
+    return 1.5 / len(data["y_test"])
+
+
+def test_a_run_does_not_depend_on_its_partners(digits):
     arch = HETEROGENEOUS
     together, extras = train_cnns(arch, [11, 12, 13], digits, RANGES)
     alone, extras_alone = train_cnns(arch, [12], digits, RANGES)
     for j in range(RANGES.checkpoints):
         for name in together[j]:
-            assert torch.equal(together[j][name][1], alone[j][name][0]), (j, name)
-    assert torch.equal(extras["test_acc"][:, 1], extras_alone["test_acc"][:, 0])
+            assert_close_to_scale(alone[j][name][0], together[j][name][1], DRIFT, (j, name))
+    acc_alone, acc = extras_alone["test_acc"][:, 0], extras["test_acc"][:, 1]
+    torch.testing.assert_close(acc_alone, acc, rtol=0, atol=_one_digit(digits))
     steps = extras["steps"].long()
     assert torch.equal(extras["step"][-1], steps) and bool((extras["step"][0] < steps).all())
     # snapshots differ from the initial values and from each other
@@ -188,8 +201,8 @@ def test_the_plan_splits_by_run_and_a_shard_keeps_every_checkpoint(digits):
     n = len(runs) * RANGES.checkpoints
     assert params["conv.0.weight"].shape[0] == n and all(v.shape[0] == n for v in cols.values())
     assert cols["net_id"].tolist() == [r.run_id * 2 + j for r in runs for j in range(2)]
-    # the same nets as training each run on its own (chunking does not change bytes)
+    # the same nets as training each run on its own (chunking changes the batch: float32 drift only)
     alone, extras = train_cnns(HETEROGENEOUS, [runs[4].seed], digits, RANGES)
     for j in range(2):
-        assert torch.equal(params["conv.1.weight"][4 * 2 + j], alone[j]["conv.1.weight"][0])
-        assert float(cols["test_acc"][4 * 2 + j]) == float(extras["test_acc"][j, 0])
+        assert_close_to_scale(alone[j]["conv.1.weight"][0], params["conv.1.weight"][4 * 2 + j], DRIFT, j)
+        assert abs(float(cols["test_acc"][4 * 2 + j]) - float(extras["test_acc"][j, 0])) <= _one_digit(digits)

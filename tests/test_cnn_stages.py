@@ -53,7 +53,7 @@ def test_cnn_zoo_bytes_identical_with_one_or_two_ray_workers(cnn_zoos, family: s
         out = cnn_zoos["jobs"][(family, workers)][1]
         assert len((out / "manifest.csv").read_text().strip().splitlines()) == 1 + N_NETS[family]
         digests.append(_digests(out))
-    assert digests[0] == digests[1]
+    assert digests[0] == digests[1]  # the same shards, each trained in the same order: workers only change placement
     info = read_json(cnn_zoos["jobs"][(family, 1)][1] / "zoo.json")
     assert len(info["architectures"]) == (1 if family == "homogeneous" else 2)
     assert 0.0 <= info["summary"]["test_acc_min"] <= info["summary"]["test_acc_max"] <= 1.0
@@ -78,7 +78,7 @@ def test_cnn_zoo_splits_by_run_and_rerun_refits_only_the_missing_shard(cnn_zoos,
     res = run_stage("cnn_zoo", ["--params", str(params), "--family", "heterogeneous", "--out", str(zoo)], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "fitting 1" in res.stdout
-    assert victim.read_bytes() == before
+    assert victim.read_bytes() == before  # a refit of the same shard: same runs, batch and order
 
 
 def test_corrupt_cnn_shard_is_named_by_cnn_graphs(cnn_zoos, tmp_path: Path):

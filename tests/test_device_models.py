@@ -232,6 +232,7 @@ def test_template_buckets_equal_data_buckets(spec, idx):
     H, E = 4, batch.edge_index.shape[1]
     g = torch.Generator().manual_seed(0)
     u, v, scale, shift = torch.randn(n, H, generator=g), *(torch.randn(E, H, generator=g) for _ in range(3))
+    # the same DegreeBuckets.aggregate on index tensors equal above: the same ops in the same order
     assert torch.equal(got.aggregate(u, v, scale, shift), ref.aggregate(u, v, scale, shift))
     assert tb(batch.num_graphs) is got  # cached per batch size
 
@@ -244,6 +245,8 @@ def test_ng_gnn_template_and_data_buckets_give_identical_outputs():
     without = build_model("ng_gnn", _settings("ng_gnn", {"dropout": 0.0}), dataclasses.replace(shape, template=None))
     without.load_state_dict(with_template.state_dict())  # the template adds no state
     batch = gs.batch(torch.tensor([2, 0, 1]))
+    # the template only supplies the degree buckets, index for index those read from the data
+    # (test_template_buckets_equal_data_buckets): every float op and its order are the same
     assert torch.equal(with_template(batch), without.eval()(batch))
 
 

@@ -62,7 +62,7 @@ def test_dilation_grows_a_pixel_into_a_3x3_block():
     expected = torch.zeros_like(img)
     expected[0, 3:6, 4:7] = 1.0  # exactly 3x3: a 5x5 (or 1x1) kernel fails here
     expected[1, 0:2, 0:2] = 0.7
-    assert torch.equal(out, expected)
+    assert torch.equal(out, expected)  # a max filter: no sums, any order gives the same values
 
 
 def test_dilation_is_a_grey_scale_max_filter():
@@ -71,7 +71,7 @@ def test_dilation_is_a_grey_scale_max_filter():
     out = dilate(img)
     assert float(out[0, 2, 2]) == pytest.approx(0.8)  # both in its window: the max wins
     assert float(out[0, 2, 0]) == pytest.approx(0.3)  # only the dimmer pixel in reach
-    assert float(out[0, 0, 2]) == 0.0  # two rows away from both
+    assert float(out[0, 0, 2]) == 0.0  # two rows away from both: a max of zeros
 
 
 @pytest.mark.parametrize("name", list(SIREN_LAYOUTS))

@@ -259,7 +259,7 @@ def test_normalization_standardizes_each_tensor_and_inverts(hidden):
         assert v.shape == params[k].shape
         if hidden & set(t.neuron_layers):
             # SIRENs are sign symmetric: mean fixed at 0 by symmetry, unit root mean square
-            assert stats[k][0] == 0.0, k
+            assert stats[k][0] == 0.0, k  # fixed at 0 by fit_stats, not estimated
             assert abs(float(v.square().mean().sqrt()) - 1.0) < 1e-4, k
         else:
             assert abs(float(v.mean())) < 1e-5, k
@@ -288,4 +288,4 @@ def test_normalization_commutes_with_hidden_permutations(hidden):
     a = permute(apply_stats(params, spec, stats), spec, perms)
     b = apply_stats(permuted, spec, stats)
     for k in spec.names:
-        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(a[k], b[k]), k  # the same stats, entry-wise (p - mean) / std: moving entries commutes

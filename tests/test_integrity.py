@@ -90,7 +90,7 @@ def test_hashes_are_stored_with_the_shard_when_written(tmp_path: Path):
     assert read_metadata(path) == {"fingerprint": "fp1"}  # one key: safetensors writes keys in random order
     again = tmp_path / "again"
     _siren_zoo(again)
-    assert (again / "shards" / shard_name(1)).read_bytes() == path.read_bytes()
+    assert (again / "shards" / shard_name(1)).read_bytes() == path.read_bytes()  # the same writes, same inputs
 
 
 def _stored_hashes(path: Path) -> list[str]:
@@ -249,7 +249,7 @@ def test_resume_refits_a_damaged_shard_and_clears_stale_temps(tmp_path: Path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "refitting damaged shard" in res.stderr and "shard_00001.safetensors: net 11 does not match" in res.stderr
     assert "2 shards, 1 complete, fitting 1" in res.stdout
-    assert victim.read_bytes() == original  # refitted to the same bytes
+    assert victim.read_bytes() == original  # refitted to the same bytes: the same shard, batch and order
     assert (out / "manifest.csv").read_text() == manifest
     assert not any(p.exists() for p in stale)
     assert len(load_zoo(out).records) == 16

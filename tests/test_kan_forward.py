@@ -81,7 +81,7 @@ def test_query_batch_is_the_kan_graph_with_the_query_on_its_input_nodes():
         assert torch.equal(batch.edge_index[:, g * E : (g + 1) * E], t.edge_index + g * N)
         q = batch.x[nodes, -QUERY_DIM:]
         inputs = t.node_layer == 0
-        assert (q[~inputs] == 0).all()
+        assert (q[~inputs] == 0).all()  # zero padding, never summed with anything
         torch.testing.assert_close(q[inputs], query_features(points[g // 2, g % 2]))
         assert int(batch.node_out[nodes].sum()) == 1 and (batch.batch[nodes] == g).all()
 
@@ -153,6 +153,7 @@ def test_fit_forward_selects_on_validation_and_learns():
     res = fit_forward(model, data, settings, seed=0, on_eval=seen.append)
     assert len(res.history) == 6 and seen == res.history
     vals = [h["val_r2"] for h in res.history]
+    # bookkeeping: the best row's numbers are copied, not recomputed
     assert res.best_val == max(vals) and res.history[res.best_epoch - 1]["val_r2"] == res.best_val
     assert all(
         h["test_r2_at_best_val"] == res.history[-1]["test_r2_at_best_val"] for h in res.history[res.best_epoch - 1 :]

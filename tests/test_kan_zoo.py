@@ -36,7 +36,7 @@ from pipeline.zoo.kan_zoo import (
     fit_kan_inrs,
     load_kan_zoo,
 )
-from tests.conftest import run_stage, write_params
+from tests.conftest import assert_close_to_scale, run_stage, write_params
 
 GRID = (-1.0, 1.0)
 RANGES = ClassifierRanges(
@@ -52,10 +52,14 @@ def _net(params, b: int):
     return {n: v[b] for n, v in params.items()}
 
 
-def _assert_net_close(p, q, atol=1e-5):
+def _assert_net_close(p, q, rel=1e-3):
+    """One net trained in two batches (other partners, another batch size: batched products may
+    sum in another order on another CPU): float32 drift only. Over these <= 10 Adam steps it
+    reaches ~5e-5 of a tensor's scale (spline coefficients) when every product is off by one ulp;
+    training moves the tensors by 0.2 to 0.8 of it."""
     assert p.keys() == q.keys()
     for n in p:
-        torch.testing.assert_close(p[n], q[n], atol=atol, rtol=0, msg=lambda m, n=n: f"{n}: {m}")
+        assert_close_to_scale(p[n], q[n], rel, n)
 
 
 # --- splines -----------------------------------------------------------------------------
@@ -145,7 +149,7 @@ def test_fused_spline_kernel_does_not_depend_on_thread_count():
     finally:
         torch.set_num_threads(before)
     for a, b in zip(*results, strict=True):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b)  # the kernel gives each net to one thread, in a fixed order (kan_spline.cpp)
 
 
 # --- per-net training ---------------------------------------------------------------------
@@ -181,6 +185,7 @@ def test_train_kans_per_net_steps():
     lr = torch.full((3,), 1e-2)
     trained, loss = train_kans(params, spec, loss_fn, AdamSettings(5), lr, steps=torch.tensor([0, 5, 2]))
     for n in _trainable(params):
+        # lr 0 from the first step: every update subtracts exactly m / denom * 0 = 0
         assert torch.equal(trained[n][0], params[n][0]), f"{n} moved with steps=0"
         assert (trained[n][1] - params[n][1]).abs().max() > 1e-4, f"{n} did not move with steps=5"
     assert torch.isfinite(loss).all()
@@ -374,7 +379,7 @@ def test_kan_zoo_bytes_identical_with_one_or_two_ray_workers(kan_zoos, task: str
         assert len([n for n in d if n.endswith(".safetensors")]) == N_SHARDS
         assert len((out / "manifest.csv").read_text().strip().splitlines()) == 1 + N_NETS
         digests.append(d)
-    assert digests[0] == digests[1]
+    assert digests[0] == digests[1]  # the same shards, each fitted in the same order: workers only change placement
 
 
 @pytest.mark.parametrize("task", ["inr", "classifier"])
@@ -408,7 +413,7 @@ def test_kan_zoo_rerun_refits_only_the_missing_shard(kan_zoos, tmp_path: Path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "fitting 1" in res.stdout
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept} == stamps
-    assert victim.read_bytes() == before
+    assert victim.read_bytes() == before  # a refit of the same shard: same nets, batch and order
 
 
 def test_corrupt_kan_shard_is_named_by_kan_graphs(kan_zoos, tmp_path: Path):

@@ -199,7 +199,7 @@ def test_a_task_is_standardized_on_its_training_images_and_split_by_seed():
     assert a.x_train.shape == (1500, 16) and a.x_test.shape == (297, 16) and a.batch_size == 32
     assert abs(float(a.x_train.mean())) < 1e-5 and abs(float(a.x_train.std()) - 1) < 1e-4
     b, c = make_task("digits_offline", 2, [16], 297, 32, seed=0), make_task("digits_offline", 2, [16], 297, 32, seed=1)
-    assert torch.equal(a.x_test, b.x_test) and not torch.equal(a.x_test, c.x_test)
+    assert torch.equal(a.x_test, b.x_test) and not torch.equal(a.x_test, c.x_test)  # same call, same seed
 
 
 def test_optimize_with_a_baseline_is_the_baseline_from_fresh_nets():

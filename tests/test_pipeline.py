@@ -45,7 +45,7 @@ def test_zoo_bytes_identical_with_one_or_two_ray_workers(tmp_path: Path):
         digests.append(
             {p.name: _digest(p) for p in shards} | {f: _digest(out / f) for f in ("manifest.csv", "zoo.json")}
         )
-    assert digests[0] == digests[1]
+    assert digests[0] == digests[1]  # the same shards, each fitted in the same order: workers only change placement
 
 
 def test_killed_zoo_stage_resumes_with_only_the_missing_shards(tmp_path: Path):

@@ -77,6 +77,7 @@ def test_every_run_keeps_its_best_weights_and_reproduces_its_test_metric(trained
         saved = load(tmp / "train" / f"{r['model']}_seed0")  # the run's stem, as the CLI takes it
         assert saved.card["model"] == r["model"] and saved.card["test"] == r["test"]
         again = _recomputed_test_metrics(saved, tmp / "graphs", Classification(10))
+        # the same evaluate() (same batch size, one thread) on the same weights and nets: same order
         assert again["acc"] == r["test"]["acc"], r["model"]
         assert again["loss"] == pytest.approx(r["test"]["loss"], rel=1e-6)
     (r,) = reg
@@ -167,4 +168,5 @@ def test_a_run_whose_model_file_is_gone_runs_again(trained, capsys):
         ray.shutdown()
     assert "train: 3 runs, 2 kept from an earlier invocation, running 1" in capsys.readouterr().out
     assert (tmp / "train" / "mlp_seed0.safetensors").exists()
+    # the same run again (seed, data, one thread, this machine): the same order, the same numbers
     assert read_json(tmp / "train" / "mlp_seed0.json")["test"] == before["test"]

@@ -85,6 +85,7 @@ def assert_zoo_equals_reference(params_path: Path, zoo: Path) -> None:
         p, extras = fit_shard_here(plan, k, params)
         write_shard(ref / shard_name(k), p, plan.spec, extras, plan.fingerprints[k])
         got = (zoo / "shards" / shard_name(k)).read_bytes()
+        # same shard, chunks and thread count on this machine: Ray (nodes, retries) only changes placement
         assert got == (ref / shard_name(k)).read_bytes(), f"{shard_name(k)} differs from an uninterrupted one-node fit"
 
 
@@ -253,6 +254,7 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
             data, r["model"], configs[r["model"]], r["seed"], ctx, _train_settings(params), params.train.augment
         )
         weights, _ = ref.pop("weights"), ref.pop("card")
+        # the same run (seed, data, one thread) on this machine: the node only changes placement
         kept = load_tensors(workspace / "train" / r["model_file"])  # the trained weights, bytes too
         assert kept.keys() == weights.keys() and all(torch.equal(kept[k], v) for k, v in weights.items())
         same = {k: r[k] for k in ("fingerprint", "code_version", "model_file")}
