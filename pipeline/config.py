@@ -126,6 +126,15 @@ class ModelSections:
         return {settings_key(m): self.settings(m) for m in self.models}
 
 
+# Upper bounds that refuse a typo before any work (a width of 10**7 would fail later, out of
+# memory inside a task): widths and batch sizes far beyond any zoo or metanetwork here.
+MAX_WIDTH = 4096
+MAX_BATCH = 1 << 16
+MAX_SEED = 2**31 - 1  # per-net and per-run seeds are derived from it and passed to torch.manual_seed
+
+# Images in each offline source (pipeline.data.load_images): the splits drawn from it must fit.
+SOURCE_SIZES = {"mnist_offline": 5000, "digits_offline": 1797}
+
 # The fused spline kernel (pipeline/zoo/csrc/kan_spline.cpp, kMaxOrder) handles orders 0 .. 7.
 KAN_MAX_ORDER = 7
 # scikit-learn's digits (the KAN classifier zoo): every net trains on >= one digit per class.
@@ -143,7 +152,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ZooConfig:
     family: str = setting("siren", one_of=("siren",))  # the only family implemented
-    hidden: list[int] = setting([32, 32], gt=0, min_len=1)
+    hidden: list[int] = setting([32, 32], gt=0, le=MAX_WIDTH, min_len=1)
     omega0: float = setting(30.0, gt=0)
     init: str = "standard"
     steps: int = setting(300, gt=0)
@@ -163,10 +172,10 @@ class ZooConfig:
 
 @dataclass(frozen=True)
 class TrainConfig(ModelSections):
-    models: list[str] = setting(["mlp", "ng_gnn"], unique=True)
-    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    models: list[str] = setting(["mlp", "ng_gnn"], unique=True, min_len=1)
+    seeds: list[int] = setting([0, 1, 2], ge=0, le=MAX_SEED, min_len=1, unique=True)
     epochs: int = setting(10, gt=0)
-    batch_size: int = setting(128, gt=0)
+    batch_size: int = setting(128, gt=0, le=MAX_BATCH)
     lr: float = setting(1e-3, gt=0)
     weight_decay: float = setting(5e-4, ge=0)
     warmup_steps: int = setting(100, ge=0)
@@ -180,11 +189,11 @@ class TrainConfig(ModelSections):
 class EditConfig(ModelSections):
     """INR editing (dilation, :mod:`pipeline.tasks.editing`) with each model's equivariant editor."""
 
-    models: list[str] = setting(["dwsnet", "nfn", "ng_gnn", "ng_t"], unique=True)
-    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    models: list[str] = setting(["dwsnet", "nfn", "ng_gnn", "ng_t"], unique=True, min_len=1)
+    seeds: list[int] = setting([0, 1, 2], ge=0, le=MAX_SEED, min_len=1, unique=True)
     epochs: int = setting(10, gt=0)
     n_train: int = setting(0, ge=0)  # n training INRs drawn at random (0: all); val and test are always whole
-    batch_size: int = setting(32, gt=0)
+    batch_size: int = setting(32, gt=0, le=MAX_BATCH)
     lr: float = setting(1e-3, gt=0)
     weight_decay: float = setting(0.0, ge=0)
     warmup_steps: int = setting(100, ge=0)
@@ -197,7 +206,7 @@ class EditConfig(ModelSections):
 
 @dataclass(frozen=True)
 class KanInrConfig:
-    hidden: list[int] = setting([8, 8], gt=0)
+    hidden: list[int] = setting([8, 8], gt=0, le=MAX_WIDTH)
     grid: int = setting(5, gt=0)
     order: int = setting(3, ge=0, le=KAN_MAX_ORDER)
     steps: int = setting(300, gt=0)
@@ -211,7 +220,7 @@ class KanInrConfig:
 class KanClassifierConfig:
     """Ranges (``[low, high]``) and choices (``steps``) are drawn per net."""
 
-    hidden: list[int] = setting([8], gt=0)
+    hidden: list[int] = setting([8], gt=0, le=MAX_WIDTH)
     grid: int = setting(5, gt=0)
     order: int = setting(3, ge=0, le=KAN_MAX_ORDER)
     n_train: int = setting(1500, gt=0)
@@ -231,10 +240,10 @@ class KanClassifierConfig:
 
 @dataclass(frozen=True)
 class KanTrainConfig(ModelSections):
-    models: list[str] = setting(["mlp", "mlp_perm", "ng_gnn", "ws_kan"], unique=True)
-    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    models: list[str] = setting(["mlp", "mlp_perm", "ng_gnn", "ws_kan"], unique=True, min_len=1)
+    seeds: list[int] = setting([0, 1, 2], ge=0, le=MAX_SEED, min_len=1, unique=True)
     epochs: int = setting(30, gt=0)
-    batch_size: int = setting(32, gt=0)
+    batch_size: int = setting(32, gt=0, le=MAX_BATCH)
     lr: float = setting(1e-3, gt=0)
     weight_decay: float = setting(5e-4, ge=0)
     warmup_steps: int = setting(100, ge=0)
@@ -247,8 +256,8 @@ class KanTrainConfig(ModelSections):
 class KanForwardConfig(ModelSections):
     """The expressivity check (:mod:`pipeline.kan_forward`): fresh query points every step."""
 
-    models: list[str] = setting(["ws_kan"], unique=True)
-    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    models: list[str] = setting(["ws_kan"], unique=True, min_len=1)
+    seeds: list[int] = setting([0, 1, 2], ge=0, le=MAX_SEED, min_len=1, unique=True)
     steps: int = setting(2000, gt=0)
     kans_per_step: int = setting(32, gt=0)
     points_per_kan: int = setting(4, gt=0)
@@ -295,11 +304,11 @@ class CnnTrainConfig(ModelSections):
     ``heterogeneous_models`` (models that read graphs of any architecture) on the heterogeneous one."""
 
     # graph models need layers >= 6 here (their default is 4): params.yaml lists them with their sections
-    models: list[str] = setting(["mlp", "statnn"], unique=True)
-    heterogeneous_models: list[str] = setting(["statnn"], unique=True)
-    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    models: list[str] = setting(["mlp", "statnn"], unique=True, min_len=1)
+    heterogeneous_models: list[str] = setting(["statnn"], unique=True, min_len=1)
+    seeds: list[int] = setting([0, 1, 2], ge=0, le=MAX_SEED, min_len=1, unique=True)
     epochs: int = setting(20, gt=0)
-    batch_size: int = setting(32, gt=0)
+    batch_size: int = setting(32, gt=0, le=MAX_BATCH)
     lr: float = setting(1e-3, gt=0)
     weight_decay: float = setting(5e-4, ge=0)
     warmup_steps: int = setting(100, ge=0)
@@ -332,7 +341,7 @@ class CnnConfig:
     label_noise: list[float] = setting([0.0, 0.5], ge=0, le=1, min_len=2, max_len=2)
     train_fraction: list[float] = setting([0.05, 1.0], gt=0, le=1, min_len=2, max_len=2)
     steps: list[int] = setting([100, 200, 400], gt=0, min_len=1)
-    batch_size: int = setting(32, gt=0)
+    batch_size: int = setting(32, gt=0, le=MAX_BATCH)
     checkpoints: int = setting(4, gt=0)  # snapshots per run, evenly spaced over its steps
     shard_size: int = setting(32, gt=0)  # runs per shard (a shard holds one architecture)
     chunk_size: int = setting(16, gt=0)  # runs trained at once
@@ -365,11 +374,11 @@ class AdaptZooConfig:
     n_val: int = setting(200, gt=0)
     n_test: int = setting(200, gt=0)  # test nets of known pairs; every net of a novel pair is a test net too
     novel_pairs: int = setting(5, ge=0, le=44)  # digit pairs (of 45) that only test nets have
-    hidden: list[int] = setting([32, 32], gt=0, min_len=1)
+    hidden: list[int] = setting([32, 32], gt=0, le=MAX_WIDTH, min_len=1)
     pool: int = setting(4, one_of=(1, 2, 4, 7, 14))  # 28 x 28 -> (28 / pool)^2 inputs
     steps: int = setting(300, gt=0)
     lr: float = setting(3e-3, gt=0)
-    batch_size: int = setting(32, gt=0)
+    batch_size: int = setting(32, gt=0, le=MAX_BATCH)
     images_per_digit: int = setting(256, gt=0, le=300)  # training images of each digit in a pair's bank
     digits_test: int = setting(1000, ge=100, le=2000)  # held-out digits every net is scored on
     finetune_images: int = setting(16, ge=2)  # labelled target images per net (half of each digit)
@@ -396,11 +405,11 @@ class AdaptConfig(ModelSections):
 
     zoo: AdaptZooConfig = field(default_factory=AdaptZooConfig)
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
-    models: list[str] = setting(["mlp", "mlp_perm", "dwsnet"], unique=True)
-    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    models: list[str] = setting(["mlp", "mlp_perm", "dwsnet"], unique=True, min_len=1)
+    seeds: list[int] = setting([0, 1, 2], ge=0, le=MAX_SEED, min_len=1, unique=True)
     epochs: int = setting(10, gt=0)
     n_train: int = setting(0, ge=0)  # n training nets drawn at random (0: all); val and test are always whole
-    batch_size: int = setting(32, gt=0)
+    batch_size: int = setting(32, gt=0, le=MAX_BATCH)
     lr: float = setting(1e-3, gt=0)
     weight_decay: float = setting(0.0, ge=0)
     warmup_steps: int = setting(50, ge=0)
@@ -417,9 +426,9 @@ class L2OTaskConfig:
 
     source: str = setting("digits_offline", one_of=("digits_offline", "mnist_offline"))
     pool: int = setting(1, one_of=(1, 2, 4, 7, 8, 14))  # must divide the side (8 digits, 28 MNIST)
-    hidden: list[int] = setting([32], gt=0, min_len=1)
+    hidden: list[int] = setting([32], gt=0, le=MAX_WIDTH, min_len=1)
     n_test: int = setting(497, gt=0)  # held-out images the trained nets are scored on
-    batch_size: int = setting(64, gt=0)
+    batch_size: int = setting(64, gt=0, le=MAX_BATCH)
 
     def check(self) -> list[tuple[str, str]]:
         side, n = (8, 1797) if self.source == "digits_offline" else (28, 5000)
@@ -437,7 +446,7 @@ class L2OConfig:
     optimizers: list[str] = setting(
         ["ng_t", "ng_gnn", "ff", "adam", "sgd"], one_of=("adam", "sgd", "ff", "ng_gnn", "ng_t"), min_len=1, unique=True
     )
-    seeds: list[int] = setting([0, 1, 2], ge=0, min_len=1, unique=True)
+    seeds: list[int] = setting([0, 1, 2], ge=0, le=MAX_SEED, min_len=1, unique=True)
     meta_task: L2OTaskConfig = field(default_factory=L2OTaskConfig)
     test_task: L2OTaskConfig = field(
         default_factory=lambda: L2OTaskConfig(source="mnist_offline", pool=2, hidden=[64], n_test=1000)
@@ -449,8 +458,8 @@ class L2OConfig:
     meta_lr: float = setting(1e-3, gt=0)
     scale: float = setting(1e-2, gt=0)  # output scale of a learned update
     grad_clip: float = setting(1.0, gt=0, allow_inf=True)
-    ff_hidden: int = setting(32, gt=0)  # the FF optimizer's per-parameter MLP width
-    graph_hidden: int = setting(16, gt=0)  # the graph optimizers' encoder and MLP width
+    ff_hidden: int = setting(32, gt=0, le=MAX_WIDTH)  # the FF optimizer's per-parameter MLP width
+    graph_hidden: int = setting(16, gt=0, le=MAX_WIDTH)  # the graph optimizers' encoder and MLP width
     graph_layers: int = setting(2, gt=0)
     heads: int = setting(4, gt=0)  # NG-T's; must divide graph_hidden
     eval_steps: int = setting(200, gt=0)  # steps of every evaluation net
@@ -500,7 +509,7 @@ class MLflowConfig:
 @dataclass(frozen=True)
 class Params:
     profile: str = "default"
-    seed: int = setting(0, ge=0)
+    seed: int = setting(0, ge=0, le=MAX_SEED)
     data: DataConfig = field(default_factory=DataConfig)
     zoo: ZooConfig = field(default_factory=ZooConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -553,6 +562,12 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected str, got {type(value).__name__} {value!r}")
         return value
     raise ConfigError(f"{path}: unsupported annotation {tp}")
+
+
+def settings_from_dict(cls: type, raw: Any, path: str) -> Any:
+    """``cls(**raw)`` checked by the same rules as ``params.yaml`` (a model file's card, say);
+    :class:`ConfigError` names ``path.key`` and what is allowed."""
+    return _coerce(raw, cls, path)
 
 
 def _build(cls: type, raw: dict, path: str) -> Any:
@@ -662,6 +677,15 @@ def validate(p: Params) -> None:
         # the editing targets are the dilated original images: a warped input would not match them
         ("inr_affine" not in p.edit.augment, "edit.augment", "inr_affine warps the image; editing targets are fixed"),
     ]
+    for key, sizes in (("data", p.data), ("kan.inr", p.kan.inr)):
+        total, available = (
+            sizes.n_train + sizes.n_val + sizes.n_test,
+            SOURCE_SIZES.get(p.data.source if key == "data" else "mnist_offline"),
+        )
+        ok = available is None or total <= available
+        checks.append(
+            (ok, f"{key}.n_train", f"n_train + n_val + n_test = {total} exceeds the {available} images of the source")
+        )
     kan_layers = max(len(p.kan.inr.hidden), len(p.kan.classifier.hidden)) + 1
     for key, section, n_layers in (
         ("train", p.train, len(p.zoo.hidden) + 1),

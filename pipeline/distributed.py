@@ -141,6 +141,7 @@ def map_tasks(
     on_error: Callable[[int, str], None] | None = None,
     poll: Callable[[], None] | None = None,
     poll_seconds: float = 0.5,
+    retry_item: Callable[[int], tuple] | None = None,
 ) -> list[Any]:
     """Run ``fn(*item)`` for every item as a Ray task; results in item order.
 
@@ -150,7 +151,9 @@ def map_tasks(
     reported to ``on_error(i, message)``, every other task still runs, and at the end
     :class:`TasksFailed` names the failed items (``labels[i]``). ``on_result(i, result)`` runs in
     the driver as each task finishes (to write it, to log it from one process); ``poll()`` runs
-    every ``poll_seconds`` while tasks run (to forward live metrics).
+    every ``poll_seconds`` while tasks run (to forward live metrics). With ``retry_item``, the
+    driver retries a lost task itself with the arguments ``retry_item(i)`` returns then (a
+    training run resumes from its latest checkpoint) instead of Ray repeating the first ones.
     """
     import ray
 
@@ -161,11 +164,12 @@ def map_tasks(
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus,
         memory=resources.memory or None,
-        max_retries=max_retries,
+        max_retries=0 if retry_item is not None else max_retries,
         retry_exceptions=False,
     )
     refs = [remote.remote(*item) for item in items]
     index = {ref: i for i, ref in enumerate(refs)}
+    retries = [0] * len(refs)
     results: list[Any] = [None] * len(refs)
     failures: dict[str, str] = {}
     pending = list(refs)
@@ -174,10 +178,23 @@ def map_tasks(
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=poll_seconds if poll else None)
             for ref in done:
-                i = index[ref]
+                i = index.pop(ref)
                 try:
                     results[i] = ray.get(ref)
-                except Exception as e:  # a task that raised (RayTaskError), or whose worker died too often
+                except ray.exceptions.RayTaskError as e:  # fn raised: a bug or bad input, not retried
+                    failures[labels[i]] = _error_text(e)
+                    if on_error is not None:
+                        on_error(i, failures[labels[i]])
+                except Exception as e:  # the worker or its node died
+                    if retry_item is not None and retries[i] < max_retries:
+                        retries[i] += 1
+                        if poll is not None:
+                            poll()  # its last checkpoint first
+                        print(f"{labels[i]}: {_error_text(e)}; retry {retries[i]}/{max_retries}", flush=True)
+                        new = remote.remote(*retry_item(i))
+                        index[new] = i
+                        pending.append(new)
+                        continue
                     failures[labels[i]] = _error_text(e)
                     if on_error is not None:
                         on_error(i, failures[labels[i]])

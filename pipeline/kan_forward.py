@@ -252,6 +252,8 @@ def fit_forward(
     seed: int,
     on_eval: Callable[[dict[str, float]], None] | None = None,
     device: torch.device | str = "cpu",
+    resume: dict | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
 ) -> ForwardResult:
     """Train ``model`` (graphs -> ``(G, 1)``) on the forward task with
     :func:`~pipeline.train.fit_model`; select on validation R².
@@ -262,7 +264,8 @@ def fit_forward(
     schedule (peak ``lr``, 5 % warm-up). Test metrics are those at the best validation
     evaluation, beside :func:`mean_kan_reference` on the same test points. Random draws are
     made on the CPU with one generator seeded with ``seed`` (the same numbers on every device).
-    Each history row has the ``step`` it was evaluated at.
+    Each history row has the ``step`` it was evaluated at. ``resume`` / ``on_checkpoint``: per-
+    evaluation resume, as in :func:`~pipeline.train.fit_model`.
     """
     device = torch.device(device)
     data = data.to(device)  # once: the stream and the fixed queries share it
@@ -311,6 +314,8 @@ def fit_forward(
         device=device,
         generator=gen,
         schedule=one_cycle,
+        resume=resume,
+        on_checkpoint=on_checkpoint,
     )
     fields = {f.name: getattr(res, f.name) for f in dataclasses.fields(RunResult)}
     return ForwardResult(**fields, reference=reference)
@@ -348,7 +353,7 @@ def forward_one(
     t0 = time.time()
 
     progress = ctx.reporter(f"kan_forward {model_name} seed {seed}", "r2", settings.steps, unit="step")
-    res = fit_forward(model, data, settings, seed, on_eval=progress, device=device)
+    res = fit_forward(model, data, settings, seed, on_eval=progress, device=device, **ctx.resumable({}))
     out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
     out["card"] = model_card(model_name, model_cfg, data.shape(), {"spec": data.spec.to_dict()}, None)
     out["counts"] = {s: int(v.numel()) for s, v in data.splits.items()}

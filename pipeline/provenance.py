@@ -112,8 +112,9 @@ def cpu_tag() -> str:
 
 
 def fit_environment(module: str) -> dict[str, str]:
-    """What a zoo shard's bytes depend on besides its recipe: the code of ``module`` (the fitting
-    code), the torch version, the CPU and the vector instructions torch's kernels use."""
+    """What a zoo shard's bytes depend on besides its recipe and inputs: the code of ``module``
+    (the zoo stage: its whole import closure, as its DVC deps), the torch version, the CPU and
+    the vector instructions torch's kernels use."""
     import torch
 
     return {

@@ -33,8 +33,19 @@ from pipeline.augment import augmenter, check_augmentation
 from pipeline.config import ConfigError, Params, to_flat_dict
 from pipeline.device import describe, resolve_device
 from pipeline.graphs.neural_graph import graph_template
-from pipeline.graphs.store import GraphSet
-from pipeline.io import CorruptFileError, fingerprint, read_json, remove_stale_temps, write_json
+from pipeline.graphs.store import GraphSet, read_graph_dir
+from pipeline.io import (
+    RETIRED,
+    CorruptFileError,
+    fingerprint,
+    load_state,
+    read_json,
+    remove_stale_temps,
+    retire,
+    save_state,
+    unretire,
+    write_json,
+)
 from pipeline.models import build_model, settings_key, split_model_name
 from pipeline.models.saved import model_card, save_model
 from pipeline.provenance import code_hash
@@ -51,6 +62,7 @@ from pipeline.train import (
 from pipeline.weightspace.spec import ParamSpec
 
 RESULTS = "results.json"
+CHECKPOINTS = "checkpoints"  # <out>/checkpoints/<run fingerprint>.safetensors: unfinished runs' last epoch
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ class TaskContext:
     threads: int
     device: str
     events: Any = None  # a ray.util.queue.Queue, or None outside Ray
+    resume: dict | None = None  # the run's last checkpoint (:func:`pipeline.train.training_state`)
 
     def start(self) -> tuple[torch.device, dict[str, str]]:
         """Fix the thread count (CPU bytes must not depend on the worker), resolve the device and
@@ -112,6 +125,19 @@ class TaskContext:
 
         return report
 
+    def checkpoint(self, state: dict) -> None:
+        """Send the training state after an epoch to the driver, which keeps it on disk."""
+        self._send("checkpoint", state)
+
+    def resumable(self, state: dict) -> dict:
+        """``fit_model`` keyword arguments that resume this run from :attr:`resume` and checkpoint
+        it after every epoch. ``state`` is the caller's own JSON-able dict (what its ``on_best``
+        keeps): it travels with each checkpoint and is restored in place on resume."""
+        if self.resume is not None:
+            state.update(self.resume.get("caller", {}))
+            print(f"{self.key}: resumed after epoch {self.resume['epoch']}", flush=True)
+        return {"resume": self.resume, "on_checkpoint": lambda s: self.checkpoint(s | {"caller": state})}
+
     def _send(self, kind: str, payload: dict) -> None:
         # fire and forget: a task that waits on a Ray call (``Queue.put``) lends its CPU to the
         # next pending task while it waits, and two runs then share one core for good
@@ -134,7 +160,8 @@ def code_version(stage: str) -> str:
 
 
 def run_fingerprint(stage: str, job: Job, settings: dict, data_version: str, device: str) -> str:
-    """What a finished run stands for: any change re-runs it on the next invocation."""
+    """What a finished run stands for: its job, settings, content-addressed data version, device,
+    code and library versions. Any change re-runs it on the next invocation."""
     return fingerprint(
         {
             "stage": stage,
@@ -145,8 +172,16 @@ def run_fingerprint(stage: str, job: Job, settings: dict, data_version: str, dev
             "data": data_version,
             "device": device,
             "code": code_version(stage),
+            "libraries": library_versions(),
         }
     )
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries whose kernels compute a run: a new release reruns it."""
+    import torch_geometric
+
+    return {"torch": torch.__version__, "torch_geometric": torch_geometric.__version__}
 
 
 def kept_result(out: Path, job: Job, fp: str) -> dict | None:
@@ -164,13 +199,42 @@ def kept_result(out: Path, job: Job, fp: str) -> dict | None:
     return None if r.get("model_file") and not (out / r["model_file"]).exists() else r
 
 
-def clean_out_dir(out: Path, jobs: Sequence[Job]) -> None:
-    """Remove run and model files of jobs no longer planned and temporary files of a killed writer."""
-    planned = {j.file for j in jobs} | {j.model_file for j in jobs}
-    for f in [*out.glob("*_seed*.json"), *out.glob("*_seed*.safetensors")]:
+def _retire_run(out: Path, file: str, model_file: str) -> None:
+    """Move a finished run's result (and model file) to ``out/retired/<its fingerprint>/``."""
+    try:
+        r = read_json(out / file)
+        fp = r.get("fingerprint") if isinstance(r, dict) else None
+    except CorruptFileError:
+        fp = None
+    retire([out / file, out / model_file], out, str(fp) if fp else "unreadable")
+
+
+def prepare_out_dir(out: Path, jobs: Sequence[Job], fps: Sequence[str]) -> list[dict | None]:
+    """The kept result of every job (``None``: to run), with nothing finished deleted.
+
+    A run that is not in the plan, or that was made for another fingerprint than its job's, is
+    moved to ``out/retired/<its fingerprint>/``; a planned job whose fingerprint is retired
+    there comes back without recomputation. Temporary files of a killed writer are removed
+    (the caller holds the folder's lock).
+    """
+    planned = {j.file for j in jobs}
+    for f in sorted(out.glob("*_seed*.json")):
         if f.name not in planned:
-            f.unlink()
+            _retire_run(out, f.name, f.with_suffix(".safetensors").name)
+    results = []
+    for job, fp in zip(jobs, fps, strict=True):
+        r = kept_result(out, job, fp)
+        if r is None:
+            if (out / job.file).exists():
+                _retire_run(out, job.file, job.model_file)
+            if unretire(out, fp, [job.file]):
+                unretire(out, fp, [job.model_file])
+                r = kept_result(out, job, fp)
+                if r is not None:
+                    print(f"{out / job.file}: brought back from {out / RETIRED / fp}, not rerun")
+        results.append(r)
     remove_stale_temps(out)
+    return results
 
 
 @dataclass
@@ -193,6 +257,7 @@ class StageRuns:
         from pipeline.distributed import task_device
 
         self.device = task_device(self.params.ray)
+        self.checkpoints: dict[int, dict] = {}  # job index -> its latest training state
         self.fps = [run_fingerprint(self.stage, j, self.settings, self.data_version, self.device) for j in self.jobs]
 
     def run(self, data: Any, worker: Callable[..., dict], worker_args: tuple, threads: int) -> list[dict]:
@@ -209,8 +274,7 @@ class StageRuns:
         from pipeline import tracking
 
         self.out.mkdir(parents=True, exist_ok=True)
-        clean_out_dir(self.out, self.jobs)
-        self.results = [kept_result(self.out, j, fp) for j, fp in zip(self.jobs, self.fps, strict=True)]
+        self.results = prepare_out_dir(self.out, self.jobs, self.fps)
         todo = [i for i, r in enumerate(self.results) if r is None]
         n_kept = len(self.jobs) - len(todo)
         print(f"{self.stage}: {len(self.jobs)} runs, {n_kept} kept from an earlier invocation, running {len(todo)}")
@@ -246,6 +310,25 @@ class StageRuns:
             )
         return done
 
+    def _checkpoint_file(self, i: int) -> Path:
+        return self.out / CHECKPOINTS / f"{self.fps[i]}.safetensors"
+
+    def _saved_checkpoint(self, i: int) -> dict | None:
+        """Run ``i``'s last checkpoint on disk (a damaged one is named and ignored)."""
+        path = self._checkpoint_file(i)
+        if not path.exists():
+            return None
+        try:
+            return load_state(path)
+        except CorruptFileError as e:
+            print(f"warning: {e}; run {self.jobs[i].key} starts from epoch 1", flush=True)
+            return None
+
+    def _keep_checkpoint(self, i: int, state: dict) -> None:
+        if self.results[i] is None:  # a late event of a finished run is dropped
+            self.checkpoints[i] = state
+            save_state(self._checkpoint_file(i), state)
+
     def _mlflow_params(self, job: Job) -> dict:
         model = {f"model.{k}": v for k, v in dataclasses.asdict(job.config).items()}
         return {"model": job.model, "seed": job.seed} | model | self.settings
@@ -271,6 +354,8 @@ class StageRuns:
             r["model_file"] = job.model_file
         self.results[i] = r
         write_json(self.out / job.file, r)  # on disk before MLflow is asked anything
+        self.checkpoints.pop(i, None)
+        self._checkpoint_file(i).unlink(missing_ok=True)  # superseded by the result
         self._started(i, r)  # a no-op when the task's start event opened it
         model = self.out / r["model_file"] if r.get("model_file") else None
         run_id = self.live.finish(job.key, self.final_metrics(r), self._tags(job, r), r["history"], model)
@@ -295,19 +380,38 @@ class StageRuns:
         events = Queue(actor_options={"num_cpus": 0})
         index = {self.jobs[i].key: i for i in todo}
         ref = ray.put(data)
-        items = []
-        for i in todo:
+        self.checkpoints = {i: c for i in todo if (c := self._saved_checkpoint(i)) is not None}
+
+        def item(k: int) -> tuple:
+            """Run ``todo[k]``'s task arguments, resuming from its latest checkpoint."""
+            i = todo[k]
             j = self.jobs[i]
-            ctx = TaskContext(j.key, threads, self.device, events)
-            items.append((ref, j.model, j.config, j.seed, ctx, *worker_args))
+            ctx = TaskContext(j.key, threads, self.device, events, self.checkpoints.get(i))
+            return (ref, j.model, j.config, j.seed, ctx, *worker_args)
+
+        lost: list[str] = []
 
         def poll() -> None:
-            n = events.qsize()
-            for key, kind, payload in events.get_nowait_batch(n) if n else []:
+            if lost:
+                return
+            try:
+                n = events.qsize()
+                batch = events.get_nowait_batch(n) if n else []
+            except Exception as e:  # the event actor died: the runs go on; each logs its history when it ends
+                lost.append(str(e))
+                print(
+                    f"{self.stage}: live events lost ({type(e).__name__}); every run still finishes and "
+                    "MLflow gets its epochs from its history when it ends (no new checkpoints this invocation)",
+                    flush=True,
+                )
+                return
+            for key, kind, payload in batch:
                 if kind == "start":
                     self._started(index[key], payload)
                 elif kind == "epoch":
                     self.live.epoch(key, payload)
+                elif kind == "checkpoint":
+                    self._keep_checkpoint(index[key], payload)
 
         def on_result(k: int, r: dict) -> None:
             self._finished(todo[k], r | {"fingerprint": self.fps[todo[k]], "code_version": code_version(self.stage)})
@@ -319,9 +423,10 @@ class StageRuns:
         try:
             distributed.map_tasks(
                 worker,
-                items,
+                [item(k) for k in range(len(todo))],
                 resources=need,
                 max_retries=self.params.ray.max_retries,
+                retry_item=item,  # a lost worker's run continues from its last checkpoint
                 desc=f"{self.stage} runs",
                 labels=[f"{self.jobs[i].model} seed {self.jobs[i].seed}" for i in todo],
                 on_result=on_result,
@@ -331,7 +436,10 @@ class StageRuns:
         except distributed.TasksFailed as e:
             return e
         finally:
-            events.shutdown()
+            try:
+                events.shutdown()
+            except Exception:  # already dead
+                pass
         return None
 
 
@@ -348,13 +456,15 @@ class GraphData:
 
     @staticmethod
     def load(graphs_dir: str | Path) -> GraphData:
-        gdir = Path(graphs_dir)
-        return GraphData(read_json(gdir / "meta.json"), {s: GraphSet.load(gdir / f"{s}.safetensors") for s in SPLITS})
+        """Read a graphs folder, every split checked against the SHA-256 its ``meta.json`` holds."""
+        meta, splits = read_graph_dir(graphs_dir, SPLITS)
+        return GraphData(meta, splits)
 
     @property
     def version(self) -> str:
-        """The data version: a hash of the graphs' metadata (spec, statistics, counts) and of
-        whatever was derived from them."""
+        """The data version, content-addressed: a hash of the graphs' ``meta.json`` (spec,
+        statistics, counts and the SHA-256 of every split file) and of whatever was derived from
+        them. A change to any byte a run reads changes it."""
         return fingerprint([self.meta, self.derived]) if self.derived else fingerprint(self.meta)
 
 
@@ -399,6 +509,7 @@ def train_one(
         augment=augmenter(augment, model.input_kind, template.spec if template else None, permutations, fwd),
         device=device,
         on_best=keep_predictions,
+        **ctx.resumable(kept),
     )
     out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
     if kept:

@@ -8,6 +8,7 @@ they arrive from the Ray tasks.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -40,18 +41,50 @@ def artifact_location(tracking_uri: str) -> str | None:
     return (Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
 
 
+_SECRET = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*):[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URI replaced by ``***``
+    (``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``): what is logged
+    or printed about a tracking store never holds its credentials."""
+    return _SECRET.sub(r"\1:***@", text)
+
+
+@contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """For a SQLite store, an exclusive ``flock`` on ``.<file>.lock`` beside it while the store
+    is created or migrated (two processes opening a fresh file at once would both migrate it);
+    nothing for a server, which serialises its own schema changes."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(tracking_uri[len("sqlite:///") :]).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def setup(cfg: MLflowConfig) -> str:
-    """Point MLflow at ``cfg.tracking_uri`` and create the experiment once; return its id."""
+    """Point MLflow at ``cfg.tracking_uri`` and create the store and the experiment once (under a
+    lock, :func:`_store_lock`); return the experiment's id."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    if mlflow.get_experiment_by_name(cfg.experiment) is None:
-        try:
-            mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(cfg.tracking_uri))
-        except MlflowException:  # another stage process created it first
-            pass
-    exp = mlflow.set_experiment(cfg.experiment)
+    with _store_lock(cfg.tracking_uri):
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+        if mlflow.get_experiment_by_name(cfg.experiment) is None:
+            try:
+                mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(cfg.tracking_uri))
+            except MlflowException:  # another stage process created it first
+                pass
+        exp = mlflow.set_experiment(cfg.experiment)
     return exp.experiment_id
 
 
@@ -91,7 +124,7 @@ def mlflow_key(name: str) -> str:
 def log_params(params: Mapping[str, Any]) -> None:
     import mlflow
 
-    mlflow.log_params({mlflow_key(k): (str(v)[:500]) for k, v in params.items()})
+    mlflow.log_params({mlflow_key(k): redact(str(v))[:500] for k, v in params.items()})
 
 
 class TrackingError(RuntimeError):
@@ -105,9 +138,23 @@ def with_retries(fn: Callable[[], T], attempts: int, what: str, delay: float = 1
             return fn()
         except Exception as e:  # the store's own errors (locked database, connection refused, HTTP 5xx)
             if attempt == attempts:
-                raise TrackingError(f"MLflow: {what} failed {attempts} times: {type(e).__name__}: {e}") from e
+                raise TrackingError(redact(f"MLflow: {what} failed {attempts} times: {type(e).__name__}: {e}")) from e
             time.sleep(delay * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
+
+
+def log_metrics(cfg: MLflowConfig, metrics: Mapping[str, float]) -> None:
+    """``mlflow.log_metrics`` on the active run, retried (:func:`with_retries`)."""
+    import mlflow
+
+    with_retries(lambda: mlflow.log_metrics(dict(metrics)), cfg.retries, "logging the stage's metrics")
+
+
+def log_artifact(cfg: MLflowConfig, path: str | Path) -> None:
+    """``mlflow.log_artifact`` on the active run, retried (:func:`with_retries`)."""
+    import mlflow
+
+    with_retries(lambda: mlflow.log_artifact(str(path)), cfg.retries, f"logging the artifact {path}")
 
 
 def _metrics(row: Mapping[str, float], step: int | None, skip: tuple[str, ...] = ()) -> list:

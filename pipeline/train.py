@@ -271,6 +271,8 @@ def fit_model(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     schedule: Callable[[torch.optim.Optimizer], LRScheduler] | None = None,
+    resume: dict | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
 ) -> RunResult:
     """The one training loop: AdamW, a learning-rate schedule, gradient clipping, selection on
     the validation metric. It serves classification and regression of nets (``train``), INR
@@ -291,6 +293,11 @@ def fit_model(
     those of the best validation epoch, whose weights are kept (``best_state``), and
     ``on_best(model)`` is called then (e.g. to render examples). ``augment(inputs, generator)``
     transforms every training batch (never val/test).
+
+    **Per-epoch resume.** After every epoch ``on_checkpoint(state)`` receives the whole training
+    state (:func:`training_state`: model, optimizer, schedule, both random generators, the best
+    epoch's weights and metrics, the history); ``resume=state`` continues after that epoch. On
+    CPU a resumed run ends byte-identical to an uninterrupted one (same machine, same threads).
     """
     device = torch.device(device)
     model.to(device)
@@ -302,8 +309,10 @@ def fit_model(
     res = RunResult(select=objective.select, n_params=sum(p.numel() for p in model.parameters()))
     res.best_val = -math.inf if objective.maximize else math.inf
     classify = isinstance(objective, Classification)
-    train_time = 0.0
-    for epoch in range(1, settings.epochs + 1):
+    train_time, first = 0.0, 1
+    if resume is not None:
+        first, train_time = restore_training_state(resume, model, opt, sched, gen, res) + 1, resume["train_time"]
+    for epoch in range(first, settings.epochs + 1):
         model.train()
         t0 = time.time()
         if hasattr(train, "epoch_batches"):
@@ -343,5 +352,44 @@ def fit_model(
         res.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
+        if on_checkpoint is not None:
+            on_checkpoint(training_state(epoch, model, opt, sched, gen, res, train_time))
     res.seconds_per_epoch = train_time / settings.epochs
     return res
+
+
+def training_state(
+    epoch: int,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched,
+    gen: torch.Generator,
+    res: RunResult,
+    seconds: float,
+) -> dict:
+    """Everything :func:`fit_model` needs to continue after ``epoch`` as if never stopped (CPU
+    copies; :func:`pipeline.io.save_state` stores it without pickle)."""
+    return {
+        "epoch": epoch,
+        "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "schedule": sched.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),  # dropout draws from the global generator
+        "result": dataclasses.asdict(dataclasses.replace(res, best_state=None)) | {"best_state": res.best_state},
+        "train_time": seconds,
+    }
+
+
+def restore_training_state(
+    state: dict, model: nn.Module, opt: torch.optim.Optimizer, sched, gen: torch.Generator, res: RunResult
+) -> int:
+    """Load a :func:`training_state` into a freshly built run; returns its last finished epoch."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["schedule"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    for k, v in state["result"].items():
+        setattr(res, k, v)
+    return int(state["epoch"])

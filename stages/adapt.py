@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     params, args = parse(
         __doc__, {"graphs": "data/adapt/graphs", "zoo": "data/adapt/zoo", "out": "data/adapt/train"}, argv
     )
-    with reported_errors("adapt"):
+    with reported_errors("adapt", Path(args.out)):
         run(params, Path(args.graphs), Path(args.zoo), Path(args.out))
 
 

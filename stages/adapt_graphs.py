@@ -33,15 +33,13 @@ def run(params: Params, zoo_dir: Path, out: Path) -> dict:
         raise SystemExit(f"adapt_graphs: {e}") from e
     print(f"adapt_graphs: {meta['counts']} graphs; non-finite nets excluded {meta['excluded']}")
     with tracking.stage_run(params.mlflow, "adapt_graphs", to_flat_dict(params), {}):
-        import mlflow
-
-        mlflow.log_metrics({f"n_{k}": v for k, v in meta["counts"].items()})
+        tracking.log_metrics(params.mlflow, {f"n_{k}": v for k, v in meta["counts"].items()})
     return meta
 
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"zoo": "data/adapt/zoo", "out": "data/adapt/graphs"}, argv)
-    with reported_errors("adapt_graphs"):
+    with reported_errors("adapt_graphs", Path(args.out)):
         run(params, Path(args.zoo), Path(args.out))
 
 

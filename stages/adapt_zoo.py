@@ -14,7 +14,7 @@ from pipeline.config import Params, to_flat_dict
 from pipeline.data import load_images
 from pipeline.device import resolve_device
 from pipeline.distributed import task_device
-from pipeline.io import fingerprint, write_json
+from pipeline.io import fingerprint, tensors_hash, write_json
 from pipeline.provenance import fit_environment
 from pipeline.zoo.adapt_zoo import (
     PAIRS,
@@ -80,7 +80,8 @@ def run(params: Params, out: Path) -> dict:
         "digits_test": z.digits_test,
         "images_per_digit": z.images_per_digit,
         "threads_per_task": z.threads_per_task,
-        "environment": fit_environment("pipeline.zoo.adapt_zoo"),  # code, torch, CPU: what else makes the bytes
+        "environment": fit_environment("stages.adapt_zoo"),  # the stage's code, torch, CPU: what else makes the bytes
+        "inputs": tensors_hash(banks),  # the digit banks' bytes: a new data release or corruption refits
         "device": device,
     }
     fps = [fingerprint({"recipe": recipe, "nets": [dataclasses.asdict(n) for n in nets]}) for nets in shards]
@@ -110,17 +111,15 @@ def run(params: Params, out: Path) -> dict:
         summary = summarize(rows, novel)
         info = {"spec": spec.to_dict(), "novel_pairs": novel, "recipe": recipe, "summary": summary}
         write_json(out / "zoo.json", info)
-        import mlflow
-
-        mlflow.log_metrics({k: float(v) for k, v in summary.items()} | {"fit_seconds": fit_seconds})
-        mlflow.log_metric("shards_fitted", n_fitted)
+        tracking.log_metrics(params.mlflow, {k: float(v) for k, v in summary.items()} | {"fit_seconds": fit_seconds})
+        tracking.log_metrics(params.mlflow, {"shards_fitted": n_fitted})
     print(f"adapt_zoo: {summary}")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"out": "data/adapt/zoo"}, argv)
-    with reported_errors("adapt_zoo"):
+    with reported_errors("adapt_zoo", Path(args.out)):
         run(params, Path(args.out))
 
 

@@ -33,17 +33,16 @@ def run(params: Params, family: str, zoo_dir: Path, out: Path) -> dict:
         raise SystemExit(f"cnn_graphs@{family}: {e}") from e
     print(f"cnn_graphs@{family}: {meta['counts']} graphs; non-finite nets excluded {meta['excluded']}")
     with tracking.stage_run(params.mlflow, f"cnn_graphs@{family}", to_flat_dict(params), {"cnn_family": family}):
-        import mlflow
-
-        mlflow.log_metrics({f"n_{k}": v for k, v in meta["counts"].items()})
+        tracking.log_metrics(params.mlflow, {f"n_{k}": v for k, v in meta["counts"].items()})
     return meta
 
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"family": "homogeneous", "zoo": "", "out": ""}, argv)
     zoo = args.zoo or f"data/cnn/{args.family}/zoo"
-    with reported_errors(f"cnn_graphs@{args.family}"):
-        run(params, args.family, Path(zoo), Path(args.out or f"data/cnn/{args.family}/graphs"))
+    out = Path(args.out or f"data/cnn/{args.family}/graphs")
+    with reported_errors(f"cnn_graphs@{args.family}", out):
+        run(params, args.family, Path(zoo), out)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ def run(params: Params, family: str, graphs_dir: Path, out: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"family": "homogeneous", "graphs": "", "out": ""}, argv)
     graphs = Path(args.graphs or f"data/cnn/{args.family}/graphs")
-    with reported_errors(f"cnn_train@{args.family}"):
-        run(params, args.family, graphs, Path(args.out or f"data/cnn/{args.family}/train"))
+    out = Path(args.out or f"data/cnn/{args.family}/train")
+    with reported_errors(f"cnn_train@{args.family}", out):
+        run(params, args.family, graphs, out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 from pipeline.config import CnnConfig, Params, to_flat_dict
 from pipeline.device import resolve_device
 from pipeline.distributed import task_device
-from pipeline.io import write_json
+from pipeline.io import tensors_hash, write_json
 from pipeline.provenance import fit_environment
 from pipeline.zoo.cnn import CNNArch, cnn_spec
 from pipeline.zoo.cnn_zoo import (
@@ -85,7 +85,8 @@ def run(params: Params, family: str, out: Path) -> dict:
         "chunk_size": c.chunk_size,
         "threads_per_task": c.threads_per_task,
         "digits_test": c.digits_test,
-        "environment": fit_environment("pipeline.zoo.cnn_zoo"),  # code, torch, CPU: what else makes the bytes
+        "environment": fit_environment("stages.cnn_zoo"),  # the stage's code, torch, CPU: what else makes the bytes
+        "inputs": tensors_hash(data),  # the digits' bytes: a new data release or normalisation refits
         "device": device,
     }
     fps = [fingerprint_shard(recipe, archs[a], runs) for a, runs in shards]
@@ -133,10 +134,8 @@ def run(params: Params, family: str, out: Path) -> dict:
             "summary": summary,
         }
         write_json(out / "zoo.json", info)
-        import mlflow
-
-        mlflow.log_metrics({k: float(v) for k, v in summary.items()} | {"fit_seconds": fit_seconds})
-        mlflow.log_metric("shards_fitted", n_fitted)
+        tracking.log_metrics(params.mlflow, {k: float(v) for k, v in summary.items()} | {"fit_seconds": fit_seconds})
+        tracking.log_metrics(params.mlflow, {"shards_fitted": n_fitted})
     print(f"cnn_zoo@{family}: {summary}")
     return summary
 
@@ -150,8 +149,9 @@ def fingerprint_shard(recipe: dict, arch: CNNArch, runs: list[PlannedRun]) -> st
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"family": "homogeneous", "out": ""}, argv)
-    with reported_errors(f"cnn_zoo@{args.family}"):
-        run(params, args.family, Path(args.out or f"data/cnn/{args.family}/zoo"))
+    out = Path(args.out or f"data/cnn/{args.family}/zoo")
+    with reported_errors(f"cnn_zoo@{args.family}", out):
+        run(params, args.family, out)
 
 
 if __name__ == "__main__":

@@ -43,18 +43,17 @@ def fit_missing_shards(
     ``shared`` (the images, the digits) is put into Ray's object store once and passed to every
     task by reference; a task returns its shard's tensors and the driver stores them with
     ``write(k, result)``, so no task needs the driver's disk. A shard is complete when its file
-    carries ``fingerprints[k]`` (resume after a kill); shard files beyond the plan and temporary
+    carries ``fingerprints[k]`` (resume after a kill); shard files beyond the plan or of another
+    plan are retired, never deleted (:func:`pipeline.zoo.store.plan_shard_dir`), and temporary
     files of a killed writer are removed. Returns the number of shards fitted.
     """
     from pipeline import distributed
-    from pipeline.zoo.store import shard_is_complete, shard_name
+    from pipeline.zoo.store import plan_shard_dir, shard_name
 
-    todo = [k for k in range(len(fingerprints)) if not shard_is_complete(shard_dir / shard_name(k), fingerprints[k])]
+    todo = plan_shard_dir(shard_dir, fingerprints)
     print(f"{shard_dir}: {len(fingerprints)} shards, {len(fingerprints) - len(todo)} complete, fitting {len(todo)}")
-    for stale in shard_dir.glob("shard_*.safetensors"):
-        if int(stale.stem.split("_")[1]) >= len(fingerprints):
-            stale.unlink()
-    # only the driver writes shards, manifest and zoo.json: a temporary file there is a killed write
+    # only the driver (holding the folder's lock) writes shards, manifest and zoo.json: a
+    # temporary file there is a killed write
     from pipeline.io import remove_stale_temps
 
     for tmp in remove_stale_temps(shard_dir) + remove_stale_temps(shard_dir.parent):
@@ -81,24 +80,29 @@ def fit_missing_shards(
 
 
 @contextmanager
-def reported_errors(stage: str) -> Iterator[None]:
-    """Turn the errors a user acts on into one message and an exit code, without a traceback.
+def reported_errors(stage: str, out: Path | None = None) -> Iterator[None]:
+    """Turn the errors a user acts on into one message and an exit code, without a traceback;
+    hold the one-writer lock of output folder ``out`` for the block (:func:`pipeline.io.folder_lock`).
 
-    A bad parameter or a resource the cluster lacks (:class:`ConfigError`) exits 2; failed runs
-    or shards (:class:`~pipeline.distributed.TasksFailed`), a tracking store that kept failing
-    (:class:`~pipeline.tracking.TrackingError`) and a damaged input file
+    A bad parameter or a resource the cluster lacks (:class:`ConfigError`) exits 2; a folder
+    another driver writes (:class:`~pipeline.io.FolderBusy`, naming its host and pid), failed
+    runs or shards (:class:`~pipeline.distributed.TasksFailed`), a tracking store that kept
+    failing (:class:`~pipeline.tracking.TrackingError`) and a damaged input file
     (:class:`~pipeline.io.CorruptFileError`, which names it) exit 1: finished results are kept
     and the next invocation resumes.
     """
+    from contextlib import nullcontext
+
     from pipeline.distributed import TasksFailed
-    from pipeline.io import CorruptFileError
+    from pipeline.io import CorruptFileError, FolderBusy, folder_lock
     from pipeline.tracking import TrackingError
 
     try:
-        yield
+        with folder_lock(out) if out is not None else nullcontext():
+            yield
     except ConfigError as e:
         print(f"{stage}: {e}", file=sys.stderr)
         raise SystemExit(2) from e
-    except (TasksFailed, TrackingError, CorruptFileError) as e:
+    except (FolderBusy, TasksFailed, TrackingError, CorruptFileError) as e:
         print(f"{stage}: {e}", file=sys.stderr)
         raise SystemExit(1) from e

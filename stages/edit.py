@@ -40,7 +40,7 @@ def run(params: Params, graphs_dir: Path, zoo_dir: Path, out: Path) -> list[dict
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"graphs": "data/graphs", "zoo": "data/zoo", "out": "data/edit"}, argv)
-    with reported_errors("edit"):
+    with reported_errors("edit", Path(args.out)):
         run(params, Path(args.graphs), Path(args.zoo), Path(args.out))
 
 

@@ -37,15 +37,13 @@ def run(params: Params, zoo_dir: Path, out: Path) -> dict:
     excluded = sum(meta["excluded"].values())
     print(f"graphs: {meta['counts']} graphs written; {excluded} diverged nets excluded {meta['excluded']}")
     with tracking.stage_run(params.mlflow, "graphs", to_flat_dict(params), {}):
-        import mlflow
-
-        mlflow.log_metrics({f"n_{k}": v for k, v in meta["counts"].items()} | {"n_excluded": excluded})
+        tracking.log_metrics(params.mlflow, {f"n_{k}": v for k, v in meta["counts"].items()} | {"n_excluded": excluded})
     return meta
 
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"zoo": "data/zoo", "out": "data/graphs"}, argv)
-    with reported_errors("graphs"):
+    with reported_errors("graphs", Path(args.out)):
         run(params, Path(args.zoo), Path(args.out))
 
 

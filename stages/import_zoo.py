@@ -4,8 +4,10 @@ Not a DVC stage of the default pipeline (the files need a download). After
 ``python -m stages.import_zoo --format dwsnets --src <dir> --out data/zoo_dwsnets`` the ``graphs``
 stage reads it like a zoo we fitted: ``python -m stages.graphs --zoo data/zoo_dwsnets --out
 data/graphs_dwsnets``. Every file is loaded with ``torch.load(weights_only=True)``; a net with a
-non-finite parameter, a label outside 0..9 or a ``splits.json`` entry outside ``--src`` is
-refused with a message naming the file.
+non-finite parameter, a label that is not an integer in 0..9, a file listed twice (in two splits:
+test leakage), a file or ``splits.json`` entry that resolves outside ``--src``, or an ``--out``
+that holds something other than an earlier import is refused with a message naming the file.
+The zoo is written as one generation: an earlier import there is replaced whole.
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.io import CorruptFileError
-from pipeline.zoo.published import carve_validation, dwsnets_files, nfn_files, read_inrs, write_imported_zoo
+from pipeline.io import CorruptFileError, FolderBusy, folder_lock
+from pipeline.zoo.published import (
+    carve_validation,
+    check_listing,
+    dwsnets_files,
+    nfn_files,
+    read_inrs,
+    write_imported_zoo,
+)
 
 FORMATS = {
     # format: (file lister, SIREN omega0, output-offset variant)
@@ -25,7 +34,9 @@ FORMATS = {
 
 def run(fmt: str, src: Path, out: Path, val_fraction: float, seed: int, omega0: float | None = None) -> dict:
     lister, default_omega, variant = FORMATS[fmt]
-    files = carve_validation(lister(src), val_fraction, seed)
+    listed = lister(src)
+    check_listing(listed)
+    files = carve_validation(listed, val_fraction, seed)
     spec, params, labels = read_inrs(files)
     recipe = {
         "format": fmt,
@@ -48,9 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--omega0", type=float, default=None, help="SIREN frequency (default: the format's, 30)")
     args = ap.parse_args(argv)
+    if not 0 <= args.val_fraction < 1:
+        ap.error(f"--val-fraction: {args.val_fraction} is out of range (allowed: [0, 1))")
+    if not args.src.is_dir():
+        ap.error(f"--src: {args.src} is not a directory")
     try:
-        run(args.format, args.src, args.out, args.val_fraction, args.seed, args.omega0)
-    except CorruptFileError as e:
+        with folder_lock(args.out):
+            run(args.format, args.src, args.out, args.val_fraction, args.seed, args.omega0)
+    except (CorruptFileError, FolderBusy) as e:
         raise SystemExit(f"import_zoo: {e}") from e
 
 

@@ -40,7 +40,7 @@ def run(params: Params, zoo_dir: Path, out: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"zoo": "data/kan/inr/zoo", "out": "data/kan/inr_forward/train"}, argv)
-    with reported_errors("kan_forward"):
+    with reported_errors("kan_forward", Path(args.out)):
         run(params, Path(args.zoo), Path(args.out))
 
 

@@ -55,17 +55,16 @@ def run(params: Params, task: str, zoo_dir: Path, out: Path) -> dict:
         raise SystemExit(f"kan_graphs@{task}: {e} (non-finite KANs)") from e
     print(f"kan_graphs@{task}: {meta['counts']} graphs; non-finite nets excluded {meta['excluded']}")
     with tracking.stage_run(params.mlflow, f"kan_graphs@{task}", to_flat_dict(params), {"kan_task": task}):
-        import mlflow
-
-        mlflow.log_metrics({f"n_{k}": v for k, v in meta["counts"].items()})
+        tracking.log_metrics(params.mlflow, {f"n_{k}": v for k, v in meta["counts"].items()})
     return meta
 
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"task": "inr", "zoo": "", "out": ""}, argv)
     zoo = args.zoo or f"data/kan/{args.task}/zoo"
-    with reported_errors(f"kan_graphs@{args.task}"):
-        run(params, args.task, Path(zoo), Path(args.out or f"data/kan/{args.task}/graphs"))
+    out = Path(args.out or f"data/kan/{args.task}/graphs")
+    with reported_errors(f"kan_graphs@{args.task}", out):
+        run(params, args.task, Path(zoo), out)
 
 
 if __name__ == "__main__":

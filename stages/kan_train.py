@@ -32,8 +32,9 @@ def run(params: Params, task: str, graphs_dir: Path, out: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"task": "inr", "graphs": "", "out": ""}, argv)
     graphs = Path(args.graphs or f"data/kan/{args.task}/graphs")
-    with reported_errors(f"kan_train@{args.task}"):
-        run(params, args.task, graphs, Path(args.out or f"data/kan/{args.task}/train"))
+    out = Path(args.out or f"data/kan/{args.task}/train")
+    with reported_errors(f"kan_train@{args.task}", out):
+        run(params, args.task, graphs, out)
 
 
 if __name__ == "__main__":

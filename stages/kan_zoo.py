@@ -12,7 +12,7 @@ from pipeline.config import Params, to_flat_dict
 from pipeline.data import load_images, split_indices
 from pipeline.device import resolve_device
 from pipeline.distributed import task_device
-from pipeline.io import fingerprint, write_json
+from pipeline.io import tensors_hash, write_json
 from pipeline.provenance import fit_environment
 from pipeline.weightspace.spec import ParamSpec
 from pipeline.zoo.build import PlannedNet, net_seed, plan_inr_zoo, shard_fingerprint, shard_plan
@@ -83,8 +83,8 @@ def run(params: Params, task: str, out: Path) -> dict:
         "threads_per_task": kc.threads_per_task,
         # fused C++ kernel or PyTorch ops (on CPU or a GPU): equal up to float32 rounding, not bytes
         "backend": kan_backend() if device == "cpu" else f"torch-{device}",
-        "environment": fit_environment("pipeline.zoo.kan_zoo"),  # code, torch, CPU: what else makes the bytes
-        "data": fingerprint({k: v.tolist() for k, v in data.get("digits", {}).items()}) if task != "inr" else "mnist",
+        "environment": fit_environment("stages.kan_zoo"),  # the stage's code, torch, CPU: what else makes the bytes
+        "inputs": tensors_hash(data),  # the images or digits' bytes: a new data release or normalisation refits
     }
     fps = [shard_fingerprint(recipe, s) for s in shards]
     shard_dir = out / "shards"
@@ -123,18 +123,17 @@ def run(params: Params, task: str, out: Path) -> dict:
             f"{metric}_max": float(finite.max()),
         }
         write_json(out / "zoo.json", {"task": task, "spec": spec.to_dict(), "recipe": recipe, "summary": summary})
-        import mlflow
-
         timing = {"fit_seconds": fit_seconds, "shards_fitted": n_fitted}
-        mlflow.log_metrics({k: float(v) for k, v in summary.items()} | timing)
+        tracking.log_metrics(params.mlflow, {k: float(v) for k, v in summary.items()} | timing)
     print(f"kan_zoo@{task}: {summary}")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"task": "inr", "out": ""}, argv)
-    with reported_errors(f"kan_zoo@{args.task}"):
-        run(params, args.task, Path(args.out or f"data/kan/{args.task}/zoo"))
+    out = Path(args.out or f"data/kan/{args.task}/zoo")
+    with reported_errors(f"kan_zoo@{args.task}", out):
+        run(params, args.task, out)
 
 
 if __name__ == "__main__":

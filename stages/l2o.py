@@ -79,7 +79,7 @@ def run(params: Params, out: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"out": "data/l2o"}, argv)
-    with reported_errors("l2o"):
+    with reported_errors("l2o", Path(args.out)):
         run(params, Path(args.out))
 
 

@@ -188,23 +188,23 @@ def run(
     md += "\n" + l2o_md if l2o_md else ""
     write_text(out / "results.md", md)
     with tracking.stage_run(params.mlflow, "report", to_flat_dict(params), {"data_version": results["data_version"]}):
-        import mlflow
-
         for model, s in summary.items():
             key = tracking.mlflow_key(model)
-            mlflow.log_metrics({f"{key}.test_acc_mean": s["test_acc_mean"], f"{key}.test_acc_std": s["test_acc_std"]})
+            tracking.log_metrics(
+                params.mlflow, {f"{key}.test_acc_mean": s["test_acc_mean"], f"{key}.test_acc_std": s["test_acc_std"]}
+            )
         for name in ("results.md", "metrics.json", "figures/learning_curves.png", "figures/reconstructions.png"):
-            mlflow.log_artifact(str(out / name))
+            tracking.log_artifact(params.mlflow, str(out / name))
         if kan_md:
-            mlflow.log_artifact(str(out / "figures" / "kan_learning_curves.png"))
+            tracking.log_artifact(params.mlflow, str(out / "figures" / "kan_learning_curves.png"))
         if edit_md:
-            mlflow.log_artifact(str(out / "figures" / "editing_examples.png"))
+            tracking.log_artifact(params.mlflow, str(out / "figures" / "editing_examples.png"))
         if cnn_md:
-            mlflow.log_artifact(str(out / "figures" / "cnn_scatter.png"))
+            tracking.log_artifact(params.mlflow, str(out / "figures" / "cnn_scatter.png"))
         if adapt_md:
-            mlflow.log_artifact(str(out / "figures" / "adaptation.png"))
+            tracking.log_artifact(params.mlflow, str(out / "figures" / "adaptation.png"))
         if l2o_md:
-            mlflow.log_artifact(str(out / "figures" / "l2o_curves.png"))
+            tracking.log_artifact(params.mlflow, str(out / "figures" / "l2o_curves.png"))
     print(md)
     return summary
 

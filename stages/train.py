@@ -25,7 +25,7 @@ def run(params: Params, graphs_dir: Path, out: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"graphs": "data/graphs", "out": "data/train"}, argv)
-    with reported_errors("train"):
+    with reported_errors("train", Path(args.out)):
         run(params, Path(args.graphs), Path(args.out))
 
 

@@ -13,7 +13,7 @@ from pipeline.config import Params, to_flat_dict
 from pipeline.data import load_images, split_indices
 from pipeline.device import resolve_device
 from pipeline.distributed import task_device
-from pipeline.io import write_json
+from pipeline.io import tensors_hash, write_json
 from pipeline.provenance import fit_environment
 from pipeline.weightspace.spec import ParamSpec
 from pipeline.zoo.build import (
@@ -74,7 +74,8 @@ def plan_zoo(params: Params) -> ZooPlan:
         "source": params.data.source,
         "chunk_size": zc.chunk_size,
         "threads_per_task": zc.threads_per_task,
-        "environment": fit_environment("pipeline.zoo.build"),  # code, torch, CPU: what else makes the bytes
+        "environment": fit_environment("stages.zoo"),  # the stage's code, torch, CPU: what else makes the bytes
+        "inputs": tensors_hash(images),  # the bytes fitted: a new data release or normalisation refits
     }
     if device != "cpu":  # GPU bytes differ from CPU bytes: never mix them (CPU fingerprints unchanged)
         recipe["device"] = device
@@ -132,11 +133,10 @@ def run(params: Params, out: Path) -> dict:
                 "summary": summary,
             },
         )
-        import mlflow
-
         # timings go to MLflow only: the zoo's files must not change when nothing was refitted
-        mlflow.log_metrics(
-            {k: float(v) for k, v in summary.items()} | {"fit_seconds": fit_seconds, "shards_fitted": n_fitted}
+        tracking.log_metrics(
+            params.mlflow,
+            {k: float(v) for k, v in summary.items()} | {"fit_seconds": fit_seconds, "shards_fitted": n_fitted},
         )
     print(
         f"zoo: {summary['n_diverged']} diverged nets flagged in the manifest (excluded downstream); "
@@ -147,7 +147,7 @@ def run(params: Params, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     params, args = parse(__doc__, {"out": "data/zoo"}, argv)
-    with reported_errors("zoo"):
+    with reported_errors("zoo", Path(args.out)):
         run(params, Path(args.out))
 
 

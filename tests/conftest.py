@@ -200,6 +200,7 @@ def project(tmp_path: Path) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=dst, check=True)
     subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=dst, check=True)
+    shutil.copy(REPO / ".dvcignore", dst / ".dvcignore")  # after ``dvc init``, which writes its own
     subprocess.run(["git", "add", "-A"], cwd=dst, check=True)
     subprocess.run([*git, "commit", "-qm", "init"], cwd=dst, check=True)
     return dst
@@ -209,8 +210,7 @@ def write_tiny_graphs(out: Path, hidden: list[int] | None = None, sizes: dict[st
     """A graphs directory (``meta.json`` + splits) of freshly initialized SIRENs with random digit
     labels, written without fitting a zoo: input for the training stage in seconds."""
     from pipeline.graphs.neural_graph import graph_template
-    from pipeline.graphs.store import GraphSet
-    from pipeline.io import write_json
+    from pipeline.graphs.store import GraphSet, write_graph_dir
     from pipeline.weightspace.normalize import apply_stats, fit_stats
 
     sizes = sizes or {"train": 48, "val": 16, "test": 16}
@@ -219,14 +219,14 @@ def write_tiny_graphs(out: Path, hidden: list[int] | None = None, sizes: dict[st
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 10, (sum(sizes.values()),), generator=g)
     template = graph_template(spec)
-    start = 0
+    start, sets = 0, {}
     for split, n in sizes.items():
         idx = torch.arange(start, start + n)
         part = apply_stats({k: v[idx] for k, v in params.items()}, spec, stats)
-        GraphSet.from_params(part, template, labels[idx], idx).save(out / f"{split}.safetensors")
+        sets[split] = GraphSet.from_params(part, template, labels[idx], idx)
         start += n
     forward = {"activation": "sin", "omega0": 30.0, "output_offset": 0.0}
     meta = {"spec": spec.to_dict(), "norm_stats": stats, "forward": forward, "n_pos": template.n_pos, "counts": sizes}
     meta |= {"task": "inr", "kind": "classification", "n_targets": 10, "excluded": dict.fromkeys(sizes, 0)}
-    write_json(out / "meta.json", meta)
+    write_graph_dir(out, sets, meta)
     return out

@@ -14,7 +14,7 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.graphs.neural_graph import graph_template
-from pipeline.graphs.store import GraphSet
+from pipeline.graphs.store import GraphSet, read_graph_dir, write_graph_dir
 from pipeline.io import CorruptFileError, read_json, save_tensors
 from pipeline.models import load
 from pipeline.models.saved import CARD_KEY, read_card
@@ -27,12 +27,10 @@ MODELS = ["mlp", "ng_gnn", "ng_t"]
 
 def _as_regression(graphs: Path) -> Path:
     """The tiny graphs with a float target per net (a stand-in for a classifier's accuracy)."""
-    meta = read_json(graphs / "meta.json") | {"kind": "regression", "n_targets": 1}
-    for split in ("train", "val", "test"):
-        gs = GraphSet.load(graphs / f"{split}.safetensors")
-        y = torch.sin(gs.net_id.float()) * 0.3 + 0.5
-        dataclasses.replace(gs, y=y).save(graphs / f"{split}.safetensors")
-    (graphs / "meta.json").write_text(json.dumps(meta))
+    meta, sets = read_graph_dir(graphs, ("train", "val", "test"))
+    meta = meta | {"kind": "regression", "n_targets": 1}
+    sets = {s: dataclasses.replace(gs, y=torch.sin(gs.net_id.float()) * 0.3 + 0.5) for s, gs in sets.items()}
+    write_graph_dir(graphs, sets, meta)
     return graphs
 
 

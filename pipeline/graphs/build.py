@@ -7,6 +7,8 @@ classifiers). ``meta.json`` holds
 * ``kind`` (``classification`` / ``regression``), ``n_targets`` (classes, or regression targets),
   ``task``;
 * ``counts`` (graphs per split) and ``excluded`` (nets left out per split: diverged or non-finite);
+* ``files``: the SHA-256 of every split file, checked on every read, so the folder's content
+  address is the hash of its ``meta.json`` (:func:`pipeline.graphs.store.write_graph_dir`);
 * whatever the family adds (``forward``: the INR's forward pass for probe features;
   ``zoo_summary``).
 """
@@ -20,8 +22,7 @@ from torch import Tensor
 
 from pipeline.data import SPLITS
 from pipeline.graphs.neural_graph import graph_template
-from pipeline.graphs.store import GraphSet
-from pipeline.io import write_json
+from pipeline.graphs.store import GraphSet, write_graph_dir
 from pipeline.weightspace.normalize import apply_stats, fit_stats
 from pipeline.weightspace.spec import Params, ParamSpec
 
@@ -56,17 +57,17 @@ def write_graph_sets(
     stats = fit_stats({k: v[train] for k, v in params.items()}, spec) if train.numel() else None
     meta = {"spec": spec.to_dict(), "norm_stats": stats, "n_pos": template.n_pos} | meta
     meta |= {"counts": {}, "excluded": {}}
+    sets = {}
     for split in SPLITS:
         idx = select(split)
         n_all = sum(s == split for s in splits)
         if idx.numel() == 0:
             raise ValueError(f"no usable net in split {split!r} ({n_all} excluded)")
         normed = apply_stats({k: v[idx] for k, v in params.items()}, spec, stats)
-        GraphSet.from_params(normed, template, targets[idx], net_ids[idx]).save(out / f"{split}.safetensors")
+        sets[split] = GraphSet.from_params(normed, template, targets[idx], net_ids[idx])
         meta["counts"][split] = int(idx.numel())
         meta["excluded"][split] = n_all - int(idx.numel())
-    write_json(out / "meta.json", meta)
-    return meta
+    return write_graph_dir(out, sets, meta)
 
 
 def finite_nets(params: Params) -> Tensor:

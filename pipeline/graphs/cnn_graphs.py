@@ -21,8 +21,7 @@ from torch import Tensor
 from pipeline.data import SPLITS
 from pipeline.graphs.build import finite_nets
 from pipeline.graphs.neural_graph import graph_template
-from pipeline.graphs.store import GraphSet
-from pipeline.io import write_json
+from pipeline.graphs.store import GraphSet, write_graph_dir
 from pipeline.weightspace.normalize import apply_stats, fit_stats
 from pipeline.weightspace.spec import Params
 from pipeline.zoo.cnn import ACTIVATIONS, CNNArch, cnn_spec
@@ -109,11 +108,10 @@ def write_cnn_graph_sets(
         "activation_codes": list(ACTIVATION_CODES),
     } | meta
     meta |= {"counts": {}, "excluded": excluded}
+    sets = {}
     for s in SPLITS:
         if not per_split[s]:
             raise ValueError(f"no usable net in split {s!r} ({excluded[s]} excluded)")
-        graphs = GraphSet.concat(per_split[s]) if len(per_split[s]) > 1 else per_split[s][0]
-        graphs.save(out / f"{s}.safetensors")
-        meta["counts"][s] = len(graphs)
-    write_json(out / "meta.json", meta)
-    return meta
+        sets[s] = GraphSet.concat(per_split[s]) if len(per_split[s]) > 1 else per_split[s][0]
+        meta["counts"][s] = len(sets[s])
+    return write_graph_dir(out, sets, meta)

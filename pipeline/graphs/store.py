@@ -19,7 +19,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from pipeline.graphs.neural_graph import GraphTemplate, features_to_params, params_to_features
-from pipeline.io import CorruptFileError, load_tensors, save_tensors
+from pipeline.io import CorruptFileError, file_sha256, load_tensors, read_json, save_tensors, staged_dir, write_json
 from pipeline.weightspace.spec import Params
 
 
@@ -185,13 +185,104 @@ class GraphSet:
 
     @staticmethod
     def load(path: str | Path) -> GraphSet:
-        """Load a split file; raises :class:`CorruptFileError` naming it on any inconsistency."""
+        """Load a split file; raises :class:`CorruptFileError` naming it on any inconsistency
+        (:func:`check_graph_set`)."""
         data = load_tensors(path)
         try:
             data["node_out"] = data["node_out"].bool()
             gs = GraphSet(**{f.name: data[f.name] for f in fields(GraphSet)})
         except (KeyError, TypeError) as e:
             raise CorruptFileError(f"{path}: not a graph set ({e})") from e
-        if gs.node_ptr[-1] != gs.x.shape[0] or gs.edge_ptr[-1] != gs.edge_attr.shape[0]:
-            raise CorruptFileError(f"{path}: slice pointers disagree with the stored tensors")
+        problem = check_graph_set(gs)
+        if problem:
+            raise CorruptFileError(f"{path}: {problem}")
         return gs
+
+
+def check_graph_set(gs: GraphSet) -> str | None:
+    """What is wrong with ``gs`` as a collated graph set, or ``None``.
+
+    Checks dtypes and ranks, pointers (start at 0, non-decreasing, ending at the node and edge
+    counts), one entry per node / edge / graph in every per-node, per-edge and per-graph
+    tensor, and every edge's endpoints inside its own graph.
+    """
+    long_fields = ("edge_index", "node_ptr", "edge_ptr", "node_layer", "node_pos", "edge_layer", "net_id")
+    for name in long_fields:
+        if getattr(gs, name).dtype != torch.long:
+            return f"{name} has dtype {getattr(gs, name).dtype}, expected int64"
+    if gs.x.dim() != 2 or gs.edge_attr.dim() != 2 or gs.edge_index.dim() != 2 or gs.edge_index.shape[0] != 2:
+        return (
+            f"shapes x {tuple(gs.x.shape)}, edge_attr {tuple(gs.edge_attr.shape)}, edge_index "
+            f"{tuple(gs.edge_index.shape)}: expected (ΣN, F), (ΣE, D), (2, ΣE)"
+        )
+    if not (gs.x.is_floating_point() and gs.edge_attr.is_floating_point()):
+        return "node and edge features must be floating point"
+    n_nodes, n_edges = gs.x.shape[0], gs.edge_attr.shape[0]
+    for name, total in (("node_ptr", n_nodes), ("edge_ptr", n_edges)):
+        ptr = getattr(gs, name)
+        if ptr.dim() != 1 or ptr.numel() < 1 or int(ptr[0]) != 0 or int(ptr[-1]) != total:
+            return f"{name} must run from 0 to {total}"
+        if bool((ptr.diff() < 0).any()):
+            return f"{name} is not non-decreasing"
+    G = gs.node_ptr.numel() - 1
+    if gs.edge_ptr.numel() != G + 1:
+        return f"node_ptr holds {G} graphs, edge_ptr {gs.edge_ptr.numel() - 1}"
+    sizes = {
+        "node_layer": n_nodes, "node_pos": n_nodes, "node_out": n_nodes,
+        "edge_layer": n_edges, "edge_index": n_edges, "y": G, "net_id": G,
+    }  # fmt: skip
+    for name, n in sizes.items():
+        t = getattr(gs, name)
+        size = t.shape[-1] if name == "edge_index" else (t.shape[0] if t.dim() else -1)
+        if size != n:
+            return f"{name} has {size} entries, expected {n}"
+    if n_edges:
+        graph_of_edge = torch.repeat_interleave(torch.arange(G), gs.edge_ptr.diff())
+        n_of_edge = (gs.node_ptr[1:] - gs.node_ptr[:-1])[graph_of_edge]
+        if bool(((gs.edge_index < 0) | (gs.edge_index >= n_of_edge)).any()):
+            return "edge_index points outside its graph's nodes"
+    return None
+
+
+META = "meta.json"
+FILES = "files"  # meta.json: SHA-256 of every split file, written with them, checked on every read
+
+
+def write_graph_dir(out: str | Path, sets: dict[str, GraphSet], meta: dict) -> dict:
+    """Write ``<out>/<split>.safetensors`` for every split and ``<out>/meta.json`` as one
+    generation (:func:`pipeline.io.staged_dir`); ``meta.json`` gains ``files``: each split
+    file's SHA-256, the content address that :func:`read_graph_dir` checks. Returns the meta."""
+    with staged_dir(out) as tmp:
+        files = {}
+        for split, gs in sets.items():
+            gs.save(tmp / f"{split}.safetensors")
+            files[f"{split}.safetensors"] = file_sha256(tmp / f"{split}.safetensors")
+        meta = meta | {FILES: files}
+        write_json(tmp / META, meta)
+    return meta
+
+
+def read_graph_dir(graphs_dir: str | Path, splits: tuple[str, ...]) -> tuple[dict, dict[str, GraphSet]]:
+    """``(meta, {split: GraphSet})`` of a folder written by :func:`write_graph_dir`; every split
+    file is checked against its SHA-256 in ``meta.json`` first. Raises
+    :class:`CorruptFileError` naming the file that is missing, damaged, from another write, or
+    whose feature widths disagree with the first split's."""
+    gdir = Path(graphs_dir)
+    meta = read_json(gdir / META)
+    files = meta.get(FILES) if isinstance(meta, dict) else None
+    if not isinstance(files, dict):
+        raise CorruptFileError(f"{gdir / META}: no file hashes (written by an older metazoo: re-run its stage)")
+    out = {}
+    for split in splits:
+        path = gdir / f"{split}.safetensors"
+        if not path.is_file():
+            raise CorruptFileError(f"{path}: missing")
+        if file_sha256(path) != files.get(path.name):
+            raise CorruptFileError(f"{path}: not the file {gdir / META} recorded (damaged, or from another write)")
+        out[split] = GraphSet.load(path)
+        first = next(iter(out))
+        for name, what in (("x", "node"), ("edge_attr", "edge")):
+            got, want = getattr(out[split], name).shape[1], getattr(out[first], name).shape[1]
+            if got != want:
+                raise CorruptFileError(f"{path}: {what} features of width {got}, {first} has {want}")
+    return meta, out

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.config import setting
+from pipeline.config import MAX_WIDTH, setting
 from pipeline.models import DataShape
 from pipeline.weightspace.spec import Params, ParamSpec, unflatten
 
@@ -127,7 +127,7 @@ class DeepSets(nn.Module):
 class Settings:
     """``<section>.deepsets`` of ``params.yaml``."""
 
-    hidden: int = setting(64, gt=0)
+    hidden: int = setting(64, gt=0, le=MAX_WIDTH)
     layers: int = setting(2, gt=0)
     dropout: float = setting(0.0, ge=0, lt=1)
 

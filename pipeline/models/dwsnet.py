@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.config import setting
+from pipeline.config import MAX_WIDTH, setting
 from pipeline.models import DataShape
 from pipeline.weightspace.spec import Params, ParamSpec, flatten, unflatten
 
@@ -602,12 +602,12 @@ class DWSNetEditor(nn.Module):
 class Settings:
     """``<section>.dwsnet`` of ``params.yaml``."""
 
-    hidden: int = setting(32, gt=0)
+    hidden: int = setting(32, gt=0, le=MAX_WIDTH)
     layers: int = setting(4, gt=0)
     dropout: float = setting(0.0, ge=0, lt=1)
     reduction: str = setting("mean", one_of=REDUCTIONS)  # the reference code: max
     norm: str = setting("none", one_of=NORMS)  # the reference code: batch
-    head_width: int = setting(0, ge=0)  # 0: 4 x hidden
+    head_width: int = setting(0, ge=0, le=MAX_WIDTH)  # 0: 4 x hidden
     set_heads: int = setting(0, ge=0)  # set-attention blocks (0: linear DeepSets terms); the reference code: 8
 
     def check(self) -> list[tuple[str, str]]:

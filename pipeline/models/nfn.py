@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.config import setting
+from pipeline.config import MAX_WIDTH, setting
 from pipeline.models import DataShape
 from pipeline.models.dwsnet import EquivariantLinear, InvariantHead, WeightSpaceEditHead, slot_key, slots, to_slots
 from pipeline.weightspace.spec import ParamSpec, unflatten
@@ -28,7 +28,7 @@ HEAD_POOLS = ("permuted", "hidden")
 class Settings:
     """``<section>.nfn`` of ``params.yaml``."""
 
-    hidden: int = setting(32, gt=0)
+    hidden: int = setting(32, gt=0, le=MAX_WIDTH)
     layers: int = setting(3, gt=0)
     mode: str = setting("np", one_of=("np", "hnp"))
     fourier_features: int = setting(0, ge=0)  # the reference code: 128 (as NFNEncoder: sin and cos each)
@@ -36,7 +36,7 @@ class Settings:
     dropout: float = setting(0.0, ge=0, lt=1)
     io_scale: float = setting(0.1, gt=0)  # std of the initial NP position codes; the reference code: 1
     head_pool: str = setting("permuted", one_of=HEAD_POOLS)  # the reference code: hidden
-    head_width: int = setting(0, ge=0)  # 0: 4 x hidden; the reference code: 1000
+    head_width: int = setting(0, ge=0, le=MAX_WIDTH)  # 0: 4 x hidden; the reference code: 1000
 
 
 INPUT_KIND = "flat"

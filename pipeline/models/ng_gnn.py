@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from pipeline.config import setting
+from pipeline.config import MAX_WIDTH, setting
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.models import DataShape
 from pipeline.models.layers import (
@@ -310,7 +310,7 @@ class NGGNNEditor(nn.Module):
 class Settings:
     """``<section>.ng_gnn`` of ``params.yaml``."""
 
-    hidden: int = setting(32, gt=0)
+    hidden: int = setting(32, gt=0, le=MAX_WIDTH)
     layers: int = setting(4, gt=0)
     dropout: float = setting(0.0, ge=0, lt=1)
     fourier_features: int = setting(16, ge=0)

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import softmax
 
-from pipeline.config import setting
+from pipeline.config import MAX_WIDTH, setting
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.models import DataShape
 from pipeline.models.layers import GraphEditHead, GraphStates, output_states
@@ -355,9 +355,9 @@ class NGTEditor(nn.Module):
 class Settings:
     """``<section>.ng_t`` of ``params.yaml``."""
 
-    hidden: int = setting(64, gt=0)
+    hidden: int = setting(64, gt=0, le=MAX_WIDTH)
     layers: int = setting(4, gt=0)
-    heads: int = setting(4, gt=0)
+    heads: int = setting(4, gt=0, le=MAX_WIDTH)
     dropout: float = setting(0.0, ge=0, lt=1)
     probe_features: int = setting(0, ge=0)  # M learned input points run through every INR (0 = none)
     probe_projection: bool = False  # probes: per-layer Linear + LayerNorm, added (the reference code)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.config import setting
+from pipeline.config import MAX_WIDTH, setting
 from pipeline.models import DataShape
 from pipeline.models.mlp import FlatMLP
 from pipeline.models.probes import ForwardSpec
@@ -84,7 +84,7 @@ class Settings:
     """``<section>.probe_mlp`` of ``params.yaml``."""
 
     probe_features: int = setting(16, gt=0)  # M, as NG-GNN's and NG-T's probe_features
-    hidden: int = setting(256, gt=0)
+    hidden: int = setting(256, gt=0, le=MAX_WIDTH)
     layers: int = setting(3, gt=0)
     dropout: float = setting(0.0, ge=0, lt=1)
 

@@ -18,6 +18,7 @@ card* with everything :func:`load` needs to rebuild the module without the train
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -144,11 +145,19 @@ def read_card(path: str | Path) -> dict:
     meta = read_metadata(path)
     if CARD_KEY not in meta:
         raise CorruptFileError(f"{path}: not a metazoo model file (no model card in its metadata)")
-    return json.loads(meta[CARD_KEY])
+    try:
+        card = json.loads(meta[CARD_KEY])
+    except ValueError as e:
+        raise CorruptFileError(f"{path}: its model card is not valid JSON ({e})") from e
+    if not isinstance(card, dict):
+        raise CorruptFileError(f"{path}: its model card is not a mapping")
+    return card
 
 
-def build_from_card(card: dict) -> nn.Module:
-    """The untrained module a card describes (same layout as the trained one)."""
+def build_from_card(card: dict, device: torch.device | str | None = None) -> nn.Module:
+    """The untrained module a card describes (same layout as the trained one); its settings are
+    checked by the rules of ``params.yaml``. ``device="meta"`` builds a shape-only module."""
+    from pipeline.config import settings_from_dict
     from pipeline.graphs.neural_graph import graph_template
     from pipeline.models import DataShape, build_editor, build_model, settings_type, split_model_name
     from pipeline.train import forward_spec_from_meta
@@ -160,10 +169,11 @@ def build_from_card(card: dict) -> nn.Module:
     template = graph_template(ParamSpec.from_dict(graphs["spec"])) if graphs.get("spec") else None
     forward = forward_spec_from_meta(graphs) if "forward" in graphs else None
     shape = DataShape(**card["shape"], forward_spec=forward, template=template)
-    settings = settings_type(base)(**card["settings"])
-    if card["kind"] == "editor":
-        return build_editor(base, settings, shape, card["init_scale"])
-    return build_model(base, settings, shape)
+    settings = settings_from_dict(settings_type(base), card["settings"], "settings")
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if card["kind"] == "editor":
+            return build_editor(base, settings, shape, card["init_scale"])
+        return build_model(base, settings, shape)
 
 
 def resolve(path: str | Path) -> Path:
@@ -174,11 +184,38 @@ def resolve(path: str | Path) -> Path:
     return path.with_suffix(".safetensors") if path.suffix == ".json" else path.parent / f"{path.name}.safetensors"
 
 
+def check_model_file(path: Path, card: dict) -> None:
+    """Check a model file before any module is built: its card's settings by the rules of
+    ``params.yaml``, and every stored tensor's shape against a shape-only (``meta`` device)
+    build of the model the card describes. Raises :class:`CorruptFileError` naming the file."""
+    from safetensors import safe_open
+
+    from pipeline.config import ConfigError
+    from pipeline.models import model_names, split_model_name
+
+    try:
+        model = card["model"]
+        if split_model_name(model)[0] not in model_names():
+            raise ConfigError(f"model: {model!r} is not one of {model_names()}")
+        expected = {k: tuple(v.shape) for k, v in build_from_card(card, "meta").state_dict().items()}
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
+        raise CorruptFileError(f"{path}: its model card is not valid ({type(e).__name__}: {e})") from e
+    with safe_open(str(path), framework="pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    problems = [f"missing {k}" for k in expected if k not in stored]
+    problems += [f"unexpected {k}" for k in stored if k not in expected]
+    problems += [f"{k} {stored[k]} (card: {v})" for k, v in expected.items() if k in stored and stored[k] != v]
+    if problems:
+        shown = ", ".join(problems[:5]) + (f", and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise CorruptFileError(f"{path}: the weights do not fit the model its card describes: {shown}")
+
+
 def load(path: str | Path, device: torch.device | str = "cpu") -> SavedModel:
     """Rebuild a trained metanetwork from its model file (or run stem), weights checked: a file
     from another layout or version fails naming the file and the mismatched tensors."""
     path = resolve(path)
     card = read_card(path)
+    check_model_file(path, card)
     module = build_from_card(card)
     state = load_tensors(path)
     try:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pipeline.config import setting
+from pipeline.config import MAX_WIDTH, setting
 from pipeline.models import DataShape
 from pipeline.weightspace.spec import ParamSpec, unflatten
 
@@ -169,7 +169,7 @@ class GraphStatNN(nn.Module):
 class Settings:
     """``<section>.statnn`` of ``params.yaml``."""
 
-    hidden: int = setting(256, gt=0)
+    hidden: int = setting(256, gt=0, le=MAX_WIDTH)
     layers: int = setting(3, gt=0)
     dropout: float = setting(0.0, ge=0, lt=1)
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch_geometric.data import Batch
 
-from pipeline.config import setting
+from pipeline.config import MAX_WIDTH, setting
 from pipeline.models import DataShape
 from pipeline.models.layers import output_states
 
@@ -160,7 +160,7 @@ class WSKAN(nn.Module):
 class Settings:
     """``<section>.ws_kan`` of ``params.yaml``."""
 
-    hidden: int = setting(64, gt=0)
+    hidden: int = setting(64, gt=0, le=MAX_WIDTH)
     layers: int = setting(4, gt=0)
     dropout: float = setting(0.0, ge=0, lt=1)
 

@@ -186,6 +186,7 @@ def adapt_one(
         on_epoch=ctx.reporter(f"adapt {model_name} seed {seed}", "acc", settings.epochs),
         augment=augmenter(augment, model.input_kind, spec, permutations),
         device=device,
+        **ctx.resumable({}),
     )
     out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
     out["card"] = model_card(model_name, model_cfg, shape, meta, objective, init_scale)

@@ -225,6 +225,7 @@ def edit_one(
         augment=augmenter(augment, model.input_kind, spec, permutations),
         on_best=on_best,
         device=device,
+        **ctx.resumable(examples),
     )
     examples["original"] = render(test_flat[shown])
     examples["target"] = test.y[shown].round(decimals=4).tolist()

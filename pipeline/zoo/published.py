@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pipeline.io import CorruptFileError, write_json
+from pipeline.io import CorruptFileError, read_json, staged_dir, write_json
 from pipeline.weightspace.spec import Params, ParamSpec
 from pipeline.zoo.siren import siren_spec
 from pipeline.zoo.store import NetRecord, net_hashes, shard_name, write_manifest, write_shard
@@ -116,9 +116,7 @@ def dwsnets_files(root: str | Path) -> list[InrFile]:
             if name not in SPLIT_NAMES:
                 raise CorruptFileError(f"{splits}: unknown split {name!r}; expected one of {sorted(SPLIT_NAMES)}")
             try:
-                listed = [
-                    (p, int(entry["label"][i]) if "label" in entry else None) for i, p in enumerate(entry["path"])
-                ]
+                listed = [(p, entry["label"][i] if "label" in entry else None) for i, p in enumerate(entry["path"])]
             except (KeyError, IndexError, TypeError, ValueError) as e:
                 raise CorruptFileError(f"{splits}: malformed entry for split {name!r} ({type(e).__name__}: {e})") from e
             for p, label in listed:
@@ -127,6 +125,7 @@ def dwsnets_files(root: str | Path) -> list[InrFile]:
         return files
     files = []
     for path in sorted(root.rglob("model_final.pth")):
+        _check_inside(root, path)
         m = DWSNETS_DIR.search(path.parent.parent.name)
         if m is None:
             raise CorruptFileError(f"{path}: folder name does not match *_(training|testing)_<label>_<idx>")
@@ -140,6 +139,23 @@ def _dwsnets_label(path: Path) -> int:
         if m:
             return int(m.group(2))
     raise CorruptFileError(f"{path}: no label in splits.json or in the folder name")
+
+
+def _check_inside(root: Path, path: Path) -> None:
+    """Refuse a file found under ``root`` that resolves elsewhere (a symbolic link out of it)."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise CorruptFileError(f"{path}: resolves to {path.resolve()}, outside the source directory {root}")
+
+
+def check_listing(files: list[InrFile]) -> None:
+    """Refuse a listing that names one file twice (in one split, or in two: test leakage)."""
+    seen: dict[Path, str] = {}
+    for f in files:
+        key = f.path.resolve()
+        if key in seen:
+            where = f"in {f.split} and {seen[key]}" if seen[key] != f.split else f"twice in {f.split}"
+            raise CorruptFileError(f"{f.path}: listed {where} (one INR may be in one split only)")
+        seen[key] = f.split
 
 
 def _resolve(root: Path, p: str) -> Path:
@@ -169,6 +185,7 @@ def nfn_files(root: str | Path, split: str = "train") -> list[InrFile]:
     root = Path(root)
     files = []
     for path in sorted(root.rglob("net*.pth"), key=lambda p: (str(p.parent), _layer_key(p.stem))):
+        _check_inside(root, path)
         m = NFN_DIR.search(path.parent.name)
         if m is None:
             raise CorruptFileError(f"{path}: folder name does not end in _<label>s")
@@ -206,9 +223,12 @@ def _checked_label(f: InrFile, entry) -> int:
     """The label of ``f``: its file's ``label`` entry if it has one, else the listing's."""
     source = f"its 'label' entry {entry!r}" if entry is not None else f"label {f.label!r} from the listing"
     try:
-        label = int(entry) if entry is not None else int(f.label)
-    except (TypeError, ValueError, RuntimeError) as e:
+        value = float(entry if entry is not None else f.label)
+        label = int(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise CorruptFileError(f"{f.path}: {source} is not an integer class") from e
+    if value != label:
+        raise CorruptFileError(f"{f.path}: {source} is not an integer class")
     if not 0 <= label < N_CLASSES:
         raise CorruptFileError(f"{f.path}: {source} is outside the classes 0..{N_CLASSES - 1}")
     return label
@@ -234,8 +254,39 @@ def write_imported_zoo(
     image_shape: tuple[int, int] = (28, 28),
     shard_size: int = 1000,
 ) -> dict:
-    """Store imported nets in the ``zoo`` stage's format (atomic shards, manifest, ``zoo.json``)."""
-    out = Path(out)
+    """Store imported nets in the ``zoo`` stage's format (atomic shards, manifest, ``zoo.json``),
+    written as one generation (:func:`pipeline.io.staged_dir`): an earlier import in ``out`` is
+    replaced whole, never mixed with the new one. A non-empty ``out`` that is not an earlier import
+    (a fitted zoo, any other folder) is refused, naming it: nothing there is overwritten."""
+    final = Path(out)
+    _check_replaceable(final)
+    with staged_dir(final) as tmp:
+        return _write_imported_zoo(tmp, files, spec, params, labels, recipe, image_shape, shard_size)
+
+
+def _check_replaceable(out: Path) -> None:
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    try:
+        earlier = read_json(out / "zoo.json").get("recipe", {}).get("format")
+    except (CorruptFileError, AttributeError):
+        earlier = None
+    if not earlier:
+        raise CorruptFileError(
+            f"{out}: not empty and not an earlier import (no zoo.json recipe.format); choose another --out"
+        )
+
+
+def _write_imported_zoo(
+    out: Path,
+    files: list[InrFile],
+    spec: ParamSpec,
+    params: Params,
+    labels: list[int],
+    recipe: dict,
+    image_shape: tuple[int, int],
+    shard_size: int,
+) -> dict:
     n = len(files)
     hashes = net_hashes(params, spec)
     records, fp = [], f"import:{recipe.get('format', '?')}"

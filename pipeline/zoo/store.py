@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pipeline.io import CorruptFileError, load_tensors, read_json, read_metadata, save_tensors, tensor_hash, write_text
+from pipeline.io import (
+    RETIRED,
+    CorruptFileError,
+    load_tensors,
+    read_json,
+    read_metadata,
+    retire,
+    save_tensors,
+    tensor_hash,
+    write_text,
+)
 from pipeline.weightspace.spec import Params, ParamSpec
 
 MANIFEST_FIELDS = (
@@ -143,6 +154,41 @@ def shard_is_complete(path: Path, fp: str) -> bool:
         print(f"warning: refitting damaged shard {path}: {e}", file=sys.stderr, flush=True)
         return False
     return True
+
+
+def _shard_fingerprint(path: Path) -> str:
+    try:
+        return read_metadata(path).get("fingerprint") or "unreadable"
+    except CorruptFileError:
+        return "unreadable"
+
+
+def plan_shard_dir(shard_dir: Path, fingerprints: list[str]) -> list[int]:
+    """The shards ``k`` still to fit for plan ``fingerprints``, with nothing finished deleted.
+
+    A shard file beyond the plan, or made for another fingerprint than its slot's, moves to
+    ``<shard_dir>/retired/<its fingerprint>/``; a slot whose fingerprint is retired there gets
+    that shard back, checked against its hashes, instead of a refit. The caller holds the
+    zoo folder's lock (:func:`pipeline.io.folder_lock`).
+    """
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for f in sorted(shard_dir.glob("shard_*.safetensors")):
+        if int(f.stem.split("_")[1]) >= len(fingerprints):
+            retire([f], shard_dir, _shard_fingerprint(f))
+    todo = []
+    for k, fp in enumerate(fingerprints):
+        path = shard_dir / shard_name(k)
+        if shard_is_complete(path, fp):
+            continue
+        if path.exists():
+            retire([path], shard_dir, _shard_fingerprint(path))
+        back = sorted((shard_dir / RETIRED / fp).glob("shard_*.safetensors"))
+        if back and shard_is_complete(back[0], fp):
+            os.replace(back[0], path)
+            print(f"{path}: brought back from {back[0].parent}, not refitted")
+            continue
+        todo.append(k)
+    return todo
 
 
 def read_shard(path: Path, spec: ParamSpec) -> tuple[Params, dict[str, Tensor]]:
