@@ -650,6 +650,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the params file ({e.strerror or e})") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     except ConfigError as e:

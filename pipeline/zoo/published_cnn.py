@@ -15,8 +15,9 @@
   ``test_accuracy``.
 
 Every ``.pt`` file is read with ``torch.load(weights_only=True)`` (a pickle from a stranger never
-runs code) and ``weights.npy`` with ``allow_pickle=False``; a file that does not fit its layout
-raises :class:`~pipeline.io.CorruptFileError` naming it.
+runs code) and ``weights.npy`` with ``allow_pickle=False``; a missing or unreadable file, a layout
+whose index ranges disagree with its shapes, or a test accuracy that is not a finite number in
+[0, 1] raises :class:`~pipeline.io.CorruptFileError` naming the file (and the row).
 """
 
 from __future__ import annotations
@@ -47,15 +48,40 @@ class CNNCheckpoints:
 
 
 def _layout(path: Path) -> list[tuple[str, int, int, tuple[int, ...]]]:
+    """The variables of ``layout.csv`` in index order; each must span exactly its shape's values,
+    one after the other from index 0."""
     try:
         with path.open(newline="") as f:
             rows = [
                 (r["varname"], int(r["start_idx"]), int(r["end_idx"]), tuple(ast.literal_eval(r["shape"])))
                 for r in csv.DictReader(f)
             ]
-    except (KeyError, ValueError, SyntaxError) as e:
+    except OSError as e:
+        raise CorruptFileError(f"{path}: missing or unreadable ({e.strerror or e})") from e
+    except (KeyError, ValueError, SyntaxError, TypeError, csv.Error) as e:
         raise CorruptFileError(f"{path}: not a Small CNN Zoo layout ({type(e).__name__}: {e})") from e
-    return sorted(rows, key=lambda r: r[1])
+    rows = sorted(rows, key=lambda r: r[1])
+    if not rows:
+        raise CorruptFileError(f"{path}: no variables")
+    at = 0
+    for name, start, end, shape in rows:
+        if start != at or end - start != int(np.prod(shape)) or any(n <= 0 for n in shape):
+            raise CorruptFileError(
+                f"{path}: {name} spans [{start}, {end}) but its shape {shape} holds {int(np.prod(shape))} values "
+                f"from index {at}"
+            )
+        at = end
+    return rows
+
+
+def _finite_accuracy(value: object, where: str) -> float:
+    try:
+        acc = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as e:
+        raise CorruptFileError(f"{where}: test_accuracy {value!r} is not a number") from e
+    if not np.isfinite(acc) or not 0 <= acc <= 1:
+        raise CorruptFileError(f"{where}: test_accuracy {acc} is not a finite accuracy in [0, 1]")
+    return acc
 
 
 def read_small_cnn_zoo(root: str | Path, step: int | None = 86) -> dict[str, CNNCheckpoints]:
@@ -68,8 +94,11 @@ def read_small_cnn_zoo(root: str | Path, step: int | None = 86) -> dict[str, CNN
         weights = np.load(root / "weights.npy", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise CorruptFileError(f"{root / 'weights.npy'}: not a NumPy array file ({e})") from e
-    with gzip.open(root / "metrics.csv.gz", "rt", newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with gzip.open(root / "metrics.csv.gz", "rt", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, EOFError, csv.Error, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{root / 'metrics.csv.gz'}: not a gzip-compressed CSV file ({e})") from e
     if weights.ndim != 2 or len(rows) != weights.shape[0] or weights.shape[1] != layout[-1][2]:
         raise CorruptFileError(
             f"{root}: weights.npy {weights.shape} does not match {len(rows)} metrics rows and a layout "
@@ -80,7 +109,13 @@ def read_small_cnn_zoo(root: str | Path, step: int | None = 86) -> dict[str, CNN
     biases = [r for r in layout if len(r[3]) == 1]
     if len(dense) != 1 or len(biases) != len(kernels) + 1:
         raise CorruptFileError(f"{root / 'layout.csv'}: expected conv kernels with biases and one dense layer")
-    keep = [i for i, r in enumerate(rows) if step is None or int(float(r.get("step", step))) == step]
+    try:
+        keep = [i for i, r in enumerate(rows) if step is None or int(float(r.get("step", step))) == step]
+    except ValueError as e:
+        raise CorruptFileError(f"{root / 'metrics.csv.gz'}: a step that is not a number ({e})") from e
+    for i in keep:
+        if "test_accuracy" in rows[i]:
+            _finite_accuracy(rows[i]["test_accuracy"], f"{root / 'metrics.csv.gz'} row {i + 1}")
     w = torch.from_numpy(np.ascontiguousarray(weights[keep], dtype=np.float32))
 
     def take(entry) -> Tensor:
@@ -121,9 +156,10 @@ def read_wild_park(root: str | Path) -> dict[str, CNNCheckpoints]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
             arch = CNNArch.from_dict(obj["config"])
-            state, acc = obj["state_dict"], float(obj["test_accuracy"])
+            state, acc = obj["state_dict"], obj["test_accuracy"]
         except Exception as e:  # refused pickle, truncated file, missing or ill-typed entry
             raise CorruptFileError(f"{path}: not a Wild-Park-style checkpoint ({type(e).__name__}: {e})") from e
+        acc = _finite_accuracy(acc, str(path))
         tensors = [v for v in state.values() if isinstance(v, Tensor)]
         spec = cnn_spec(arch)
         if [tuple(v.shape) for v in tensors] != [t.shape for t in spec.tensors]:
