@@ -93,6 +93,8 @@ MODEL_LISTS = {
     "inr_classification": "train.models",
     "domain_adaptation": "adapt.models",
     "learning_to_optimize": "l2o.optimizers",
+    "cnn_homogeneous": "cnn.train.models",
+    "cnn_heterogeneous": "cnn.train.heterogeneous_models",
 }
 
 
@@ -101,7 +103,7 @@ def _run_hint(key: str, task: str) -> str:
     base, _, variant = key.partition("+")
     where = MODEL_LISTS.get(task, "train.models")
     if base == "nfn" and variant:  # NFN's variant is its mode
-        return f"`-S '{where}=[..., nfn]' -S '{where.split('.')[0]}.nfn.mode={variant}'`"
+        return f"`-S '{where}=[..., nfn]' -S '{where.rsplit('.', 1)[0]}.nfn.mode={variant}'`"
     return f"`-S '{where}=[..., {key.replace('+', '@')}]'`"
 
 
@@ -364,10 +366,16 @@ CNN_FAMILY_TITLES = {
 }
 
 
-def cnn_markdown(summaries: dict[str, dict], zoos: dict[str, dict], counts: dict[str, dict], n_seeds: int) -> str:
+def cnn_markdown(
+    summaries: dict[str, dict],
+    zoos: dict[str, dict],
+    counts: dict[str, dict],
+    n_seeds: int,
+    family_runs: dict[str, list[dict]] | None = None,
+) -> str:
     """The generalization section of ``results.md``: per CNN zoo family, Kendall τ and R² of every
     model's predicted vs true test accuracy, published τ beside (a different data set), and the
-    Neural Graphs claim that the graph models beat StatNN on the heterogeneous zoo, checked."""
+    papers' claims checked on ``family_runs`` (:func:`cnn_claims_markdown`)."""
     lines = [
         "## Generalization: predicting a CNN's test accuracy from its weights",
         "",
@@ -399,25 +407,8 @@ def cnn_markdown(summaries: dict[str, dict], zoos: dict[str, dict], counts: dict
                 f"| {s['seconds_per_epoch']:.1f} | {pub[key]['value'] if key in pub else '–'} |"
             )
         lines.append("")
-    hetero = summaries.get("heterogeneous", {})
-    stat = next((s for s in hetero.values() if s["key"] == "statnn"), None)
-    graph = [s for s in hetero.values() if s["key"] in ("ng_gnn", "ng_t")]
-    if stat is not None and graph:
-        lines += [
-            "**The Neural Graphs claim on the heterogeneous zoo** (NG-GNN / NG-T τ 0.804 / 0.817 vs StatNN "
-            "0.719 on CNN Wild Park), checked on these runs as in the ordering table above (difference of "
-            "the mean τ, spread = sum of the seeds' standard deviations):",
-            "",
-            "| claim | ours (τ) | difference | spread | here |",
-            "|---|---:|---:|---:|---|",
-        ]
-        for s in graph:
-            diff, noise = s["tau_mean"] - stat["tau_mean"], s["tau_std"] + stat["tau_std"]
-            lines.append(
-                f"| {stat['label']} < {s['label']} | {_pm(stat, 'tau', 1, 3)} vs {_pm(s, 'tau', 1, 3)} "
-                f"| {diff:+.3f} | {noise:.3f} | {claim_verdict(diff, noise)} |"
-            )
-        lines.append("")
+    if family_runs is not None:
+        lines.append(cnn_claims_markdown(family_runs, summaries))
     lines += [
         "\\* Published τ: Neural Graphs (StatNN, NG-GNN, NG-T) and NFN on the Small CNN Zoo's CIFAR10-GS "
         "(homogeneous) and the CNN Wild Park (heterogeneous): **different data sets** (CIFAR-10 CNNs, far "
@@ -427,6 +418,50 @@ def cnn_markdown(summaries: dict[str, dict], zoos: dict[str, dict], counts: dict
         "",
     ]
     return "\n".join(lines)
+
+
+def cnn_claims_markdown(family_runs: dict[str, list[dict]], summaries: dict[str, dict], n_boot: int = 1000) -> str:
+    """The papers' claims about Kendall τ (``published_results.yaml: claims.cnn_<family>``),
+    each with the 95 % interval of the difference from a paired bootstrap over the test CNNs and
+    the seeds (:func:`pipeline.stats.paired_bootstrap`, on every run's saved test predictions)
+    and its verdict (:func:`pipeline.stats.verdict`); a claim whose model did not run says so."""
+    from pipeline.stats import kendall_tau, paired_bootstrap, verdict
+
+    rows = []
+    for family, runs in family_runs.items():
+        task = f"cnn_{family}"
+        by_key = {s["key"]: (m, s) for m, s in summaries[family].items()}
+        target = torch.tensor(runs[0]["test_targets"])
+        for c in published_results().get("claims", {}).get(task, []):
+            lo, hi = by_key.get(c["lower"]), by_key.get(c["higher"])
+            names = [f"{x[1]['label']}" if x else f"`{k}`" for x, k in ((lo, c["lower"]), (hi, c["higher"]))]
+            claim = f"{CNN_FAMILY_TITLES[family].split(' (')[0]}: {names[0]} < {names[1]}"
+            if lo is None or hi is None:
+                missing = [k for x, k in ((lo, c["lower"]), (hi, c["higher"])) if x is None]
+                how = "; ".join(f"`{k}`: {_run_hint(k, task)}" for k in missing)
+                rows.append(f"| {claim} | – | – | not run ({how}) | {c['source']} |")
+                continue
+            preds = [[torch.tensor(r["test_predictions"]) for r in runs if r["model"] == m] for m, _ in (lo, hi)]
+            iv = paired_bootstrap(kendall_tau, preds[0], preds[1], target, n_boot=n_boot)
+            ours = f"{_pm(lo[1], 'tau', 1, 3)} vs {_pm(hi[1], 'tau', 1, 3)}"
+            rows.append(
+                f"| {claim} | {ours} | {iv.diff:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] | {verdict(iv)} | {c['source']} |"
+            )
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            "**The papers' claims, checked on these runs** (Kendall τ on the test CNNs, mean ± std over "
+            "seeds; the difference with its 95 % interval from a paired bootstrap over the test CNNs and "
+            "the seeds: *holds* / **fails** when the interval excludes 0, *inconclusive* when it "
+            "contains it):",
+            "",
+            "| claim | ours (τ) | difference [95 % interval] | here | source |",
+            "|---|---:|---:|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def summarize_cnn(runs: list[dict]) -> dict[str, dict]:

@@ -104,3 +104,47 @@ def test_the_reference_section_embeds_the_side_by_side_table():
     assert md.startswith("### Is it the implementation?")
     rows = [line for line in table.splitlines() if line.startswith("| dwsnet") or line.startswith("| nfn")]
     assert rows and all(row in md for row in rows)
+
+
+def _cnn_runs(models: dict[str, float], n: int = 200) -> list[dict]:
+    """Regression runs with saved test predictions: ``models[m]`` the noise of model m's predictions."""
+    import torch
+
+    from pipeline.stats import kendall_tau
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(n, generator=g)
+    runs = []
+    for model, noise in models.items():
+        for seed in range(3):
+            pred = target + noise * torch.randn(n, generator=g)
+            tau = kendall_tau(pred, target)
+            runs.append(
+                {
+                    "model": model, "seed": seed, "config": {"mode": "np"} if model == "nfn" else {},
+                    "test": {"tau": tau, "r2": 0.0}, "best_val": tau, "best_epoch": 1, "n_params": 10,
+                    "seconds_per_epoch": 1.0, "history": [{"epoch": 1}], "select": "r2",
+                    "test_predictions": pred.tolist(), "test_targets": target.tolist(),
+                }
+            )  # fmt: skip
+    return runs
+
+
+def test_cnn_claims_come_with_bootstrap_intervals_and_unrun_models_are_listed():
+    from pipeline.report import cnn_claims_markdown, summarize_cnn
+
+    homo = _cnn_runs({"statnn": 0.3, "ng_gnn": 0.05, "nfn": 0.3})  # NG-GNN far better; NFN the same as StatNN
+    hetero = _cnn_runs({"statnn": 0.05, "ng_gnn": 0.3})  # the claim fails here
+    runs = {"homogeneous": homo, "heterogeneous": hetero}
+    md = cnn_claims_markdown(runs, {f: summarize_cnn(r) for f, r in runs.items()}, n_boot=200)
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in md.splitlines() if line.startswith("| ")}
+    homo_gnn = rows["Homogeneous zoo: StatNN (per-tensor statistics) < NG-GNN"]
+    assert "| holds |" in homo_gnn and " [+0." in homo_gnn  # a positive interval
+    assert "| inconclusive |" in rows["Homogeneous zoo: StatNN (per-tensor statistics) < NFN (NP)"]
+    assert (
+        "not run (`ng_t`: `-S 'cnn.train.models=[..., ng_t]'`)"
+        in rows["Homogeneous zoo: StatNN (per-tensor statistics) < `ng_t`"]
+    )
+    assert "`-S 'cnn.train.models=[..., nfn]' -S 'cnn.train.nfn.mode=hnp'`" in md
+    assert "| **fails** |" in rows["Heterogeneous zoo: StatNN (per-tensor statistics) < NG-GNN"]
+    assert "heterogeneous_models=[..., ng_t]" in rows["Heterogeneous zoo: StatNN (per-tensor statistics) < `ng_t`"]
