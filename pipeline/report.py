@@ -88,44 +88,89 @@ def claim_verdict(diff: float, noise: float, margin: float = 0.0, ties: bool = F
     return "holds" if effect > noise else "**fails**" if effect < -noise else "within the seeds' spread"
 
 
+# where each claims task lists its models: the -S key that adds a model that did not run
+MODEL_LISTS = {
+    "inr_classification": "train.models",
+    "domain_adaptation": "adapt.models",
+    "learning_to_optimize": "l2o.optimizers",
+    "cnn_homogeneous": "cnn.train.models",
+    "cnn_heterogeneous": "cnn.train.heterogeneous_models",
+}
+
+
+def _run_hint(key: str, task: str) -> str:
+    """How to run the model of published-number ``key``: ``-S 'train.models=[..., ng_gnn@no_pos]'``."""
+    base, _, variant = key.partition("+")
+    where = MODEL_LISTS.get(task, "train.models")
+    if base == "nfn" and variant:  # NFN's variant is its mode
+        return f"`-S '{where}=[..., nfn]' -S '{where.rsplit('.', 1)[0]}.nfn.mode={variant}'`"
+    return f"`-S '{where}=[..., {key.replace('+', '@')}]'`"
+
+
+def _claim_row(c: dict, by_key: dict, task: str) -> str:
+    lo, hi = by_key.get(c["lower"]), by_key.get(c["higher"])
+    need = float(c.get("margin", 0.0))
+    sign = "≤" if c.get("ties") else "<"
+    names = [s["label"] if s else f"`{k}`" for s, k in ((lo, c["lower"]), (hi, c["higher"]))]
+    claim = f"{names[0]} {sign} {names[1]}" + (f" by ≥ {need:g} points" if need else "")
+    if lo is None or hi is None:
+        missing = [k for s, k in ((lo, c["lower"]), (hi, c["higher"])) if s is None]
+        how = "; ".join(f"`{k}`: {_run_hint(k, task)}" for k in missing)
+        return f"| {claim} | – | – | – | not run ({how}) | {c['source']} |"
+    diff = 100 * (hi["test_acc_mean"] - lo["test_acc_mean"])
+    noise = 100 * (hi["test_acc_std"] + lo["test_acc_std"])
+    verdict = claim_verdict(diff, noise, need, bool(c.get("ties")))
+    ours = f"{_pm(lo, 'test_acc', 100)} vs {_pm(hi, 'test_acc', 100)}"
+    return f"| {claim} | {ours} | {diff:+.1f} | {noise:.1f} | {verdict} | {c['source']} |"
+
+
 def claims_markdown(summary: dict, task: str = "inr_classification") -> str:
-    """Every claim of ``published_results.yaml: claims.<task>`` whose two models ran, checked on
-    our runs. With ``d`` the difference of the mean test accuracies (higher − lower, points) and
-    ``s`` the sum of their standard deviations over seeds: a claim that ``higher`` beats
-    ``lower`` by ``margin`` (default 0) *holds* if ``d − margin > s``, *fails* if
-    ``d − margin < −s``, and is *within the seeds' spread* otherwise; a tie claim (``ties``:
-    ``higher`` at least matches ``lower``) holds if ``d ≥ −s`` and fails otherwise.
+    """Every claim of ``published_results.yaml: claims.<task>``, checked on our runs where both
+    models ran and shown as *not run* (with the ``-S`` key that adds the missing model) where
+    not; orderings marked ``ours`` (stated by no paper) in a table of their own.
+
+    With ``d`` the difference of the mean test accuracies (higher − lower, points) and ``s`` the
+    sum of their standard deviations over seeds: a claim that ``higher`` beats ``lower`` by
+    ``margin`` (default 0) *holds* if ``d − margin > s``, *fails* if ``d − margin < −s``, and is
+    *within the seeds' spread* otherwise; a tie claim (``ties``: ``higher`` at least matches
+    ``lower``) holds if ``d ≥ −s`` and fails otherwise.
 
     ``summary`` as :func:`summarize` (its rows carry the published-number ``key``).
     """
     by_key = {s["key"]: s for s in summary.values()}
-    rows = []
-    for c in published_results().get("claims", {}).get(task, []):
-        lo, hi = by_key.get(c["lower"]), by_key.get(c["higher"])
-        if lo is None or hi is None:
-            continue
-        diff = 100 * (hi["test_acc_mean"] - lo["test_acc_mean"])
-        noise = 100 * (hi["test_acc_std"] + lo["test_acc_std"])
-        need = float(c.get("margin", 0.0))
-        verdict = claim_verdict(diff, noise, need, bool(c.get("ties")))
-        sign = "≤" if c.get("ties") else "<"
-        claim = f"{lo['label']} {sign} {hi['label']}" + (f" by ≥ {need:g} points" if need else "")
-        ours = f"{_pm(lo, 'test_acc', 100)} vs {_pm(hi, 'test_acc', 100)}"
-        rows.append(f"| {claim} | {ours} | {diff:+.1f} | {noise:.1f} | {verdict} | {c['source']} |")
-    if not rows:
-        return ""
+    claims = published_results().get("claims", {}).get(task, [])
+    paper = [_claim_row(c, by_key, task) for c in claims if not c.get("ours")]
+    ours = [_claim_row(c, by_key, task) for c in claims if c.get("ours")]
+    columns = ["| claim | ours | difference | spread | here | source |", "|---|---:|---:|---:|---|---|"]
     head = [
-        "### The papers' ordering, checked on these runs",
+        "### The papers' claims, checked on these runs",
         "",
         "Each row: a claim of the papers about two models, our test accuracies (%, mean ± std over "
         "seeds), their difference and the sum of their standard deviations (the seeds' spread), "
         "and whether the claim holds here: beyond the spread, against it, or within it (a tie "
-        "claim holds unless the second model is below the first by more than the spread).",
+        "claim holds unless the second model is below the first by more than the spread). Every "
+        "claim is listed: one whose models did not run says so, with the key that adds them.",
         "",
-        "| claim | ours | difference | spread | here | source |",
-        "|---|---:|---:|---:|---|---|",
+        *columns,
     ]
-    return "\n".join(head + rows) + "\n"
+    md = "\n".join(head + paper) + "\n"
+    if ours:
+        md += (
+            "\n".join(
+                [
+                    "",
+                    "### Orderings no paper states, checked the same way",
+                    "",
+                    "Our own expectations (StatNN's place among weight-only models, a margin), not claims "
+                    "of the papers: kept apart so that a reader never takes them for one.",
+                    "",
+                    *columns,
+                    *ours,
+                ]
+            )
+            + "\n"
+        )
+    return md
 
 
 def reference_markdown(side_by_side: str) -> str:
@@ -321,10 +366,16 @@ CNN_FAMILY_TITLES = {
 }
 
 
-def cnn_markdown(summaries: dict[str, dict], zoos: dict[str, dict], counts: dict[str, dict], n_seeds: int) -> str:
+def cnn_markdown(
+    summaries: dict[str, dict],
+    zoos: dict[str, dict],
+    counts: dict[str, dict],
+    n_seeds: int,
+    family_runs: dict[str, list[dict]] | None = None,
+) -> str:
     """The generalization section of ``results.md``: per CNN zoo family, Kendall τ and R² of every
     model's predicted vs true test accuracy, published τ beside (a different data set), and the
-    Neural Graphs claim that the graph models beat StatNN on the heterogeneous zoo, checked."""
+    papers' claims checked on ``family_runs`` (:func:`cnn_claims_markdown`)."""
     lines = [
         "## Generalization: predicting a CNN's test accuracy from its weights",
         "",
@@ -356,25 +407,8 @@ def cnn_markdown(summaries: dict[str, dict], zoos: dict[str, dict], counts: dict
                 f"| {s['seconds_per_epoch']:.1f} | {pub[key]['value'] if key in pub else '–'} |"
             )
         lines.append("")
-    hetero = summaries.get("heterogeneous", {})
-    stat = next((s for s in hetero.values() if s["key"] == "statnn"), None)
-    graph = [s for s in hetero.values() if s["key"] in ("ng_gnn", "ng_t")]
-    if stat is not None and graph:
-        lines += [
-            "**The Neural Graphs claim on the heterogeneous zoo** (NG-GNN / NG-T τ 0.804 / 0.817 vs StatNN "
-            "0.719 on CNN Wild Park), checked on these runs as in the ordering table above (difference of "
-            "the mean τ, spread = sum of the seeds' standard deviations):",
-            "",
-            "| claim | ours (τ) | difference | spread | here |",
-            "|---|---:|---:|---:|---|",
-        ]
-        for s in graph:
-            diff, noise = s["tau_mean"] - stat["tau_mean"], s["tau_std"] + stat["tau_std"]
-            lines.append(
-                f"| {stat['label']} < {s['label']} | {_pm(stat, 'tau', 1, 3)} vs {_pm(s, 'tau', 1, 3)} "
-                f"| {diff:+.3f} | {noise:.3f} | {claim_verdict(diff, noise)} |"
-            )
-        lines.append("")
+    if family_runs is not None:
+        lines.append(cnn_claims_markdown(family_runs, summaries))
     lines += [
         "\\* Published τ: Neural Graphs (StatNN, NG-GNN, NG-T) and NFN on the Small CNN Zoo's CIFAR10-GS "
         "(homogeneous) and the CNN Wild Park (heterogeneous): **different data sets** (CIFAR-10 CNNs, far "
@@ -384,6 +418,50 @@ def cnn_markdown(summaries: dict[str, dict], zoos: dict[str, dict], counts: dict
         "",
     ]
     return "\n".join(lines)
+
+
+def cnn_claims_markdown(family_runs: dict[str, list[dict]], summaries: dict[str, dict], n_boot: int = 1000) -> str:
+    """The papers' claims about Kendall τ (``published_results.yaml: claims.cnn_<family>``),
+    each with the 95 % interval of the difference from a paired bootstrap over the test CNNs and
+    the seeds (:func:`pipeline.stats.paired_bootstrap`, on every run's saved test predictions)
+    and its verdict (:func:`pipeline.stats.verdict`); a claim whose model did not run says so."""
+    from pipeline.stats import kendall_tau, paired_bootstrap, verdict
+
+    rows = []
+    for family, runs in family_runs.items():
+        task = f"cnn_{family}"
+        by_key = {s["key"]: (m, s) for m, s in summaries[family].items()}
+        target = torch.tensor(runs[0]["test_targets"])
+        for c in published_results().get("claims", {}).get(task, []):
+            lo, hi = by_key.get(c["lower"]), by_key.get(c["higher"])
+            names = [f"{x[1]['label']}" if x else f"`{k}`" for x, k in ((lo, c["lower"]), (hi, c["higher"]))]
+            claim = f"{CNN_FAMILY_TITLES[family].split(' (')[0]}: {names[0]} < {names[1]}"
+            if lo is None or hi is None:
+                missing = [k for x, k in ((lo, c["lower"]), (hi, c["higher"])) if x is None]
+                how = "; ".join(f"`{k}`: {_run_hint(k, task)}" for k in missing)
+                rows.append(f"| {claim} | – | – | not run ({how}) | {c['source']} |")
+                continue
+            preds = [[torch.tensor(r["test_predictions"]) for r in runs if r["model"] == m] for m, _ in (lo, hi)]
+            iv = paired_bootstrap(kendall_tau, preds[0], preds[1], target, n_boot=n_boot)
+            ours = f"{_pm(lo[1], 'tau', 1, 3)} vs {_pm(hi[1], 'tau', 1, 3)}"
+            rows.append(
+                f"| {claim} | {ours} | {iv.diff:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] | {verdict(iv)} | {c['source']} |"
+            )
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            "**The papers' claims, checked on these runs** (Kendall τ on the test CNNs, mean ± std over "
+            "seeds; the difference with its 95 % interval from a paired bootstrap over the test CNNs and "
+            "the seeds: *holds* / **fails** when the interval excludes 0, *inconclusive* when it "
+            "contains it):",
+            "",
+            "| claim | ours (τ) | difference [95 % interval] | here | source |",
+            "|---|---:|---:|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def summarize_cnn(runs: list[dict]) -> dict[str, dict]:

@@ -80,7 +80,7 @@ def _cnn_section(cnn_dir: Path, out: Path, n_seeds: int) -> tuple[str, dict]:
         f"cnn_{f}": {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
         for f, summary in summaries.items()
     }
-    return report.cnn_markdown(summaries, zoos, counts, n_seeds), numbers
+    return report.cnn_markdown(summaries, zoos, counts, n_seeds, family_runs), numbers
 
 
 def _edit_section(edit_dir: Path, out: Path) -> tuple[str, dict]:

@@ -155,3 +155,47 @@ def test_the_event_actor_killed_mid_stage_loses_no_run_and_no_epoch(tmp_path: Pa
     assert run.info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
     assert steps == list(range(1, epochs + 1))  # the epochs before and after the loss, once each
+
+
+@pytest.mark.parametrize("kind", ["ff", "ng_gnn"])
+def test_meta_training_resumed_from_any_checkpoint_ends_identical(tmp_path: Path, kind: str):
+    """Learning to optimize: the meta-training state after every outer step, stored and read
+    back, continues to the same losses and optimizer weights (same ops, same order)."""
+    from pipeline.tasks.l2o import MetaSettings, meta_train
+    from tests.test_l2o import _optimizers, _task
+
+    settings = MetaSettings(outer_steps=6, unroll=2, horizon=4, n_optimizees=2, lr=1e-2, scale=0.05, grad_clip=1.0)
+    saved: list[dict] = []
+
+    def keep(state: dict) -> None:
+        save_state(tmp_path / f"{len(saved)}.safetensors", state)
+        saved.append(load_state(tmp_path / f"{len(saved)}.safetensors"))
+
+    opt = _optimizers()[kind]
+    full = meta_train(opt, _task(), settings, seed=0, on_checkpoint=keep)
+    weights = {k: v.clone() for k, v in opt.state_dict().items()}
+    assert [s["epoch"] for s in saved] == [1, 2, 3, 4, 5, 6] and len(full) == 6
+    for state in saved[:-1]:
+        again = _optimizers()[kind]  # a fresh build: the weights come from the checkpoint
+        assert meta_train(again, _task(), settings, seed=0, resume=state) == full
+        assert all(torch.equal(v, weights[k]) for k, v in again.state_dict().items())
+
+
+def test_an_l2o_run_resumed_mid_meta_training_ends_identical(tmp_path: Path, monkeypatch):
+    from pipeline.tasks.l2o import l2o_one
+    from stages.l2o import load_data, optimizer_config, settings_from
+
+    monkeypatch.setenv("CKPT_DIR", str(tmp_path))
+    SAVED.clear()
+    c = load_params(write_params(tmp_path / "params.yaml")).l2o
+    data, settings, config = load_data(c, 0), settings_from(c), optimizer_config(c, "ng_gnn")
+    full = l2o_one(data, "ng_gnn", config, 0, _Capturing("k", 1, "cpu"), settings)
+    assert len(SAVED) >= 2
+    resumed = l2o_one(data, "ng_gnn", config, 0, TaskContext("k", 1, "cpu", resume=SAVED[0]), settings)
+    drop = {"wall_seconds", "weights", "card"}
+    strip = [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in full["history"]]
+    assert [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in resumed["history"]] == strip
+    assert {k: v for k, v in resumed.items() if k not in drop | {"history"}} == {
+        k: v for k, v in full.items() if k not in drop | {"history"}
+    }
+    assert all(torch.equal(resumed["weights"][k], v) for k, v in full["weights"].items())

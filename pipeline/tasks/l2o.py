@@ -383,14 +383,29 @@ def meta_train(
     settings: MetaSettings,
     seed: int,
     on_step: Callable[[int, float], None] | None = None,
+    resume: dict | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    checkpoint_every: int = 1,
 ) -> list[float]:
     """Meta-train ``optimizer`` (on ``task``'s device) on ``task``; returns the meta-loss of every
-    outer step (the mean training loss over an unroll, after its first update)."""
+    outer step (the mean training loss over an unroll, after its first update).
+
+    Every ``checkpoint_every`` outer steps (and after the last) ``on_checkpoint(state)`` receives
+    the whole meta-training state (the optimizer and its Adam, the optimizees in flight with their
+    momenta and batch generators, the horizon counters, the losses so far); ``resume=state``
+    continues after it, byte-identical on CPU to an uninterrupted run."""
     s = settings
     device = task.x_train.device
     meta_opt = torch.optim.Adam(optimizer.parameters(), lr=s.lr)
-    history, state, gens, t, k = [], None, [], s.horizon, 0
-    for outer in range(s.outer_steps):
+    history, state, gens, t, k, first = [], None, [], s.horizon, 0, 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        meta_opt.load_state_dict(resume["meta_opt"])
+        history, t, k, first = list(resume["history"]), resume["t"], resume["k"], resume["outer"] + 1
+        state = OptState(resume["flat"].to(device), resume["moments"].to(device))
+        gens = [torch.Generator().set_state(g) for g in resume["gens"]]
+        torch.set_rng_state(resume["torch_rng"])
+    for outer in range(first, s.outer_steps):
         if t >= s.horizon:
             seeds = [seed * 1_000_003 + k * s.n_optimizees + b for b in range(s.n_optimizees)]
             state, gens = fresh_state(task.spec, seeds, device)
@@ -405,6 +420,22 @@ def meta_train(
         history.append(float(meta.detach()))
         if on_step is not None:
             on_step(outer, history[-1])
+        if on_checkpoint is not None and ((outer + 1) % checkpoint_every == 0 or outer + 1 == s.outer_steps):
+            on_checkpoint(
+                {
+                    "epoch": outer + 1,  # outer steps done: what a resumed run reports
+                    "outer": outer,
+                    "optimizer": {n: v.detach().to("cpu", copy=True) for n, v in optimizer.state_dict().items()},
+                    "meta_opt": meta_opt.state_dict(),
+                    "flat": state.flat.detach().cpu(),
+                    "moments": state.moments.detach().cpu(),
+                    "gens": [g.get_state() for g in gens],
+                    "torch_rng": torch.get_rng_state(),
+                    "t": t,
+                    "k": k,
+                    "history": list(history),
+                }
+            )
     return history
 
 
@@ -564,25 +595,29 @@ def l2o_one(data: L2OData, name: str, config, seed: int, ctx, settings: L2OSetti
     else:
         torch.manual_seed(seed)
         optimizer = build_optimizer(name, config, n_layers).to(device)
-        history, every = [], max(1, settings.meta.outer_steps // 10)
-        chunk, tick = [], time.time()
+        every = max(1, settings.meta.outer_steps // 10)
+        logged: dict = {"history": [], "chunk": []}  # travels with each checkpoint (ctx.resumable)
+        tick = time.time()
 
         def on_step(outer: int, loss: float) -> None:
             nonlocal tick
-            chunk.append(loss)
+            logged["chunk"].append(loss)
             if (outer + 1) % every == 0 or outer + 1 == settings.meta.outer_steps:
+                chunk = logged["chunk"]
                 row = {"epoch": outer + 1, "train_loss": sum(chunk) / len(chunk), "epoch_seconds": time.time() - tick}
-                history.append(row)
+                logged["history"].append(row)
                 ctx.epoch(row)
                 print(
                     f"{name} seed {seed}: outer step {outer + 1}/{settings.meta.outer_steps} "
                     f"meta-loss {row['train_loss']:.4f}",
                     flush=True,
                 )
-                chunk.clear()
+                logged["chunk"] = []
                 tick = time.time()
 
-        meta_train(optimizer, tasks["meta_task"], settings.meta, seed, on_step)
+        resumable = ctx.resumable(logged)
+        meta_train(optimizer, tasks["meta_task"], settings.meta, seed, on_step, checkpoint_every=every, **resumable)
+        history = logged["history"]
         optimizer.eval()
         run = functools.partial(optimize, optimizer, scale=settings.meta.scale)
         weights = {k: v.detach().cpu().clone() for k, v in optimizer.state_dict().items()}
