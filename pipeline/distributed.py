@@ -7,6 +7,7 @@ passed by reference), tasks return tensors and results, and the driver writes th
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from pipeline.config import ConfigError, RayConfig
 
 GIB = 1024**3
+log = logging.getLogger(__name__)
 
 
 def init_ray(cfg: RayConfig) -> dict[str, float]:
@@ -190,7 +192,7 @@ def map_tasks(
                         retries[i] += 1
                         if poll is not None:
                             poll()  # its last checkpoint first
-                        print(f"{labels[i]}: {_error_text(e)}; retry {retries[i]}/{max_retries}", flush=True)
+                        log.warning("%s: %s; retry %d/%d", labels[i], _error_text(e), retries[i], max_retries)
                         new = remote.remote(*retry_item(i))
                         index[new] = i
                         pending.append(new)

@@ -276,13 +276,14 @@ class FolderBusy(RuntimeError):
 
 
 @contextmanager
-def folder_lock(folder: str | Path) -> Iterator[None]:
-    """Hold the one-writer lock of output folder ``folder`` for the block.
+def folder_lock(folder: str | Path, wait: bool = False) -> Iterator[None]:
+    """Hold the one-writer lock of ``folder`` (an output folder, or any file) for the block.
 
     The lock is ``<parent>/.<name>.lock`` (beside the folder, so it is never part of the output)
     taken with ``flock``: the operating system releases it when the holder dies, so a killed
     driver leaves no stale lock. The file records the holder's host and pid. A second writer
-    raises :class:`FolderBusy` naming the holder at once, before any work.
+    raises :class:`FolderBusy` naming the holder at once, before any work; with ``wait`` it
+    waits for the holder instead.
     """
     import fcntl
     import socket
@@ -293,7 +294,7 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
             raise FolderBusy(

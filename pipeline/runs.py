@@ -21,6 +21,7 @@ and by ``experiments/``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 
+from pipeline import configure_logging
 from pipeline.augment import augmenter, check_augmentation
 from pipeline.config import ConfigError, Params, to_flat_dict
 from pipeline.device import describe, resolve_device
@@ -61,6 +63,7 @@ from pipeline.train import (
 )
 from pipeline.weightspace.spec import ParamSpec
 
+log = logging.getLogger(__name__)
 RESULTS = "results.json"
 CHECKPOINTS = "checkpoints"  # <out>/checkpoints/<run fingerprint>.safetensors: unfinished runs' last epoch
 
@@ -101,6 +104,7 @@ class TaskContext:
         """Fix the thread count (CPU bytes must not depend on the worker), resolve the device and
         tell the driver where the run runs. Returns the device and ``{"node_id", "device"}``."""
         torch.set_num_threads(self.threads)
+        configure_logging()  # a Ray worker: its records reach the driver's output through stderr
         device = resolve_device(self.device)
         where = {"node_id": _node_id(), "device": describe(device)}
         self._send("start", where)
@@ -135,7 +139,7 @@ class TaskContext:
         keeps): it travels with each checkpoint and is restored in place on resume."""
         if self.resume is not None:
             state.update(self.resume.get("caller", {}))
-            print(f"{self.key}: resumed after epoch {self.resume['epoch']}", flush=True)
+            log.info("%s: resumed after epoch %d", self.key, self.resume["epoch"])
         return {"resume": self.resume, "on_checkpoint": lambda s: self.checkpoint(s | {"caller": state})}
 
     def _send(self, kind: str, payload: dict) -> None:
@@ -231,7 +235,7 @@ def prepare_out_dir(out: Path, jobs: Sequence[Job], fps: Sequence[str]) -> list[
                 unretire(out, fp, [job.model_file])
                 r = kept_result(out, job, fp)
                 if r is not None:
-                    print(f"{out / job.file}: brought back from {out / RETIRED / fp}, not rerun")
+                    log.info("%s: brought back from %s, not rerun", out / job.file, out / RETIRED / fp)
         results.append(r)
     remove_stale_temps(out)
     return results
@@ -321,7 +325,7 @@ class StageRuns:
         try:
             return load_state(path)
         except CorruptFileError as e:
-            print(f"warning: {e}; run {self.jobs[i].key} starts from epoch 1", flush=True)
+            log.warning("%s; run %s starts from epoch 1", e, self.jobs[i].key)
             return None
 
     def _keep_checkpoint(self, i: int, state: dict) -> None:
@@ -389,20 +393,22 @@ class StageRuns:
             ctx = TaskContext(j.key, threads, self.device, events, self.checkpoints.get(i))
             return (ref, j.model, j.config, j.seed, ctx, *worker_args)
 
-        lost: list[str] = []
+        lost = False
 
         def poll() -> None:
+            nonlocal lost
             if lost:
                 return
             try:
                 n = events.qsize()
                 batch = events.get_nowait_batch(n) if n else []
             except Exception as e:  # the event actor died: the runs go on; each logs its history when it ends
-                lost.append(str(e))
-                print(
-                    f"{self.stage}: live events lost ({type(e).__name__}); every run still finishes and "
-                    "MLflow gets its epochs from its history when it ends (no new checkpoints this invocation)",
-                    flush=True,
+                lost = True
+                log.warning(
+                    "%s: live events lost (%s); every run still finishes and MLflow gets its epochs from its "
+                    "history when it ends (no new checkpoints this invocation)",
+                    self.stage,
+                    type(e).__name__,
                 )
                 return
             for key, kind, payload in batch:

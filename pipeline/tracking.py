@@ -12,11 +12,12 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.config import MLflowConfig
+from pipeline.io import folder_lock
 
 T = TypeVar("T")
 
@@ -51,33 +52,17 @@ def redact(text: str) -> str:
     return _SECRET.sub(r"\1:***@", text)
 
 
-@contextmanager
-def _store_lock(tracking_uri: str) -> Iterator[None]:
-    """For a SQLite store, an exclusive ``flock`` on ``.<file>.lock`` beside it while the store
-    is created or migrated (two processes opening a fresh file at once would both migrate it);
-    nothing for a server, which serialises its own schema changes."""
-    if not tracking_uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    db = Path(tracking_uri[len("sqlite:///") :]).resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / f".{db.name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def setup(cfg: MLflowConfig) -> str:
-    """Point MLflow at ``cfg.tracking_uri`` and create the store and the experiment once (under a
-    lock, :func:`_store_lock`); return the experiment's id."""
+    """Point MLflow at ``cfg.tracking_uri`` and create the store and the experiment once (a SQLite
+    store under its lock, :func:`pipeline.io.folder_lock`); return the experiment's id."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    with _store_lock(cfg.tracking_uri):
+    # a fresh SQLite file is created and migrated once: two processes doing it at once collide
+    # (a server serialises its own schema changes)
+    sqlite = cfg.tracking_uri.startswith("sqlite:///")
+    db = Path(cfg.tracking_uri[len("sqlite:///") :]).resolve() if sqlite else None
+    with folder_lock(db, wait=True) if db is not None else nullcontext():
         mlflow.set_tracking_uri(cfg.tracking_uri)
         if mlflow.get_experiment_by_name(cfg.experiment) is None:
             try:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline import configure_logging
 from pipeline.config import ConfigError, Params, load_params
 
 
@@ -19,6 +20,7 @@ def parse(description: str, paths: dict[str, str], argv: list[str] | None = None
     for name, default in paths.items():
         ap.add_argument(f"--{name}", default=default)
     args = ap.parse_args(argv)
+    configure_logging()
     try:
         params = load_params(args.params)
     except ConfigError as e:

@@ -145,7 +145,7 @@ def test_train_runs_are_kept_retired_brought_back_and_rerun_on_relabelled_graphs
         params = write_params(tmp_path / "params.yaml", over)
         res = run_stage("train", ["--params", str(params), "--graphs", str(graphs), "--out", str(out)], tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
-        return res.stdout
+        return res.stdout + res.stderr  # the library logs to stderr
 
     assert "2 runs, 0 kept from an earlier invocation, running 2" in train([0, 1])
     first = {s: read_json(out / f"mlp_seed{s}.json") for s in (0, 1)}

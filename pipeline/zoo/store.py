@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -41,6 +42,8 @@ from pipeline.io import (
     write_text,
 )
 from pipeline.weightspace.spec import Params, ParamSpec
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FIELDS = (
     "net_id",
@@ -185,7 +188,7 @@ def plan_shard_dir(shard_dir: Path, fingerprints: list[str]) -> list[int]:
         back = sorted((shard_dir / RETIRED / fp).glob("shard_*.safetensors"))
         if back and shard_is_complete(back[0], fp):
             os.replace(back[0], path)
-            print(f"{path}: brought back from {back[0].parent}, not refitted")
+            log.info("%s: brought back from %s, not refitted", path, back[0].parent)
             continue
         todo.append(k)
     return todo
