@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -399,7 +400,8 @@ def main() -> None:
     if args.render:
         runs = [r for f in args.render for r in read_json(f)["runs"]]
         first = read_json(args.render[0])
-        save(args.out, {k: first[k] for k in ("epochs", "batch", "graphs")} | {"runs": runs})
+        keep = ("epochs", "batch", "graphs", "data_version", "commits")
+        save(args.out, {k: first[k] for k in keep if k in first} | {"runs": runs})
         return
     official = any(label.startswith("official") for label in args.only)
     for name in args.runs:
@@ -437,7 +439,13 @@ def main() -> None:
                     flush=True,
                 )
                 results.append(r)
-                meta = {"epochs": args.epochs, "batch": args.batch, "graphs": str(args.graphs)}
+                meta = {
+                    "epochs": args.epochs,
+                    "batch": args.batch,
+                    "graphs": str(args.graphs),
+                    "data_version": data.version,  # the report shows the table only for these graphs
+                    "commits": {k: checkout_commit(getattr(args, k)) for k in ("dwsnets", "nfn") if getattr(args, k)},
+                }
                 save(args.out, meta | {"runs": results})
 
 
@@ -448,7 +456,9 @@ def markdown(result: dict) -> str:
         rows.setdefault((r["model"], r["implementation"], r["hidden"]), []).append(r)
     lines = [
         f"On `{result['graphs']}`, {result['epochs']} epochs of batch {result['batch']} each "
-        "(`experiments/reference_side_by_side.py`).",
+        "(`experiments/reference_side_by_side.py`). Official checkouts: "
+        + (", ".join(f"{k} `{v[:12]}`" for k, v in result.get("commits", {}).items()) or "commits not recorded")
+        + ".",
         "",
         "| model | implementation, training recipe | width | seeds | test acc % | best epoch | s / epoch | params |",
         "|---|---|---|---|---|---|---|---|",
@@ -463,6 +473,12 @@ def markdown(result: dict) -> str:
             f"{per_epoch:.0f} | {rs[0]['n_params']:,} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def checkout_commit(path: Path) -> str:
+    """The commit a checkout of the official code is at (``git rev-parse HEAD``), or why not."""
+    done = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else f"unknown ({done.stderr.strip()[:80]})"
 
 
 def save(out: Path, result: dict) -> None:

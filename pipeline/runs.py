@@ -35,7 +35,7 @@ from pipeline.augment import augmenter, check_augmentation
 from pipeline.config import ConfigError, Params, to_flat_dict
 from pipeline.device import describe, resolve_device
 from pipeline.graphs.neural_graph import graph_template
-from pipeline.graphs.store import GraphSet, read_graph_dir
+from pipeline.graphs.store import GraphSet, data_version, read_graph_dir
 from pipeline.io import (
     RETIRED,
     CorruptFileError,
@@ -59,7 +59,6 @@ from pipeline.train import (
     fit_model,
     forward_spec_from_meta,
     model_inputs,
-    test_predictions,
 )
 from pipeline.weightspace.spec import ParamSpec
 
@@ -468,10 +467,8 @@ class GraphData:
 
     @property
     def version(self) -> str:
-        """The data version, content-addressed: a hash of the graphs' ``meta.json`` (spec,
-        statistics, counts and the SHA-256 of every split file) and of whatever was derived from
-        them. A change to any byte a run reads changes it."""
-        return fingerprint([self.meta, self.derived]) if self.derived else fingerprint(self.meta)
+        """The data version, content-addressed (:func:`pipeline.graphs.store.data_version`)."""
+        return data_version(self.meta, self.derived)
 
 
 def train_one(
@@ -496,13 +493,6 @@ def train_one(
     inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
     t0 = time.time()
     sel = objective.select
-    kept: dict[str, list[float]] = {}
-    keep_predictions = None
-    if isinstance(objective, Regression) and objective.n_targets == 1:
-        # the test predictions of the best validation epoch, for the report's scatter plots
-        def keep_predictions(m) -> None:
-            kept["test_predictions"] = test_predictions(m, inputs["test"], objective)
-
     res = fit_model(
         model,
         inputs["train"],
@@ -514,13 +504,11 @@ def train_one(
         on_epoch=ctx.reporter(f"{model_name} seed {seed}", sel, settings.epochs),
         augment=augmenter(augment, model.input_kind, template.spec if template else None, permutations, fwd),
         device=device,
-        on_best=keep_predictions,
-        **ctx.resumable(kept),
+        **ctx.resumable({}),
     )
     out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
-    if kept:
-        out["test_predictions"] = kept["test_predictions"]
-        out["test_targets"] = splits["test"].y.float().flatten().tolist()
+    y = splits["test"].y
+    out["test_targets"] = y.reshape(len(y), -1).squeeze(-1).tolist()  # beside the per-item test_predictions
     out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()}, **where)
     if sel == "acc":
         out["best_val_acc"] = res.best_val

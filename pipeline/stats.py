@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-Metric = Callable[[Tensor, Tensor], float]  # (predictions (N, ...), targets (N, ...)) -> a score
+Metric = Callable[[Tensor, Tensor | None], float]  # (predictions (N, ...), targets (N, ...) or None) -> a score
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def paired_bootstrap(
     metric: Metric,
     a: Sequence[Tensor],
     b: Sequence[Tensor],
-    target: Tensor,
+    target: Tensor | None,
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
@@ -58,16 +58,17 @@ def paired_bootstrap(
     Args:
         metric: score of predictions against targets (higher is better).
         a, b: per seed, each model's predictions for the same ``N`` test items ``(N, ...)``.
-        target: ``(N, ...)`` the items' targets.
+        target: ``(N, ...)`` the items' targets; ``None`` where the predictions are scores of
+            their own (per-item losses or accuracies), passed on to ``metric`` as ``None``.
         n_boot: resamples; each draws ``N`` items with replacement (the same for ``a`` and
             ``b``) and each model's seeds with replacement.
     """
-    n = target.shape[0]
+    n = target.shape[0] if target is not None else (a[0].shape[0] if a else 0)
     if any(p.shape[0] != n for p in (*a, *b)) or not a or not b:
         raise ValueError("every model and seed needs a prediction for each of the same test items")
 
     def diff(items: Tensor, sa: Tensor, sb: Tensor) -> float:
-        t = target[items]
+        t = target[items] if target is not None else None
         score_b = sum(metric(b[int(s)][items], t) for s in sb) / len(sb)
         score_a = sum(metric(a[int(s)][items], t) for s in sa) / len(sa)
         return score_b - score_a

@@ -124,6 +124,10 @@ class Classification:
             "acc": float((out.argmax(1) == y).float().mean()),
         }
 
+    def items(self, out: Tensor, y: Tensor) -> Tensor:
+        """Per test item: the predicted class ``(N,)``."""
+        return out.argmax(1)
+
 
 @dataclass(frozen=True)
 class Regression:
@@ -167,6 +171,11 @@ class Regression:
             m["tau"] = float(kendalltau(pred.flatten().cpu().numpy(), y.flatten().cpu().numpy()).statistic)
         return m
 
+    def items(self, out: Tensor, y: Tensor) -> Tensor:
+        """Per test item: the prediction in the targets' units, ``(N,)`` for one target, else ``(N, T)``."""
+        pred = out * self.std + self.mean
+        return pred.flatten() if self.n_targets == 1 else pred
+
 
 class Objective(Protocol):
     """What :func:`fit_model` optimizes and selects on (:class:`Classification`, :class:`Regression`,
@@ -178,6 +187,12 @@ class Objective(Protocol):
     def loss(self, out: Tensor, y: Tensor) -> Tensor: ...
 
     def metrics(self, out: Tensor, y: Tensor) -> dict[str, float]: ...
+
+    def items(self, out: Tensor, y: Tensor) -> Tensor:
+        """What the test split's item ``i`` contributes to the metric (a predicted class, a
+        prediction, an item's loss): kept per run for the report's paired bootstrap
+        (:mod:`pipeline.stats`) and for error analysis."""
+        ...
 
 
 @dataclass
@@ -192,6 +207,7 @@ class RunResult:
     n_params: int = 0
     seconds_per_epoch: float = 0.0
     best_state: dict[str, Tensor] | None = None  # the model's state at the best validation epoch (CPU)
+    test_predictions: list = field(default_factory=list)  # per test item, at that epoch (Objective.items)
 
 
 @torch.no_grad()
@@ -212,11 +228,12 @@ def evaluate(model: nn.Module, data, objective: Objective, batch_size: int = 512
     return objective.metrics(split_outputs(model, data, batch_size), data.y)
 
 
-def test_predictions(model: nn.Module, data, objective: Regression) -> list[float]:
-    """A single-target regression model's predictions over a whole split (moved to the model's
-    device), in the targets' units."""
-    out = split_outputs(model, data.to(next(model.parameters()).device)).float().cpu()
-    return (out * objective.std.cpu() + objective.mean.cpu()).flatten().tolist()
+def evaluate_items(
+    model: nn.Module, data, objective: Objective, batch_size: int = 512
+) -> tuple[dict[str, float], list]:
+    """:func:`evaluate` and the split's per-item values (``objective.items``) as a nested list."""
+    out = split_outputs(model, data, batch_size)
+    return objective.metrics(out, data.y), objective.items(out, data.y).cpu().tolist()
 
 
 def train_step(
@@ -290,7 +307,8 @@ def fit_model(
 
     The test split is evaluated only when the validation metric (``objective.select``; higher
     is better if ``objective.maximize``, else lower) improves; the reported test metrics are
-    those of the best validation epoch, whose weights are kept (``best_state``), and
+    those of the best validation epoch, whose weights are kept (``best_state``) with the test
+    split's per-item values (``test_predictions``: :meth:`Objective.items`), and
     ``on_best(model)`` is called then (e.g. to render examples). ``augment(inputs, generator)``
     transforms every training batch (never val/test).
 
@@ -344,7 +362,7 @@ def fit_model(
         score = row[f"val_{objective.select}"]
         if score > res.best_val if objective.maximize else score < res.best_val:
             res.best_val, res.best_epoch = score, epoch
-            res.test = evaluate(model, test, objective)
+            res.test, res.test_predictions = evaluate_items(model, test, objective)
             res.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             if on_best is not None:
                 on_best(model)

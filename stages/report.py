@@ -10,6 +10,7 @@ import torch
 
 from pipeline import report
 from pipeline.config import Params, to_flat_dict
+from pipeline.graphs.store import data_version
 from pipeline.io import read_json, write_json, write_text
 from pipeline.zoo.siren import coordinate_grid, output_offset, siren_forward
 from pipeline.zoo.store import load_zoo
@@ -61,7 +62,12 @@ def _kan_section(kan_dir: Path, out: Path, n_seeds: int) -> tuple[str, dict]:
         for t, summary in summaries.items()
     }
     numbers["kan_inr_forward_position_only_reference"] = reference
-    return report.kan_markdown(summaries, zoos, counts, n_seeds, reference), numbers
+    md = report.kan_markdown(summaries, zoos, counts, n_seeds, reference)
+    md += "".join(
+        f"\n### Claims: {report.KAN_TASK_TITLES[t]}\n\n" + report.task_claims(f"kan_{t}", task_runs[t])
+        for t in ("inr", "classifier")
+    )
+    return md, numbers
 
 
 CNN_FAMILIES = ("homogeneous", "heterogeneous")
@@ -100,6 +106,7 @@ def _edit_section(edit_dir: Path, out: Path) -> tuple[str, dict]:
     md = report.editing_markdown(
         summary, reference, r0["n_train"], r0["n_test"], len({r["seed"] for r in runs}), len(r0["history"])
     )
+    md += report.task_claims("inr_editing", runs)
     numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
     return md, {"inr_editing": numbers, "inr_editing_no_edit_reference": reference}
 
@@ -115,7 +122,8 @@ def _adapt_section(adapt_dir: Path, out: Path) -> tuple[str, dict]:
     report.plot_adaptation(summary, zoo, out / "figures" / "adaptation.png")
     counts = read_json(adapt_dir / "graphs" / "meta.json")["counts"]  # the nets trained on (finite ones)
     n_seeds = len({r["seed"] for r in runs})
-    md = report.adaptation_markdown(summary, zoo, counts, info["recipe"]["corruption"], n_seeds)
+    claims = report.adaptation_claims(runs)
+    md = report.adaptation_markdown(summary, zoo, counts, info["recipe"]["corruption"], n_seeds, claims)
     numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
     return md, {"domain_adaptation": numbers, "domain_adaptation_baselines": info["summary"]}
 
@@ -127,7 +135,7 @@ def _l2o_section(l2o_dir: Path, out: Path) -> tuple[str, dict]:
     runs = read_json(l2o_dir / "results.json")["runs"]
     summary = report.summarize_l2o(runs)
     report.plot_l2o(runs, out / "figures" / "l2o_curves.png")
-    md = report.l2o_markdown(summary, runs[0]["tasks"], runs[0]["settings"])
+    md = report.l2o_markdown(summary, runs[0]["tasks"], runs[0]["settings"], report.l2o_claims(runs))
     numbers = {m: {k: v for k, v in s.items() if not isinstance(v, str)} for m, s in summary.items()}
     return md, {"learning_to_optimize": numbers}
 
@@ -175,9 +183,11 @@ def run(
     md = report.results_markdown(
         summary, zoo_info["summary"], graph_meta["counts"], params.profile, len(params.train.seeds)
     )
-    md += report.claims_markdown(summary)
+    md += report.task_claims("inr_classification", runs)
     if reference_file is not None and reference_file.exists():
-        md += "\n" + report.reference_markdown(reference_file.read_text())
+        version = data_version(graph_meta)  # what every run of these graphs records
+        table = reference_file.with_suffix(".md").read_text(encoding="utf-8")
+        md += "\n" + report.reference_markdown(read_json(reference_file), table, version)
     if regime_file is not None and regime_file.exists():
         default = {"init": params.zoo.init, "steps": params.zoo.steps, "lr": params.zoo.lr}
         md += "\n" + report.regime_markdown(read_json(regime_file), default)
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             "kan": "data/kan",
             "edit": "data/edit",
             "regime": "reports/zoo_regime/regime.json",
-            "reference": "reports/reference/side_by_side.md",
+            "reference": "reports/reference/side_by_side.json",
             "cnn": "data/cnn",
             "adapt": "data/adapt",
             "l2o": "data/l2o",

@@ -188,7 +188,8 @@ def project(tmp_path: Path) -> Path:
     for item in ("pipeline", "stages"):
         shutil.copytree(REPO / item, dst / item, ignore=shutil.ignore_patterns("__pycache__"))
     # the last two: sections of the report (the zoo-regime study, the official code side by side)
-    for item in ("dvc.yaml", ".gitignore", "reports/zoo_regime/regime.json", "reports/reference/side_by_side.md"):
+    reference = ("reports/reference/side_by_side.json", "reports/reference/side_by_side.md")
+    for item in ("dvc.yaml", ".gitignore", "reports/zoo_regime/regime.json", *reference):
         (dst / item).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / item, dst / item)
     write_params(dst / "params.yaml")

@@ -135,7 +135,7 @@ def test_report_domain_adaptation_section(adapted, tmp_path: Path):
 
     md, numbers = _adapt_section(adapted, tmp_path / "reports")
     assert "## Domain adaptation" in md and "60.92 ± 0.41" in md and "71.36 ± 0.38" in md
-    assert "no adaptation < DWSNet" in md and "trained on the target domain (upper bound)" in md
+    assert "| DWSNet beats no adaptation |" in md and "trained on the target domain (upper bound)" in md
     assert set(numbers["domain_adaptation"]) == {"none", "mlp", "mlp_perm", "dwsnet", "nfn", "ng_gnn", "ng_t"}
     assert (tmp_path / "reports" / "figures" / "adaptation.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -165,7 +165,7 @@ def test_report_generalization_section(cnn_trained, tmp_path: Path):
             (cnn / family / part).symlink_to((job / part).resolve())
     md, numbers = _cnn_section(cnn, tmp_path / "reports", 1)
     assert "## Generalization" in md and "Kendall τ" in md and "0.804 ± 0.009 (Wild Park)" in md
-    assert "StatNN (per-tensor statistics) < NG-GNN" in md
+    assert "| NG-GNN beats StatNN (per-tensor statistics) |" in md
     assert set(numbers["cnn_heterogeneous"]) == {"statnn", "ng_gnn", "ng_t"}
     assert (tmp_path / "reports" / "figures" / "cnn_scatter.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -211,3 +211,33 @@ def test_optimize_with_a_baseline_is_the_baseline_from_fresh_nets():
     torch.testing.assert_close(t.final_loss, losses[-6:].mean(0))
     torch.testing.assert_close(t.test_acc, held_out_accuracy(flat, task))
     assert t.curve.shape == (6,)
+
+
+def test_every_update_of_an_unroll_enters_the_meta_loss():
+    """A one-step unroll has one update: its meta-loss is the loss after it, so meta-training
+    moves the optimizer (a loss taken only before the update would carry no gradient)."""
+    from pipeline.tasks.l2o import MetaSettings, meta_train
+
+    opt = _optimizers()["ff"]
+    before = {k: v.clone() for k, v in opt.state_dict().items()}
+    settings = MetaSettings(outer_steps=3, unroll=1, horizon=2, n_optimizees=2, scale=0.1)
+    history = meta_train(opt, _task(), settings, seed=0)
+    assert len(history) == 3 and all(math.isfinite(h) for h in history)
+    assert any(not torch.equal(v, before[k]) for k, v in opt.state_dict().items())
+
+
+def test_the_graph_optimizers_delta_is_the_optimizees_mean_log_degree_and_survives_saving(tmp_path):
+    from pipeline.models.saved import save_model
+    from pipeline.tasks.l2o import OptimizerConfig, avg_log_degree, build_optimizer, load_optimizer, optimizer_card
+
+    delta = avg_log_degree(SPEC)
+    # 6 inputs (degree 0), 5 hidden (degree 6), 4 hidden (5), 3 outputs (4): mean of log(d + 1)
+    expected = (5 * math.log(7) + 4 * math.log(6) + 3 * math.log(5)) / 18
+    assert delta == pytest.approx(expected)
+    config = OptimizerConfig(hidden=8, layers=2, heads=2)
+    opt = build_optimizer("ng_gnn", config, SPEC.n_layers, delta)
+    assert {layer.delta for layer in opt.encoder.layers} == {delta}
+    path = tmp_path / "opt.safetensors"
+    save_model(path, dict(opt.state_dict()), optimizer_card("ng_gnn", config, SPEC.n_layers, 0.01, delta))
+    loaded, card = load_optimizer(path)
+    assert {layer.delta for layer in loaded.encoder.layers} == {delta} and card["avg_log_degree"] == delta

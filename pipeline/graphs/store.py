@@ -19,7 +19,16 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from pipeline.graphs.neural_graph import GraphTemplate, features_to_params, params_to_features
-from pipeline.io import CorruptFileError, file_sha256, load_tensors, read_json, save_tensors, staged_dir, write_json
+from pipeline.io import (
+    CorruptFileError,
+    file_sha256,
+    fingerprint,
+    load_tensors,
+    read_json,
+    save_tensors,
+    staged_dir,
+    write_json,
+)
 from pipeline.weightspace.spec import Params
 
 
@@ -260,6 +269,13 @@ def write_graph_dir(out: str | Path, sets: dict[str, GraphSet], meta: dict) -> d
         meta = meta | {FILES: files}
         write_json(tmp / META, meta)
     return meta
+
+
+def data_version(meta: dict, derived: dict | None = None) -> str:
+    """The content-addressed version of a graphs folder: a hash of its ``meta.json`` (spec,
+    statistics, counts and every split file's SHA-256) and of whatever a task ``derived`` from the
+    splits after loading. A change to any byte a run reads changes it."""
+    return fingerprint([meta, derived]) if derived else fingerprint(meta)
 
 
 def read_graph_dir(graphs_dir: str | Path, splits: tuple[str, ...]) -> tuple[dict, dict[str, GraphSet]]:

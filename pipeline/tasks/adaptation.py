@@ -98,6 +98,10 @@ class Adaptation:
             res["novel_acc"] = float(hit[novel].mean())
         return res
 
+    def items(self, out: Tensor, y: Tensor) -> Tensor:
+        """Per net: its target accuracy on the corrupted held-out digits ``(B,)`` (``acc`` is their mean)."""
+        return (self.logits(out, self.x_test, y).argmax(-1) == self.y_test[y]).float().mean(1)
+
 
 def adaptation_objective(meta: dict, banks: dict[str, Tensor]) -> Adaptation:
     """The objective of a graphs directory's ``meta`` and the zoo's banks (:func:`load_adapt_data`)."""
@@ -173,7 +177,9 @@ def adapt_one(
     model = build_editor(base, model_cfg, shape, init_scale)
     inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
     test = splits["test"]
-    reference = objective.metrics(flatten(test.to_params(template), spec), test.y)  # no adaptation
+    unadapted = flatten(test.to_params(template), spec)
+    reference = objective.metrics(unadapted, test.y)  # no adaptation
+    reference_items = objective.items(unadapted, test.y).tolist()
     t0 = time.time()
     res = fit_model(
         model,
@@ -191,5 +197,6 @@ def adapt_one(
     out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
     out["card"] = model_card(model_name, model_cfg, shape, meta, objective, init_scale)
     out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()})
-    out.update(reference=reference, n_train=len(splits["train"]), n_test=len(test), **where)
+    out.update(reference=reference, reference_predictions=reference_items, n_train=len(splits["train"]))
+    out.update(n_test=len(test), **where)
     return out

@@ -134,6 +134,10 @@ class Editing:
         mse = float(self.loss(out, y))
         return {"loss": mse, "mse": mse}
 
+    def items(self, out: Tensor, y: Tensor) -> Tensor:
+        """Per INR: its editing MSE ``(B,)`` (the test metric is their mean)."""
+        return editing_loss(out, self.spec, y, self.omega0, self.offset, self.stats)
+
 
 # --------------------------------------------------------------------------------------------
 # The editing runs (stage ``edit``): data with dilated targets, and one (editor, seed) job

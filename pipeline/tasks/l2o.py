@@ -146,6 +146,14 @@ def optimizee_graph(spec: ParamSpec) -> OptimizeeGraph:
     return OptimizeeGraph(t, node_param, edge_param, slot)
 
 
+def avg_log_degree(spec: ParamSpec) -> float:
+    r"""PNA's :math:`\delta` of the optimizees of ``spec``: the mean of ``log(in-degree + 1)`` over
+    the nodes of their graph (as :func:`pipeline.train.data_shape` for the training graphs)."""
+    t = layer_template(spec)
+    deg = torch.bincount(t.edge_index[1], minlength=t.n_nodes)
+    return float(torch.log1p(deg.double()).mean())
+
+
 def feature_graphs(features: Tensor, graph: OptimizeeGraph) -> GraphBatch:
     """The neural graphs of ``B`` nets whose node / edge features are the per-parameter feature
     channels ``(B, P, C)`` (input neurons, which have no bias, get zeros)."""
@@ -169,16 +177,28 @@ class GraphOptimizer(nn.Module):
     Args:
         n_layers: parameter layers of the optimizees.  encoder: ``"ng_gnn"`` or ``"ng_t"``.
         hidden: the encoder's and the MLP's width.  layers: encoder layers.  heads: NG-T's.
+        avg_log_degree: NG-GNN's PNA :math:`\delta`, from the meta-training optimizees' graph
+            (:func:`avg_log_degree`).
     Shapes: features ``(B, P, C)`` and the optimizees' :func:`optimizee_graph` -> updates ``(B, P)``.
     """
 
-    def __init__(self, n_layers: int, encoder: str = "ng_gnn", hidden: int = 32, layers: int = 2, heads: int = 4):
+    def __init__(
+        self,
+        n_layers: int,
+        encoder: str = "ng_gnn",
+        hidden: int = 32,
+        layers: int = 2,
+        heads: int = 4,
+        avg_log_degree: float = 1.0,
+    ):
         super().__init__()
         n_pos = n_layers + 1
         if encoder == "ng_gnn":
             from pipeline.models.ng_gnn import NGGNNEncoder
 
-            self.encoder = NGGNNEncoder(N_FEATURES, N_FEATURES, n_pos, 1, hidden, layers, fourier_features=0)
+            self.encoder = NGGNNEncoder(
+                N_FEATURES, N_FEATURES, n_pos, 1, hidden, layers, fourier_features=0, avg_log_degree=avg_log_degree
+            )
         elif encoder == "ng_t":
             from pipeline.models.ng_t import NGTEncoder
 
@@ -388,7 +408,7 @@ def meta_train(
     checkpoint_every: int = 1,
 ) -> list[float]:
     """Meta-train ``optimizer`` (on ``task``'s device) on ``task``; returns the meta-loss of every
-    outer step (the mean training loss over an unroll, after its first update).
+    outer step (the mean training loss after each update of an unroll, the last one's included).
 
     Every ``checkpoint_every`` outer steps (and after the last) ``on_checkpoint(state)`` receives
     the whole meta-training state (the optimizer and its Adam, the optimizees in flight with their
@@ -411,7 +431,10 @@ def meta_train(
             state, gens = fresh_state(task.spec, seeds, device)
             t, k = 0, k + 1
         state, losses = unroll(optimizer, state, task, s.unroll, gens, s.scale)
-        meta = losses[1:].mean()  # the first loss is measured before any update of this unroll
+        # the losses after each update of this unroll, the last one's included: the first loss of
+        # the unroll was measured before any of its updates, so one more batch scores the last
+        after = batch_losses(state.flat, task, batch_indices(task, gens, device))
+        meta = torch.cat([losses[1:], after.unsqueeze(0)]).mean()
         meta_opt.zero_grad(set_to_none=True)
         meta.backward()
         nn.utils.clip_grad_norm_(optimizer.parameters(), s.grad_clip)
@@ -514,12 +537,15 @@ class BaselineConfig:
 LEARNED = ("ff", "ng_gnn", "ng_t")
 
 
-def build_optimizer(name: str, config: FFConfig | OptimizerConfig, n_layers: int) -> nn.Module:
-    """The learned optimizer ``name`` (:data:`LEARNED`) for optimizees of ``n_layers`` layers."""
+def build_optimizer(
+    name: str, config: FFConfig | OptimizerConfig, n_layers: int, avg_log_degree: float = 1.0
+) -> nn.Module:
+    r"""The learned optimizer ``name`` (:data:`LEARNED`) for optimizees of ``n_layers`` layers
+    (``avg_log_degree``: NG-GNN's :math:`\delta`, of the meta-training optimizees)."""
     if name == "ff":
         return FFOptimizer(config.hidden)
     if name in ("ng_gnn", "ng_t"):
-        return GraphOptimizer(n_layers, name, config.hidden, config.layers, config.heads)
+        return GraphOptimizer(n_layers, name, config.hidden, config.layers, config.heads, avg_log_degree)
     raise ValueError(f"unknown learned optimizer {name!r}; choose from {LEARNED}")
 
 
@@ -594,7 +620,8 @@ def l2o_one(data: L2OData, name: str, config, seed: int, ctx, settings: L2OSetti
         run = functools.partial(optimize, name, lr=lr, momentum=config.momentum)
     else:
         torch.manual_seed(seed)
-        optimizer = build_optimizer(name, config, n_layers).to(device)
+        delta = avg_log_degree(data.meta_task.spec)
+        optimizer = build_optimizer(name, config, n_layers, delta).to(device)
         every = max(1, settings.meta.outer_steps // 10)
         logged: dict = {"history": [], "chunk": []}  # travels with each checkpoint (ctx.resumable)
         tick = time.time()
@@ -621,7 +648,7 @@ def l2o_one(data: L2OData, name: str, config, seed: int, ctx, settings: L2OSetti
         optimizer.eval()
         run = functools.partial(optimize, optimizer, scale=settings.meta.scale)
         weights = {k: v.detach().cpu().clone() for k, v in optimizer.state_dict().items()}
-        card = optimizer_card(name, config, n_layers, settings.meta.scale)
+        card = optimizer_card(name, config, n_layers, settings.meta.scale, delta)
     test, per_net, curves = {}, {}, {}
     for key, task in tasks.items():
         t = run(task, settings.eval_steps, eval_seeds(seed, settings.eval_nets))
@@ -655,13 +682,16 @@ def final_metrics(r: dict) -> dict[str, float]:
     return {**{f"test_{k}": v for k, v in r["test"].items()}, "wall_seconds": r["wall_seconds"], **extra}
 
 
-def optimizer_card(name: str, config: FFConfig | OptimizerConfig, n_layers: int, scale: float) -> dict:
+def optimizer_card(
+    name: str, config: FFConfig | OptimizerConfig, n_layers: int, scale: float, avg_log_degree: float = 1.0
+) -> dict:
     """The model card of a meta-trained optimizer (what :func:`load_optimizer` rebuilds it from)."""
     return {
         "model": name,
         "kind": "learned_optimizer",
         "settings": dataclasses.asdict(config),
         "n_layers": n_layers,
+        "avg_log_degree": avg_log_degree,
         "scale": scale,
         "momenta": list(MOMENTA),
     }
@@ -679,6 +709,6 @@ def load_optimizer(path) -> tuple[nn.Module, dict]:
     if tuple(card["momenta"]) != MOMENTA:
         raise ValueError(f"{path}: saved with momenta {card['momenta']}, this code computes {list(MOMENTA)}")
     config = (FFConfig if card["model"] == "ff" else OptimizerConfig)(**card["settings"])
-    optimizer = build_optimizer(card["model"], config, card["n_layers"])
+    optimizer = build_optimizer(card["model"], config, card["n_layers"], card.get("avg_log_degree", 1.0))
     optimizer.load_state_dict(load_tensors(path))
     return optimizer.eval(), card
