@@ -1,32 +1,44 @@
-"""metazoo's DWSNet and NFN beside the official implementations, on one zoo and the same steps.
+"""metazoo's DWSNet, NFN, NG-GNN and NG-T beside the official implementations, on one zoo.
 
 The official code is not part of metazoo: give the paths of checkouts of
-https://github.com/AvivNavon/DWSNets and https://github.com/AllanYangZhou/nfn. This script
-imports their model classes from there and trains them on the default zoo's INRs
-(``data/graphs``, from ``dvc repro``): same splits, same batch size, same number of steps,
-selection on validation accuracy, test accuracy at the best validation epoch.
+https://github.com/AvivNavon/DWSNets, https://github.com/AllanYangZhou/nfn and
+https://github.com/mkofinas/neural-graphs. This script imports their model classes from there
+and trains them on the default zoo's INRs (``data/graphs``, from ``dvc repro``): same splits,
+same number of epochs, selection on validation accuracy, test accuracy at the best validation
+epoch. The JSON records the graphs' data version (the report shows the table only for those
+graphs) and each checkout's commit.
 
 Each official model is trained twice:
 
-- ``recipe=reference``: as its own training script does. DWSNets (``experiments/mnist/trainer.py``
-  defaults): raw weights with its INR augmentations (translation, rotation, noise, dropout,
-  scale), per-position normalization from the training split, AdamW (amsgrad) lr 5e-3, weight
-  decay 5e-4, no clipping. NFN (``classify_siren_configs``, MNIST: ``inv_ff_io_mnist``): raw
+- ``recipe=reference``: as its own training script does, at its own batch size
+  (:data:`REFERENCE_BATCH`). DWSNets (``experiments/mnist/trainer.py`` defaults): raw weights
+  with its INR augmentations (translation, rotation, noise, dropout, scale), per-position
+  normalization from the training split, AdamW (amsgrad) lr 5e-3, weight decay 5e-4, no
+  clipping, batch 512. NFN (``classify_siren_configs``, MNIST: ``inv_ff_io_mnist``): raw
   weights, Adam lr 1e-4 with a linear warm-up over the first 5 % of the steps (its 10 000 of
-  200 000), no clipping.
+  200 000), no clipping, batch ``--batch``. Neural Graphs (``inr_classification/main.py``,
+  ``configs/base.yaml``, ``scripts/mnist_cls_{pna,rt}.sh``): raw weights with its INR
+  augmentations, per-layer normalization inside its graph constructor, AdamW (amsgrad) lr 1e-3,
+  weight decay 5e-4, 1 000 warm-up steps, clipping at 10, dropout 0.2, batch 128.
 - ``recipe=metazoo``: metazoo's training (the normalized inputs of ``data/graphs``, AdamW
   lr 1e-3, weight decay 5e-4, 100 warm-up steps, clipping at 10, sign flips) — the same loop as
-  metazoo's own models, :func:`pipeline.train.fit_model`.
+  metazoo's own models, :func:`pipeline.train.fit_model`, at ``--batch``.
 
-metazoo's models run with the settings the README names as reference-faithful (the paper
-profile's ``dwsnet`` and ``nfn`` sections) at the official model's width.
+metazoo's DWSNet and NFN run with the settings the README names as reference-faithful (the
+paper profile's ``dwsnet`` and ``nfn`` sections) at the official model's width; its NG-GNN and
+NG-T with the paper profile's settings at the official widths (``--ng-hidden`` unset) or the
+default profile's at width ``--ng-hidden`` (16: the main table's).
 
-Run (about 40 minutes on one core for one seed at the defaults)::
+Run (about 40 minutes on one core for one seed of DWSNet and NFN at the defaults)::
 
     python experiments/reference_side_by_side.py --dwsnets ../DWSNets --nfn ../nfn \
         --out reports/reference/side_by_side.json
+    python experiments/reference_side_by_side.py --neural-graphs ../neural-graphs --runs ng_gnn ng_t \
+        --ng-hidden 16 --epochs 5 --seeds 0 1 --out reports/reference/ng_main.json
 
-The official code needs ``einops`` (NFN's perceiver head, imported by its models module).
+``--render a.json b.json`` merges result files into ``--out``. The official code needs
+``einops``; Neural Graphs also ``hydra-core`` and ``random-fourier-features-pytorch`` (installed
+with ``--no-deps``: its package imports torchvision only for data loading, which is bypassed).
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import random
 import subprocess
 import sys
 import time
@@ -49,10 +62,14 @@ from pipeline.models import build_model
 from pipeline.models.dwsnet import Settings as DWSSettings
 from pipeline.models.nfn import Settings as NFNSettings
 from pipeline.runs import GraphData
-from pipeline.train import Classification, TrainSettings, data_shape, fit_model, model_inputs
+from pipeline.train import Classification, TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
 from pipeline.weightspace.normalize import invert_stats
 from pipeline.weightspace.spec import ParamSpec
 
+CHECKOUTS = {"dwsnet": "dwsnets", "nfn": "nfn", "ng_gnn": "neural_graphs", "ng_t": "neural_graphs"}
+# the official training scripts' batch sizes (DWSNets: experiments/mnist/trainer.py; Neural Graphs:
+# configs/base.yaml); NFN's SIREN classification runs at --batch
+REFERENCE_BATCH = {"dwsnet": 512, "ng_gnn": 128, "ng_t": 128}
 IMPLEMENTATIONS = ("official, reference recipe", "official, metazoo recipe", "metazoo, metazoo recipe")
 METAZOO = TrainSettings(epochs=8, batch_size=32, lr=1e-3, weight_decay=5e-4, warmup_steps=100, grad_clip=10.0)
 
@@ -137,7 +154,13 @@ def dwsnets_augment(ds_cls, ws: list[Tensor], bs: list[Tensor]) -> tuple[list[Te
 
 
 def train_dwsnets_reference(
-    root: Path, splits: dict[str, RawSplit], epochs: int, batch: int, seed: int, set_layer: str = "sab"
+    root: Path,
+    splits: dict[str, RawSplit],
+    epochs: int,
+    batch: int,
+    seed: int,
+    set_layer: str = "sab",
+    hidden: int = 32,
 ) -> dict:
     """The official ``DWSModelForClassification`` trained as its MNIST script trains it."""
     _official(root)
@@ -161,7 +184,7 @@ def train_dwsnets_reference(
         weight_shapes=tuple(tuple(w.shape[1:3]) for w in tr["train"][0]),
         bias_shapes=tuple(tuple(b.shape[1:2]) for b in tr["train"][1]),
         input_features=1,
-        hidden_dim=32,
+        hidden_dim=hidden,
         n_hidden=4,
         reduction="max",
         n_fc_layers=1,
@@ -289,6 +312,141 @@ def _loop(model: nn.Module, opt, sched, step_batches, predict, splits, epochs: i
     return best | {"curve": curve, "n_params": sum(p.numel() for p in model.parameters())}
 
 
+# ---- official Neural Graphs (NG-GNN: its PNA; NG-T: its relational transformer) ----------------
+
+NG_CONFIGS = {"ng_gnn": "pna.yaml", "ng_t": "rtransformer.yaml"}
+
+
+def _neural_graphs(root: Path) -> None:
+    """Put the Neural Graphs checkout first on the import path. It names its packages ``nn`` and
+    ``experiments`` like DWSNets does: any already imported from another checkout are dropped.
+    Its graph constructor imports ``rff``, whose package ``__init__`` needs torchvision: the
+    ``rff`` modules the constructor uses are loaded without that ``__init__``. Its GNN imports
+    ``torch_geometric.utils.trim_to_layer``, private (``_trim_to_layer``) since PyG 2.5: the old
+    name is pointed at it. Its data module imports torchvision's transforms for image data sets,
+    which the augmentation used here does not touch: a stand-in module if torchvision is absent."""
+    import importlib
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("torch_geometric.utils.trim_to_layer") is None:
+        sys.modules["torch_geometric.utils.trim_to_layer"] = importlib.import_module(
+            "torch_geometric.utils._trim_to_layer"
+        )
+
+    for name in [m for m in sys.modules if m.split(".")[0] in ("nn", "experiments")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(root))
+    if "rff" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        spec = importlib.util.find_spec("rff")
+        if spec is None or spec.submodule_search_locations is None:
+            raise SystemExit("the official Neural Graphs code needs rff: pip install random-fourier-features-pytorch")
+        pkg = types.ModuleType("rff")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["rff"] = pkg
+        for sub in ("functional", "layers"):  # rff.layers reads rff.functional as an attribute
+            importlib.import_module(f"rff.{sub}")
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:  # transforms: unused
+        vision = types.ModuleType("torchvision")
+        vision.transforms = types.ModuleType("torchvision.transforms")
+        sys.modules["torchvision"], sys.modules["torchvision.transforms"] = vision, vision.transforms
+
+
+def ng_width(name: str, hidden: int | None) -> dict:
+    """Overrides of the official model config for width ``hidden`` (``None``: the official widths).
+    NG-GNN: every width ``hidden`` (sinusoidal embedding as wide); NG-T: node width ``hidden``,
+    edges half of it, the attention and MLP hidden widths twice it, heads ``max(1, hidden // 8)``
+    (the official 64 / 32 / 128, 8 heads, scaled together)."""
+    if hidden is None:
+        return {}
+    if name == "ng_gnn":
+        return {"d_hid": hidden, "graph_constructor": {"sin_emb_dim": hidden}}
+    return {
+        "d_node": hidden,
+        "d_edge": max(1, hidden // 2),
+        "d_attn_hid": 2 * hidden,
+        "d_node_hid": 2 * hidden,
+        "d_edge_hid": hidden,
+        "d_out_hid": 2 * hidden,
+        "n_heads": max(1, hidden // 8),
+        "graph_constructor": {"sin_emb_dim": hidden},
+    }
+
+
+def ng_official_model(root: Path, name: str, layout: list[int], hidden: int | None, stats: dict | None) -> nn.Module:
+    """The official NG-GNN / NG-T from its MNIST INR-classification config and script overrides
+    (``scripts/mnist_cls_{pna,rt}.sh``: dropout 0.2, positional embeddings, no probes; NG-GNN
+    with reversed edge features), at width ``hidden`` (:func:`ng_width`). ``stats``: the
+    per-layer weight / bias means and stds its graph constructor normalizes raw inputs with
+    (``None``: inputs already normalized)."""
+    _neural_graphs(root)
+    import hydra  # noqa: PLC0415
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    model = OmegaConf.load(root / "experiments" / "inr_classification" / "configs" / "model" / NG_CONFIGS[name])
+    cfg = OmegaConf.create({"data": {"num_classes": 10, "inr_model": None, "stats": stats}, "model": model})
+    script = {"graph_constructor": {"num_probe_features": 0, "use_pos_embed": True}}
+    if name == "ng_gnn":
+        script |= {"gnn_backbone": {"dropout": 0.2}, "rev_edge_features": True}
+    else:
+        script |= {"dropout": 0.2, "modulate_v": True}
+    cfg.model = OmegaConf.merge(cfg.model, script, ng_width(name, hidden))
+    OmegaConf.resolve(cfg)
+    return hydra.utils.instantiate(cfg.model, layer_layout=layout)
+
+
+def layer_stats(split: RawSplit) -> dict:
+    """Per-layer scalar means and stds of the raw weights and biases (as the official
+    ``configs/data/mnist.yaml`` lists for its zoo), from the training split."""
+    return {
+        "weights_mean": [float(w.mean()) for w in split.weights],
+        "weights_std": [float(w.std()) for w in split.weights],
+        "biases_mean": [float(b.mean()) for b in split.biases],
+        "biases_std": [float(b.std()) for b in split.biases],
+    }
+
+
+def train_ng_reference(
+    root: Path, name: str, splits: dict[str, RawSplit], epochs: int, batch: int, seed: int, hidden: int | None
+) -> dict:
+    """The official NG-GNN / NG-T trained as its ``inr_classification/main.py`` trains it: raw
+    weights with its ``INRDataset`` augmentations, AdamW (amsgrad) lr 1e-3, weight decay 5e-4,
+    linear warm-up over 1 000 steps, gradients clipped at 10."""
+    import numpy as np  # noqa: PLC0415
+
+    torch.manual_seed(seed)
+    random.seed(seed)  # its augmentations also draw from Python's and NumPy's generators
+    np.random.seed(seed)
+    tr = {k: dwsnets_inputs(s.weights, s.biases) for k, s in splits.items()}
+    layout = [tr["train"][0][0].shape[1]] + [b.shape[1] for b in tr["train"][1]]
+    model = ng_official_model(root, name, layout, hidden, layer_stats(splits["train"]))
+    from experiments.data import INRDataset  # noqa: PLC0415  (the official code)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4, amsgrad=True)
+    # its experiments.lr_scheduler.WarmupLRScheduler (lr x step / 1000 up to step 1000), whose
+    # constructor passes `verbose`, which torch no longer takes: the same schedule as a LambdaLR
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 1000))
+
+    def feed(ws, bs):
+        return tuple(w.unsqueeze(-1) for w in ws), tuple(b.unsqueeze(-1) for b in bs)
+
+    def step_batches(gen):
+        perm = torch.randperm(len(splits["train"]), generator=gen)
+        for s in range(0, len(perm), batch):
+            idx = perm[s : s + batch]
+            ws, bs = dwsnets_augment(INRDataset, [w[idx] for w in tr["train"][0]], [b[idx] for b in tr["train"][1]])
+            yield feed(ws, bs), splits["train"].y[idx]
+
+    def predict(split):
+        ws, bs = tr[split]
+        n = len(splits[split])
+        return torch.cat(
+            [model(feed([w[s : s + 256] for w in ws], [b[s : s + 256] for b in bs])) for s in range(0, n, 256)]
+        )
+
+    return _loop(model, opt, sched, step_batches, predict, splits, epochs, seed, clip=10.0)
+
+
 # ---- the official models under metazoo's training, and metazoo's models ---------------------
 
 
@@ -330,10 +488,12 @@ class _NFNOnFlat(_DWSNetsOnFlat):
 
 
 def train_with_metazoo(model: nn.Module, data: GraphData, epochs: int, batch: int, seed: int) -> dict:
-    """Any flat-input model through metazoo's own training loop and augmentation."""
+    """Any model (flat or graph input: ``model.input_kind``) through metazoo's own training loop
+    and augmentation."""
     spec = ParamSpec.from_dict(data.meta["spec"])
     template = graph_template(spec)
-    inputs = {s: model_inputs(g, template, "flat") for s, g in data.splits.items()}
+    kind = getattr(model, "input_kind", "flat")
+    inputs = {s: model_inputs(g, template, kind) for s, g in data.splits.items()}
     settings = dataclasses.replace(METAZOO, epochs=epochs, batch_size=batch)
     torch.manual_seed(seed)
     res = fit_model(
@@ -347,7 +507,7 @@ def train_with_metazoo(model: nn.Module, data: GraphData, epochs: int, batch: in
         on_epoch=lambda r: print(
             f"  epoch {int(r['epoch'])}: loss {r['train_loss']:.4f} val {r['val_acc']:.4f}", flush=True
         ),
-        augment=augmenter("sign_flip", "flat", spec, False, None),
+        augment=augmenter("sign_flip", kind, spec, False, forward_spec_from_meta(data.meta)),
     )
     return {
         "val_acc": res.best_val,
@@ -358,10 +518,18 @@ def train_with_metazoo(model: nn.Module, data: GraphData, epochs: int, batch: in
     }
 
 
-def metazoo_model(name: str, data: GraphData, hidden: int, set_heads: int = 8) -> nn.Module:
-    """metazoo's ``dwsnet`` / ``nfn`` with the paper profile's (reference-faithful) settings at width ``hidden``."""
+def metazoo_model(name: str, data: GraphData, hidden: int | None, set_heads: int = 8) -> nn.Module:
+    """metazoo's ``dwsnet`` / ``nfn`` with the paper profile's (reference-faithful) settings at
+    width ``hidden``; ``ng_gnn`` / ``ng_t`` with the paper profile's settings (``hidden`` None)
+    or the default profile's at width ``hidden`` (the main table's)."""
     spec = ParamSpec.from_dict(data.meta["spec"])
-    shape = data_shape(data.splits["train"], graph_template(spec), 10)
+    shape = data_shape(data.splits["train"], graph_template(spec), 10, forward_spec_from_meta(data.meta))
+    if name in NG_CONFIGS:
+        from pipeline.config import load_params  # noqa: PLC0415
+
+        profile = "profiles/paper.yaml" if hidden is None else "params.yaml"
+        s = load_params(profile).train.settings(name)
+        return build_model(name, s if hidden is None else dataclasses.replace(s, hidden=hidden), shape)
     if name == "dwsnet":
         # 1 + n_hidden layers, as the official model
         s = DWSSettings(hidden=hidden, layers=5, reduction="max", norm="batch", set_heads=set_heads)
@@ -391,7 +559,9 @@ def main() -> None:
     ap.add_argument("--dwsnets-set-layer", default="sab", choices=("sab", "ds"), help="official: sab")
     ap.add_argument("--dwsnet-set-heads", type=int, default=8, help="metazoo's set_heads (the reference: 8)")
     ap.add_argument("--nfn-hidden", type=int, default=32, help="official: 512 (too slow on a CPU)")
-    ap.add_argument("--runs", nargs="+", default=["dwsnet", "nfn"], help="dwsnet and / or nfn")
+    ap.add_argument("--neural-graphs", type=Path, help="checkout of mkofinas/neural-graphs")
+    ap.add_argument("--ng-hidden", type=int, help="NG-GNN / NG-T width (ng_width); default: the official widths")
+    ap.add_argument("--runs", nargs="+", default=["dwsnet", "nfn"], choices=CHECKOUTS, help="models to compare")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS), help="runs to do")
     ap.add_argument("--out", type=Path, default=Path("reports/reference/side_by_side.json"))
@@ -405,8 +575,8 @@ def main() -> None:
         return
     official = any(label.startswith("official") for label in args.only)
     for name in args.runs:
-        if official and getattr(args, "dwsnets" if name == "dwsnet" else "nfn") is None:
-            ap.error(f"--runs {name} needs the checkout (--dwsnets / --nfn)")
+        if official and getattr(args, CHECKOUTS[name]) is None:
+            ap.error(f"--runs {name} needs the checkout (--{CHECKOUTS[name].replace('_', '-')})")
     torch.set_num_threads(args.threads)
     data = GraphData.load(args.graphs)
     splits = raw_splits(data)
@@ -414,7 +584,7 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         for name in args.runs:
-            hidden = args.dwsnet_hidden if name == "dwsnet" else args.nfn_hidden
+            hidden = {"dwsnet": args.dwsnet_hidden, "nfn": args.nfn_hidden}.get(name, args.ng_hidden)
             runs = {
                 "official, reference recipe": (reference_run, (name, args, splits, seed, hidden)),
                 "official, metazoo recipe": (official_metazoo_run, (name, args, splits, spec, data, seed)),
@@ -433,7 +603,10 @@ def main() -> None:
                     label = f"{label}, set_layer {args.dwsnets_set_layer}"
                 if name == "dwsnet" and label.startswith("metazoo"):
                     label = label.replace("metazoo,", f"metazoo (set_heads {args.dwsnet_set_heads}),", 1)
-                r.update(model=name, implementation=label, seed=seed, hidden=hidden, seconds=time.time() - t0)
+                if label.endswith("reference recipe"):
+                    label = f"{label} (batch {REFERENCE_BATCH.get(name, args.batch)})"
+                width = hidden if hidden is not None else "official"
+                r.update(model=name, implementation=label, seed=seed, hidden=width, seconds=time.time() - t0)
                 print(
                     f"{name} seed {seed}: {label}: test acc {r['test_acc']:.4f} at best val epoch {r['best_epoch']}",
                     flush=True,
@@ -444,7 +617,9 @@ def main() -> None:
                     "batch": args.batch,
                     "graphs": str(args.graphs),
                     "data_version": data.version,  # the report shows the table only for these graphs
-                    "commits": {k: checkout_commit(getattr(args, k)) for k in ("dwsnets", "nfn") if getattr(args, k)},
+                    "commits": {
+                        k: checkout_commit(getattr(args, k)) for k in set(CHECKOUTS.values()) if getattr(args, k)
+                    },
                 }
                 save(args.out, meta | {"runs": results})
 
@@ -488,11 +663,14 @@ def save(out: Path, result: dict) -> None:
     write_text(out.with_suffix(".md"), markdown(result))
 
 
-def reference_run(name: str, args, splits: dict[str, RawSplit], seed: int, hidden: int) -> dict:
-    """An official model trained by its own recipe."""
+def reference_run(name: str, args, splits: dict[str, RawSplit], seed: int, hidden: int | None) -> dict:
+    """An official model trained by its own recipe, at its own batch size (:data:`REFERENCE_BATCH`)."""
+    batch = REFERENCE_BATCH.get(name, args.batch)
     if name == "dwsnet":
-        return train_dwsnets_reference(args.dwsnets, splits, args.epochs, args.batch, seed, args.dwsnets_set_layer)
-    return train_nfn_reference(args.nfn, splits, args.epochs, args.batch, seed, hidden)
+        return train_dwsnets_reference(args.dwsnets, splits, args.epochs, batch, seed, args.dwsnets_set_layer, hidden)
+    if name in NG_CONFIGS:
+        return train_ng_reference(args.neural_graphs, name, splits, args.epochs, batch, seed, hidden)
+    return train_nfn_reference(args.nfn, splits, args.epochs, batch, seed, hidden)
 
 
 def metazoo_run(model: nn.Module, data: GraphData, args, seed: int) -> dict:
@@ -507,6 +685,9 @@ def official_metazoo_run(name: str, args, splits, spec: ParamSpec, data: GraphDa
 
 def official_on_flat(name: str, args, splits: dict[str, RawSplit], spec: ParamSpec) -> nn.Module:
     """An official model (same configuration as its reference-recipe run) reading metazoo's inputs."""
+    if name in NG_CONFIGS:  # its inputs already normalized: no statistics in the graph constructor
+        layout = [splits["train"].weights[0].shape[2]] + [b.shape[1] for b in splits["train"].biases]
+        return _DWSNetsOnFlat(ng_official_model(args.neural_graphs, name, layout, args.ng_hidden, None), spec)
     if name == "dwsnet":
         _official(args.dwsnets)
         from nn.models import DWSModelForClassification  # noqa: PLC0415  (the official code)
