@@ -56,6 +56,31 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def settings_summary(config: dict) -> str:
+    """The settings that size a model or change what it computes, in words: ``"width 16, 4
+    layers, edge attention"``, read from the run's settings (``config``) by their names."""
+    words = []
+    if "hidden" in config:
+        words.append(f"width {config['hidden']}")
+    if "layers" in config:
+        words.append(f"{config['layers']} layers")
+    if "attention" in config:
+        words.append(
+            {"edges": "edge attention", "all_pairs": "all-pairs attention"}.get(config["attention"], "attention")
+        )
+    if "set_heads" in config:
+        words.append(f"set attention, {config['set_heads']} heads" if config["set_heads"] else "no set attention")
+    if config.get("fourier_features"):
+        words.append(f"{config['fourier_features']} Fourier features")
+    if config.get("probe_features"):
+        words.append(f"{config['probe_features']} probes")
+    if config.get("positional") is False:
+        words.append("no positional embeddings")
+    if config.get("dropout"):
+        words.append(f"dropout {config['dropout']:g}")
+    return ", ".join(words) or "–"
+
+
 def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
     """``{model: {test_acc_mean, test_acc_std, n_params, ...}}`` over seeds (test acc at best val epoch).
 
@@ -74,6 +99,7 @@ def summarize(runs: list[dict]) -> dict[str, dict[str, float]]:
             **{k: row[k] for k in ("n_params", "n_seeds", "best_epoch_mean", "seconds_per_epoch", "epochs", "label")},
             "key": (key := variant_key(model, rs[0]["config"])),
             "published": published("inr_classification", key),
+            "settings": settings_summary(rs[0]["config"]),
         }
     return out
 
@@ -542,13 +568,13 @@ def results_markdown(summary: dict, zoo_summary: dict, graph_counts: dict, profi
         f"Graphs per split: {graph_counts}.",
         f"Test accuracy at the best validation epoch, mean ± std over {n_seeds} seeds.",
         "",
-        "| model | parameters | test acc. (%) | best val. acc. (%) | best epoch | s / epoch "
+        "| model | settings | parameters | test acc. (%) | best val. acc. (%) | best epoch | s / epoch "
         "| published, MNIST INRs (%)* |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary.values():
         lines.append(
-            f"| {s['label']} | {s['n_params']:,} | {100 * s['test_acc_mean']:.1f} ± "
+            f"| {s['label']} | {s['settings']} | {s['n_params']:,} | {100 * s['test_acc_mean']:.1f} ± "
             f"{100 * s['test_acc_std']:.1f} | {100 * s['val_acc_mean']:.1f} ± {100 * s['val_acc_std']:.1f} | "
             f"{s['best_epoch_mean']:.1f} / {s['epochs']} | {s['seconds_per_epoch']:.1f} | {s['published']} |"
         )

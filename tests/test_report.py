@@ -68,3 +68,16 @@ def test_cnn_claims_come_with_bootstrap_intervals_and_unrun_models_are_listed():
     assert "`-S 'cnn.train.models=[..., nfn]' -S 'cnn.train.nfn.mode=hnp'`" in homo_md
     assert "| **fails** |" in next(line for line in hetero_md.splitlines() if line.startswith("| NG-GNN beats"))
     assert "heterogeneous_models=[..., ng_t]" in hetero_md
+
+
+def test_the_inr_table_names_what_sizes_each_model_and_what_it_computes():
+    from pipeline.report import settings_summary
+
+    ng_t = {"attention": "edges", "heads": 4, "hidden": 16, "layers": 4, "probe_features": 0, "dropout": 0.0}
+    assert settings_summary(ng_t) == "width 16, 4 layers, edge attention"
+    assert "all-pairs attention" in settings_summary(ng_t | {"attention": "all_pairs"})
+    dws = {"hidden": 32, "layers": 5, "set_heads": 8, "dropout": 0.0}
+    assert settings_summary(dws) == "width 32, 5 layers, set attention, 8 heads"
+    assert "no set attention" in settings_summary(dws | {"set_heads": 0})
+    gnn = {"hidden": 16, "layers": 4, "fourier_features": 16, "probe_features": 16, "positional": False}
+    assert settings_summary(gnn) == "width 16, 4 layers, 16 Fourier features, 16 probes, no positional embeddings"
