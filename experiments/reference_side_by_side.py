@@ -16,7 +16,7 @@ Each official model is trained twice:
   normalization from the training split, AdamW (amsgrad) lr 5e-3, weight decay 5e-4, no
   clipping, batch 512. NFN (``classify_siren_configs``, MNIST: ``inv_ff_io_mnist``): raw
   weights, Adam lr 1e-4 with a linear warm-up over the first 5 % of the steps (its 10 000 of
-  200 000), no clipping, batch ``--batch``. Neural Graphs (``inr_classification/main.py``,
+  200 000), no clipping, batch 32. Neural Graphs (``inr_classification/main.py``,
   ``configs/base.yaml``, ``scripts/mnist_cls_{pna,rt}.sh``): raw weights with its INR
   augmentations, per-layer normalization inside its graph constructor, AdamW (amsgrad) lr 1e-3,
   weight decay 5e-4, 1 000 warm-up steps, clipping at 10, dropout 0.2, batch 128.
@@ -67,9 +67,9 @@ from pipeline.weightspace.normalize import invert_stats
 from pipeline.weightspace.spec import ParamSpec
 
 CHECKOUTS = {"dwsnet": "dwsnets", "nfn": "nfn", "ng_gnn": "neural_graphs", "ng_t": "neural_graphs"}
-# the official training scripts' batch sizes (DWSNets: experiments/mnist/trainer.py; Neural Graphs:
-# configs/base.yaml); NFN's SIREN classification runs at --batch
-REFERENCE_BATCH = {"dwsnet": 512, "ng_gnn": 128, "ng_t": 128}
+# the official training scripts' batch sizes (DWSNets: experiments/mnist/trainer.py; NFN:
+# classify_siren_configs/main.yaml; Neural Graphs: inr_classification/configs/base.yaml)
+REFERENCE_BATCH = {"dwsnet": 512, "nfn": 32, "ng_gnn": 128, "ng_t": 128}
 IMPLEMENTATIONS = ("official, reference recipe", "official, metazoo recipe", "metazoo, metazoo recipe")
 METAZOO = TrainSettings(epochs=8, batch_size=32, lr=1e-3, weight_decay=5e-4, warmup_steps=100, grad_clip=10.0)
 
