@@ -789,9 +789,9 @@ def l2o_markdown(summary: dict, tasks: dict[str, str], settings: dict, claims: s
     lines = [
         "## Learning to optimize: a small-budget check",
         "",
-        "MLP optimizees and about 1 % of the paper's meta-training (the paper: CNN optimizees, 1 000-step "
-        "unrolls' worth of outer steps, 5 seeds): the orderings below say how the learned optimizers compare "
-        "at this budget, not whether the paper's result holds.",
+        "MLP optimizees and about 1 % of the paper's meta-training (the paper: CNN optimizees, up to 1 000 "
+        "outer steps of 100-step unrolls, 1 000-step evaluations, 5 seeds): the orderings below say how the "
+        "learned optimizers compare at this budget, not whether the paper's result holds.",
         "",
         f"Learned optimizers are meta-trained on the meta task ({tasks['meta_task']}) with "
         f"{m['outer_steps']} outer steps of {m['unroll']}-step truncated unrolls ({m['n_optimizees']} nets each, "
