@@ -106,8 +106,10 @@ def raw_splits(data: GraphData) -> dict[str, RawSplit]:
 
 
 def _official(root: Path) -> None:
-    """Put an official checkout first on the import path (both name a package ``experiments``)."""
-    for name in [m for m in sys.modules if m == "experiments" or m.startswith("experiments.")]:
+    """Put an official checkout first on the import path. The checkouts share package names
+    (``experiments`` in all three, ``nn`` in DWSNets and Neural Graphs): any imported from
+    another checkout are dropped first."""
+    for name in [m for m in sys.modules if m.split(".")[0] in ("nn", "experiments")]:
         del sys.modules[name]
     sys.path.insert(0, str(root))
 
@@ -118,7 +120,7 @@ def _without_rff() -> None:
     import importlib.util
     import types
 
-    if importlib.util.find_spec("rff") is None:
+    if "rff" not in sys.modules and importlib.util.find_spec("rff") is None:
         layers = types.ModuleType("rff.layers")
         layers.GaussianEncoding = layers.PositionalEncoding = None
         sys.modules["rff"] = types.ModuleType("rff")
@@ -151,6 +153,17 @@ def dwsnets_augment(ds_cls, ws: list[Tensor], bs: list[Tensor]) -> tuple[list[Te
         for lst, t in zip(out_b, b, strict=True):
             lst.append(t)
     return [torch.stack(x) for x in out_w], [torch.stack(x) for x in out_b]
+
+
+def augmented_batches(ds_cls, train: tuple[list[Tensor], list[Tensor]], y: Tensor, batch: int, gen, prepare):
+    """One epoch of shuffled batches of raw ``(weights, biases)``, each augmented by the official
+    dataset class ``ds_cls`` (:func:`dwsnets_augment`) and turned into its model's input by
+    ``prepare(ws, bs)``; yields ``(input, labels)``."""
+    perm = torch.randperm(len(y), generator=gen)
+    for s in range(0, len(perm), batch):
+        idx = perm[s : s + batch]
+        ws, bs = dwsnets_augment(ds_cls, [w[idx] for w in train[0]], [b[idx] for b in train[1]])
+        yield prepare(ws, bs), y[idx]
 
 
 def train_dwsnets_reference(
@@ -197,11 +210,7 @@ def train_dwsnets_reference(
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3, amsgrad=True, weight_decay=5e-4)
 
     def step_batches(gen):
-        perm = torch.randperm(len(splits["train"]), generator=gen)
-        for s in range(0, len(perm), batch):
-            idx = perm[s : s + batch]
-            ws, bs = dwsnets_augment(INRDataset, [w[idx] for w in tr["train"][0]], [b[idx] for b in tr["train"][1]])
-            yield prepare(ws, bs), splits["train"].y[idx]
+        return augmented_batches(INRDataset, tr["train"], splits["train"].y, batch, gen, prepare)
 
     def predict(split):
         ws, bs = prepare(*tr[split])
@@ -318,10 +327,9 @@ NG_CONFIGS = {"ng_gnn": "pna.yaml", "ng_t": "rtransformer.yaml"}
 
 
 def _neural_graphs(root: Path) -> None:
-    """Put the Neural Graphs checkout first on the import path. It names its packages ``nn`` and
-    ``experiments`` like DWSNets does: any already imported from another checkout are dropped.
-    Its graph constructor imports ``rff``, whose package ``__init__`` needs torchvision: the
-    ``rff`` modules the constructor uses are loaded without that ``__init__``. Its GNN imports
+    """Put the Neural Graphs checkout first on the import path (:func:`_official`). Its graph
+    constructor imports ``rff``, whose package ``__init__`` needs torchvision: the ``rff`` modules
+    the constructor uses are loaded without that ``__init__``. Its GNN imports
     ``torch_geometric.utils.trim_to_layer``, private (``_trim_to_layer``) since PyG 2.5: the old
     name is pointed at it. Its data module imports torchvision's transforms for image data sets,
     which the augmentation used here does not touch: a stand-in module if torchvision is absent."""
@@ -334,9 +342,7 @@ def _neural_graphs(root: Path) -> None:
             "torch_geometric.utils._trim_to_layer"
         )
 
-    for name in [m for m in sys.modules if m.split(".")[0] in ("nn", "experiments")]:
-        del sys.modules[name]
-    sys.path.insert(0, str(root))
+    _official(root)
     if "rff" not in sys.modules and importlib.util.find_spec("torchvision") is None:
         spec = importlib.util.find_spec("rff")
         if spec is None or spec.submodule_search_locations is None:
@@ -431,11 +437,7 @@ def train_ng_reference(
         return tuple(w.unsqueeze(-1) for w in ws), tuple(b.unsqueeze(-1) for b in bs)
 
     def step_batches(gen):
-        perm = torch.randperm(len(splits["train"]), generator=gen)
-        for s in range(0, len(perm), batch):
-            idx = perm[s : s + batch]
-            ws, bs = dwsnets_augment(INRDataset, [w[idx] for w in tr["train"][0]], [b[idx] for b in tr["train"][1]])
-            yield feed(ws, bs), splits["train"].y[idx]
+        return augmented_batches(INRDataset, tr["train"], splits["train"].y, batch, gen, feed)
 
     def predict(split):
         ws, bs = tr[split]
@@ -588,10 +590,7 @@ def main() -> None:
             runs = {
                 "official, reference recipe": (reference_run, (name, args, splits, seed, hidden)),
                 "official, metazoo recipe": (official_metazoo_run, (name, args, splits, spec, data, seed)),
-                "metazoo, metazoo recipe": (
-                    metazoo_run,
-                    (metazoo_model(name, data, hidden, args.dwsnet_set_heads), data, args, seed),
-                ),
+                "metazoo, metazoo recipe": (metazoo_own_run, (name, data, hidden, args, seed)),
             }
             for label, (run, run_args) in runs.items():
                 if label not in args.only:
@@ -676,6 +675,11 @@ def reference_run(name: str, args, splits: dict[str, RawSplit], seed: int, hidde
 def metazoo_run(model: nn.Module, data: GraphData, args, seed: int) -> dict:
     """Any flat-input model trained by metazoo's recipe."""
     return train_with_metazoo(model, data, args.epochs, args.batch, seed)
+
+
+def metazoo_own_run(name: str, data: GraphData, hidden: int | None, args, seed: int) -> dict:
+    """metazoo's own model (:func:`metazoo_model`, built only when this run is asked for) by metazoo's recipe."""
+    return metazoo_run(metazoo_model(name, data, hidden, args.dwsnet_set_heads), data, args, seed)
 
 
 def official_metazoo_run(name: str, args, splits, spec: ParamSpec, data: GraphData, seed: int) -> dict:
