@@ -22,7 +22,7 @@ bootstrap interval (:mod:`pipeline.claims`).
 
 Writes ``reports/budget/budget_curve.{json,md,png}``: test accuracy per model and budget (mean ±
 std over seeds) and, per claim, its verdict at each budget. Parts not run yet are reported as
-such. Run (about two hours on 2 cores for every part)::
+such. Run (4x: about 45 CPU-minutes; 16x: about 100; the published widths: more)::
 
     python experiments/budget_curve.py                  # every part, then the report
     python experiments/budget_curve.py --parts 4x       # one part, then the report
