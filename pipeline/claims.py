@@ -45,11 +45,8 @@ def _percent_accuracy(pred: Tensor, target: Tensor | None) -> float:
     return 100 * accuracy(pred, target)
 
 
-def _percent_mean(pred: Tensor, target: Tensor | None) -> float:
-    return 100 * float(pred.double().mean())
-
-
-def _mse_e2(pred: Tensor, target: Tensor | None) -> float:  # items are per-INR editing MSEs
+def _mean_x100(pred: Tensor, target: Tensor | None) -> float:
+    """100 × the mean of per-item scores (accuracies in %, editing MSEs in units of 10⁻²)."""
     return 100 * float(pred.double().mean())
 
 
@@ -60,11 +57,11 @@ def _regression_mse_e3(pred: Tensor, target: Tensor | None) -> float:
 # Per claims task (a key of published_results.yaml: claims), the metric of the papers' tables.
 TASK_METRICS: dict[str, TaskMetric] = {
     "inr_classification": TaskMetric("test acc. (%)", _percent_accuracy),
-    "inr_editing": TaskMetric("test MSE (×10⁻²)", _mse_e2, digits=2, lower_is_better=True),
+    "inr_editing": TaskMetric("test MSE (×10⁻²)", _mean_x100, digits=2, lower_is_better=True),
     "cnn_homogeneous": TaskMetric("Kendall τ", kendall_tau, digits=3),
     "cnn_heterogeneous": TaskMetric("Kendall τ", kendall_tau, digits=3),
-    "domain_adaptation": TaskMetric("target acc. (%)", _percent_mean),
-    "learning_to_optimize": TaskMetric("test-task acc. (%)", _percent_mean),
+    "domain_adaptation": TaskMetric("target acc. (%)", _mean_x100),
+    "learning_to_optimize": TaskMetric("test-task acc. (%)", _mean_x100),
     "kan_inr": TaskMetric("test acc. (%)", _percent_accuracy),
     "kan_classifier": TaskMetric("test MSE (×10⁻³)", _regression_mse_e3, digits=2, lower_is_better=True),
 }
