@@ -24,17 +24,26 @@ Each official model is trained twice:
   lr 1e-3, weight decay 5e-4, 100 warm-up steps, clipping at 10, sign flips) — the same loop as
   metazoo's own models, :func:`pipeline.train.fit_model`, at ``--batch``.
 
-metazoo's DWSNet and NFN run with the settings the README names as reference-faithful (the
-paper profile's ``dwsnet`` and ``nfn`` sections) at the official model's width; its NG-GNN and
-NG-T with the paper profile's settings at the official widths (``--ng-hidden`` unset) or the
-default profile's at width ``--ng-hidden`` (16: the main table's).
+Two settings (``--setting``, :func:`setting_sizes`):
 
-Run (about 40 minutes on one core for one seed of DWSNet and NFN at the defaults)::
+- ``main``: the main table's models. metazoo's run is exactly the default profile's model
+  (``params.yaml: train.<model>``); each official model runs at the same width and depth (the
+  official DWSNet with its DeepSets set layer where metazoo's has no set attention).
+- ``official``: the official default sizes (DWSNets: 32 channels, 5 layers, set attention; NFN:
+  512 channels; Neural Graphs: its MNIST configs). metazoo's run is the paper profile's model
+  (``profiles/paper.yaml``).
 
-    python experiments/reference_side_by_side.py --dwsnets ../DWSNets --nfn ../nfn \
-        --out reports/reference/side_by_side.json
-    python experiments/reference_side_by_side.py --neural-graphs ../neural-graphs --runs ng_gnn ng_t \
-        --ng-hidden 16 --epochs 5 --seeds 0 1 --out reports/reference/ng_main.json
+Every run keeps its per-item test predictions, so the table gives, for each official run, the
+paired bootstrap interval (test items and seeds, :func:`pipeline.stats.paired_bootstrap`) of
+metazoo's accuracy minus the official one at the same setting.
+
+Run (one model and setting per output file, then merge them)::
+
+    python experiments/reference_side_by_side.py --dwsnets ../DWSNets --runs dwsnet --setting main \
+        --epochs 5 --seeds 0 1 --out reports/reference/runs/dwsnet_main.json
+    python experiments/reference_side_by_side.py --neural-graphs ../neural-graphs --runs ng_t \
+        --setting main --epochs 5 --seeds 0 1 --out reports/reference/runs/ng_t_main.json
+    python experiments/reference_side_by_side.py --render reports/reference/runs/*.json
 
 ``--render a.json b.json`` merges result files into ``--out``. The official code needs
 ``einops``; Neural Graphs also ``hydra-core`` and ``random-fourier-features-pytorch`` (installed
@@ -59,9 +68,9 @@ from pipeline.augment import augmenter
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.io import read_json, write_json, write_text
 from pipeline.models import build_model
-from pipeline.models.dwsnet import Settings as DWSSettings
-from pipeline.models.nfn import Settings as NFNSettings
+from pipeline.report import settings_summary
 from pipeline.runs import GraphData
+from pipeline.stats import accuracy, paired_bootstrap
 from pipeline.train import Classification, TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
 from pipeline.weightspace.normalize import invert_stats
 from pipeline.weightspace.spec import ParamSpec
@@ -71,6 +80,38 @@ CHECKOUTS = {"dwsnet": "dwsnets", "nfn": "nfn", "ng_gnn": "neural_graphs", "ng_t
 # classify_siren_configs/main.yaml; Neural Graphs: inr_classification/configs/base.yaml)
 REFERENCE_BATCH = {"dwsnet": 512, "nfn": 32, "ng_gnn": 128, "ng_t": 128}
 IMPLEMENTATIONS = ("official, reference recipe", "official, metazoo recipe", "metazoo, metazoo recipe")
+PROFILES = {"main": "params.yaml", "official": "profiles/paper.yaml"}  # metazoo's model at each setting
+
+
+def setting_sizes(setting: str, name: str) -> dict:
+    """The official model's size at ``setting`` (:data:`PROFILES`): ``hidden`` (``None``: the
+    official config's widths), and for DWSNet ``n_hidden`` and ``set_layer``."""
+    if setting == "official":
+        return {"dwsnet": {"hidden": 32, "n_hidden": 4, "set_layer": "sab"}, "nfn": {"hidden": 512}}.get(
+            name, {"hidden": None}
+        )
+    s = metazoo_settings(setting, name)
+    if name == "dwsnet":  # DWSNets' n_hidden equivariant layers follow the first: layers - 1
+        return {"hidden": s.hidden, "n_hidden": s.layers - 1, "set_layer": "sab" if s.set_heads else "ds"}
+    return {"hidden": s.hidden}
+
+
+def metazoo_settings(setting: str, name: str):
+    """metazoo's settings of model ``name`` at ``setting``: its section of :data:`PROFILES`."""
+    from pipeline.config import load_params  # noqa: PLC0415
+
+    return load_params(PROFILES[setting]).train.settings(name)
+
+
+def width_label(name: str, sizes: dict) -> str:
+    """The width column: the channels, or the official config's widths."""
+    if sizes["hidden"] is not None:
+        return str(sizes["hidden"]) + (
+            f", {sizes['n_hidden'] + 1} layers, {sizes['set_layer']}" if "n_hidden" in sizes else ""
+        )
+    return {"ng_gnn": "32 (official)", "ng_t": "64, edges 32 (official)"}[name]
+
+
 METAZOO = TrainSettings(epochs=8, batch_size=32, lr=1e-3, weight_decay=5e-4, warmup_steps=100, grad_clip=10.0)
 
 
@@ -172,8 +213,7 @@ def train_dwsnets_reference(
     epochs: int,
     batch: int,
     seed: int,
-    set_layer: str = "sab",
-    hidden: int = 32,
+    sizes: dict,
 ) -> dict:
     """The official ``DWSModelForClassification`` trained as its MNIST script trains it."""
     _official(root)
@@ -197,11 +237,11 @@ def train_dwsnets_reference(
         weight_shapes=tuple(tuple(w.shape[1:3]) for w in tr["train"][0]),
         bias_shapes=tuple(tuple(b.shape[1:2]) for b in tr["train"][1]),
         input_features=1,
-        hidden_dim=hidden,
-        n_hidden=4,
+        hidden_dim=sizes["hidden"],
+        n_hidden=sizes["n_hidden"],
         reduction="max",
         n_fc_layers=1,
-        set_layer=set_layer,
+        set_layer=sizes["set_layer"],
         n_out_fc=1,
         dropout_rate=0.0,
         bn=True,
@@ -305,7 +345,8 @@ def _loop(model: nn.Module, opt, sched, step_batches, predict, splits, epochs: i
             losses.append(loss.item())
         model.eval()
         with torch.no_grad():
-            acc = {s: float((predict(s).argmax(1) == splits[s].y).float().mean()) for s in ("val", "test")}
+            pred = {s: predict(s).argmax(1) for s in ("val", "test")}
+        acc = {s: float((pred[s] == splits[s].y).float().mean()) for s in ("val", "test")}
         row = {
             "epoch": epoch,
             "train_loss": sum(losses) / len(losses),
@@ -318,6 +359,7 @@ def _loop(model: nn.Module, opt, sched, step_batches, predict, splits, epochs: i
         )
         if acc["val"] > best["val_acc"]:
             best = {"val_acc": acc["val"], "test_acc": acc["test"], "best_epoch": epoch}
+            best["test_predictions"] = pred["test"].tolist()
     return best | {"curve": curve, "n_params": sum(p.numel() for p in model.parameters())}
 
 
@@ -515,38 +557,17 @@ def train_with_metazoo(model: nn.Module, data: GraphData, epochs: int, batch: in
         "val_acc": res.best_val,
         "test_acc": res.test["acc"],
         "best_epoch": res.best_epoch,
+        "test_predictions": res.test_predictions,
         "n_params": res.n_params,
         "curve": res.history,
     }
 
 
-def metazoo_model(name: str, data: GraphData, hidden: int | None, set_heads: int = 8) -> nn.Module:
-    """metazoo's ``dwsnet`` / ``nfn`` with the paper profile's (reference-faithful) settings at
-    width ``hidden``; ``ng_gnn`` / ``ng_t`` with the paper profile's settings (``hidden`` None)
-    or the default profile's at width ``hidden`` (the main table's)."""
+def metazoo_model(name: str, data: GraphData, setting: str) -> nn.Module:
+    """metazoo's model ``name`` with its settings at ``setting`` (:func:`metazoo_settings`)."""
     spec = ParamSpec.from_dict(data.meta["spec"])
     shape = data_shape(data.splits["train"], graph_template(spec), 10, forward_spec_from_meta(data.meta))
-    if name in NG_CONFIGS:
-        from pipeline.config import load_params  # noqa: PLC0415
-
-        profile = "profiles/paper.yaml" if hidden is None else "params.yaml"
-        s = load_params(profile).train.settings(name)
-        return build_model(name, s if hidden is None else dataclasses.replace(s, hidden=hidden), shape)
-    if name == "dwsnet":
-        # 1 + n_hidden layers, as the official model
-        s = DWSSettings(hidden=hidden, layers=5, reduction="max", norm="batch", set_heads=set_heads)
-    else:
-        s = NFNSettings(
-            hidden=hidden,
-            layers=3,
-            mode="np",
-            fourier_features=128,
-            io_scale=1.0,
-            head_pool="hidden",
-            head_width=1000,
-            dropout=0.1,
-        )
-    return build_model(name, s, shape)
+    return build_model(name, metazoo_settings(setting, name), shape)
 
 
 def main() -> None:
@@ -557,12 +578,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--dwsnet-hidden", type=int, default=32, help="the official MNIST width")
-    ap.add_argument("--dwsnets-set-layer", default="sab", choices=("sab", "ds"), help="official: sab")
-    ap.add_argument("--dwsnet-set-heads", type=int, default=8, help="metazoo's set_heads (the reference: 8)")
-    ap.add_argument("--nfn-hidden", type=int, default=32, help="official: 512 (too slow on a CPU)")
+    ap.add_argument("--setting", default="main", choices=tuple(PROFILES), help="model sizes (setting_sizes)")
     ap.add_argument("--neural-graphs", type=Path, help="checkout of mkofinas/neural-graphs")
-    ap.add_argument("--ng-hidden", type=int, help="NG-GNN / NG-T width (ng_width); default: the official widths")
     ap.add_argument("--runs", nargs="+", default=["dwsnet", "nfn"], choices=CHECKOUTS, help="models to compare")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS), help="runs to do")
@@ -572,8 +589,12 @@ def main() -> None:
     if args.render:
         runs = [r for f in args.render for r in read_json(f)["runs"]]
         first = read_json(args.render[0])
-        keep = ("epochs", "batch", "graphs", "data_version", "commits")
-        save(args.out, {k: first[k] for k in keep if k in first} | {"runs": runs})
+        keep = ("epochs", "batch", "graphs", "data_version", "test_targets")
+        versions = {read_json(f).get("data_version") for f in args.render}
+        if len(versions) > 1:
+            ap.error(f"these files ran on different graphs (data versions {sorted(map(str, versions))})")
+        commits = {k: v for f in args.render for k, v in read_json(f).get("commits", {}).items()}
+        save(args.out, {k: first[k] for k in keep if k in first} | {"commits": commits, "runs": runs})
         return
     official = any(label.startswith("official") for label in args.only)
     for name in args.runs:
@@ -586,11 +607,11 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         for name in args.runs:
-            hidden = {"dwsnet": args.dwsnet_hidden, "nfn": args.nfn_hidden}.get(name, args.ng_hidden)
+            sizes = setting_sizes(args.setting, name)
             runs = {
-                "official, reference recipe": (reference_run, (name, args, splits, seed, hidden)),
-                "official, metazoo recipe": (official_metazoo_run, (name, args, splits, spec, data, seed)),
-                "metazoo, metazoo recipe": (metazoo_own_run, (name, data, hidden, args, seed)),
+                "official, reference recipe": (reference_run, (name, args, splits, seed, sizes)),
+                "official, metazoo recipe": (official_metazoo_run, (name, args, splits, spec, data, seed, sizes)),
+                "metazoo, metazoo recipe": (metazoo_own_run, (name, data, args, seed)),
             }
             for label, (run, run_args) in runs.items():
                 if label not in args.only:
@@ -598,14 +619,19 @@ def main() -> None:
                 print(f"{name} seed {seed}: {label}", flush=True)
                 t0 = time.time()
                 r = run(*run_args)
-                if name == "dwsnet" and label.startswith("official") and args.dwsnets_set_layer != "sab":
-                    label = f"{label}, set_layer {args.dwsnets_set_layer}"
-                if name == "dwsnet" and label.startswith("metazoo"):
-                    label = label.replace("metazoo,", f"metazoo (set_heads {args.dwsnet_set_heads}),", 1)
                 if label.endswith("reference recipe"):
                     label = f"{label} (batch {REFERENCE_BATCH.get(name, args.batch)})"
-                width = hidden if hidden is not None else "official"
-                r.update(model=name, implementation=label, seed=seed, hidden=width, seconds=time.time() - t0)
+                width = width_label(name, sizes)
+                if label.startswith("metazoo"):
+                    width = settings_summary(dataclasses.asdict(metazoo_settings(args.setting, name)))
+                r.update(
+                    model=name,
+                    setting=args.setting,
+                    implementation=label,
+                    seed=seed,
+                    hidden=width,
+                    seconds=time.time() - t0,
+                )
                 print(
                     f"{name} seed {seed}: {label}: test acc {r['test_acc']:.4f} at best val epoch {r['best_epoch']}",
                     flush=True,
@@ -616,6 +642,7 @@ def main() -> None:
                     "batch": args.batch,
                     "graphs": str(args.graphs),
                     "data_version": data.version,  # the report shows the table only for these graphs
+                    "test_targets": splits["test"].y.tolist(),
                     "commits": {
                         k: checkout_commit(getattr(args, k)) for k in set(CHECKOUTS.values()) if getattr(args, k)
                     },
@@ -624,29 +651,50 @@ def main() -> None:
 
 
 def markdown(result: dict) -> str:
-    """The side-by-side table: test accuracy at the best validation epoch, mean ± std over seeds."""
-    rows = {}
+    """The side-by-side table: test accuracy at the best validation epoch, mean ± std over seeds,
+    and for each official run the interval of metazoo's accuracy minus the official one."""
+    rows: dict[tuple, list[dict]] = {}
     for r in result["runs"]:
-        rows.setdefault((r["model"], r["implementation"], r["hidden"]), []).append(r)
+        rows.setdefault((r["model"], r.get("setting", "main"), r["implementation"], r["hidden"]), []).append(r)
     lines = [
-        f"On `{result['graphs']}`, {result['epochs']} epochs of batch {result['batch']} each "
+        f"On `{result['graphs']}`, {result['epochs']} epochs each; metazoo's recipe at batch {result['batch']} "
         "(`experiments/reference_side_by_side.py`). Official checkouts: "
         + (", ".join(f"{k} `{v[:12]}`" for k, v in result.get("commits", {}).items()) or "commits not recorded")
-        + ".",
+        + ". *metazoo − official*: metazoo's own model minus this row, in points, with the 95 % "
+        "paired bootstrap interval over test items and seeds; *within* where the interval holds zero.",
         "",
-        "| model | implementation, training recipe | width | seeds | test acc % | best epoch | s / epoch | params |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | setting | implementation, training recipe | width | seeds | test acc % | best epoch | s / epoch "
+        "| params | metazoo − official |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (model, impl, hidden), rs in rows.items():
+    for (model, setting, impl, hidden), rs in sorted(rows.items(), key=lambda kv: kv[0][:2]):
         acc = torch.tensor([100 * r["test_acc"] for r in rs])
         std = f" ± {float(acc.std(correction=0)):.1f}" if len(rs) > 1 else ""
         per_epoch = sum(r["seconds"] for r in rs) / len(rs) / result["epochs"]
         epochs = ", ".join(str(r["best_epoch"]) for r in rs)
+        ours = next((v for k, v in rows.items() if k[:3] == (model, setting, "metazoo, metazoo recipe")), None)
         lines.append(
-            f"| {model} | {impl} | {hidden} | {len(rs)} | {float(acc.mean()):.1f}{std} | {epochs} | "
-            f"{per_epoch:.0f} | {rs[0]['n_params']:,} |"
+            f"| {model} | {setting} | {impl} | {hidden} | {len(rs)} | {float(acc.mean()):.1f}{std} | {epochs} | "
+            f"{per_epoch:.0f} | {rs[0]['n_params']:,} | {versus(ours, rs, result.get('test_targets'), impl)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def versus(ours: list[dict] | None, official: list[dict], targets: list | None, impl: str) -> str:
+    """metazoo's runs minus an official row's (points), 95 % paired bootstrap interval, and its reading."""
+    if impl.startswith("metazoo"):
+        return ""
+    have = ours and targets and all("test_predictions" in r for r in (*ours, *official))
+    if not have:
+        return "no per-item predictions"
+    iv = paired_bootstrap(
+        accuracy,
+        [torch.tensor(r["test_predictions"]) for r in official],
+        [torch.tensor(r["test_predictions"]) for r in ours],
+        torch.tensor(targets),
+    )
+    reading = "within" if iv.lo <= 0 <= iv.hi else ("better" if iv.lo > 0 else "worse")
+    return f"{100 * iv.diff:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]: {reading}"
 
 
 def checkout_commit(path: Path) -> str:
@@ -662,14 +710,15 @@ def save(out: Path, result: dict) -> None:
     write_text(out.with_suffix(".md"), markdown(result))
 
 
-def reference_run(name: str, args, splits: dict[str, RawSplit], seed: int, hidden: int | None) -> dict:
-    """An official model trained by its own recipe, at its own batch size (:data:`REFERENCE_BATCH`)."""
+def reference_run(name: str, args, splits: dict[str, RawSplit], seed: int, sizes: dict) -> dict:
+    """An official model (:func:`setting_sizes`) trained by its own recipe, at its own batch size
+    (:data:`REFERENCE_BATCH`)."""
     batch = REFERENCE_BATCH.get(name, args.batch)
     if name == "dwsnet":
-        return train_dwsnets_reference(args.dwsnets, splits, args.epochs, batch, seed, args.dwsnets_set_layer, hidden)
+        return train_dwsnets_reference(args.dwsnets, splits, args.epochs, batch, seed, sizes)
     if name in NG_CONFIGS:
-        return train_ng_reference(args.neural_graphs, name, splits, args.epochs, batch, seed, hidden)
-    return train_nfn_reference(args.nfn, splits, args.epochs, batch, seed, hidden)
+        return train_ng_reference(args.neural_graphs, name, splits, args.epochs, batch, seed, sizes["hidden"])
+    return train_nfn_reference(args.nfn, splits, args.epochs, batch, seed, sizes["hidden"])
 
 
 def metazoo_run(model: nn.Module, data: GraphData, args, seed: int) -> dict:
@@ -677,21 +726,25 @@ def metazoo_run(model: nn.Module, data: GraphData, args, seed: int) -> dict:
     return train_with_metazoo(model, data, args.epochs, args.batch, seed)
 
 
-def metazoo_own_run(name: str, data: GraphData, hidden: int | None, args, seed: int) -> dict:
-    """metazoo's own model (:func:`metazoo_model`, built only when this run is asked for) by metazoo's recipe."""
-    return metazoo_run(metazoo_model(name, data, hidden, args.dwsnet_set_heads), data, args, seed)
+def metazoo_own_run(name: str, data: GraphData, args, seed: int) -> dict:
+    """metazoo's own model (:func:`metazoo_model`, built only when this run is asked for) by
+    metazoo's recipe, initialized from ``seed`` as the pipeline's run of that seed
+    (:func:`pipeline.runs.train_one`)."""
+    torch.manual_seed(seed)
+    return metazoo_run(metazoo_model(name, data, args.setting), data, args, seed)
 
 
-def official_metazoo_run(name: str, args, splits, spec: ParamSpec, data: GraphData, seed: int) -> dict:
+def official_metazoo_run(name: str, args, splits, spec: ParamSpec, data: GraphData, seed: int, sizes: dict) -> dict:
     """An official model trained by metazoo's recipe."""
-    return metazoo_run(official_on_flat(name, args, splits, spec), data, args, seed)
+    torch.manual_seed(seed)  # the official model's initialization, as in its reference-recipe run
+    return metazoo_run(official_on_flat(name, args, splits, spec, sizes), data, args, seed)
 
 
-def official_on_flat(name: str, args, splits: dict[str, RawSplit], spec: ParamSpec) -> nn.Module:
+def official_on_flat(name: str, args, splits: dict[str, RawSplit], spec: ParamSpec, sizes: dict) -> nn.Module:
     """An official model (same configuration as its reference-recipe run) reading metazoo's inputs."""
     if name in NG_CONFIGS:  # its inputs already normalized: no statistics in the graph constructor
         layout = [splits["train"].weights[0].shape[2]] + [b.shape[1] for b in splits["train"].biases]
-        return _DWSNetsOnFlat(ng_official_model(args.neural_graphs, name, layout, args.ng_hidden, None), spec)
+        return _DWSNetsOnFlat(ng_official_model(args.neural_graphs, name, layout, sizes["hidden"], None), spec)
     if name == "dwsnet":
         _official(args.dwsnets)
         from nn.models import DWSModelForClassification  # noqa: PLC0415  (the official code)
@@ -702,10 +755,10 @@ def official_on_flat(name: str, args, splits: dict[str, RawSplit], spec: ParamSp
                 weight_shapes=tuple((w.shape[2], w.shape[1]) for w in t.weights),
                 bias_shapes=tuple((b.shape[1],) for b in t.biases),
                 input_features=1,
-                hidden_dim=args.dwsnet_hidden,
-                n_hidden=4,
+                hidden_dim=sizes["hidden"],
+                n_hidden=sizes["n_hidden"],
                 reduction="max",
-                set_layer=args.dwsnets_set_layer,
+                set_layer=sizes["set_layer"],
                 bn=True,
             ),
             spec,
@@ -715,7 +768,7 @@ def official_on_flat(name: str, args, splits: dict[str, RawSplit], spec: ParamSp
 
     t = splits["train"]
     feats = WeightSpaceFeatures([w[:2].unsqueeze(1) for w in t.weights], [b[:2].unsqueeze(1) for b in t.biases])
-    return _NFNOnFlat(nfn_model(args.nfn, feats, args.nfn_hidden), spec)
+    return _NFNOnFlat(nfn_model(args.nfn, feats, sizes["hidden"]), spec)
 
 
 if __name__ == "__main__":

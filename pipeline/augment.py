@@ -194,6 +194,12 @@ def check_augmentation(name: str, spec: ParamSpec | None, fwd: ForwardSpec | Non
         first_layer(spec)
 
 
+def model_augment(stage: str, model_settings) -> str:
+    """The augmentation a model trains with: its settings' own ``augment`` where its ``Settings``
+    declares one and it is set (the MLP of the DWSNets comparison: ``none``), else the stage's."""
+    return getattr(model_settings, "augment", "") or stage
+
+
 def augmenter(
     name: str, input_kind: str, spec: ParamSpec | None, permutations: bool = False, fwd: ForwardSpec | None = None
 ):

@@ -422,13 +422,15 @@ class AdaptConfig(ModelSections):
 @dataclass(frozen=True)
 class L2OTaskConfig:
     """A task of learning to optimize (:func:`pipeline.tasks.l2o.make_task`): ReLU MLPs
-    ``inputs -> hidden -> 10`` of offline images, average-pooled by ``pool``."""
+    ``inputs -> hidden -> 10`` or CNNs (``kind``) of offline images, average-pooled by ``pool``."""
 
     source: str = setting("digits_offline", one_of=("digits_offline", "mnist_offline"))
     pool: int = setting(1, one_of=(1, 2, 4, 7, 8, 14))  # must divide the side (8 digits, 28 MNIST)
-    hidden: list[int] = setting([32], gt=0, le=MAX_WIDTH, min_len=1)
+    hidden: list[int] = setting([32], gt=0, le=MAX_WIDTH, min_len=1)  # a CNN: channels of each conv
     n_test: int = setting(497, gt=0)  # held-out images the trained nets are scored on
     batch_size: int = setting(64, gt=0, le=MAX_BATCH)
+    kind: str = setting("mlp", one_of=("mlp", "cnn"))  # the optimizees
+    kernel: int = setting(3, one_of=(1, 3, 5, 7))  # a CNN's square kernels (stride 2)
 
     def check(self) -> list[tuple[str, str]]:
         side, n = (8, 1797) if self.source == "digits_offline" else (28, 5000)
@@ -474,6 +476,10 @@ class L2OConfig:
         if graph and len(self.meta_task.hidden) != len(self.test_task.hidden):
             msg = f"{graph} run on nets of one depth: as many hidden layers as meta_task.hidden"
             out.append(("test_task.hidden", msg))
+        meta_k, test_k = ((t.kernel if t.kind == "cnn" else 1) for t in (self.meta_task, self.test_task))
+        if graph and test_k > meta_k:
+            msg = f"{graph} read kernels up to the meta task's ({meta_k} x {meta_k}): {test_k} x {test_k} do not fit"
+            out.append(("test_task.kernel" if self.test_task.kind == self.meta_task.kind else "test_task.kind", msg))
         if "ng_t" in self.optimizers and self.graph_hidden % self.heads:
             out.append(("heads", f"{self.heads} does not divide graph_hidden {self.graph_hidden}"))
         return out

@@ -76,6 +76,8 @@ def settings_summary(config: dict) -> str:
         words.append(f"{config['probe_features']} probes")
     if config.get("positional") is False:
         words.append("no positional embeddings")
+    if config.get("augment"):
+        words.append(f"augmentation: {config['augment']}")
     if config.get("dropout"):
         words.append(f"dropout {config['dropout']:g}")
     return ", ".join(words) or "–"
@@ -583,7 +585,8 @@ def results_markdown(summary: dict, zoo_summary: dict, graph_counts: dict, profi
         "\\* Published numbers are from a **different data set**: the published 55k-INR MNIST zoo, "
         "trained for far more steps on GPUs (the DWSNets trainer: 100 epochs at batch 512), with the "
         "published model sizes (DWSNets; NFN; Neural Graphs, Tables 3-4). The published MLP trains "
-        "without augmentation, ours with the run's `train.augment`. They are shown for orientation, "
+        "without augmentation (its + permutation row: permutations only); ours as its settings column "
+        "says (`train.mlp.augment`). They are shown for orientation, "
         "not as the same experiment.",
         "",
         "![learning curves](figures/learning_curves.png)",
@@ -789,9 +792,9 @@ def l2o_markdown(summary: dict, tasks: dict[str, str], settings: dict, claims: s
     lines = [
         "## Learning to optimize: a small-budget check",
         "",
-        "MLP optimizees and about 1 % of the paper's meta-training (the paper: CNN optimizees, up to 1 000 "
-        "outer steps of 100-step unrolls, 1 000-step evaluations, 5 seeds): the orderings below say how the "
-        "learned optimizers compare at this budget, not whether the paper's result holds.",
+        "CNN optimizees as the paper's, at about 1 % of its meta-training (the paper: up to 1 000 outer steps "
+        "of 100-step unrolls, 1 000-step evaluations, 5 seeds) and on smaller images: the orderings below say "
+        "how the learned optimizers compare at this budget, not whether the paper's result holds.",
         "",
         f"Learned optimizers are meta-trained on the meta task ({tasks['meta_task']}) with "
         f"{m['outer_steps']} outer steps of {m['unroll']}-step truncated unrolls ({m['n_optimizees']} nets each, "

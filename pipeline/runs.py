@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from pipeline import configure_logging
-from pipeline.augment import augmenter, check_augmentation
+from pipeline.augment import augmenter, check_augmentation, model_augment
 from pipeline.config import ConfigError, Params, to_flat_dict
 from pipeline.device import describe, resolve_device
 from pipeline.graphs.neural_graph import graph_template
@@ -502,7 +502,9 @@ def train_one(
         seed,
         objective,
         on_epoch=ctx.reporter(f"{model_name} seed {seed}", sel, settings.epochs),
-        augment=augmenter(augment, model.input_kind, template.spec if template else None, permutations, fwd),
+        augment=augmenter(
+            model_augment(augment, model_cfg), model.input_kind, template.spec if template else None, permutations, fwd
+        ),
         device=device,
         **ctx.resumable({}),
     )

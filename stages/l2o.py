@@ -46,7 +46,7 @@ def optimizer_config(c: L2OConfig, name: str) -> FFConfig | OptimizerConfig | Ba
 
 def load_data(c: L2OConfig, seed: int) -> L2OData:
     def task(t: L2OTaskConfig):
-        return make_task(t.source, t.pool, t.hidden, t.n_test, t.batch_size, seed)
+        return make_task(t.source, t.pool, t.hidden, t.n_test, t.batch_size, seed, t.kind, t.kernel)
 
     return L2OData(task(c.meta_task), task(c.test_task))
 
@@ -54,7 +54,7 @@ def load_data(c: L2OConfig, seed: int) -> L2OData:
 def data_version(data: L2OData) -> str:
     return fingerprint(
         {
-            name: {"spec": t.spec.to_dict(), "batch_size": t.batch_size}
+            name: {"spec": t.spec.to_dict(), "arch": t.arch and t.arch.to_dict(), "batch_size": t.batch_size}
             | {k: tensor_hash(getattr(t, k)) for k in ("x_train", "y_train", "x_test", "y_test")}
             for name, t in (("meta_task", data.meta_task), ("test_task", data.test_task))
         }

@@ -1,6 +1,6 @@
 """Learning to optimize in the library: preprocessing, every learned optimizer's equivariance
-(both ways), permutation-equivariant optimization, the Adam baseline against torch.optim.Adam,
-and truncation."""
+(both ways) on MLP and CNN optimizees, permutation-equivariant optimization, the Adam baseline
+against torch.optim.Adam, and truncation."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ def test_optimize_with_a_baseline_is_the_baseline_from_fresh_nets():
     task = _task()
     seeds = [5, 6]
     t = optimize("sgd", task, 6, seeds, lr=0.05, momentum=0.5)
-    state, gens = fresh_state(SPEC, seeds)
+    state, gens = fresh_state(task, seeds)
     flat, losses = baseline_steps(state.flat, task, 6, 0.05, gens, "sgd", 0.5)
     torch.testing.assert_close(t.final_loss, losses[-6:].mean(0))
     torch.testing.assert_close(t.test_acc, held_out_accuracy(flat, task))
@@ -241,3 +241,91 @@ def test_the_graph_optimizers_delta_is_the_optimizees_mean_log_degree_and_surviv
     save_model(path, dict(opt.state_dict()), optimizer_card("ng_gnn", config, SPEC.n_layers, 0.01, delta))
     loaded, card = load_optimizer(path)
     assert {layer.delta for layer in loaded.encoder.layers} == {delta} and card["avg_log_degree"] == delta
+
+
+# CNN optimizees (the paper's): k x k kernels in K x K edge slots
+
+
+def _cnn():
+    from pipeline.zoo.cnn import CNNArch, cnn_spec
+
+    arch = CNNArch((3, 4), (3, 1), (2, 2), "relu")  # a 3 x 3 and a 1 x 1 conv, then the linear head
+    return arch, cnn_spec(arch)
+
+
+def _channelwise(f: torch.Tensor, spec, fn) -> torch.Tensor:
+    """``fn`` applied to the parameters of every feature channel of ``f`` ``(B, P, C)``."""
+    return torch.stack([flatten(fn(unflatten(f[..., c], spec)), spec) for c in range(f.shape[-1])], -1)
+
+
+def test_every_cnn_parameter_has_one_place_in_the_optimizers_graph_and_round_trips():
+    from pipeline.graphs.neural_graph import params_to_features
+
+    _, spec = _cnn()
+    graph = optimizee_graph(spec, 3)
+    P, t = spec.n_params, graph.template
+    placed = torch.cat([graph.node_param[graph.node_param < P], graph.edge_param[graph.edge_param < P]])
+    assert sorted(placed.tolist()) == list(range(P))  # each parameter exactly once
+    f = torch.randn(B, P, N_FEATURES, generator=torch.Generator().manual_seed(0))
+    g = feature_graphs(f, graph)
+    assert g.edge_attr.shape == (B * t.n_edges, 9 * N_FEATURES)
+    edges = g.edge_attr.view(B, t.n_edges, 9, N_FEATURES)
+    for c in (0, N_FEATURES - 1):  # channel c of every slot is the neural graph of the c-th feature
+        x, e = params_to_features(unflatten(f[..., c], spec), t)
+        assert torch.equal(edges[..., c], e) and torch.equal(g.x.view(B, t.n_nodes, -1)[..., c : c + 1], x)
+    # the 1 x 1 conv and the head sit in the centre slot (4) of their edges
+    pos = graph.param_pos.view(1, -1)
+    one_by_one = flatten(
+        {
+            k: torch.ones(1, *v.shape[1:]) * (k.startswith("conv.1.w") or k == "head.weight")
+            for k, v in unflatten(torch.zeros(1, P), spec).items()
+        },
+        spec,
+    )
+    assert set(pos[one_by_one.bool()].tolist()) == {4}
+    assert set(pos[0, graph.node_param[graph.node_param < P]].tolist()) == {9}  # biases: the node place
+
+
+@pytest.mark.parametrize("kind", ["ng_gnn", "ng_t"])
+def test_graph_optimizers_on_cnns_are_equivariant_and_see_wrong_couplings(kind):
+    _, spec = _cnn()
+    torch.manual_seed(0)
+    opt = GraphOptimizer(spec.n_layers, kind, hidden=8, layers=3, kernel=3).eval()
+    graph = optimizee_graph(spec, 3)
+    f = torch.randn(B, spec.n_params, N_FEATURES, generator=torch.Generator().manual_seed(3))
+    perms = random_permutations(spec, B, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = opt(f, graph)
+        got = opt(_channelwise(f, spec, lambda p: permute(p, spec, perms)), graph)
+        torch.testing.assert_close(got, flatten(permute(unflatten(out, spec), spec, perms), spec), rtol=1e-5, atol=1e-5)
+
+        def wrong(p):  # conv 0's output channels reversed, conv 1's input channels not
+            return dict(p) | {k: p[k].flip(1) for k in ("conv.0.weight", "conv.0.bias")}
+
+        assert (
+            float((opt(_channelwise(f, spec, wrong), graph) - flatten(wrong(unflatten(out, spec)), spec)).abs().max())
+            > 1e-5
+        )
+
+
+def test_an_optimizer_reads_kernels_up_to_its_own_and_refuses_bigger_ones():
+    _, spec = _cnn()
+    with pytest.raises(ValueError, match="3 x 3 kernels do not centre in this optimizer's 1 x 1 edge slots"):
+        optimizee_graph(spec, 1)
+    torch.manual_seed(0)
+    opt = GraphOptimizer(SPEC.n_layers, "ng_gnn", hidden=8, layers=2, kernel=3).eval()
+    out = opt(_features(), optimizee_graph(SPEC, 3))  # an MLP: 1 x 1 kernels in the centre slot
+    assert out.shape == (B, SPEC.n_params) and torch.isfinite(out).all()
+
+
+def test_a_cnn_task_trains_its_nets_and_a_graph_optimizer_moves_them():
+    task = make_task("digits_offline", 2, [4], 297, 16, seed=0, kind="cnn", kernel=3)
+    assert task.label == "digits_offline: CNN 1 → 4 → 10, 3 x 3 stride-2 convs"
+    assert task.x_train.shape == (1500, 1, 4, 4) and task.spec.n_params == 4 * 9 + 4 + 4 * 10 + 10
+    adam = optimize("adam", task, 30, [0, 1], lr=3e-2)
+    assert float(adam.curve[-5:].mean()) < float(adam.curve[:5].mean())  # the CNNs learn
+    torch.manual_seed(0)
+    opt = GraphOptimizer(task.spec.n_layers, "ng_gnn", hidden=8, layers=2, kernel=3).eval()
+    state, gens = fresh_state(task, [0, 1])
+    after, losses = unroll(opt, state, task, 3, gens, scale=0.05, meta=False)
+    assert losses.shape == (3, 2) and not torch.equal(after.flat, state.flat)

@@ -38,8 +38,8 @@ def test_every_optimizer_and_seed_runs_and_scores_both_tasks(l2o_run):
             assert len(per_net["test_acc"]) == TINY["l2o"]["eval_nets"]
             assert r["test"][f"{task}_acc"] == pytest.approx(sum(per_net["test_acc"]) / len(per_net["test_acc"]))
             assert len(r["curves"][task]) == TINY["l2o"]["eval_steps"]
-        assert r["tasks"]["meta_task"] == "digits_offline: 64 → 8 → 10"
-        assert r["tasks"]["test_task"] == "mnist_offline: 49 → 12 → 10"  # 28 / 4 = 7: 7 x 7 inputs
+        assert r["tasks"]["meta_task"] == "digits_offline: CNN 1 → 8 → 10, 3 x 3 stride-2 convs"
+        assert r["tasks"]["test_task"] == "mnist_offline: CNN 1 → 12 → 10, 3 x 3 stride-2 convs"  # on 7 x 7 MNIST
         if r["model"] in ("adam", "sgd"):
             tried = [h["lr"] for h in r["history"]]
             assert tried == TINY["l2o"]["baseline_lrs"]
@@ -116,6 +116,8 @@ def test_the_report_section_puts_every_optimizer_beside_the_published_numbers(l2
         ({"meta_task": {"pool": 7}}, "l2o.meta_task.pool: 7 does not divide the 8-pixel side"),
         ({"meta_task": {"n_test": 1797}}, "l2o.meta_task.n_test:"),
         ({"heads": 3}, "l2o.heads: 3 does not divide graph_hidden"),
+        ({"test_task": {"kind": "cnn"}}, "l2o.test_task.kind: .* read kernels up to the meta task's \\(1 x 1\\)"),
+        ({"meta_task": {"kind": "cnn", "kernel": 3}, "test_task": {"kind": "cnn", "kernel": 5}}, "l2o.test_task.kernel:"),
         ({"outer_steps": "many"}, "l2o.outer_steps: expected int"),
         ({"unrol": 10}, "l2o.unrol: unknown key"),
     ],

@@ -92,6 +92,7 @@ CASES = [
     _case({"train.augment": "sign_flip+sign_flip"}, "train.augment", "joined by '+'", "repeated"),
     _case({"train.augment": "none+sign_flip"}, "train.augment", "joined by '+'", "none_joined"),
     _case({"edit.augment": "sign_flip+inr_affine"}, "edit.augment", "editing targets are fixed"),
+    _case({"train.mlp.augment": "rotate"}, "train.mlp.augment", "'sign_flip+inr_affine'"),
     _case(
         {"train.models": ["probe_mlp"], "train.probe_mlp": {"probe_features": 0}},
         "train.probe_mlp.probe_features",
@@ -211,6 +212,17 @@ def test_the_limits_copied_into_the_params_match_their_sources():
     assert int(re.search(r"constexpr int kMaxOrder = (\d+);", cpp).group(1)) == KAN_MAX_ORDER
     digits = load_digits()
     assert (len(digits.target), len(set(digits.target.tolist()))) == (N_DIGITS, N_DIGIT_CLASSES)
+
+
+def test_a_model_with_its_own_augmentation_trains_with_it(tmp_path):
+    from pipeline.augment import model_augment
+
+    p = load_params(_write(tmp_path, {"train.augment": "sign_flip", "train.mlp.augment": "none"}))
+    assert model_augment(p.train.augment, p.train.settings("mlp")) == "none"
+    assert model_augment(p.train.augment, p.train.settings("mlp_perm")) == "none"  # + permutations (the suffix)
+    assert model_augment(p.train.augment, p.train.settings("dwsnet")) == "sign_flip"  # no such setting
+    p = load_params(_write(tmp_path, {"train.augment": "sign_flip", "train.mlp.augment": ""}))
+    assert model_augment(p.train.augment, p.train.settings("mlp")) == "sign_flip"  # unset: the stage's
 
 
 def test_augmentations_combine_with_plus(tmp_path):

@@ -72,6 +72,8 @@ class Settings:
     hidden: int = setting(256, gt=0, le=MAX_WIDTH)
     layers: int = setting(3, gt=0)
     dropout: float = setting(0.0, ge=0, lt=1)
+    # its own augmentation (pipeline.augment.model_augment); "": the stage's (train.augment)
+    augment: str = setting("", one_of=("", "none", "sign_flip", "inr_affine", "sign_flip+inr_affine"))
 
 
 INPUT_KIND = "flat"

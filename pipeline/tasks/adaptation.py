@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from pipeline.augment import augmenter
+from pipeline.augment import augmenter, model_augment
 from pipeline.data import load_images
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.io import fingerprint, read_json
@@ -190,7 +190,7 @@ def adapt_one(
         seed,
         objective,
         on_epoch=ctx.reporter(f"adapt {model_name} seed {seed}", "acc", settings.epochs),
-        augment=augmenter(augment, model.input_kind, spec, permutations),
+        augment=augmenter(model_augment(augment, model_cfg), model.input_kind, spec, permutations),
         device=device,
         **ctx.resumable({}),
     )

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pipeline.augment import augmenter
+from pipeline.augment import augmenter, model_augment
 from pipeline.data import load_images
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
@@ -226,7 +226,7 @@ def edit_one(
         seed,
         objective,
         on_epoch=ctx.reporter(f"edit {model_name} seed {seed}", "mse", settings.epochs),
-        augment=augmenter(augment, model.input_kind, spec, permutations),
+        augment=augmenter(model_augment(augment, model_cfg), model.input_kind, spec, permutations),
         on_best=on_best,
         device=device,
         **ctx.resumable(examples),

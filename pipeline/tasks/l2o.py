@@ -20,10 +20,13 @@ so a parameter has :data:`N_FEATURES` channels :math:`\phi`. An optimizer maps t
   state with both end nodes' states. Permuting the optimizee's hidden neurons permutes the
   updates alike (tested both ways).
 
-Optimizees are batched ReLU MLP classifiers (:func:`pipeline.zoo.adapt_zoo.mlp_forward`): ``B``
-nets of one :class:`~pipeline.weightspace.spec.ParamSpec` as one flat ``(B, P)`` tensor. A
-:class:`Task` is an image classification data set (:func:`make_task`: the offline digits or
-MNIST, pooled and standardized) with the spec of its optimizees.
+Optimizees are batched ReLU classifiers, MLPs (:func:`pipeline.zoo.adapt_zoo.mlp_forward`) or
+CNNs (:func:`pipeline.zoo.cnn.cnn_forward`, as the paper): ``B`` nets of one
+:class:`~pipeline.weightspace.spec.ParamSpec` as one flat ``(B, P)`` tensor. A CNN's edge carries
+a ``k x k`` kernel: a graph optimizer has ``K x K`` parameter slots per edge (its ``kernel``, a
+kernel centred in them, an MLP weight a ``1 x 1`` kernel), so the node / edge features are the
+channels of every slot. A :class:`Task` is an image classification data set (:func:`make_task`:
+the offline digits or MNIST, pooled and standardized) with the spec of its optimizees.
 :func:`unroll` runs ``k`` steps and returns the training losses; meta-training backpropagates
 through the updates (first order: gradients of the optimizee enter as features, detached) and
 never across a truncation boundary (:func:`unroll` detaches its starting state).
@@ -46,9 +49,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pipeline.graphs.neural_graph import GraphBatch, GraphTemplate, graph_template, params_to_features, uniform_batch
+from pipeline.graphs.neural_graph import (
+    GraphBatch,
+    GraphTemplate,
+    graph_template,
+    kernel_size,
+    params_to_features,
+    uniform_batch,
+)
 from pipeline.weightspace.spec import ParamSpec, flatten, mlp_spec, unflatten
 from pipeline.zoo.adapt_zoo import mlp_forward
+from pipeline.zoo.cnn import CNNArch, cnn_forward, cnn_spec, init_cnns
 
 MOMENTA = (0.5, 0.9, 0.99, 0.999, 0.9999)  # Neural Graphs §4.3: 0.5 ... 0.9999
 N_FEATURES = 2 * (1 + len(MOMENTA))
@@ -113,37 +124,57 @@ def layer_template(spec: ParamSpec) -> GraphTemplate:
 class OptimizeeGraph:
     """The neural graph of an optimizee spec (:func:`layer_template`) and where every parameter
     sits in it: ``node_param (N,)`` the flat index of each node's bias (``P``, a zero column, for
-    input neurons), ``edge_param (E,)`` that of each edge's weight, and ``param_slot (P,)`` each
-    parameter's row in the stacked ``[nodes; edges]``. Built once per spec
-    (:func:`optimizee_graph`); a feature graph is then two gathers."""
+    input neurons), ``edge_param (E, K * K)`` that of each of an edge's ``K x K`` kernel slots
+    (``P`` where the slot is empty), ``param_slot (P,)`` each parameter's row in the stacked
+    ``[nodes; edges]`` and ``param_pos (P,)`` its slot within an edge (``K * K`` for a bias).
+    Built once per spec and ``K`` (:func:`optimizee_graph`); a feature graph is then two gathers."""
 
     template: GraphTemplate
     node_param: Tensor
     edge_param: Tensor
     param_slot: Tensor
+    param_pos: Tensor
 
     def to(self, device: torch.device | str) -> OptimizeeGraph:
         return OptimizeeGraph(
-            self.template.to(device), self.node_param.to(device), self.edge_param.to(device), self.param_slot.to(device)
+            self.template.to(device),
+            *(getattr(self, k).to(device) for k in ("node_param", "edge_param", "param_slot", "param_pos")),
         )
 
 
+def optimizee_kernel(spec: ParamSpec) -> int:
+    """The largest kernel of an optimizee spec: ``k`` of a CNN's ``k x k`` convs, 1 for an MLP."""
+    if spec.family not in ("mlp", "cnn"):
+        raise ValueError(f"learned optimizers take MLP or CNN optimizees, got {spec.family}")
+    return kernel_size(spec) if spec.family == "cnn" else 1
+
+
 @functools.lru_cache(maxsize=8)
-def optimizee_graph(spec: ParamSpec) -> OptimizeeGraph:
-    """:class:`OptimizeeGraph` of ``spec``: the graph construction applied to the parameter ids
-    ``1 .. P`` (exact in float64) tells where each parameter lands."""
+def optimizee_graph(spec: ParamSpec, kernel: int = 1) -> OptimizeeGraph:
+    """:class:`OptimizeeGraph` of ``spec`` for an optimizer of ``kernel x kernel`` edge slots: the
+    graph construction applied to the parameter ids ``1 .. P`` (exact in float64) tells where each
+    parameter lands; an edge's ``k x k`` ids are centred in its ``kernel x kernel`` slots."""
+    k = optimizee_kernel(spec)
+    if k > kernel or (kernel - k) % 2:
+        raise ValueError(f"{k} x {k} kernels do not centre in this optimizer's {kernel} x {kernel} edge slots")
     t = layer_template(spec)
+    if t.edge_const is not None:
+        raise ValueError("learned optimizers take optimizees without residual connections")
     P = spec.n_params
     x, e = params_to_features(unflatten(torch.arange(1, P + 1, dtype=torch.float64).unsqueeze(0), spec), t)
-    if x.shape[-1] != 1 or e.shape[-1] != 1:
-        raise ValueError(f"learned optimizers take MLP optimizees (one parameter per node / edge), got {spec.family}")
-    node_param, edge_param = x[0, :, 0].long() - 1, e[0, :, 0].long() - 1
+    o = (kernel - k) // 2  # centre each k x k kernel in the K x K slots (as the neural graphs do)
+    e = F.pad(e.view(t.n_edges, k, k), (o, o, o, o)).flatten(1)
+    node_param, edge_param = x[0, :, 0].long() - 1, e.long() - 1
     node_param[node_param < 0] = P
+    edge_param[edge_param < 0] = P
     slot = torch.empty(P, dtype=torch.long)
+    pos = torch.full((P,), kernel * kernel, dtype=torch.long)
     has_bias = node_param < P
     slot[node_param[has_bias]] = torch.arange(t.n_nodes)[has_bias]
-    slot[edge_param] = t.n_nodes + torch.arange(t.n_edges)
-    return OptimizeeGraph(t, node_param, edge_param, slot)
+    row, col = (edge_param < P).nonzero(as_tuple=True)
+    slot[edge_param[row, col]] = t.n_nodes + row
+    pos[edge_param[row, col]] = col
+    return OptimizeeGraph(t, node_param, edge_param, slot, pos)
 
 
 def avg_log_degree(spec: ParamSpec) -> float:
@@ -156,9 +187,10 @@ def avg_log_degree(spec: ParamSpec) -> float:
 
 def feature_graphs(features: Tensor, graph: OptimizeeGraph) -> GraphBatch:
     """The neural graphs of ``B`` nets whose node / edge features are the per-parameter feature
-    channels ``(B, P, C)`` (input neurons, which have no bias, get zeros)."""
-    padded = F.pad(features, (0, 0, 0, 1))  # (B, P + 1, C): row P is the zero of bias-less nodes
-    return uniform_batch(graph.template, padded[:, graph.node_param], features[:, graph.edge_param])
+    channels ``(B, P, C)``: a node's ``C`` channels, an edge's ``K * K * C`` (slot by slot; input
+    neurons, which have no bias, and empty kernel slots get zeros)."""
+    padded = F.pad(features, (0, 0, 0, 1))  # (B, P + 1, C): row P is the zero of empty places
+    return uniform_batch(graph.template, padded[:, graph.node_param], padded[:, graph.edge_param].flatten(2))
 
 
 def graph_to_parameters(node: Tensor, edge: Tensor, graph: OptimizeeGraph) -> Tensor:
@@ -172,13 +204,16 @@ class GraphOptimizer(nn.Module):
     from the encoder's final states: :math:`W_n x_v` for the bias of neuron ``v``,
     :math:`W_e [e_{uv}, x_u, x_v]` for the weight of edge ``u -> v``. The graphs carry one
     positional id per neuron layer (:func:`layer_template`), so one optimizer runs on nets of any
-    width with ``n_layers`` parameter layers.
+    width with ``n_layers`` parameter layers. With ``kernel`` ``K > 1`` (CNN optimizees) an edge
+    reads the channels of its ``K x K`` slots, and a weight's context adds a learned embedding of
+    its slot: :math:`c_i = W_e [e_{uv}, x_u, x_v] + s_{pos(i)}` (a bias: :math:`s_{K^2}`).
 
     Args:
         n_layers: parameter layers of the optimizees.  encoder: ``"ng_gnn"`` or ``"ng_t"``.
         hidden: the encoder's and the MLP's width.  layers: encoder layers.  heads: NG-T's.
         avg_log_degree: NG-GNN's PNA :math:`\delta`, from the meta-training optimizees' graph
-            (:func:`avg_log_degree`).
+            (:func:`avg_log_degree`).  kernel: edge slots ``K`` (:func:`optimizee_kernel` of the
+            meta-training optimizees; it runs on kernels up to ``K``).
     Shapes: features ``(B, P, C)`` and the optimizees' :func:`optimizee_graph` -> updates ``(B, P)``.
     """
 
@@ -190,23 +225,26 @@ class GraphOptimizer(nn.Module):
         layers: int = 2,
         heads: int = 4,
         avg_log_degree: float = 1.0,
+        kernel: int = 1,
     ):
         super().__init__()
-        n_pos = n_layers + 1
+        n_pos, edge_dim = n_layers + 1, kernel * kernel * N_FEATURES
+        self.kernel = kernel
         if encoder == "ng_gnn":
             from pipeline.models.ng_gnn import NGGNNEncoder
 
             self.encoder = NGGNNEncoder(
-                N_FEATURES, N_FEATURES, n_pos, 1, hidden, layers, fourier_features=0, avg_log_degree=avg_log_degree
+                N_FEATURES, edge_dim, n_pos, 1, hidden, layers, fourier_features=0, avg_log_degree=avg_log_degree
             )
         elif encoder == "ng_t":
             from pipeline.models.ng_t import NGTEncoder
 
-            self.encoder = NGTEncoder(N_FEATURES, N_FEATURES, n_pos, hidden, layers, heads=heads)
+            self.encoder = NGTEncoder(N_FEATURES, edge_dim, n_pos, hidden, layers, heads=heads)
         else:
             raise ValueError(f"unknown encoder {encoder!r}; choose from ('ng_gnn', 'ng_t')")
         self.node_ctx = nn.Linear(hidden, hidden)
         self.edge_ctx = nn.Linear(3 * hidden, hidden)
+        self.slot = nn.Embedding(kernel * kernel + 1, hidden) if kernel > 1 else None
         self.mlp = PerParameterMLP(N_FEATURES + hidden, hidden)
 
     def forward(self, features: Tensor, graph: OptimizeeGraph) -> Tensor:
@@ -216,6 +254,8 @@ class GraphOptimizer(nn.Module):
         edge = self.edge_ctx(torch.cat([e, x.index_select(0, src), x.index_select(0, dst)], dim=1))
         edge = edge.new_zeros(edge.shape).index_copy(0, order, edge)  # back to the batch's edge order
         ctx = graph_to_parameters(node.view(B, t.n_nodes, -1), edge.view(B, t.n_edges, -1), graph)
+        if self.slot is not None:
+            ctx = ctx + self.slot(graph.param_pos)
         return self.mlp(torch.cat([features, ctx], dim=-1))
 
 
@@ -226,7 +266,9 @@ class GraphOptimizer(nn.Module):
 
 @dataclass(frozen=True)
 class Task:
-    """A classification task for ``B`` optimizees of ``spec``: shared training and test data."""
+    """A classification task for ``B`` optimizees of ``spec``: shared training and test data.
+    ``arch``: the optimizees' CNN architecture (images ``(n, 1, H, W)``), ``None`` for MLPs
+    (flattened images ``(n, D)``)."""
 
     spec: ParamSpec
     x_train: Tensor
@@ -235,11 +277,32 @@ class Task:
     y_test: Tensor
     batch_size: int = 64
     source: str = ""  # the images' name
+    arch: CNNArch | None = None
 
     @property
     def label(self) -> str:
-        """``"digits_offline: 64 → 32 → 10"``: the data and the optimizees' layer sizes."""
-        return f"{self.source or 'data'}: {' → '.join(map(str, self.spec.layer_sizes))}"
+        """``"digits_offline: 64 → 32 → 10"`` (a CNN: ``"digits_offline: CNN 1 → 8 → 8 → 10,
+        3 x 3 stride-2 convs"``): the data and the optimizees' layer sizes."""
+        sizes = " → ".join(map(str, self.spec.layer_sizes))
+        if self.arch is not None:
+            sizes = f"CNN {sizes}, {self.arch.kernels[0]} x {self.arch.kernels[0]} stride-2 convs"
+        return f"{self.source or 'data'}: {sizes}"
+
+    def logits(self, flat: Tensor, x: Tensor) -> Tensor:
+        """``B`` optimizees ``(B, P)`` on examples ``x`` shared ``(n, ...)`` or per net ``(B, n, ...)``:
+        ``(B, n, 10)``."""
+        params = unflatten(flat, self.spec)
+        return mlp_forward(params, self.spec, x) if self.arch is None else cnn_forward(params, self.arch, x)
+
+    def init(self, seeds: list[int]) -> Tensor:
+        """Fresh optimizees ``(B, P)``, net ``b`` from ``seeds[b]``: MLPs He-uniform with zero biases
+        (:func:`pipeline.zoo.adapt_zoo.init_pair_mlps`), CNNs as PyTorch's layers
+        (:func:`pipeline.zoo.cnn.init_cnns`)."""
+        if self.arch is not None:
+            return flatten(init_cnns(self.arch, seeds), self.spec)
+        from pipeline.zoo.adapt_zoo import init_pair_mlps
+
+        return flatten(init_pair_mlps(self.spec, seeds), self.spec)
 
     def to(self, device: torch.device | str) -> Task:
         return dataclasses.replace(
@@ -247,27 +310,45 @@ class Task:
         )
 
 
-def make_task(source: str, pool: int, hidden: list[int], n_test: int, batch_size: int, seed: int) -> Task:
+def make_task(
+    source: str,
+    pool: int,
+    hidden: list[int],
+    n_test: int,
+    batch_size: int,
+    seed: int,
+    kind: str = "mlp",
+    kernel: int = 3,
+) -> Task:
     """A task of the offline images ``source`` (:func:`pipeline.data.load_images`), average-pooled
-    by ``pool`` and flattened, standardized with the training pixels' mean and std (one scalar
-    each), split at random (``seed``) into ``n_test`` test images and the rest for training; its
-    optimizees are ReLU MLPs ``inputs -> hidden -> 10``."""
+    by ``pool``, standardized with the training pixels' mean and std (one scalar each), split at
+    random (``seed``) into ``n_test`` test images and the rest for training. Its optimizees
+    (``kind``): ReLU MLPs ``inputs -> hidden -> 10`` of the flattened images, or ReLU CNNs of
+    ``kernel x kernel`` stride-2 convs of ``hidden`` channels, global average pooling and a
+    linear layer to 10 classes."""
     from pipeline.data import load_images, split_indices
 
     images, labels = load_images(source)
-    x = F.avg_pool2d(images.unsqueeze(1), pool).flatten(1) if pool > 1 else images.flatten(1)
+    x = F.avg_pool2d(images.unsqueeze(1), pool) if pool > 1 else images.unsqueeze(1)
+    x = x.flatten(1) if kind == "mlp" else x
     split = split_indices(len(labels), {"train": len(labels) - n_test, "test": n_test}, seed)
     train = x[split["train"]]
     mean, std = train.mean(), train.std()
     x = (x - mean) / std
-    spec = mlp_spec([x.shape[1], *hidden, 10])
+    if kind == "mlp":
+        arch, spec = None, mlp_spec([x.shape[1], *hidden, 10])
+    elif kind == "cnn":
+        arch = CNNArch(tuple(hidden), (kernel,) * len(hidden), (2,) * len(hidden), "relu")
+        spec = cnn_spec(arch)
+    else:
+        raise ValueError(f"unknown optimizee kind {kind!r}; choose from ('mlp', 'cnn')")
     tr, te = split["train"], split["test"]
-    return Task(spec, x[tr].contiguous(), labels[tr], x[te].contiguous(), labels[te], batch_size, source)
+    return Task(spec, x[tr].contiguous(), labels[tr], x[te].contiguous(), labels[te], batch_size, source, arch)
 
 
 def batch_losses(flat: Tensor, task: Task, idx: Tensor) -> Tensor:
     """Per-net cross-entropy on the training examples ``idx`` ``(B, b)``: ``(B,)``."""
-    logits = mlp_forward(unflatten(flat, task.spec), task.spec, task.x_train[idx])
+    logits = task.logits(flat, task.x_train[idx])
     return F.cross_entropy(logits.flatten(0, 1), task.y_train[idx].flatten(), reduction="none").view(idx.shape).mean(1)
 
 
@@ -300,7 +381,7 @@ def unroll(
     function of the updates before it); without, nothing is recorded for a meta-gradient (the
     evaluation: memory does not grow with ``steps``)."""
     flat, moments = state.flat.detach().requires_grad_(True), state.moments.detach()
-    graph = optimizee_graph(task.spec).to(flat.device)
+    graph = optimizee_graph(task.spec, optimizer.kernel).to(flat.device) if hasattr(optimizer, "kernel") else None
     losses = []
     for _ in range(steps):
         idx = batch_indices(task, gens, flat.device)
@@ -357,7 +438,7 @@ def baseline_steps(
 @torch.no_grad()
 def held_out_accuracy(flat: Tensor, task: Task) -> Tensor:
     """``(B,)`` accuracy of every optimizee on the task's test examples."""
-    logits = mlp_forward(unflatten(flat, task.spec), task.spec, task.x_test)
+    logits = task.logits(flat, task.x_test)
     return (logits.argmax(-1) == task.y_test).float().mean(1)
 
 
@@ -381,17 +462,10 @@ class MetaSettings:
     grad_clip: float = 1.0
 
 
-def init_optimizees(spec: ParamSpec, seeds: list[int]) -> Tensor:
-    """He-uniform weights and zero biases (:func:`pipeline.zoo.adapt_zoo.init_pair_mlps`), flat ``(B, P)``."""
-    from pipeline.zoo.adapt_zoo import init_pair_mlps
-
-    return flatten(init_pair_mlps(spec, seeds), spec)
-
-
-def fresh_state(spec: ParamSpec, seeds: list[int], device: torch.device | str = "cpu") -> tuple[OptState, list]:
-    """New optimizees from ``seeds`` (zero momenta) and their batch generators (CPU: the draws do
-    not depend on the device)."""
-    flat = init_optimizees(spec, seeds).to(device)
+def fresh_state(task: Task, seeds: list[int], device: torch.device | str = "cpu") -> tuple[OptState, list]:
+    """New optimizees of ``task`` from ``seeds`` (:meth:`Task.init`, zero momenta) and their batch
+    generators (CPU: the draws do not depend on the device)."""
+    flat = task.init(seeds).to(device)
     return OptState(flat, flat.new_zeros(*flat.shape, len(MOMENTA))), [
         torch.Generator().manual_seed(s + 1) for s in seeds
     ]
@@ -428,7 +502,7 @@ def meta_train(
     for outer in range(first, s.outer_steps):
         if t >= s.horizon:
             seeds = [seed * 1_000_003 + k * s.n_optimizees + b for b in range(s.n_optimizees)]
-            state, gens = fresh_state(task.spec, seeds, device)
+            state, gens = fresh_state(task, seeds, device)
             t, k = 0, k + 1
         state, losses = unroll(optimizer, state, task, s.unroll, gens, s.scale)
         # the losses after each update of this unroll, the last one's included: the first loss of
@@ -494,7 +568,7 @@ def optimize(
     """Train fresh nets of ``task`` from ``seeds`` for ``steps`` steps with a learned ``optimizer``
     (no meta-gradient; update scale ``scale``) or a baseline named ``"adam"`` / ``"sgd"`` (``lr``,
     ``momentum``), on the task's device."""
-    state, gens = fresh_state(task.spec, seeds, task.x_train.device)
+    state, gens = fresh_state(task, seeds, task.x_train.device)
     if isinstance(optimizer, str):
         flat, losses = baseline_steps(state.flat, task, steps, lr, gens, optimizer, momentum)
     else:
@@ -538,14 +612,15 @@ LEARNED = ("ff", "ng_gnn", "ng_t")
 
 
 def build_optimizer(
-    name: str, config: FFConfig | OptimizerConfig, n_layers: int, avg_log_degree: float = 1.0
+    name: str, config: FFConfig | OptimizerConfig, n_layers: int, avg_log_degree: float = 1.0, kernel: int = 1
 ) -> nn.Module:
     r"""The learned optimizer ``name`` (:data:`LEARNED`) for optimizees of ``n_layers`` layers
-    (``avg_log_degree``: NG-GNN's :math:`\delta`, of the meta-training optimizees)."""
+    (``avg_log_degree``: NG-GNN's :math:`\delta`, ``kernel``: the edge slots, both of the
+    meta-training optimizees)."""
     if name == "ff":
         return FFOptimizer(config.hidden)
     if name in ("ng_gnn", "ng_t"):
-        return GraphOptimizer(n_layers, name, config.hidden, config.layers, config.heads, avg_log_degree)
+        return GraphOptimizer(n_layers, name, config.hidden, config.layers, config.heads, avg_log_degree, kernel)
     raise ValueError(f"unknown learned optimizer {name!r}; choose from {LEARNED}")
 
 
@@ -620,8 +695,8 @@ def l2o_one(data: L2OData, name: str, config, seed: int, ctx, settings: L2OSetti
         run = functools.partial(optimize, name, lr=lr, momentum=config.momentum)
     else:
         torch.manual_seed(seed)
-        delta = avg_log_degree(data.meta_task.spec)
-        optimizer = build_optimizer(name, config, n_layers, delta).to(device)
+        delta, kernel = avg_log_degree(data.meta_task.spec), optimizee_kernel(data.meta_task.spec)
+        optimizer = build_optimizer(name, config, n_layers, delta, kernel).to(device)
         every = max(1, settings.meta.outer_steps // 10)
         logged: dict = {"history": [], "chunk": []}  # travels with each checkpoint (ctx.resumable)
         tick = time.time()
@@ -648,7 +723,7 @@ def l2o_one(data: L2OData, name: str, config, seed: int, ctx, settings: L2OSetti
         optimizer.eval()
         run = functools.partial(optimize, optimizer, scale=settings.meta.scale)
         weights = {k: v.detach().cpu().clone() for k, v in optimizer.state_dict().items()}
-        card = optimizer_card(name, config, n_layers, settings.meta.scale, delta)
+        card = optimizer_card(name, config, n_layers, settings.meta.scale, delta, kernel)
     test, per_net, curves = {}, {}, {}
     for key, task in tasks.items():
         t = run(task, settings.eval_steps, eval_seeds(seed, settings.eval_nets))
@@ -683,7 +758,12 @@ def final_metrics(r: dict) -> dict[str, float]:
 
 
 def optimizer_card(
-    name: str, config: FFConfig | OptimizerConfig, n_layers: int, scale: float, avg_log_degree: float = 1.0
+    name: str,
+    config: FFConfig | OptimizerConfig,
+    n_layers: int,
+    scale: float,
+    avg_log_degree: float = 1.0,
+    kernel: int = 1,
 ) -> dict:
     """The model card of a meta-trained optimizer (what :func:`load_optimizer` rebuilds it from)."""
     return {
@@ -692,6 +772,7 @@ def optimizer_card(
         "settings": dataclasses.asdict(config),
         "n_layers": n_layers,
         "avg_log_degree": avg_log_degree,
+        "kernel": kernel,
         "scale": scale,
         "momenta": list(MOMENTA),
     }
@@ -709,6 +790,8 @@ def load_optimizer(path) -> tuple[nn.Module, dict]:
     if tuple(card["momenta"]) != MOMENTA:
         raise ValueError(f"{path}: saved with momenta {card['momenta']}, this code computes {list(MOMENTA)}")
     config = (FFConfig if card["model"] == "ff" else OptimizerConfig)(**card["settings"])
-    optimizer = build_optimizer(card["model"], config, card["n_layers"], card.get("avg_log_degree", 1.0))
+    optimizer = build_optimizer(
+        card["model"], config, card["n_layers"], card.get("avg_log_degree", 1.0), card.get("kernel", 1)
+    )
     optimizer.load_state_dict(load_tensors(path))
     return optimizer.eval(), card
