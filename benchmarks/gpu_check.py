@@ -12,6 +12,15 @@ Targets on one H100-class GPU: >= 2 000 SIRENs/s; NG-GNN at width 64 >= 5 000 gr
 Without CUDA it says so and exits 0 (``--devices cpu`` exercises every code path on the CPU).
 
 Run: ``python benchmarks/gpu_check.py [--steps 100 --cpu-fraction 0.1]``.
+
+``--quick`` settles the GPU numbers in about 5 minutes on one GPU and prints one table
+(:func:`quick`): after a warm-up, SIREN fitting at two batch sizes, one training epoch of every
+model of the paper profile's INR table at its widths, four Ray tasks sharing the GPU against one,
+the losses of the first training steps on the GPU against the CPU (the README's tolerance: a
+relative 1e-4), and a sync check (the training loop's body under
+``torch.cuda.set_sync_debug_mode("error")``). ``--quick --device cpu --tiny`` runs every part
+at toy sizes with the default profile's models on the CPU (a smoke run of the script; no rate
+it prints means anything).
 """
 
 from __future__ import annotations
@@ -94,8 +103,168 @@ def graphs_of(params: dict, labels: torch.Tensor, spec, n: int) -> tuple[GraphSe
     return part(0, n), part(n, n + 64), {"spec": spec.to_dict(), "norm_stats": stats, "forward": forward}
 
 
+# ---- --quick -------------------------------------------------------------------------------
+
+LOSS_RTOL = 1e-4  # README, "Devices": the stated tolerance of two runs with one seed
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickSizes:
+    siren_nets: tuple[int, int] = (1000, 10000)
+    siren_steps: int = 100
+    graphs: int = 4000  # training graphs of each model's epoch (from the fitted SIRENs)
+    agree_steps: int = 5  # steps compared between the device and the CPU
+    ray_tasks: int = 4
+    profile: str = "profiles/paper.yaml"  # the models, their widths and the batch size
+
+
+TINY = QuickSizes((16, 200), 3, 128, 2, 2, "params.yaml")
+
+
+def _timed(device: torch.device, fn, *args):
+    """``fn(*args)`` and its wall seconds, the device synchronized before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn(*args)
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def _setup(name: str, settings, train: GraphSet, meta: dict, no_dropout: bool = False):
+    """Model ``name`` (seed 0, on the CPU) and its inputs for ``train``."""
+    template = graph_template(ParamSpec.from_dict(meta["spec"]))
+    shape = data_shape(train, template, 10, forward_spec_from_meta(meta))
+    if no_dropout and hasattr(settings, "dropout"):
+        settings = dataclasses.replace(settings, dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model(name, settings, shape)
+    return model, model_inputs(train, template, model.input_kind)
+
+
+def loop_body_steps(model, data, batch: int, steps: int, device: torch.device) -> torch.Tensor:
+    """``steps`` training steps as :func:`pipeline.train.fit_model`'s loop body runs them
+    (:func:`~pipeline.train.shuffled_batches`, :func:`~pipeline.train.train_step`, the schedule,
+    the on-device loss and accuracy sums); returns the losses ``(steps,)`` on the device."""
+    from pipeline.train import shuffled_batches, train_step, warmup_schedule
+
+    model.to(device).train()
+    data = data.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4)
+    sched = warmup_schedule(TrainSettings(1, batch, 1e-3, 5e-4, 10, 10.0))(opt)
+    tot, correct, losses = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), device=device), []
+    for i, (inputs, y) in enumerate(shuffled_batches(data, batch, torch.Generator().manual_seed(0))):
+        if i == steps:
+            break
+        out, loss = train_step(model, inputs, y, Classification(10), opt, 10.0)
+        sched.step()
+        tot += loss.double() * y.shape[0]
+        correct += (out.argmax(1) == y).sum()
+        losses.append(loss)
+    return torch.stack(losses)
+
+
+def sync_check(model, data, batch: int, device: torch.device) -> str:
+    """``"none"`` if three steps of the loop body (after one outside) never wait for the GPU,
+    else the first synchronizing call; ``"not checked"`` off CUDA."""
+    if device.type != "cuda":
+        return "not checked (CPU)"
+    loop_body_steps(model, data, batch, 1, device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loop_body_steps(model, data, batch, 3, device)
+        return "none"
+    except RuntimeError as e:
+        return "SYNC: " + str(e).splitlines()[0][:80]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def ray_shared_rate(name: str, settings, train: GraphSet, meta: dict, batch: int, tasks: int, device) -> float:
+    """Graphs/s of ``tasks`` Ray tasks each training one epoch of ``name`` on a ``1 / tasks``
+    share of the device (the paper profile's ``gpus_per_task``), all at once."""
+    import ray
+
+    gpus = 1 if device.type == "cuda" else 0
+    ray.init(num_cpus=tasks, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+    try:
+
+        @ray.remote(num_gpus=gpus / tasks, num_cpus=1)
+        def one_epoch(train: GraphSet) -> float:
+            torch.set_num_threads(1)
+            model, data = _setup(name, settings, train, meta)
+            _, seconds = _timed(device, loop_body_steps, model, data, batch, len(train) // batch, device)
+            return seconds
+
+        ref = ray.put(train)
+        ray.get(one_epoch.remote(ref))  # warm-up: workers start, kernels load
+        t0 = time.perf_counter()
+        ray.get([one_epoch.remote(ref) for _ in range(tasks)])
+        return tasks * (len(train) // batch) * batch / (time.perf_counter() - t0)
+    finally:
+        ray.shutdown()
+
+
+def quick(device: torch.device, sizes: QuickSizes) -> list[tuple[str, str, str]]:
+    """Every measurement of ``--quick`` as ``(what, value, note)`` rows."""
+    paper = load_params(ROOT / sizes.profile).train
+    batch = paper.batch_size
+    images, labels = load_images("mnist_offline")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    rows = [("device", name, f"torch {torch.__version__}, CUDA {torch.version.cuda or '-'}")]
+    fit_sirens_rate(images, labels, sizes.siren_nets[0], 2, device)  # warm-up: kernels, allocator
+    params = labels_all = spec = None
+    for n in sizes.siren_nets:
+        rate, params, labels_all, spec = fit_sirens_rate(images, labels, n, sizes.siren_steps, device)
+        rows.append((f"SIREN fitting, {n} nets in one batch", f"{rate:,.0f} INRs/s", f"{sizes.siren_steps} Adam steps"))
+    n_graphs = min(sizes.graphs, params[next(iter(params))].shape[0] - 64)
+    train, _, meta = graphs_of(params, labels_all, spec, n_graphs)
+    for model_name in paper.models:
+        base = model_name.split("@")[0].removesuffix("_perm")
+        settings = paper.settings(model_name)
+        model, data = _setup(base, settings, train, meta)
+        steps = len(train) // batch
+        loop_body_steps(model, data, batch, 2, device)  # warm-up
+        _, seconds = _timed(device, loop_body_steps, model, data, batch, steps, device)
+        rate = steps * batch / seconds
+        ref, _ = _setup(base, settings, train, meta, no_dropout=True)
+        here, _ = _setup(base, settings, train, meta, no_dropout=True)
+        a = loop_body_steps(ref, data, batch, sizes.agree_steps, torch.device("cpu")).double()
+        b = loop_body_steps(here, data, batch, sizes.agree_steps, device).double().cpu()
+        rel = float(((a - b).abs() / a.abs().clamp_min(1e-12)).max())
+        agree = f"{rel:.1e} ({'within' if rel <= LOSS_RTOL else 'OUTSIDE'} {LOSS_RTOL:g})"
+        syncs = sync_check(model, data, batch, device)
+        rows.append(
+            (
+                f"{model_name} one epoch ({_width(settings)}), batch {batch}",
+                f"{rate:,.0f} graphs/s",
+                f"loss vs CPU, {sizes.agree_steps} steps: {agree}; host syncs: {syncs}",
+            )
+        )
+    ng = paper.settings("ng_gnn")
+    one = next(float(r[1].split()[0].replace(",", "")) for r in rows if r[0].startswith("ng_gnn one epoch"))
+    shared = ray_shared_rate("ng_gnn", ng, train, meta, batch, sizes.ray_tasks, device)
+    rows.append(
+        (
+            f"ng_gnn, {sizes.ray_tasks} Ray tasks sharing the device",
+            f"{shared:,.0f} graphs/s",
+            f"{shared / one:.2f}x one process ({one:,.0f} graphs/s)",
+        )
+    )
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, str]]) -> None:
+    print("| measurement | value | note |")
+    print("|---|---:|---|")
+    for what, value, note in rows:
+        print(f"| {what} | {value} | {note} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="the 5-minute check (quick)")
+    ap.add_argument("--device", default="cuda", help="with --quick: the device checked")
+    ap.add_argument("--tiny", action="store_true", help="with --quick: toy sizes (a smoke run)")
     ap.add_argument("--devices", default="cuda,cpu")
     ap.add_argument("--steps", type=int, default=100, help="Adam steps per SIREN / KAN")
     ap.add_argument("--sizes", default="1000,10000", help="SIREN zoo sizes")
@@ -103,6 +272,15 @@ def main() -> None:
     ap.add_argument("--graphs", type=int, default=4000, help="training graphs per epoch (the default zoo's 4 000)")
     ap.add_argument("--cpu-fraction", type=float, default=0.1)
     args = ap.parse_args()
+    if args.quick:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print("gpu_check --quick: no CUDA device on this machine; nothing is measured (exit 0)")
+            return
+        t0 = time.perf_counter()
+        print_table(quick(device, TINY if args.tiny else QuickSizes()))
+        print(f"\ngpu_check --quick: {time.perf_counter() - t0:.0f} s")
+        return
     devices = [torch.device(d) for d in args.devices.split(",")]
     if any(d.type == "cuda" for d in devices) and not torch.cuda.is_available():
         print("gpu_check: no CUDA device on this machine; the GPU numbers are not measured (exit 0)")

@@ -134,8 +134,8 @@ def reference_markdown(side_by_side: dict, table: str, data_version: str) -> str
                 "`reports/reference/side_by_side.json` was measured on other graphs than this report's "
                 f"(its data version {str(side_by_side.get('data_version') or 'not recorded')[:12]}, this "
                 f"report's {data_version[:12]}), so it is not shown. Rerun it on the current zoo: "
-                "`python experiments/reference_side_by_side.py --dwsnets <checkout> --nfn <checkout>` "
-                "(its docstring: settings and time).",
+                "`python experiments/reference_side_by_side.py --runs <model> --setting main <checkouts>`, "
+                "one file per model and setting, merged with `--render` (its docstring: settings and time).",
                 "",
             ]
         )
@@ -146,8 +146,11 @@ def reference_markdown(side_by_side: dict, table: str, data_version: str) -> str
             "Where a claim above fails, this table separates the implementation from the setting: "
             "the official repositories' model classes (imported from their checkouts, never "
             "copied) and metazoo's trained on these graphs with the same splits and number of "
-            "steps, test accuracy at the best validation epoch. Rows named *metazoo recipe* use "
-            "this pipeline's optimizer, schedule and augmentation for both.",
+            "epochs, test accuracy at the best validation epoch. Setting *main*: the main table's "
+            "models (metazoo's exactly, the official ones at the same width and depth); *official*: "
+            "the official default sizes (metazoo's: the paper profile). *Reference recipe*: the "
+            "official training script's optimizer, schedule, augmentation and batch size; *metazoo "
+            "recipe*: this pipeline's, for either model.",
             "",
             table.strip(),
             "",
