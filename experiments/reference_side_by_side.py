@@ -421,12 +421,14 @@ def ng_width(name: str, hidden: int | None) -> dict:
     }
 
 
-def ng_official_model(root: Path, name: str, layout: list[int], hidden: int | None, stats: dict | None) -> nn.Module:
+def ng_official_model(
+    root: Path, name: str, layout: list[int], hidden: int | None, stats: dict | None, dropout: float = 0.2
+) -> nn.Module:
     """The official NG-GNN / NG-T from its MNIST INR-classification config and script overrides
     (``scripts/mnist_cls_{pna,rt}.sh``: dropout 0.2, positional embeddings, no probes; NG-GNN
     with reversed edge features), at width ``hidden`` (:func:`ng_width`). ``stats``: the
     per-layer weight / bias means and stds its graph constructor normalizes raw inputs with
-    (``None``: inputs already normalized)."""
+    (``None``: inputs already normalized). ``dropout``: the scripts' 0.2 unless given."""
     _neural_graphs(root)
     import hydra  # noqa: PLC0415
     from omegaconf import OmegaConf  # noqa: PLC0415
@@ -435,9 +437,9 @@ def ng_official_model(root: Path, name: str, layout: list[int], hidden: int | No
     cfg = OmegaConf.create({"data": {"num_classes": 10, "inr_model": None, "stats": stats}, "model": model})
     script = {"graph_constructor": {"num_probe_features": 0, "use_pos_embed": True}}
     if name == "ng_gnn":
-        script |= {"gnn_backbone": {"dropout": 0.2}, "rev_edge_features": True}
+        script |= {"gnn_backbone": {"dropout": dropout}, "rev_edge_features": True}
     else:
-        script |= {"dropout": 0.2, "modulate_v": True}
+        script |= {"dropout": dropout, "modulate_v": True}
     cfg.model = OmegaConf.merge(cfg.model, script, ng_width(name, hidden))
     OmegaConf.resolve(cfg)
     return hydra.utils.instantiate(cfg.model, layer_layout=layout)
@@ -455,7 +457,14 @@ def layer_stats(split: RawSplit) -> dict:
 
 
 def train_ng_reference(
-    root: Path, name: str, splits: dict[str, RawSplit], epochs: int, batch: int, seed: int, hidden: int | None
+    root: Path,
+    name: str,
+    splits: dict[str, RawSplit],
+    epochs: int,
+    batch: int,
+    seed: int,
+    hidden: int | None,
+    dropout: float = 0.2,
 ) -> dict:
     """The official NG-GNN / NG-T trained as its ``inr_classification/main.py`` trains it: raw
     weights with its ``INRDataset`` augmentations, AdamW (amsgrad) lr 1e-3, weight decay 5e-4,
@@ -467,7 +476,7 @@ def train_ng_reference(
     np.random.seed(seed)
     tr = {k: dwsnets_inputs(s.weights, s.biases) for k, s in splits.items()}
     layout = [tr["train"][0][0].shape[1]] + [b.shape[1] for b in tr["train"][1]]
-    model = ng_official_model(root, name, layout, hidden, layer_stats(splits["train"]))
+    model = ng_official_model(root, name, layout, hidden, layer_stats(splits["train"]), dropout)
     from experiments.data import INRDataset  # noqa: PLC0415  (the official code)
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4, amsgrad=True)
@@ -579,6 +588,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--setting", default="main", choices=tuple(PROFILES), help="model sizes (setting_sizes)")
+    ap.add_argument("--ng-dropout", type=float, help="the official NG-GNN / NG-T's dropout (its scripts: 0.2)")
     ap.add_argument("--neural-graphs", type=Path, help="checkout of mkofinas/neural-graphs")
     ap.add_argument("--runs", nargs="+", default=["dwsnet", "nfn"], choices=CHECKOUTS, help="models to compare")
     ap.add_argument("--threads", type=int, default=1)
@@ -608,6 +618,8 @@ def main() -> None:
     for seed in args.seeds:
         for name in args.runs:
             sizes = setting_sizes(args.setting, name)
+            if args.ng_dropout is not None and name in NG_CONFIGS:
+                sizes["dropout"] = args.ng_dropout
             runs = {
                 "official, reference recipe": (reference_run, (name, args, splits, seed, sizes)),
                 "official, metazoo recipe": (official_metazoo_run, (name, args, splits, spec, data, seed, sizes)),
@@ -621,6 +633,8 @@ def main() -> None:
                 r = run(*run_args)
                 if label.endswith("reference recipe"):
                     label = f"{label} (batch {REFERENCE_BATCH.get(name, args.batch)})"
+                if "dropout" in sizes and label.startswith("official"):
+                    label = f"{label}, dropout {sizes['dropout']:g}"
                 width = width_label(name, sizes)
                 if label.startswith("metazoo"):
                     width = settings_summary(dataclasses.asdict(metazoo_settings(args.setting, name)))
@@ -717,7 +731,9 @@ def reference_run(name: str, args, splits: dict[str, RawSplit], seed: int, sizes
     if name == "dwsnet":
         return train_dwsnets_reference(args.dwsnets, splits, args.epochs, batch, seed, sizes)
     if name in NG_CONFIGS:
-        return train_ng_reference(args.neural_graphs, name, splits, args.epochs, batch, seed, sizes["hidden"])
+        return train_ng_reference(
+            args.neural_graphs, name, splits, args.epochs, batch, seed, sizes["hidden"], sizes.get("dropout", 0.2)
+        )
     return train_nfn_reference(args.nfn, splits, args.epochs, batch, seed, sizes["hidden"])
 
 
@@ -744,7 +760,8 @@ def official_on_flat(name: str, args, splits: dict[str, RawSplit], spec: ParamSp
     """An official model (same configuration as its reference-recipe run) reading metazoo's inputs."""
     if name in NG_CONFIGS:  # its inputs already normalized: no statistics in the graph constructor
         layout = [splits["train"].weights[0].shape[2]] + [b.shape[1] for b in splits["train"].biases]
-        return _DWSNetsOnFlat(ng_official_model(args.neural_graphs, name, layout, sizes["hidden"], None), spec)
+        model = ng_official_model(args.neural_graphs, name, layout, sizes["hidden"], None, sizes.get("dropout", 0.2))
+        return _DWSNetsOnFlat(model, spec)
     if name == "dwsnet":
         _official(args.dwsnets)
         from nn.models import DWSModelForClassification  # noqa: PLC0415  (the official code)
