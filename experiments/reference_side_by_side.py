@@ -161,11 +161,32 @@ def _without_rff() -> None:
     import importlib.util
     import types
 
-    if "rff" not in sys.modules and importlib.util.find_spec("rff") is None:
+    if "rff" in sys.modules:
+        return
+    if importlib.util.find_spec("rff") is None:
         layers = types.ModuleType("rff.layers")
         layers.GaussianEncoding = layers.PositionalEncoding = None
         sys.modules["rff"] = types.ModuleType("rff")
         sys.modules["rff.layers"] = layers
+    elif importlib.util.find_spec("torchvision") is None:
+        _rff_without_torchvision()
+
+
+def _rff_without_torchvision() -> None:
+    """Import the installed ``rff``'s modules without its package ``__init__``, which imports
+    torchvision for data loading that nothing here uses."""
+    import importlib
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("rff")
+    if spec is None or spec.submodule_search_locations is None:
+        raise SystemExit("the official code needs rff: pip install --no-deps random-fourier-features-pytorch")
+    pkg = types.ModuleType("rff")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules["rff"] = pkg
+    for sub in ("functional", "layers"):  # rff.layers reads rff.functional as an attribute
+        importlib.import_module(f"rff.{sub}")
 
 
 def dwsnets_inputs(ws: list[Tensor], bs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -386,14 +407,7 @@ def _neural_graphs(root: Path) -> None:
 
     _official(root)
     if "rff" not in sys.modules and importlib.util.find_spec("torchvision") is None:
-        spec = importlib.util.find_spec("rff")
-        if spec is None or spec.submodule_search_locations is None:
-            raise SystemExit("the official Neural Graphs code needs rff: pip install random-fourier-features-pytorch")
-        pkg = types.ModuleType("rff")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["rff"] = pkg
-        for sub in ("functional", "layers"):  # rff.layers reads rff.functional as an attribute
-            importlib.import_module(f"rff.{sub}")
+        _rff_without_torchvision()
     if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:  # transforms: unused
         vision = types.ModuleType("torchvision")
         vision.transforms = types.ModuleType("torchvision.transforms")
