@@ -117,7 +117,10 @@ def test_the_report_section_puts_every_optimizer_beside_the_published_numbers(l2
         ({"meta_task": {"n_test": 1797}}, "l2o.meta_task.n_test:"),
         ({"heads": 3}, "l2o.heads: 3 does not divide graph_hidden"),
         ({"test_task": {"kind": "cnn"}}, "l2o.test_task.kind: .* read kernels up to the meta task's \\(1 x 1\\)"),
-        ({"meta_task": {"kind": "cnn", "kernel": 3}, "test_task": {"kind": "cnn", "kernel": 5}}, "l2o.test_task.kernel:"),
+        (
+            {"meta_task": {"kind": "cnn", "kernel": 3}, "test_task": {"kind": "cnn", "kernel": 5}},
+            "l2o.test_task.kernel:",
+        ),
         ({"outer_steps": "many"}, "l2o.outer_steps: expected int"),
         ({"unrol": 10}, "l2o.unrol: unknown key"),
     ],
