@@ -58,7 +58,7 @@ from pipeline.graphs.neural_graph import (
     uniform_batch,
 )
 from pipeline.weightspace.spec import ParamSpec, flatten, mlp_spec, unflatten
-from pipeline.zoo.adapt_zoo import mlp_forward
+from pipeline.zoo.adapt_zoo import init_pair_mlps, mlp_forward
 from pipeline.zoo.cnn import CNNArch, cnn_forward, cnn_spec, init_cnns
 
 MOMENTA = (0.5, 0.9, 0.99, 0.999, 0.9999)  # Neural Graphs §4.3: 0.5 ... 0.9999
@@ -300,8 +300,6 @@ class Task:
         (:func:`pipeline.zoo.cnn.init_cnns`)."""
         if self.arch is not None:
             return flatten(init_cnns(self.arch, seeds), self.spec)
-        from pipeline.zoo.adapt_zoo import init_pair_mlps
-
         return flatten(init_pair_mlps(self.spec, seeds), self.spec)
 
     def to(self, device: torch.device | str) -> Task:
