@@ -3,10 +3,17 @@
 Only stages import this module; everything it runs is a plain function from ``pipeline``. Tasks
 never touch the driver's disk: large inputs go through Ray's object store (``ray.put`` once,
 passed by reference), tasks return tensors and results, and the driver writes them.
+
+The code travels with the job: :func:`init_ray` ships this checkout to every node as the job's
+``runtime_env`` working directory (:func:`project_runtime_env`), so a worker node needs Python,
+Ray and the dependencies but not the project. Every task returns the environment that ran it
+(:func:`pipeline.provenance.worker_environment`); a result made by other code than the driver's
+is refused, never written.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,9 +24,33 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError, RayConfig
+from pipeline.provenance import ROOT, project_hash, worker_environment
 
 GIB = 1024**3
 log = logging.getLogger(__name__)
+
+
+# what a worker does not need of the checkout: data, tracking stores, VCS and tool caches
+SHIPPING_EXCLUDES = (
+    "/data/", "/mlartifacts/", "/mlruns/", "/mlflow.db", "/.mlflow.db.lock", "/.dvc/", "/.git/", "/reports/",
+    "/.venv/", "/.benchmarks/", "__pycache__/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/",
+)  # fmt: skip
+
+
+def project_runtime_env() -> dict[str, Any] | None:
+    """The Ray ``runtime_env`` that ships this checkout (``pipeline``, ``stages`` and the rest of
+    the project, without :data:`SHIPPING_EXCLUDES`) to every node as the job's working directory,
+    with the driver's ``METAZOO_*`` switches (every task sees what the driver's fingerprints say).
+
+    ``None`` inside a job submitted with ``ray job submit --working-dir``: that job's own working
+    directory already travels (and Ray ignores a driver's ``runtime_env`` inside a submitted job).
+    """
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    if job.get("runtime_env", {}).get("working_dir"):
+        return None
+    env = {"working_dir": str(ROOT), "excludes": list(SHIPPING_EXCLUDES)}
+    switches = {k: v for k, v in os.environ.items() if k.startswith("METAZOO_")}  # METAZOO_KAN_KERNEL, ...
+    return env | ({"env_vars": switches} if switches else {})
 
 
 def init_ray(cfg: RayConfig) -> dict[str, float]:
@@ -29,15 +60,20 @@ def init_ray(cfg: RayConfig) -> dict[str, float]:
     process's own, with ``cfg.num_cpus`` CPUs (0: all), even when a ``ray start`` cluster runs on
     the machine. ``"auto"`` joins that cluster; ``"host:port"`` / ``"ray://..."`` joins the one
     named. ``num_cpus`` is only passed when starting a cluster (Ray refuses it when joining).
+    Either way the project's code ships with the job (:func:`project_runtime_env`).
     """
     import ray
 
     if not ray.is_initialized():
+        project_hash()  # the driver's code, hashed as it is shipped: an edit after this is refused
         address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+        kwargs: dict[str, Any] = {"log_to_driver": True}
+        if (env := project_runtime_env()) is not None:
+            kwargs["runtime_env"] = env
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, **kwargs)
         else:
-            kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False, "log_to_driver": True}
+            kwargs |= {"address": "local", "include_dashboard": False}
             if cfg.num_cpus > 0:
                 kwargs["num_cpus"] = cfg.num_cpus
             ray.init(**kwargs)
@@ -114,6 +150,10 @@ def check_resources(need: TaskResources) -> None:
             )
 
 
+class _Refused(Exception):
+    """A task's result that the driver does not keep (:func:`other_code`)."""
+
+
 class TasksFailed(RuntimeError):
     """Some tasks raised (after the others finished and their results were delivered)."""
 
@@ -131,6 +171,34 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[-1] if text else ''}"
 
 
+def _traced(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, str]]:
+    """``fn(*args)`` inside a task, with the environment that ran it (its code hash first)."""
+    return fn(*args), worker_environment()
+
+
+def refusal(env: dict[str, str], expect: dict[str, str] | None = None) -> str | None:
+    """Why a task's result must be refused, or ``None`` to keep it: it ran other project code
+    than this driver's (a node that imported another checkout), or in another environment than
+    ``expect`` (what the fingerprints of the stage's results say made their bytes: the CPU kind,
+    torch version, KAN backend)."""
+    where = f"on host {env.get('host')}"
+    if env.get("code") != project_hash():
+        return (
+            f"ran other code than this driver's (project hash {env.get('code')} {where}, the driver's "
+            f"{project_hash()}): the stage ships its checkout to every node, so that node imports `pipeline` "
+            "from another install on its path; remove it there, or install this checkout"
+        )
+    # a key the task does not report is code it never ran (a KAN backend in a net too small for it)
+    differ = {k: (env[k], v) for k, v in (expect or {}).items() if k in env and env[k] != v}
+    if differ:
+        text = ", ".join(f"{k} {got!r} where the fingerprint says {want!r}" for k, (got, want) in differ.items())
+        return (
+            f"made {where} with {text}: its bytes are not the ones its fingerprint describes; run this stage "
+            "where the workers' environment matches the driver's (or on one machine kind)"
+        )
+    return None
+
+
 def map_tasks(
     fn: Callable[..., Any],
     items: Sequence[tuple],
@@ -139,11 +207,12 @@ def map_tasks(
     max_retries: int = 2,
     desc: str = "tasks",
     labels: Sequence[str] | None = None,
-    on_result: Callable[[int, Any], None] | None = None,
+    on_result: Callable[[int, Any, dict[str, str]], None] | None = None,
     on_error: Callable[[int, str], None] | None = None,
     poll: Callable[[], None] | None = None,
     poll_seconds: float = 0.5,
     retry_item: Callable[[int], tuple] | None = None,
+    expect: dict[str, str] | None = None,
 ) -> list[Any]:
     """Run ``fn(*item)`` for every item as a Ray task; results in item order.
 
@@ -151,10 +220,13 @@ def map_tasks(
     large input once, pass its reference to every task). A dead worker or node is retried
     ``max_retries`` times; an exception raised by ``fn`` is not (a bug or bad input): it is
     reported to ``on_error(i, message)``, every other task still runs, and at the end
-    :class:`TasksFailed` names the failed items (``labels[i]``). ``on_result(i, result)`` runs in
-    the driver as each task finishes (to write it, to log it from one process); ``poll()`` runs
-    every ``poll_seconds`` while tasks run (to forward live metrics). With ``retry_item``, the
-    driver retries a lost task itself with the arguments ``retry_item(i)`` returns then (a
+    :class:`TasksFailed` names the failed items (``labels[i]``); so is a result made by other
+    code than the driver's, or in an environment other than ``expect`` (:func:`refusal`).
+    ``on_result(i, result, env)`` runs in the driver as each task finishes (to write it, to log
+    it from one process), with the environment the task ran in
+    (:func:`pipeline.provenance.worker_environment`); ``poll()`` runs every ``poll_seconds``
+    while tasks run (to forward live metrics). With ``retry_item``, the driver retries a lost
+    task itself with the arguments ``retry_item(i)`` returns then (a
     training run resumes from its latest checkpoint) instead of Ray repeating the first ones.
     """
     import ray
@@ -162,14 +234,15 @@ def map_tasks(
     if not items:
         return []
     labels = list(labels) if labels is not None else [f"{desc} {i}" for i in range(len(items))]
-    remote = ray.remote(fn).options(
+    remote = ray.remote(_traced).options(
+        name=getattr(fn, "__name__", "task"),  # the task (and its worker process title) named after fn
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus,
         memory=resources.memory or None,
         max_retries=0 if retry_item is not None else max_retries,
         retry_exceptions=False,
     )
-    refs = [remote.remote(*item) for item in items]
+    refs = [remote.remote(fn, *item) for item in items]
     index = {ref: i for i, ref in enumerate(refs)}
     retries = [0] * len(refs)
     results: list[Any] = [None] * len(refs)
@@ -182,7 +255,14 @@ def map_tasks(
             for ref in done:
                 i = index.pop(ref)
                 try:
-                    results[i] = ray.get(ref)
+                    results[i], env = ray.get(ref)
+                    if (refused := refusal(env, expect)) is not None:
+                        results[i] = None
+                        raise _Refused(refused)
+                except _Refused as e:
+                    failures[labels[i]] = str(e)
+                    if on_error is not None:
+                        on_error(i, failures[labels[i]])
                 except ray.exceptions.RayTaskError as e:  # fn raised: a bug or bad input, not retried
                     failures[labels[i]] = _error_text(e)
                     if on_error is not None:
@@ -193,7 +273,7 @@ def map_tasks(
                         if poll is not None:
                             poll()  # its last checkpoint first
                         log.warning("%s: %s; retry %d/%d", labels[i], _error_text(e), retries[i], max_retries)
-                        new = remote.remote(*retry_item(i))
+                        new = remote.remote(fn, *retry_item(i))
                         index[new] = i
                         pending.append(new)
                         continue
@@ -204,7 +284,7 @@ def map_tasks(
                     if poll is not None:
                         poll()  # its last metrics first
                     if on_result is not None:
-                        on_result(i, results[i])
+                        on_result(i, results[i], env)
                 bar.update(1)
             if poll is not None and time.monotonic() - last_poll >= poll_seconds:
                 poll()

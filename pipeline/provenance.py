@@ -19,6 +19,8 @@ import ast
 import functools
 import hashlib
 import platform
+import socket
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,3 +125,60 @@ def fit_environment(module: str) -> dict[str, str]:
         "cpu": cpu_tag(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def recipe_environment(recipe: dict) -> dict[str, str]:
+    """The part of a zoo recipe's ``environment`` (and KAN ``backend``) a worker must match for
+    the shard's bytes to be what its fingerprint says, keyed as :func:`worker_environment`: on CPU
+    the torch version, CPU tag and kernel capability (and the KAN spline backend); on a GPU the
+    torch version (the GPU's name and CUDA version are recorded, not yet fingerprinted)."""
+    env = recipe["environment"]
+    backend = recipe.get("backend", "")
+    on_cpu = recipe.get("device", "cpu") == "cpu" and not backend.startswith("torch-")
+    out = {"torch": env["torch"]}
+    if on_cpu:
+        out |= {"cpu": env["cpu"], "cpu_capability": env["cpu_capability"]}
+        if backend:
+            out["kan_backend"] = backend
+    return out
+
+
+@functools.cache
+def project_hash() -> str:
+    """Short SHA-256 over every file of the project packages (``pipeline``, ``stages``: sources
+    and data files such as the KAN kernel's C++) as this process finds them on its disk.
+
+    A Ray task returns it with its result (:func:`worker_environment`), so the driver can refuse
+    a result made by other code: a node that imported an older checkout, or another install.
+    Cached: a process hashes the code it imported once.
+    """
+    h = hashlib.sha256()
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                h.update(f"{path.relative_to(ROOT).as_posix()}\n".encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def worker_environment() -> dict[str, str]:
+    """Where and with what this process computes: the project code it imported
+    (:func:`project_hash`), its host, CPU tag and kernel capability, torch and CUDA versions, the
+    GPU it sees (``""`` without one) and, once it has fitted KANs, the spline backend it used
+    (``kan_backend``). Computed inside the task that makes the bytes."""
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    env = {
+        "code": project_hash(),
+        "host": socket.gethostname(),
+        "cpu": cpu_tag(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "cuda": (torch.version.cuda or "") if gpu else "",
+        "gpu": gpu,
+    }
+    kan = sys.modules.get("pipeline.zoo.kan")
+    if kan is not None and kan.spline_kernel.cache_info().currsize:  # this process fitted KANs: with what
+        env["kan_backend"] = kan.kan_backend()
+    return env

@@ -338,6 +338,7 @@ class StageRuns:
 
     def _tags(self, job: Job, where: dict) -> dict:
         placed = {k: str(where[k]) for k in ("node_id", "device") if k in where}
+        placed |= {f"worker.{k}": v for k, v in where.get("worker", {}).items()}  # what ran it (finished runs)
         return {"model": job.model, "data_version": self.data_version, "parent_stage": self.stage} | placed
 
     def _started(self, i: int, where: dict) -> None:
@@ -418,8 +419,10 @@ class StageRuns:
                 elif kind == "checkpoint":
                     self._keep_checkpoint(index[key], payload)
 
-        def on_result(k: int, r: dict) -> None:
-            self._finished(todo[k], r | {"fingerprint": self.fps[todo[k]], "code_version": code_version(self.stage)})
+        def on_result(k: int, r: dict, env: dict) -> None:
+            self._finished(
+                todo[k], r | {"fingerprint": self.fps[todo[k]], "code_version": code_version(self.stage), "worker": env}
+            )
 
         def on_error(k: int, message: str) -> None:
             self._started(todo[k], {})  # a run that failed before it started still shows, FAILED
@@ -432,6 +435,7 @@ class StageRuns:
                 resources=need,
                 max_retries=self.params.ray.max_retries,
                 retry_item=item,  # a lost worker's run continues from its last checkpoint
+                expect={"torch": library_versions()["torch"]},  # what the runs' fingerprints say of the worker
                 desc=f"{self.stage} runs",
                 labels=[f"{self.jobs[i].model} seed {self.jobs[i].seed}" for i in todo],
                 on_result=on_result,

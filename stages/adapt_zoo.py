@@ -96,7 +96,7 @@ def run(params: Params, out: Path) -> dict:
     with tracking.stage_run(params.mlflow, "adapt_zoo", to_flat_dict(params), {}):
         t0 = time.time()
         n_fitted = fit_missing_shards(
-            params, shard_dir, fps, banks, item, _fit_task, write, z.threads_per_task, "classifier shards"
+            params, shard_dir, fps, banks, item, _fit_task, write, z.threads_per_task, "classifier shards", recipe
         )
         fit_seconds = time.time() - t0
         rows = []

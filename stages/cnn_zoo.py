@@ -102,7 +102,9 @@ def run(params: Params, family: str, out: Path) -> dict:
     with tracking.stage_run(params.mlflow, f"cnn_zoo@{family}", to_flat_dict(params), {"cnn_family": family}):
         t0 = time.time()
         desc = f"{family} CNN shards"
-        n_fitted = fit_missing_shards(params, shard_dir, fps, data, item, _fit_task, write, c.threads_per_task, desc)
+        n_fitted = fit_missing_shards(
+            params, shard_dir, fps, data, item, _fit_task, write, c.threads_per_task, desc, recipe
+        )
         fit_seconds = time.time() - t0
         split_of = {run.run_id: run.split for _, runs in shards for run in runs}
         rows = []

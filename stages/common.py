@@ -39,6 +39,7 @@ def fit_missing_shards(
     write: Callable[[int, Any], None],
     threads: int,
     desc: str = "zoo shards",
+    recipe: dict | None = None,
 ) -> int:
     """Fit every shard ``k`` not yet complete as the Ray task ``task(shared, *make_item(k))``.
 
@@ -47,9 +48,12 @@ def fit_missing_shards(
     ``write(k, result)``, so no task needs the driver's disk. A shard is complete when its file
     carries ``fingerprints[k]`` (resume after a kill); shard files beyond the plan or of another
     plan are retired, never deleted (:func:`pipeline.zoo.store.plan_shard_dir`), and temporary
-    files of a killed writer are removed. Returns the number of shards fitted.
+    files of a killed writer are removed. A shard fitted in another environment than the one its
+    ``recipe`` (in its fingerprint) names is refused, not written
+    (:func:`pipeline.provenance.recipe_environment`). Returns the number of shards fitted.
     """
     from pipeline import distributed
+    from pipeline.provenance import recipe_environment
     from pipeline.zoo.store import plan_shard_dir, shard_name
 
     todo = plan_shard_dir(shard_dir, fingerprints)
@@ -76,7 +80,8 @@ def fit_missing_shards(
             max_retries=params.ray.max_retries,
             desc=desc,
             labels=[shard_name(k) for k in todo],
-            on_result=lambda i, result: write(todo[i], result),
+            on_result=lambda i, result, env: write(todo[i], result),
+            expect=recipe_environment(recipe) if recipe is not None else None,
         )
     return len(todo)
 

@@ -98,7 +98,9 @@ def run(params: Params, task: str, out: Path) -> dict:
     with tracking.stage_run(params.mlflow, f"kan_zoo@{task}", to_flat_dict(params), {"kan_task": task}):
         t0 = time.time()
         desc = f"{task} KAN shards"
-        n_fitted = fit_missing_shards(params, shard_dir, fps, data, item, _fit_task, write, kc.threads_per_task, desc)
+        n_fitted = fit_missing_shards(
+            params, shard_dir, fps, data, item, _fit_task, write, kc.threads_per_task, desc, recipe
+        )
         fit_seconds = time.time() - t0
         rows = []
         for k, s in enumerate(shards):

@@ -110,7 +110,9 @@ def run(params: Params, out: Path) -> dict:
 
     with tracking.stage_run(params.mlflow, "zoo", to_flat_dict(params), {"data_source": params.data.source}):
         t0 = time.time()
-        n_fitted = fit_missing_shards(params, shard_dir, fps, images, item, _fit_task, write, zc.threads_per_task)
+        n_fitted = fit_missing_shards(
+            params, shard_dir, fps, images, item, _fit_task, write, zc.threads_per_task, recipe=recipe
+        )
         fit_seconds = time.time() - t0
         records = records_from_shards(shard_dir, shards, spec, zc.psnr_floor)
         write_manifest(out / "manifest.csv", records)

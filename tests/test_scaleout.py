@@ -25,12 +25,13 @@ import yaml
 from pipeline.config import ConfigError, load_params
 from pipeline.distributed import TaskResources, TasksFailed, check_resources
 from pipeline.io import read_json
+from pipeline.provenance import project_hash
 from pipeline.zoo.store import shard_name, write_shard
 from tests.conftest import REPO, run_stage, write_params, write_tiny_graphs
 
 pytestmark = pytest.mark.slow
 
-TIMING = {"wall_seconds", "seconds_per_epoch", "node_id", "mlflow_run_id", "device"}
+TIMING = {"wall_seconds", "seconds_per_epoch", "node_id", "mlflow_run_id", "device", "worker"}
 
 
 def comparable(run: dict) -> dict:
@@ -463,6 +464,119 @@ def test_job_submitted_to_a_ray_start_cluster_tracks_live_to_an_mlflow_server(tm
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+# --------------------------------------------------------------------------------------------
+# A worker node whose Python has Ray and the dependencies but not the project
+# --------------------------------------------------------------------------------------------
+
+
+def _bare_python(venv: Path) -> Path:
+    """A virtual environment that sees this interpreter's site-packages as a plain path (every
+    dependency imports) without running their ``.pth`` files: the project's editable install is
+    not on its path, so ``import pipeline`` fails there unless the job ships the code."""
+    import site
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(purelib) / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
+
+
+def _ray_start(python: Path, args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
+    return subprocess.Popen(
+        [python, "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()",
+         "start", "--block", "--node-ip-address=127.0.0.1", *ports, *args],
+        cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_a_node_without_the_project_runs_zoo_and_train_tasks_with_identical_bytes(tmp_path: Path, monkeypatch):
+    from pipeline.io import load_tensors
+    from pipeline.runs import GraphData, TaskContext, train_one
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # nodes and drivers share this user's token file
+
+    bare = _bare_python(tmp_path / "venv")
+    imports = "import ray, torch, torch_geometric, mlflow\ntry:\n import pipeline\nexcept ImportError: print('BARE')"
+    probe = subprocess.run([bare, "-c", imports], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip() == "BARE", probe.stdout + probe.stderr  # dependencies yes, the project no
+
+    gcs = free_port()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    head = _ray_start(
+        Path(sys.executable),
+        [
+            "--head",
+            f"--port={gcs}",
+            "--num-cpus=0",
+            "--include-dashboard=false",
+            f"--ray-client-server-port={free_port()}",
+        ],
+        tmp_path,
+        tmp_path / "head.log",
+    )  # fmt: skip  (no CPU on the head: every task runs on the bare node)
+    node = _ray_start(bare, [f"--address=127.0.0.1:{gcs}", "--num-cpus=2"], elsewhere, tmp_path / "node.log")
+    try:
+        workspace = tmp_path / "ws"
+        workspace.mkdir()
+        over = {
+            "train": {"models": ["mlp", "ng_gnn"], "seeds": [0], "epochs": 2},
+            "zoo": {"shard_size": 20},
+            "ray": {"address": f"127.0.0.1:{gcs}"},
+        }
+        params = write_params(workspace / "params.yaml", over)
+        p = ["--params", str(params)]
+        node_log = tmp_path / "node.log"
+        _wait_for(lambda: "Ray runtime started" in node_log.read_text(), 120, "the bare node to join")
+
+        # without the shipped code the bare node cannot even unpickle a pipeline task
+        unshipped = (
+            "import ray, sys; ray.init(address=sys.argv[1]); from pipeline.provenance import worker_environment\n"
+            "try:\n ray.get(ray.remote(worker_environment).remote()); print('RAN')\n"
+            "except Exception as e: print('FAILED', type(e).__name__, e)"
+        )
+        # (a driver run from the checkout would lend it to same-machine workers: Ray puts the
+        # driver's directory on their path; a real node has no such copy)
+        res = subprocess.run([sys.executable, "-c", unshipped, f"127.0.0.1:{gcs}"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        assert "FAILED" in res.stdout and "No module named 'pipeline'" in res.stdout, res.stdout + res.stderr[-2000:]
+
+        for stage, args in (
+            ("zoo", [*p, "--out", str(workspace / "zoo")]),
+            ("graphs", [*p, "--zoo", str(workspace / "zoo"), "--out", str(workspace / "graphs")]),
+            ("train", [*p, "--graphs", str(workspace / "graphs"), "--out", str(workspace / "train")]),
+        ):
+            res = run_stage(stage, args, workspace, timeout=600)
+            assert res.returncode == 0, f"{stage}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    finally:
+        for token in (f"--port={gcs}", f":{gcs}"):  # `ray start`, the nodes' services and workers
+            stop_processes(token)
+        for proc in (node, head):
+            proc.wait(timeout=30)
+
+    # the zoo's shards byte for byte, and every run, as fitted and trained in this process
+    assert_zoo_equals_reference(params, workspace / "zoo")
+    loaded = load_params(params)
+    data = GraphData.load(workspace / "graphs")
+    configs = loaded.train.settings_by_model()
+    for r in read_json(workspace / "train" / "results.json")["runs"]:
+        assert r["worker"]["code"] == project_hash()  # the task reported the driver's code
+        ctx = TaskContext(f"{r['model']}-seed{r['seed']}", 1, "cpu")
+        ref = train_one(
+            data, r["model"], configs[r["model"]], r["seed"], ctx, _train_settings(loaded), loaded.train.augment
+        )
+        weights = ref.pop("weights")
+        kept = load_tensors(workspace / "train" / r["model_file"])
+        assert kept.keys() == weights.keys() and all(torch.equal(kept[k], v) for k, v in weights.items())
+        assert r["test"] == ref["test"] and r["history"][-1]["train_loss"] == ref["history"][-1]["train_loss"]
 
 
 def _mlflow_server(port: int, store: Path, log: Path) -> subprocess.Popen:
