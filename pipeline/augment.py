@@ -18,20 +18,26 @@ translation ``U(-0.25, 0.25)`` per coordinate (the grid spans ``[-1, 1]``).
 
 Augmentations combine with ``+`` (``sign_flip+inr_affine``), applied in that order.
 
-Every transform is called as ``augment(inputs, generator)`` with a CPU :class:`torch.Generator`:
-the random numbers are drawn on the CPU (the same ones whatever the inputs' device) and moved
-to the inputs' device with a non-blocking copy, so a training step on an accelerator does not
-wait for the host.
+An :class:`Augmenter` draws its random numbers on the CPU from a :class:`torch.Generator` (the
+same ones whatever the inputs' device) and applies them on the inputs' device. Called as
+``augment(inputs, generator)`` it draws and moves them for that one batch; the training loop
+instead draws a whole epoch's at its start, in the order the batches would draw them, and moves
+them in one transfer (:meth:`Augmenter.epoch_draws`), so no step copies from the host and the
+numbers are the same.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from pipeline.graphs.neural_graph import graph_template
 from pipeline.models.probes import ForwardSpec
 from pipeline.weightspace.spec import (
     Params,
@@ -61,16 +67,25 @@ def parse_augment(name: str) -> tuple[str, ...]:
     return parts
 
 
-def _on(per_layer: dict[int, Tensor], device: torch.device) -> dict[int, Tensor]:
-    """CPU draws ``{layer: tensor}`` moved to ``device`` (non-blocking: no wait for queued work)."""
-    return {l: v.to(device, non_blocking=True) for l, v in per_layer.items()}
+Draws = dict[str, Tensor]  # one transform's random numbers for one batch, each with a leading batch axis
+
+
+def _moved(draws: Draws, device: torch.device) -> Draws:
+    return {k: v.to(device) for k, v in draws.items()}
 
 
 def sign_flip_flat(flat: Tensor, spec: ParamSpec, generator: torch.Generator) -> Tensor:
     """Random hidden-neuron sign flips of flattened parameters ``(B, P)`` -> ``(B, P)``."""
-    params = unflatten(flat, spec)
-    signs = _on(random_signs(spec, flat.shape[0], generator), flat.device)
-    return flatten(flip_signs(params, spec, signs), spec)
+    return _flip_flat(flat, spec, _moved(_draw_signs(spec, flat.shape[0], generator), flat.device))
+
+
+def _draw_signs(spec: ParamSpec, n: int, generator: torch.Generator) -> Draws:
+    return {str(l): v for l, v in random_signs(spec, n, generator).items()}
+
+
+def _flip_flat(flat: Tensor, spec: ParamSpec, draws: Draws) -> Tensor:
+    signs = {int(l): v for l, v in draws.items()}
+    return flatten(flip_signs(unflatten(flat, spec), spec, signs), spec)
 
 
 def permute_flat(flat: Tensor, spec: ParamSpec, generator: torch.Generator) -> Tensor:
@@ -80,9 +95,16 @@ def permute_flat(flat: Tensor, spec: ParamSpec, generator: torch.Generator) -> T
     non-invariant model many equivalent copies of every training net. Graph models need none
     (they are invariant by construction).
     """
-    params = unflatten(flat, spec)
-    perms = _on(random_permutations(spec, flat.shape[0], generator), flat.device)
-    return flatten(permute(params, spec, perms), spec)
+    return _permute_flat(flat, spec, _moved(_draw_perms(spec, flat.shape[0], generator), flat.device))
+
+
+def _draw_perms(spec: ParamSpec, n: int, generator: torch.Generator) -> Draws:
+    return {str(l): v for l, v in random_permutations(spec, n, generator).items()}
+
+
+def _permute_flat(flat: Tensor, spec: ParamSpec, draws: Draws) -> Tensor:
+    perms = {int(l): v for l, v in draws.items()}
+    return flatten(permute(unflatten(flat, spec), spec, perms), spec)
 
 
 def sign_flip_graphs(batch: Batch, generator: torch.Generator) -> Batch:
@@ -91,9 +113,19 @@ def sign_flip_graphs(batch: Batch, generator: torch.Generator) -> Batch:
     A node with sign ``s`` scales its features (bias) by ``s``; an edge ``i -> j`` scales its
     feature (weight) by ``s_i s_j``. Input and output nodes keep ``s = 1``.
     """
+    flip = (torch.rand(batch.x.shape[0], generator=generator) < 0.5).to(batch.x.device)
+    return _flip_graphs(batch, {"flip": flip})
+
+
+def _draw_node_flips(n_nodes: int, generator: torch.Generator) -> Draws:
+    return {"flip": torch.rand(n_nodes, generator=generator) < 0.5}
+
+
+def _flip_graphs(batch: Batch, draws: Draws) -> Batch:
+    if draws["flip"].shape[0] != batch.x.shape[0]:
+        raise ValueError(f"{draws['flip'].shape[0]} sign draws for a batch of {batch.x.shape[0]} nodes")
     hidden = (batch.node_layer > 0) & ~batch.node_out
-    flip = (torch.rand(hidden.shape[0], generator=generator) < 0.5).to(hidden.device, non_blocking=True)
-    s = torch.where(hidden & flip, -1.0, 1.0).to(batch.x.dtype)
+    s = torch.where(hidden & draws["flip"], -1.0, 1.0).to(batch.x.dtype)
     src, dst = batch.edge_index
     out = batch.clone()
     out.x = batch.x * s.unsqueeze(1)
@@ -140,8 +172,17 @@ def compose_input_affine(params: Params, spec: ParamSpec, A: Tensor, t: Tensor) 
 
 def inr_affine_flat(flat: Tensor, spec: ParamSpec, fwd: ForwardSpec, generator: torch.Generator) -> Tensor:
     """:func:`compose_input_affine` with random maps on normalized flat parameters ``(B, P)``."""
-    A, t = random_input_affines(flat.shape[0], spec.layer_sizes[0], generator)
-    A, t = A.to(flat.device, flat.dtype, non_blocking=True), t.to(flat.device, flat.dtype, non_blocking=True)
+    draws = _draw_affines(flat.shape[0], spec.layer_sizes[0], generator)
+    return _affine_flat(flat, spec, fwd, _moved(draws, flat.device))
+
+
+def _draw_affines(n: int, n_in: int, generator: torch.Generator) -> Draws:
+    A, t = random_input_affines(n, n_in, generator)
+    return {"A": A, "t": t}
+
+
+def _affine_flat(flat: Tensor, spec: ParamSpec, fwd: ForwardSpec, draws: Draws) -> Tensor:
+    A, t = draws["A"].to(flat.dtype), draws["t"].to(flat.dtype)
     w, b = first_layer(spec)
     (wm, ws), (bm, bs) = fwd.weight_stats[0], fwd.bias_stats[0]
     params = unflatten(flat, spec)
@@ -156,9 +197,13 @@ def inr_affine_graphs(batch: Batch, n_in: int, fwd: ForwardSpec, generator: torc
     The first layer's edges (``edge_layer == 0``, from input node ``node_pos = i``) and the
     biases of layer-1 nodes change; fixed-size tensors only (no host synchronisation).
     """
-    A, t = random_input_affines(batch.num_graphs, n_in, generator)
+    draws = _draw_affines(batch.num_graphs, n_in, generator)
+    return _affine_graphs(batch, n_in, fwd, _moved(draws, batch.x.device))
+
+
+def _affine_graphs(batch: Batch, n_in: int, fwd: ForwardSpec, draws: Draws) -> Batch:
     dev, dtype = batch.x.device, batch.x.dtype
-    A, t = A.to(dev, dtype, non_blocking=True), t.to(dev, dtype, non_blocking=True)
+    A, t = draws["A"].to(dtype), draws["t"].to(dtype)
     (wm, ws), bs = fwd.weight_stats[0], fwd.bias_stats[0][1]  # a bias shift needs only the scale
     src, dst = batch.edge_index
     first = batch.edge_layer == 0
@@ -200,9 +245,63 @@ def model_augment(stage: str, model_settings) -> str:
     return getattr(model_settings, "augment", "") or stage
 
 
+@dataclass(frozen=True)
+class Part:
+    """One transform of an :class:`Augmenter`: ``draw(n_nets, generator)`` makes its random
+    numbers on the CPU, each tensor with ``rows`` leading rows per net; ``apply(inputs, draws)``
+    uses them (on the inputs' device) without drawing."""
+
+    draw: Callable[[int, torch.Generator], Draws]
+    apply: Callable[[Any, Draws], Any]
+    rows: int = 1
+
+
+class Augmenter:
+    """The batch transforms of one augmentation, applied in order (:func:`augmenter`)."""
+
+    def __init__(self, parts: list[Part], graph: bool):
+        self.parts, self.graph = parts, graph
+
+    def n_nets(self, inputs) -> int:
+        return inputs.num_graphs if self.graph else inputs.shape[0]
+
+    def draw(self, n: int, generator: torch.Generator) -> list[Draws]:
+        """Every part's random numbers for a batch of ``n`` nets, on the CPU, in order."""
+        return [p.draw(n, generator) for p in self.parts]
+
+    def apply(self, inputs, draws: list[Draws]):
+        """The transforms with the given draws (on the inputs' device): no host work."""
+        for part, d in zip(self.parts, draws, strict=True):
+            inputs = part.apply(inputs, d)
+        return inputs
+
+    def __call__(self, inputs, generator: torch.Generator):
+        """One batch: draw, move, apply."""
+        draws = self.draw(self.n_nets(inputs), generator)
+        device = inputs.x.device if self.graph else inputs.device
+        return self.apply(inputs, [_moved(d, device) for d in draws])
+
+    def epoch_draws(self, sizes: list[int], generator: torch.Generator, device: torch.device) -> list[list[Draws]]:
+        """The draws of batches of ``sizes`` nets, made in the order one batch at a time makes
+        them (the same numbers), moved to ``device`` in one transfer per tensor: no step of the
+        epoch copies from the host."""
+        per_batch = [self.draw(n, generator) for n in sizes]
+        out: list[list[Draws]] = [[{} for _ in self.parts] for _ in sizes]
+        for j, part in enumerate(self.parts):
+            for key in per_batch[0][j] if per_batch else ():
+                whole = torch.cat([d[j][key] for d in per_batch]).to(device)
+                for i, piece in enumerate(whole.split([n * part.rows for n in sizes])):
+                    out[i][j][key] = piece
+        return out
+
+
 def augmenter(
-    name: str, input_kind: str, spec: ParamSpec | None, permutations: bool = False, fwd: ForwardSpec | None = None
-):
+    name: str,
+    input_kind: str,
+    spec: ParamSpec | None,
+    permutations: bool = False,
+    fwd: ForwardSpec | None = None,
+) -> Augmenter | None:
     """The batch transform for augmentation ``name`` and a model's input kind (None if nothing).
 
     ``permutations=True`` adds :func:`permute_flat` (flat models only) after ``name``'s transforms;
@@ -215,24 +314,17 @@ def augmenter(
     if spec is None:  # several architectures: permutations only reach here for graph models (refused above)
         return None
     graph, n_in = input_kind == "graph", spec.layer_sizes[0]
-    steps = []
-    for part in parse_augment(name):
-        if part == "sign_flip":
-            steps.append(sign_flip_graphs if graph else lambda x, g: sign_flip_flat(x, spec, g))
+    nodes = graph_template(spec).n_nodes if graph else 0  # nodes of one net's graph
+    parts = []
+    for name_ in parse_augment(name):
+        if name_ == "sign_flip" and graph:
+            parts.append(Part(lambda n, g: _draw_node_flips(n * nodes, g), _flip_graphs, rows=nodes))
+        elif name_ == "sign_flip":
+            parts.append(Part(lambda n, g: _draw_signs(spec, n, g), lambda x, d: _flip_flat(x, spec, d)))
+        elif graph:
+            parts.append(Part(lambda n, g: _draw_affines(n, n_in, g), lambda b, d: _affine_graphs(b, n_in, fwd, d)))
         else:
-            steps.append(
-                (lambda b, g: inr_affine_graphs(b, n_in, fwd, g))
-                if graph
-                else (lambda x, g: inr_affine_flat(x, spec, fwd, g))
-            )
+            parts.append(Part(lambda n, g: _draw_affines(n, n_in, g), lambda x, d: _affine_flat(x, spec, fwd, d)))
     if permutations:
-        steps.append(lambda x, g: permute_flat(x, spec, g))
-    if not steps:
-        return None
-
-    def apply(inputs, generator: torch.Generator):
-        for step in steps:
-            inputs = step(inputs, generator)
-        return inputs
-
-    return apply
+        parts.append(Part(lambda n, g: _draw_perms(spec, n, g), lambda x, d: _permute_flat(x, spec, d)))
+    return Augmenter(parts, graph) if parts else None

@@ -214,10 +214,18 @@ class QueryStream:
     def epoch_batches(self, batch_size: int, gen: torch.Generator) -> Iterator[tuple[GraphBatch, Tensor]]:
         s, train = self.settings, self.data.splits["train"]
         n_in = self.data.spec.layer_sizes[0]
+        # every step's draws of this block, in the order one step at a time makes them, moved in
+        # one transfer each: no step copies from the host
+        draws = []
         for _ in range(min(s.eval_every, s.steps - self.done)):
             pick = torch.randint(len(train), (s.kans_per_step,), generator=gen)
-            kans = train[pick.to(train.device, non_blocking=True)]
-            points = random_points(s.kans_per_step, s.points_per_kan, n_in, gen).to(train.device, non_blocking=True)
+            draws.append((pick, random_points(s.kans_per_step, s.points_per_kan, n_in, gen)))
+        if not draws:
+            return
+        picks = torch.stack([p for p, _ in draws]).to(train.device)
+        all_points = torch.stack([q for _, q in draws]).to(train.device)
+        for pick, points in zip(picks, all_points, strict=True):
+            kans = train[pick]
             self.done += 1
             yield query_batch(self.data, kans, points), kan_outputs(self.data, kans, points)
 

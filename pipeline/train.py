@@ -260,11 +260,11 @@ def to_device(objective: Objective, device: torch.device) -> Objective:
 
 def shuffled_batches(data, batch_size: int, gen: torch.Generator) -> Iterator[tuple[Any, Tensor]]:
     """One epoch over a fixed split (:class:`FlatSet`, :class:`~pipeline.graphs.store.GraphSet`):
-    ``(inputs, y)`` batches in an order drawn on the CPU from ``gen``."""
-    perm = torch.randperm(len(data), generator=gen)
-    device = data.y.device
+    ``(inputs, y)`` batches in an order drawn on the CPU from ``gen`` (the same order on every
+    device), moved to the split's device once per epoch: no step copies from the host."""
+    perm = torch.randperm(len(data), generator=gen).to(data.y.device)
     for start in range(0, len(data), batch_size):
-        idx = perm[start : start + batch_size].to(device)
+        idx = perm[start : start + batch_size]
         yield data.batch(idx), data.y[idx]
 
 
@@ -341,8 +341,14 @@ def fit_model(
         tot_loss = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         n_seen = 0
-        for inputs, y in batches:
-            if augment is not None:
+        draws, whole_epoch = None, hasattr(augment, "epoch_draws") and not hasattr(train, "epoch_batches")
+        for i, (inputs, y) in enumerate(batches):
+            if whole_epoch:  # the epoch's draws after its order, as one batch at a time would draw them
+                if draws is None:
+                    bs, n = settings.batch_size, len(train)
+                    draws = augment.epoch_draws([min(bs, n - s) for s in range(0, n, bs)], gen, device)
+                inputs = augment.apply(inputs, draws[i])
+            elif augment is not None:
                 inputs = augment(inputs, gen)
             out, loss = train_step(model, inputs, y, objective, opt, settings.grad_clip)
             sched.step()

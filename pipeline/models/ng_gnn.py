@@ -148,16 +148,20 @@ class NGGNNEncoder(nn.Module):
             for k in range(layers)
         )
 
-    def degree_buckets(self, batch: Batch) -> DegreeBuckets:
-        """The batch's PNA buckets: from the template when the batch is copies of it, else from the data."""
+    def degree_buckets(self, batch: Batch, template: TemplateBuckets | None = None) -> DegreeBuckets:
+        """The batch's PNA buckets: from ``template`` (else the model's own) when the batch is
+        copies of it, else from the data."""
         n, E, G = batch.x.shape[0], batch.edge_index.shape[1], batch.num_graphs
-        if self.buckets is not None and self.buckets.matches(n, E, G):
-            return self.buckets(G)
+        template = template if template is not None else self.buckets
+        if template is not None and template.matches(n, E, G):
+            return template(G)
         return DegreeBuckets.build(batch.edge_index[1], n)
 
-    def forward(self, batch: Batch) -> GraphStates:
+    def forward(self, batch: Batch, template: TemplateBuckets | None = None) -> GraphStates:
+        """``template``: the buckets of the topology this batch copies, when the model has none
+        of its own (a learned optimizer's encoder, whose optimizees change)."""
         src, dst = batch.edge_index
-        buckets = self.degree_buckets(batch)
+        buckets = self.degree_buckets(batch, template)
         order = buckets.edge_order
         src, dst = src[order], dst[order]
         feats = self.node_ff(batch.x)

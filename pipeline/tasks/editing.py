@@ -38,7 +38,7 @@ from pipeline.runs import GraphData, TaskContext, result_dict
 from pipeline.train import TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
 from pipeline.weightspace.normalize import Stats, invert_stats
 from pipeline.weightspace.spec import ParamSpec, flatten, unflatten
-from pipeline.zoo.siren import coordinate_grid, siren_forward
+from pipeline.zoo.siren import grid_on, siren_forward
 from pipeline.zoo.store import read_manifest
 
 KERNEL = 3  # 3x3 structuring element, one iteration (the papers' dilation task)
@@ -71,7 +71,7 @@ def render_sirens(
         flat_params: ``(B, P)`` in :func:`~pipeline.weightspace.spec.flatten` order.
         spec: their SIREN layout.  omega0, offset: the zoo's ``omega0`` and output offset
             (:func:`~pipeline.zoo.siren.output_offset`).
-        height, width: the grid (:func:`~pipeline.zoo.siren.coordinate_grid`, row-major, the
+        height, width: the grid (:func:`~pipeline.zoo.siren.grid_on`, row-major, the
             one the zoo was fitted on).
         stats: if the parameters are normalized (:mod:`pipeline.weightspace.normalize`), the
             statistics to undo first; ``None`` for raw parameters.
@@ -81,8 +81,7 @@ def render_sirens(
     params = unflatten(flat_params, spec)
     if stats is not None:
         params = invert_stats(params, spec, stats)
-    # made on the CPU; a non-blocking copy, so a step on an accelerator does not wait for the host
-    coords = coordinate_grid(height, width).to(flat_params, non_blocking=True)
+    coords = grid_on(height, width, flat_params.device, flat_params.dtype)  # on the device once
     pixels = siren_forward(params, spec, coords, omega0, offset)  # (B, H*W, C)
     images = pixels.reshape(flat_params.shape[0], height, width, pixels.shape[-1])
     return images.squeeze(-1) if images.shape[-1] == 1 else images

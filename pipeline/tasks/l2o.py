@@ -38,6 +38,7 @@ tasks and score them (:func:`optimize`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -57,6 +58,7 @@ from pipeline.graphs.neural_graph import (
     params_to_features,
     uniform_batch,
 )
+from pipeline.models.layers import TemplateBuckets
 from pipeline.weightspace.spec import ParamSpec, flatten, mlp_spec, unflatten
 from pipeline.zoo.adapt_zoo import init_pair_mlps, mlp_forward
 from pipeline.zoo.cnn import CNNArch, cnn_forward, cnn_spec, init_cnns
@@ -74,9 +76,15 @@ def preprocess(x: Tensor, p: float = PREPROCESS_P) -> Tensor:
     return torch.stack([log, sign], dim=-1)
 
 
+@functools.cache
+def _betas(betas: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The momenta as a tensor on ``device``, made once (not one host-to-device copy per step)."""
+    return torch.tensor(betas, dtype=dtype).to(device)
+
+
 def update_moments(moments: Tensor, grad: Tensor, betas: tuple[float, ...] = MOMENTA) -> Tensor:
     """``m_beta <- beta m_beta + (1 - beta) g`` for every beta: ``(B, P, M)``, ``(B, P)`` -> ``(B, P, M)``."""
-    b = torch.tensor(betas, dtype=grad.dtype, device=grad.device)
+    b = _betas(tuple(betas), grad.dtype, grad.device)
     return b * moments + (1 - b) * grad.unsqueeze(-1)
 
 
@@ -126,19 +134,23 @@ class OptimizeeGraph:
     sits in it: ``node_param (N,)`` the flat index of each node's bias (``P``, a zero column, for
     input neurons), ``edge_param (E, K * K)`` that of each of an edge's ``K x K`` kernel slots
     (``P`` where the slot is empty), ``param_slot (P,)`` each parameter's row in the stacked
-    ``[nodes; edges]`` and ``param_pos (P,)`` its slot within an edge (``K * K`` for a bias).
-    Built once per spec and ``K`` (:func:`optimizee_graph`); a feature graph is then two gathers."""
+    ``[nodes; edges]`` and ``param_pos (P,)`` its slot within an edge (``K * K`` for a bias);
+    ``buckets``, the template's PNA degree buckets (for a batch of its copies, made on the device
+    without reading the batch). Built once per spec and ``K`` (:func:`optimizee_graph`); a
+    feature graph is then two gathers."""
 
     template: GraphTemplate
     node_param: Tensor
     edge_param: Tensor
     param_slot: Tensor
     param_pos: Tensor
+    buckets: TemplateBuckets
 
     def to(self, device: torch.device | str) -> OptimizeeGraph:
         return OptimizeeGraph(
             self.template.to(device),
             *(getattr(self, k).to(device) for k in ("node_param", "edge_param", "param_slot", "param_pos")),
+            copy.deepcopy(self.buckets).to(device),
         )
 
 
@@ -174,7 +186,7 @@ def optimizee_graph(spec: ParamSpec, kernel: int = 1) -> OptimizeeGraph:
     row, col = (edge_param < P).nonzero(as_tuple=True)
     slot[edge_param[row, col]] = t.n_nodes + row
     pos[edge_param[row, col]] = col
-    return OptimizeeGraph(t, node_param, edge_param, slot, pos)
+    return OptimizeeGraph(t, node_param, edge_param, slot, pos, TemplateBuckets(t))
 
 
 def avg_log_degree(spec: ParamSpec) -> float:
@@ -242,6 +254,7 @@ class GraphOptimizer(nn.Module):
             self.encoder = NGTEncoder(N_FEATURES, edge_dim, n_pos, hidden, layers, heads=heads)
         else:
             raise ValueError(f"unknown encoder {encoder!r}; choose from ('ng_gnn', 'ng_t')")
+        self.by_degree = encoder == "ng_gnn"
         self.node_ctx = nn.Linear(hidden, hidden)
         self.edge_ctx = nn.Linear(3 * hidden, hidden)
         self.slot = nn.Embedding(kernel * kernel + 1, hidden) if kernel > 1 else None
@@ -249,7 +262,9 @@ class GraphOptimizer(nn.Module):
 
     def forward(self, features: Tensor, graph: OptimizeeGraph) -> Tensor:
         t, B = graph.template, features.shape[0]
-        x, e, src, dst, order = self.encoder(feature_graphs(features, graph))
+        batch = feature_graphs(features, graph)
+        # NG-GNN's degree buckets from the template: no read-back of the batch's degrees
+        x, e, src, dst, order = self.encoder(batch, graph.buckets) if self.by_degree else self.encoder(batch)
         node = self.node_ctx(x)
         edge = self.edge_ctx(torch.cat([e, x.index_select(0, src), x.index_select(0, dst)], dim=1))
         edge = edge.new_zeros(edge.shape).index_copy(0, order, edge)  # back to the batch's edge order
@@ -350,10 +365,12 @@ def batch_losses(flat: Tensor, task: Task, idx: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1), task.y_train[idx].flatten(), reduction="none").view(idx.shape).mean(1)
 
 
-def batch_indices(task: Task, gens: list[torch.Generator], device: torch.device) -> Tensor:
-    """``(B, batch_size)`` training examples, one row per net from its own generator."""
+def batch_indices(task: Task, gens: list[torch.Generator], device: torch.device, steps: int = 1) -> Tensor:
+    """``(steps, B, batch_size)`` training examples, one row per net from its own generator (on
+    the CPU: the same draws on every device), for ``steps`` steps at once: one host-to-device
+    transfer, not one per step. Each generator makes the numbers ``steps`` one-step calls make."""
     n = task.y_train.shape[0]
-    return torch.stack([torch.randint(n, (task.batch_size,), generator=g) for g in gens]).to(device)
+    return torch.stack([torch.randint(n, (steps, task.batch_size), generator=g) for g in gens], dim=1).to(device)
 
 
 @dataclass
@@ -381,18 +398,34 @@ def unroll(
     flat, moments = state.flat.detach().requires_grad_(True), state.moments.detach()
     graph = optimizee_graph(task.spec, optimizer.kernel).to(flat.device) if hasattr(optimizer, "kernel") else None
     losses = []
-    for _ in range(steps):
-        idx = batch_indices(task, gens, flat.device)
-        loss = batch_losses(flat, task, idx)
-        (grad,) = torch.autograd.grad(loss.sum(), flat, retain_graph=meta)
-        grad = grad.detach()  # first order: the optimizee's gradient is an input
-        moments = update_moments(moments, grad)
-        with torch.set_grad_enabled(meta):
-            flat = flat + scale * optimizer(optimizer_features(grad, moments), graph)
-        if not meta:
-            flat, loss = flat.detach().requires_grad_(True), loss.detach()
+    for idx in batch_indices(task, gens, flat.device, steps):
+        flat, moments, loss = learned_step(optimizer, flat, moments, task, idx, scale, graph, meta)
         losses.append(loss)
     return OptState(flat if meta else flat.detach(), moments), torch.stack(losses)
+
+
+def learned_step(
+    optimizer: nn.Module,
+    flat: Tensor,
+    moments: Tensor,
+    task: Task,
+    idx: Tensor,
+    scale: float,
+    graph,
+    meta: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One learned-optimizer step of :func:`unroll` on the batches ``idx`` ``(B, b)``: the loss
+    before the update, then ``flat + scale * optimizer(features)``. Returns ``(flat, moments,
+    loss)``; nothing is read back to the host."""
+    loss = batch_losses(flat, task, idx)
+    (grad,) = torch.autograd.grad(loss.sum(), flat, retain_graph=meta)
+    grad = grad.detach()  # first order: the optimizee's gradient is an input
+    moments = update_moments(moments, grad)
+    with torch.set_grad_enabled(meta):
+        flat = flat + scale * optimizer(optimizer_features(grad, moments), graph)
+    if not meta:
+        flat, loss = flat.detach().requires_grad_(True), loss.detach()
+    return flat, moments, loss
 
 
 BASELINES = ("adam", "sgd")
@@ -419,9 +452,9 @@ def baseline_steps(
     lrs = torch.full((flat.shape[0],), float(lr), device=flat.device)
     settings = AdamSettings(steps)
     losses = []
-    for step in range(1, steps + 1):
+    for step, idx in enumerate(batch_indices(task, gens, flat.device, steps), start=1):
         flat.requires_grad_(True)
-        loss = batch_losses(flat, task, batch_indices(task, gens, flat.device))
+        loss = batch_losses(flat, task, idx)
         (grad,) = torch.autograd.grad(loss.sum(), flat)
         flat = flat.detach()
         if method == "adam":
@@ -482,7 +515,9 @@ def meta_train(
     """Meta-train ``optimizer`` (on ``task``'s device) on ``task``; returns the meta-loss of every
     outer step (the mean training loss after each update of an unroll, the last one's included).
 
-    Every ``checkpoint_every`` outer steps (and after the last) ``on_checkpoint(state)`` receives
+    Every ``checkpoint_every`` outer steps (and after the last) the meta-losses since the last
+    time are read back together and passed to ``on_step(outer, loss)`` one by one, and
+    ``on_checkpoint(state)`` receives
     the whole meta-training state (the optimizer and its Adam, the optimizees in flight with their
     momenta and batch generators, the horizon counters, the losses so far); ``resume=state``
     continues after it, byte-identical on CPU to an uninterrupted run."""
@@ -490,6 +525,7 @@ def meta_train(
     device = task.x_train.device
     meta_opt = torch.optim.Adam(optimizer.parameters(), lr=s.lr)
     history, state, gens, t, k, first = [], None, [], s.horizon, 0, 0
+    pending: list[Tensor] = []  # meta-losses of the outer steps since the last checkpoint, on the device
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         meta_opt.load_state_dict(resume["meta_opt"])
@@ -505,17 +541,24 @@ def meta_train(
         state, losses = unroll(optimizer, state, task, s.unroll, gens, s.scale)
         # the losses after each update of this unroll, the last one's included: the first loss of
         # the unroll was measured before any of its updates, so one more batch scores the last
-        after = batch_losses(state.flat, task, batch_indices(task, gens, device))
+        after = batch_losses(state.flat, task, batch_indices(task, gens, device)[0])
         meta = torch.cat([losses[1:], after.unsqueeze(0)]).mean()
         meta_opt.zero_grad(set_to_none=True)
         meta.backward()
         nn.utils.clip_grad_norm_(optimizer.parameters(), s.grad_clip)
         meta_opt.step()
         t += s.unroll
-        history.append(float(meta.detach()))
-        if on_step is not None:
-            on_step(outer, history[-1])
-        if on_checkpoint is not None and ((outer + 1) % checkpoint_every == 0 or outer + 1 == s.outer_steps):
+        pending.append(meta.detach())
+        if (outer + 1) % checkpoint_every != 0 and outer + 1 != s.outer_steps:
+            continue
+        # the block's meta-losses in one read-back, not one per outer step
+        first_of_block = outer + 1 - len(pending)
+        for j, loss in enumerate(torch.stack(pending).tolist()):
+            history.append(loss)
+            if on_step is not None:
+                on_step(first_of_block + j, loss)
+        pending = []
+        if on_checkpoint is not None:
             on_checkpoint(
                 {
                     "epoch": outer + 1,  # outer steps done: what a resumed run reports

@@ -263,18 +263,43 @@ def train_pair_mlps(
     settings = AdamSettings(steps)
     lrs = torch.full((B,), float(lr), device=device)
     x, y = x.to(device), y.to(device)
-    for step in range(1, steps + 1):
-        if batch_size >= n:
-            xb, yb = x, y
-        else:
-            idx = torch.stack([torch.randint(n, (batch_size,), generator=g) for g in gens]).to(device)
-            xb, yb = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])), y.gather(1, idx)
-        logits = mlp_forward(unflatten(flat, spec), spec, xb)
-        loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(B, -1).mean(1).sum()
-        (g,) = torch.autograd.grad(loss, [flat])
-        with torch.no_grad():
-            adam_update(flat, g, m, v, step, lrs, settings)
+    for first in range(1, steps + 1, DRAW_BLOCK):
+        block = range(first, min(first + DRAW_BLOCK, steps + 1))
+        if batch_size < n:  # the block's batches, per net in step order, in one transfer
+            draws = torch.stack([torch.randint(n, (len(block), batch_size), generator=g) for g in gens], 1).to(device)
+        for i, step in enumerate(block):
+            idx = None if batch_size >= n else draws[i]
+            pair_step(flat, m, v, step, spec, x, y, idx, lrs, settings)
     return {k: t.detach().cpu().clone() for k, t in unflatten(flat.detach(), spec).items()}
+
+
+DRAW_BLOCK = 50  # steps whose batch indices are drawn (on the CPU) and moved at once
+
+
+def pair_step(
+    flat: Tensor,
+    m: Tensor,
+    v: Tensor,
+    step: int,
+    spec: ParamSpec,
+    x: Tensor,
+    y: Tensor,
+    idx: Tensor | None,
+    lrs: Tensor,
+    settings: AdamSettings,
+) -> None:
+    """One step of :func:`train_pair_mlps` in place: every net's cross-entropy on its batch
+    ``idx`` ``(B, b)`` of its own images (``None``: all of them), then Adam. No read-back."""
+    B = y.shape[0]
+    if idx is None:
+        xb, yb = x, y
+    else:
+        xb, yb = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])), y.gather(1, idx)
+    logits = mlp_forward(unflatten(flat, spec), spec, xb)
+    loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(B, -1).mean(1).sum()
+    (g,) = torch.autograd.grad(loss, [flat])
+    with torch.no_grad():
+        adam_update(flat, g, m, v, step, lrs, settings)
 
 
 def few_shot_indices(seeds: list[int], per_digit: int, k: int) -> Tensor:

@@ -159,6 +159,54 @@ def accuracy(params: Params, arch: CNNArch, x: Tensor, y: Tensor, chunk: int = 5
     return correct.float() / len(y)
 
 
+DRAW_BLOCK = 50  # steps whose batches and dropout masks are drawn (on the CPU) and moved at once
+
+
+def _draws(
+    runs: list, hypers: list[dict], gens: list[torch.Generator], k: int, bs: int, channels: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The next ``k`` steps' training indices ``(k, B, bs)`` and dropout masks ``(k, B, bs, C)``
+    of every run, each from its own generator in the order one step at a time draws them, moved
+    to ``device`` in one transfer each (no step copies from the host)."""
+    idx, mask = [], []
+    for r, h, g in zip(runs, hypers, gens, strict=True):
+        steps = [
+            (r[0][torch.randint(len(r[0]), (bs,), generator=g)],
+             (torch.rand(bs, channels, generator=g) >= h["dropout"]).float() / (1 - h["dropout"]))
+            for _ in range(k)
+        ]  # fmt: skip
+        idx.append(torch.stack([i for i, _ in steps]))
+        mask.append(torch.stack([m for _, m in steps]))
+    return torch.stack(idx, dim=1).to(device), torch.stack(mask, dim=1).to(device)
+
+
+def cnn_step(
+    flat: Tensor,
+    m: Tensor,
+    v: Tensor,
+    step: int,
+    arch: CNNArch,
+    spec,
+    x_train: Tensor,
+    labels: Tensor,
+    idx: Tensor,
+    mask: Tensor,
+    lr: Tensor,
+    wd: Tensor,
+    steps: Tensor,
+    settings: AdamSettings,
+) -> None:
+    """One step of :func:`train_cnns` in place: every run's cross-entropy on its batch ``idx``
+    ``(B, bs)`` with dropout ``mask`` ``(B, bs, C)``, and its Adam update (learning rate 0 after
+    its own ``steps``). Nothing is read back to the host."""
+    B, bs = idx.shape
+    logits = cnn_forward(unflatten(flat, spec), arch, x_train[idx], mask)  # (B, bs, classes)
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.gather(1, idx).flatten(), reduction="none")
+    (g,) = torch.autograd.grad(loss.view(B, bs).mean(1).sum(), [flat])
+    with torch.no_grad():
+        adam_update(flat, g, m, v, step, torch.where(steps >= step, lr, 0.0), settings, wd)
+
+
 def train_cnns(
     arch: CNNArch, seeds: list[int], data: dict[str, Tensor], ranges: CNNRanges, device: torch.device | str = "cpu"
 ) -> tuple[list[Params], dict[str, Tensor]]:
@@ -195,24 +243,22 @@ def train_cnns(
     flat = flatten(init_cnns(arch, seeds, [h["init_scale"] for h in hypers]), spec).to(device).requires_grad_(True)
     m, v = torch.zeros_like(flat), torch.zeros_like(flat)
     ckpt = torch.tensor([checkpoint_steps(int(h["steps"]), n_ckpt) for h in hypers]).t()  # (n_ckpt, B)
-    snaps = torch.zeros(n_ckpt, B, flat.shape[1])
+    slots: dict[int, list[tuple[int, int]]] = {}  # step -> the (checkpoint, run) snapshots it takes
+    for j, row in enumerate(ckpt.tolist()):
+        for b, t in enumerate(row):
+            slots.setdefault(t, []).append((j, b))
+    saves = {t: torch.tensor(jb, device=device).t() for t, jb in slots.items()}  # as device indices
+    snaps = flat.new_zeros(n_ckpt, B, flat.shape[1], requires_grad=False)
     settings = AdamSettings(int(steps.max()))
-    for step in range(1, settings.steps + 1):
-        idx = torch.stack([r[0][torch.randint(len(r[0]), (bs,), generator=g)] for r, g in zip(runs, gens, strict=True)])
-        mask = torch.stack(
-            [
-                (torch.rand(bs, arch.channels[-1], generator=g) >= h["dropout"]).float() / (1 - h["dropout"])
-                for h, g in zip(hypers, gens, strict=True)
-            ]
-        ).to(device)
-        idx = idx.to(device)
-        logits = cnn_forward(unflatten(flat, spec), arch, x_train[idx], mask)  # (B, bs, classes)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.gather(1, idx).flatten(), reduction="none")
-        (g,) = torch.autograd.grad(loss.view(B, bs).mean(1).sum(), [flat])
-        with torch.no_grad():
-            adam_update(flat, g, m, v, step, torch.where(steps >= step, lr, 0.0), settings, wd)
-        for j, b in (ckpt == step).nonzero().tolist():
-            snaps[j, b] = flat[b].detach().cpu()
+    for first in range(1, settings.steps + 1, DRAW_BLOCK):
+        block = range(first, min(first + DRAW_BLOCK, settings.steps + 1))
+        idx, mask = _draws(runs, hypers, gens, len(block), bs, arch.channels[-1], device)
+        for i, step in enumerate(block):
+            cnn_step(flat, m, v, step, arch, spec, x_train, labels, idx[i], mask[i], lr, wd, steps, settings)
+            if step in saves:
+                j, b = saves[step]
+                snaps[j, b] = flat.detach()[b]
+    snaps = snaps.cpu()
     snapshots = [{k: t.clone() for k, t in unflatten(s, spec).items()} for s in snaps]
     x_test, y_test = data["x_test"].to(device), data["y_test"].to(device)
     test_acc = torch.stack(

@@ -17,6 +17,7 @@ ghost partner), so a net's bytes do not depend on which other nets share its chu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from torch import Tensor
 from pipeline.weightspace.spec import Params, ParamSpec, mlp_spec, unflatten
 
 INIT_VARIANTS = ("standard", "dwsnets")
+EARLY_STOP_EVERY = 10  # steps between the fitting loop's read-backs (finished nets leave the batch)
 
 
 def siren_spec(hidden: list[int] | tuple[int, ...], in_dim: int = 2, out_dim: int = 1) -> ParamSpec:
@@ -44,6 +46,13 @@ def coordinate_grid(height: int, width: int) -> Tensor:
     xs = torch.linspace(-1.0, 1.0, width)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+
+
+@functools.cache
+def grid_on(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """:func:`coordinate_grid` on ``device`` in ``dtype``, made once per size (a step that renders
+    images never copies it from the host)."""
+    return coordinate_grid(height, width).to(device, dtype)
 
 
 def init_sirens(spec: ParamSpec, seeds: list[int], omega0: float, variant: str) -> Tensor:
@@ -166,6 +175,52 @@ def adam_update(theta: Tensor, grad: Tensor, m: Tensor, v: Tensor, step: int, se
     theta.addcdiv_(m, denom, value=-settings.lr / (1 - b1**step))
 
 
+@dataclass
+class Fitting:
+    """The batch of :func:`fit_sirens`: ``R`` rows in flight, each the net ``active[r]`` (a row
+    of ``final``), with its Adam state; ``final`` ``(B, P)``, ``final_mse`` and ``steps_used``
+    ``(B,)`` hold every net's result, written when it first reaches its target."""
+
+    theta: Tensor  # (R, P)
+    m: Tensor  # (R, P)
+    v: Tensor  # (R, P)
+    grad: Tensor  # (R, P)
+    active: Tensor  # (R,) long
+    ghost: Tensor  # (R,) bool: a companion row whose results are discarded
+    reached: Tensor  # (R,) bool: its net's target met, its result kept
+    final: Tensor
+    final_mse: Tensor
+    steps_used: Tensor
+
+    def drop_reached(self) -> bool:
+        """Remove the rows whose net is finished (a lone net keeps one as its ghost); ``False``
+        when no real net is left. Reads the flags back to the host."""
+        keep = ~self.reached  # ghosts never reach: they stay
+        if not bool((keep & ~self.ghost).any()):
+            self.active, self.ghost, self.reached = self.active[:0], self.ghost[:0], self.reached[:0]
+            return False
+        if int(keep.sum()) == 1:
+            spare = int(torch.nonzero(~keep)[0])
+            keep[spare], self.ghost[spare] = True, True
+        for name in ("theta", "m", "v", "grad", "active", "ghost", "reached"):
+            setattr(self, name, getattr(self, name)[keep])
+        return True
+
+
+def fitting_step(model: _BatchedSiren, f: Fitting, target: Tensor, step: int, settings: FitSettings) -> None:
+    """One step of :func:`fit_sirens` in place: every row's loss and gradient on its image
+    (``target`` ``(B, n_pix, out)``), the result of each net first reaching the target PSNR kept
+    (its parameters before this step's update, ``steps_used = step - 1``), then Adam. Nothing is
+    read back to the host."""
+    mse = model.loss_and_grad(f.theta, target[f.active], f.grad)
+    first = (mse <= 10.0 ** (-settings.target_psnr / 10.0)) & ~f.ghost & ~f.reached
+    f.final[f.active] = torch.where(first.unsqueeze(1), f.theta, f.final[f.active])
+    f.final_mse[f.active] = torch.where(first, mse, f.final_mse[f.active])
+    f.steps_used[f.active] = torch.where(first, step - 1, f.steps_used[f.active])
+    f.reached |= first
+    adam_update(f.theta, f.grad, f.m, f.v, step, settings)
+
+
 def fit_sirens(
     images: Tensor,
     seeds: list[int],
@@ -186,9 +241,9 @@ def fit_sirens(
             same on every device); results come back on the CPU.
     Returns:
         :class:`FitResult`. A net stops at the first step its PSNR reaches
-        ``settings.target_psnr``; its parameters at that step are kept. (The early-stop test
-        reads one flag per step back from the device; the step itself, :meth:`_BatchedSiren.
-        loss_and_grad` and :func:`adam_update`, never does.)
+        ``settings.target_psnr``; its parameters at that step are kept (on the device, without a
+        read-back). Every :data:`EARLY_STOP_EVERY` steps one flag is read back and finished nets
+        leave the batch; a net's bytes do not depend on when that happens (nor on its partners).
     """
     device = torch.device(device)
     if coords is None:
@@ -200,37 +255,34 @@ def fit_sirens(
     B = target.shape[0]
     model = _BatchedSiren(spec, coords.float().to(device), settings.omega0, output_offset(settings.variant))
     theta = init_sirens(spec, seeds, settings.omega0, settings.variant).to(device)
-    final = theta.clone()
-    final_mse = torch.full((B,), float("nan"), device=device)
-    steps_used = torch.full((B,), settings.steps, dtype=torch.long, device=device)
-    active = torch.arange(B, device=device)
     # CPU bmm reduces a batch of one in another order than a batch of >= 2, so a lone net is
     # kept company by a "ghost" row whose results are discarded: bytes never depend on partners.
     ghost = torch.zeros(B, dtype=torch.bool, device=device)
     if B == 1:
-        theta, active = theta.repeat(2, 1), active.repeat(2)
+        theta, target = theta.repeat(2, 1), target.repeat(2, 1, 1)
         ghost = torch.tensor([False, True], device=device)
-    m, v, grad = torch.zeros_like(theta), torch.zeros_like(theta), torch.empty_like(theta)
-    target_mse = 10.0 ** (-settings.target_psnr / 10.0)
+    rows = len(theta)
+    f = Fitting(
+        theta=theta,
+        m=torch.zeros_like(theta),
+        v=torch.zeros_like(theta),
+        grad=torch.empty_like(theta),
+        active=torch.arange(rows, device=device),
+        ghost=ghost,
+        reached=torch.zeros_like(ghost),
+        final=theta.clone(),
+        final_mse=torch.full((rows,), float("nan"), device=device),
+        steps_used=torch.full((rows,), settings.steps, dtype=torch.long, device=device),
+    )
     for step in range(1, settings.steps + 1):
-        mse = model.loss_and_grad(theta, target[active], grad)
-        done = (mse <= target_mse) & ~ghost
-        if bool(done.any()):
-            idx = active[done]
-            final[idx], final_mse[idx], steps_used[idx] = theta[done], mse[done], step - 1
-            keep = ~done  # ghosts are never done: they stay
-            if not bool((keep & ~ghost).any()):  # every real net is finished
-                active, ghost = active[:0], ghost[:0]
-                break
-            if int(keep.sum()) == 1:
-                spare = int(torch.nonzero(~keep)[0])
-                keep[spare], ghost[spare] = True, True
-            active, theta, m, v, grad, ghost = active[keep], theta[keep], m[keep], v[keep], grad[keep], ghost[keep]
-        adam_update(theta, grad, m, v, step, settings)
-    real = ~ghost
+        fitting_step(model, f, target, step, settings)
+        if step % EARLY_STOP_EVERY == 0 and bool(f.reached.any()) and not f.drop_reached():  # the one read-back
+            break
+    real = ~f.ghost & ~f.reached  # still fitting at the last step
     if bool(real.any()):
-        idx = active[real]
-        final[idx] = theta[real]
-        final_mse[idx] = model.loss_and_grad(theta, target[active], None)[real]
-    final, final_mse, steps_used = final.cpu(), final_mse.cpu(), steps_used.cpu()
+        idx = f.active[real]
+        f.final[idx] = f.theta[real]
+        f.final_mse[idx] = model.loss_and_grad(f.theta, target[f.active], None)[real]
+    final, final_mse, steps_used = f.final, f.final_mse, f.steps_used
+    final, final_mse, steps_used = final[:B].cpu(), final_mse[:B].cpu(), steps_used[:B].cpu()
     return FitResult(final, final_mse, psnr_from_mse(final_mse), steps_used)
