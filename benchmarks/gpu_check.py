@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -141,37 +143,42 @@ def _setup(name: str, settings, train: GraphSet, meta: dict, no_dropout: bool = 
     return model, model_inputs(train, template, model.input_kind)
 
 
-def loop_body_steps(model, data, batch: int, steps: int, device: torch.device) -> torch.Tensor:
-    """``steps`` training steps as :func:`pipeline.train.fit_model`'s loop body runs them
+def loop_body(model, data, batch: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Training steps as :func:`pipeline.train.fit_model`'s loop body runs them
     (:func:`~pipeline.train.shuffled_batches`, :func:`~pipeline.train.train_step`, the schedule,
-    the on-device loss and accuracy sums); returns the losses ``(steps,)`` on the device."""
-    from pipeline.train import shuffled_batches, train_step, warmup_schedule
+    the on-device loss and accuracy sums), one epoch; yields each step's loss on the device."""
+    from pipeline.train import make_adamw, shuffled_batches, train_step, warmup_schedule
 
     model.to(device).train()
     data = data.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4)
+    opt = make_adamw(model, 1e-3, 5e-4, device)
     sched = warmup_schedule(TrainSettings(1, batch, 1e-3, 5e-4, 10, 10.0))(opt)
-    tot, correct, losses = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), device=device), []
-    for i, (inputs, y) in enumerate(shuffled_batches(data, batch, torch.Generator().manual_seed(0))):
-        if i == steps:
-            break
+    tot, correct = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), device=device)
+    for inputs, y in shuffled_batches(data, batch, torch.Generator().manual_seed(0)):
         out, loss = train_step(model, inputs, y, Classification(10), opt, 10.0)
         sched.step()
         tot += loss.double() * y.shape[0]
         correct += (out.argmax(1) == y).sum()
-        losses.append(loss)
-    return torch.stack(losses)
+        yield loss
+
+
+def loop_body_steps(model, data, batch: int, steps: int, device: torch.device) -> torch.Tensor:
+    """The losses ``(steps,)`` of the first ``steps`` steps of :func:`loop_body`."""
+    return torch.stack(list(itertools.islice(loop_body(model, data, batch, device), steps)))
 
 
 def sync_check(model, data, batch: int, device: torch.device) -> str:
-    """``"none"`` if three steps of the loop body (after one outside) never wait for the GPU,
-    else the first synchronizing call; ``"not checked"`` off CUDA."""
+    """``"none"`` if three steps in the middle of an epoch (after its start, which moves the
+    epoch's order to the GPU once, and the optimizer's first step) never wait for the GPU, else
+    the first synchronizing call; ``"not checked"`` off CUDA."""
     if device.type != "cuda":
         return "not checked (CPU)"
-    loop_body_steps(model, data, batch, 1, device)
+    steps = loop_body(model, data, batch, device)
+    next(steps)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loop_body_steps(model, data, batch, 3, device)
+        for _ in range(3):
+            next(steps)
         return "none"
     except RuntimeError as e:
         return "SYNC: " + str(e).splitlines()[0][:80]

@@ -490,13 +490,16 @@ class RayConfig:
     """Where tasks run. ``address``: ``""`` = ``RAY_ADDRESS`` if set, else a local cluster of the
     stage's own (``num_cpus`` caps it); ``"auto"`` = the ``ray start`` cluster on this machine;
     ``"host:port"`` / ``"ray://host:port"`` = that cluster. ``device``: ``auto`` = the GPU Ray
-    assigned to the task, else the CPU; ``cpu``; ``cuda`` (needs ``gpus_per_task > 0``)."""
+    assigned to the task, else the CPU; ``cpu``; ``cuda`` (needs ``gpus_per_task > 0``).
+    ``wait_for_nodes_s``: how long a stage waits for a node that can run its tasks (an
+    autoscaler starting one) before it refuses; 0 refuses at once."""
 
     address: str = ""
     num_cpus: int = setting(0, ge=0)  # 0: every core
     device: str = "auto"
     gpus_per_task: float = setting(0.0, ge=0)
     max_retries: int = setting(2, ge=0)  # Ray reads -1 as "retry forever"
+    wait_for_nodes_s: float = setting(0.0, ge=0)  # an autoscaling cluster: wait this long for a node that fits
 
     def check(self) -> list[tuple[str, str]]:
         if self.device == "cuda" and self.gpus_per_task <= 0:

@@ -124,11 +124,24 @@ def task_memory(data_bytes: int, factor: float = 4.0, base: int = GIB // 2) -> i
     return int(base + factor * data_bytes)
 
 
-def check_resources(need: TaskResources) -> None:
+def check_resources(need: TaskResources, wait_s: float = 0.0, poll_s: float = 5.0) -> None:
     """Fail before any work when no node can run a task, naming the resource and the key to change.
 
-    Checked per node (a task runs on one): CPUs, GPUs and memory.
+    Checked per node (a task runs on one): CPUs, GPUs and memory. With ``wait_s > 0`` (an
+    autoscaling cluster, ``ray.wait_for_nodes_s``) the check is repeated every ``poll_s``
+    seconds until a node fits or ``wait_s`` has passed.
     """
+    deadline = time.monotonic() + wait_s
+    while (short := _shortfall(need)) is not None:
+        if time.monotonic() >= deadline:
+            waited = f" after waiting {wait_s:g} s for one" if wait_s > 0 else ""
+            raise ConfigError(short.replace("; change", f"{waited}; change", 1))
+        log.info("%s; waiting for a node (ray.wait_for_nodes_s)", short.split(";")[0])
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
+
+
+def _shortfall(need: TaskResources) -> str | None:
+    """Why no node of the cluster can run a task needing ``need`` (the message and the key), or ``None``."""
     import ray
 
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
@@ -144,10 +157,12 @@ def check_resources(need: TaskResources) -> None:
         if best < amount:
             shown = f"{amount / GIB:.2f} GiB" if key == "memory" else f"{amount:g} {unit}"
             have = f"{best / GIB:.2f} GiB" if key == "memory" else f"{best:g}"
-            raise ConfigError(
+            return (
                 f"each task needs {shown} ({key}), but no node of the Ray cluster has that much "
-                f"(largest: {have} over {len(nodes)} node(s)); change {knob}"
+                f"(largest: {have} over {len(nodes)} node(s)); change {knob} (or ray.wait_for_nodes_s "
+                "on an autoscaling cluster)"
             )
+    return None
 
 
 class _Refused(Exception):
@@ -163,12 +178,24 @@ class TasksFailed(RuntimeError):
         super().__init__(f"{len(failures)} task(s) failed, the others finished and were kept:\n{lines}")
 
 
-def _error_text(e: BaseException) -> str:
+OUT_OF_MEMORY_ADVICE = (
+    "the task ran out of GPU memory: lower the failing stage's batch (its batch_size, e.g. train.batch_size; "
+    "for a zoo its chunk_size: zoo.chunk_size, kan.chunk_size, cnn.chunk_size) or raise ray.gpus_per_task so "
+    "fewer tasks share a GPU; finished results are kept and the next invocation resumes"
+)
+
+
+def error_text(e: BaseException) -> str:
+    """One line for a failed task: the exception a task raised (unwrapped from Ray's), and for a
+    CUDA out-of-memory error the keys that fix it (:data:`OUT_OF_MEMORY_ADVICE`)."""
+    import torch
+
     cause = getattr(e, "cause", None)
     if isinstance(cause, BaseException):
         e = cause
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}"
+    line = f"{type(e).__name__}: {text[-1] if text else ''}"
+    return f"{line} ({OUT_OF_MEMORY_ADVICE})" if isinstance(e, torch.OutOfMemoryError) else line
 
 
 def _traced(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, str]]:
@@ -264,7 +291,7 @@ def map_tasks(
                     if on_error is not None:
                         on_error(i, failures[labels[i]])
                 except ray.exceptions.RayTaskError as e:  # fn raised: a bug or bad input, not retried
-                    failures[labels[i]] = _error_text(e)
+                    failures[labels[i]] = error_text(e)
                     if on_error is not None:
                         on_error(i, failures[labels[i]])
                 except Exception as e:  # the worker or its node died
@@ -272,12 +299,12 @@ def map_tasks(
                         retries[i] += 1
                         if poll is not None:
                             poll()  # its last checkpoint first
-                        log.warning("%s: %s; retry %d/%d", labels[i], _error_text(e), retries[i], max_retries)
+                        log.warning("%s: %s; retry %d/%d", labels[i], error_text(e), retries[i], max_retries)
                         new = remote.remote(fn, *retry_item(i))
                         index[new] = i
                         pending.append(new)
                         continue
-                    failures[labels[i]] = _error_text(e)
+                    failures[labels[i]] = error_text(e)
                     if on_error is not None:
                         on_error(i, failures[labels[i]])
                 else:

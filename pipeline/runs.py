@@ -380,7 +380,7 @@ class StageRuns:
         distributed.init_ray(self.params.ray)
         memory = distributed.task_memory(distributed.tensor_bytes(data))
         need = distributed.TaskResources(threads, self.params.ray.gpus_per_task, memory)
-        distributed.check_resources(need)
+        distributed.check_resources(need, self.params.ray.wait_for_nodes_s)
         events = Queue(actor_options={"num_cpus": 0})
         index = {self.jobs[i].key: i for i in todo}
         ref = ray.put(data)

@@ -71,7 +71,7 @@ def fit_missing_shards(
         need = distributed.TaskResources(
             threads, params.ray.gpus_per_task, distributed.task_memory(distributed.tensor_bytes(shared))
         )
-        distributed.check_resources(need)
+        distributed.check_resources(need, params.ray.wait_for_nodes_s)
         ref = ray.put(shared)
         distributed.map_tasks(
             task,

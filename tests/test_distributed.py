@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.distributed import SHIPPING_EXCLUDES, project_runtime_env, refusal
+from pipeline.distributed import SHIPPING_EXCLUDES, error_text, project_runtime_env, refusal
 from pipeline.provenance import ROOT, project_hash, recipe_environment, worker_environment
 
 
@@ -47,3 +47,12 @@ def test_a_recipe_names_the_environment_a_worker_must_match():
     assert kan["kan_backend"] == "fused-cpu"
     assert recipe_environment({"environment": environment, "device": "cuda"}) == {"torch": "2.x"}
     assert recipe_environment({"environment": environment, "backend": "torch-cuda"}) == {"torch": "2.x"}
+
+
+def test_a_task_out_of_gpu_memory_is_reported_with_the_keys_that_fix_it():
+    import torch
+
+    oom = error_text(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert oom.startswith("OutOfMemoryError: CUDA out of memory") and "train.batch_size" in oom
+    assert "ray.gpus_per_task" in oom
+    assert error_text(ValueError("bad input")) == "ValueError: bad input"  # other errors as they are

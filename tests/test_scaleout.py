@@ -262,6 +262,40 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
         assert comparable(r) == comparable(ref | same)
 
 
+def test_an_autoscaling_cluster_is_waited_for_until_a_node_fits():
+    """``ray.wait_for_nodes_s``: a node that joins while the stage waits is used; none joining in
+    time is refused, naming the resource and the wait."""
+    import threading
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        ray.init(address=cluster.address)
+        with pytest.raises(ConfigError, match=r"\(CPU\).*after waiting 1 s"):
+            check_resources(TaskResources(num_cpus=3), wait_s=1.0, poll_s=0.2)
+        outcome: list = []
+
+        def stage() -> None:
+            try:
+                check_resources(TaskResources(num_cpus=3), wait_s=120.0, poll_s=0.2)
+                outcome.append("ran")
+            except ConfigError as e:
+                outcome.append(e)
+
+        waiting = threading.Thread(target=stage)
+        waiting.start()
+        time.sleep(2.0)
+        assert waiting.is_alive() and not outcome  # still waiting: no node fits yet
+        cluster.add_node(num_cpus=3)  # the autoscaler's node
+        waiting.join(timeout=120)
+        assert outcome == ["ran"]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 # --------------------------------------------------------------------------------------------
 # Faults: a worker killed mid-shard, a driver killed mid-training
 # --------------------------------------------------------------------------------------------
