@@ -226,6 +226,29 @@ def refusal(env: dict[str, str], expect: dict[str, str] | None = None) -> str | 
     return None
 
 
+def on_every_node(fn: Callable[[], Any], resources: TaskResources) -> dict[str, tuple[Any, dict[str, str]]]:
+    """``fn()`` once on every alive node that can run a task needing ``resources``, before the
+    stage's tasks start (a node's one-time preparation: building a kernel there, so that a node
+    that cannot says so once); ``{node id: (result, environment)}``."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    wanted = {"CPU": resources.num_cpus, "GPU": resources.num_gpus}
+    nodes = [
+        n["NodeID"]
+        for n in ray.nodes()
+        if n.get("Alive") and all(n["Resources"].get(k, 0.0) >= v for k, v in wanted.items() if v > 0)
+    ]
+    remote = ray.remote(_traced).options(
+        name=getattr(fn, "__name__", "prepare"), num_cpus=resources.num_cpus, num_gpus=resources.num_gpus
+    )
+    refs = {
+        node: remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(fn)
+        for node in nodes
+    }
+    return {node: ray.get(ref) for node, ref in refs.items()}
+
+
 def map_tasks(
     fn: Callable[..., Any],
     items: Sequence[tuple],

@@ -40,6 +40,7 @@ def fit_missing_shards(
     threads: int,
     desc: str = "zoo shards",
     recipe: dict | None = None,
+    prepare: Callable[[], Any] | None = None,
 ) -> int:
     """Fit every shard ``k`` not yet complete as the Ray task ``task(shared, *make_item(k))``.
 
@@ -50,7 +51,9 @@ def fit_missing_shards(
     plan are retired, never deleted (:func:`pipeline.zoo.store.plan_shard_dir`), and temporary
     files of a killed writer are removed. A shard fitted in another environment than the one its
     ``recipe`` (in its fingerprint) names is refused, not written
-    (:func:`pipeline.provenance.recipe_environment`). Returns the number of shards fitted.
+    (:func:`pipeline.provenance.recipe_environment`). ``prepare()`` runs once on every node
+    before the shards (building a kernel there); a node whose environment after it differs from
+    the recipe's stops the stage before any fitting, named. Returns the number of shards fitted.
     """
     from pipeline import distributed
     from pipeline.provenance import recipe_environment
@@ -72,6 +75,16 @@ def fit_missing_shards(
             threads, params.ray.gpus_per_task, distributed.task_memory(distributed.tensor_bytes(shared))
         )
         distributed.check_resources(need, params.ray.wait_for_nodes_s)
+        expect = recipe_environment(recipe) if recipe is not None else None
+        if prepare is not None:
+            unfit = {
+                node: why
+                for node, (_, env) in distributed.on_every_node(prepare, need).items()
+                if (why := distributed.refusal(env, expect)) is not None
+            }
+            if unfit:
+                lines = "\n".join(f"  node {node[:12]}: {why}" for node, why in unfit.items())
+                raise ConfigError(f"{len(unfit)} node(s) cannot fit these shards as the recipe says:\n{lines}")
         ref = ray.put(shared)
         distributed.map_tasks(
             task,
@@ -81,7 +94,7 @@ def fit_missing_shards(
             desc=desc,
             labels=[shard_name(k) for k in todo],
             on_result=lambda i, result, env: write(todo[i], result),
-            expect=recipe_environment(recipe) if recipe is not None else None,
+            expect=expect,
         )
     return len(todo)
 

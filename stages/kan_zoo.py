@@ -40,6 +40,12 @@ def _fit_task(
     return params, cols
 
 
+def kan_node() -> str:
+    """A node's preparation: build (or load) the fused KAN kernel once before its shards, so
+    :func:`~pipeline.provenance.worker_environment` reports the backend its tasks will use."""
+    return kan_backend()
+
+
 def plan(params: Params, task: str) -> tuple[list[PlannedNet], dict]:
     """The nets of one KAN task and the data they are fitted to."""
     if task == "inr":
@@ -99,8 +105,9 @@ def run(params: Params, task: str, out: Path) -> dict:
         t0 = time.time()
         desc = f"{task} KAN shards"
         n_fitted = fit_missing_shards(
-            params, shard_dir, fps, data, item, _fit_task, write, kc.threads_per_task, desc, recipe
-        )
+            params, shard_dir, fps, data, item, _fit_task, write, kc.threads_per_task, desc, recipe,
+            prepare=kan_node if device == "cpu" else None,
+        )  # fmt: skip
         fit_seconds = time.time() - t0
         rows = []
         for k, s in enumerate(shards):

@@ -521,8 +521,8 @@ def _bare_python(venv: Path) -> Path:
     return python
 
 
-def _ray_start(python: Path, args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+def _ray_start(python: Path, args: list[str], cwd: Path, log: Path, **env_vars: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")} | env_vars
     ports = [f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}"]
     return subprocess.Popen(
         [python, "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()",
@@ -557,7 +557,10 @@ def test_a_node_without_the_project_runs_zoo_and_train_tasks_with_identical_byte
         tmp_path,
         tmp_path / "head.log",
     )  # fmt: skip  (no CPU on the head: every task runs on the bare node)
-    node = _ray_start(bare, [f"--address=127.0.0.1:{gcs}", "--num-cpus=2"], elsewhere, tmp_path / "node.log")
+    # a node without the fused KAN kernel (as one without a compiler): its KAN shards are refused up front
+    node = _ray_start(
+        bare, [f"--address=127.0.0.1:{gcs}", "--num-cpus=2"], elsewhere, tmp_path / "node.log", METAZOO_KAN_KERNEL="0"
+    )
     try:
         workspace = tmp_path / "ws"
         workspace.mkdir()
@@ -590,6 +593,10 @@ def test_a_node_without_the_project_runs_zoo_and_train_tasks_with_identical_byte
         ):
             res = run_stage(stage, args, workspace, timeout=600)
             assert res.returncode == 0, f"{stage}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+        kan = run_stage("kan_zoo", [*p, "--task", "inr", "--out", str(workspace / "kan")], workspace, timeout=600)
+        assert kan.returncode == 2, kan.stdout[-2000:] + kan.stderr[-3000:]
+        assert "cannot fit these shards" in kan.stderr and "kan_backend 'torch'" in kan.stderr, kan.stderr[-3000:]
+        assert not list((workspace / "kan" / "shards").glob("*.safetensors"))  # refused before any fitting
     finally:
         for token in (f"--port={gcs}", f":{gcs}"):  # `ray start`, the nodes' services and workers
             stop_processes(token)

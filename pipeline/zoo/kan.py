@@ -220,6 +220,21 @@ def _kernel_build_dir(name: str) -> Path:
         return Path(root) / name
 
 
+def _stable_source(build_dir: Path) -> Path:
+    """The kernel's C++ source as a file in ``build_dir``, rewritten only when its bytes change.
+
+    A Ray worker imports the project from a per-session copy of the checkout; building from that
+    path would rebuild the kernel in every session (the build depends on the source's path).
+    Call under :func:`_build_lock`."""
+    code = (Path(__file__).parent / "csrc" / "kan_spline.cpp").read_bytes()
+    kept = build_dir / "kan_spline.cpp"
+    if not kept.exists() or kept.read_bytes() != code:
+        tmp = kept.with_suffix(".cpp.tmp")
+        tmp.write_bytes(code)
+        tmp.replace(kept)
+    return kept
+
+
 @contextmanager
 def _build_lock(build_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the kernel's build directory; clear a killed build's baton.
@@ -290,7 +305,7 @@ def spline_kernel():
         with _build_lock(build_dir):
             return load(
                 name,
-                [str(Path(__file__).parent / "csrc" / "kan_spline.cpp")],
+                [str(_stable_source(build_dir))],
                 extra_cflags=["-O3", "-march=native", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(build_dir),
