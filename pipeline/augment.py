@@ -113,8 +113,7 @@ def sign_flip_graphs(batch: Batch, generator: torch.Generator) -> Batch:
     A node with sign ``s`` scales its features (bias) by ``s``; an edge ``i -> j`` scales its
     feature (weight) by ``s_i s_j``. Input and output nodes keep ``s = 1``.
     """
-    flip = (torch.rand(batch.x.shape[0], generator=generator) < 0.5).to(batch.x.device)
-    return _flip_graphs(batch, {"flip": flip})
+    return _flip_graphs(batch, _moved(_draw_node_flips(batch.x.shape[0], generator), batch.x.device))
 
 
 def _draw_node_flips(n_nodes: int, generator: torch.Generator) -> Draws:

@@ -239,11 +239,15 @@ def on_every_node(fn: Callable[[], Any], resources: TaskResources) -> dict[str, 
         for n in ray.nodes()
         if n.get("Alive") and all(n["Resources"].get(k, 0.0) >= v for k, v in wanted.items() if v > 0)
     ]
-    remote = ray.remote(_traced).options(
-        name=getattr(fn, "__name__", "prepare"), num_cpus=resources.num_cpus, num_gpus=resources.num_gpus
-    )
+    remote = ray.remote(_traced)
+    name, cpus, gpus = getattr(fn, "__name__", "prepare"), resources.num_cpus, resources.num_gpus
     refs = {
-        node: remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(fn)
+        node: remote.options(
+            name=name,
+            num_cpus=cpus,
+            num_gpus=gpus,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+        ).remote(fn)
         for node in nodes
     }
     return {node: ray.get(ref) for node, ref in refs.items()}
