@@ -166,7 +166,7 @@ def _shortfall(need: TaskResources) -> str | None:
 
 
 class _Refused(Exception):
-    """A task's result that the driver does not keep (:func:`other_code`)."""
+    """A task's result that the driver does not keep (:func:`refusal`)."""
 
 
 class TasksFailed(RuntimeError):

@@ -411,7 +411,7 @@ def learned_step(
     task: Task,
     idx: Tensor,
     scale: float,
-    graph,
+    graph: OptimizeeGraph | None,
     meta: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One learned-optimizer step of :func:`unroll` on the batches ``idx`` ``(B, b)``: the loss
