@@ -4,19 +4,17 @@ Run a step on the ``meta`` device (shapes, no values) inside :class:`NoHostSync`
 the step dispatches passes through it, and it raises :class:`HostSync`, naming the op and the
 project line that called it, for
 
-- an op that reads a value back to the host: ``.item()``, ``bool(t)``, ``float(t)``,
-  ``int(t)`` (``aten._local_scalar_dense``), a copy to the host (``.cpu()``, ``.tolist()``),
-  ``nonzero`` without a static
-  size (hence boolean-mask indexing and ``masked_select``), ``unique``, ``bincount``,
-  ``repeat_interleave`` without its output size, ``equal``, ``is_nonzero``;
+- an op that reads a value back to the host: ``.item()``, ``bool(t)``, ``float(t)``, ``int(t)``
+  (``aten._local_scalar_dense``), a copy to the host (``.cpu()``, ``.tolist()``), ``nonzero``
+  without a static size (hence boolean-mask indexing and ``masked_select``), ``unique``,
+  ``bincount``, ``repeat_interleave`` without its output size, ``equal``, ``is_nonzero``;
 - an op that takes a host (CPU) tensor of more than one element and computes on the device or
   copies onto it: a blocking host-to-device transfer inside the step (a 0-d CPU tensor is a
-  scalar argument, not a transfer).
+  scalar argument, not a transfer), and ``torch.tensor(values, device=...)`` of several values.
 
 Pure host work (a CPU-only op on CPU tensors, such as reading the CPU step counter of
-``torch.optim.AdamW``) is not a sync and is let through. On CUDA the
-same question is asked of a real step by ``torch.cuda.set_sync_debug_mode("error")``
-(``benchmarks/gpu_check.py``).
+``torch.optim.AdamW``) is not a sync and is let through. On CUDA the same question is asked of
+a real step by ``torch.cuda.set_sync_debug_mode("error")`` (``benchmarks/gpu_check.py``).
 """
 
 from __future__ import annotations
