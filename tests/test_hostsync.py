@@ -347,3 +347,21 @@ def test_a_batch_of_several_architectures_still_reads_its_sizes():
     ).to(META)
     with NoHostSync():
         het.batch(torch.arange(4, device=META))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_training_step_on_cuda_never_synchronizes():
+    """The same property on a real GPU: a mid-epoch step under ``set_sync_debug_mode("error")``."""
+    cuda = torch.device("cuda")
+    split = _split(SPEC, torch.arange(N) % 4).to(cuda)
+    model = build_model("ng_gnn", _settings("ng_gnn", {}), _shape(_split(SPEC, torch.arange(N) % 4), SPEC)).to(cuda)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    batches = shuffled_batches(split, BATCH, torch.Generator().manual_seed(0))
+    inputs, y = next(batches)
+    train_step(model, inputs, y, Classification(4), opt, 10.0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        inputs, y = next(batches)
+        train_step(model, inputs, y, Classification(4), opt, 10.0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
