@@ -16,7 +16,7 @@ Run: ``python benchmarks/gpu_check.py [--steps 100 --cpu-fraction 0.1]``.
 ``--quick`` settles the GPU numbers in about 5 minutes on one GPU and prints one table
 (:func:`quick`): after a warm-up, SIREN fitting at two batch sizes, one training epoch of every
 model of the paper profile's INR table at its widths, four Ray tasks sharing the GPU against one,
-the losses of the first training steps on the GPU against the CPU (the README's tolerance: a
+the losses of the first training steps on the GPU against the CPU (docs/cluster.md's tolerance: a
 relative 1e-4), and a sync check (the training loop's body under
 ``torch.cuda.set_sync_debug_mode("error")``). ``--quick --device cpu --tiny`` runs every part
 at toy sizes with the default profile's models on the CPU (a smoke run of the script; no rate
@@ -107,7 +107,7 @@ def graphs_of(params: dict, labels: torch.Tensor, spec, n: int) -> tuple[GraphSe
 
 # ---- --quick -------------------------------------------------------------------------------
 
-LOSS_RTOL = 1e-4  # README, "Devices": the stated tolerance of two runs with one seed
+LOSS_RTOL = 1e-4  # docs/cluster.md, `device`: the stated tolerance of two runs with one seed
 
 
 @dataclasses.dataclass(frozen=True)

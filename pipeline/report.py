@@ -276,7 +276,7 @@ def kan_markdown(
         f"{inr['psnr_std']:.1f} dB, min {inr['psnr_min']:.1f}). "
         f"KAN classifier zoo: {cls['n_nets']} KANs {cls['spec']}, test accuracies "
         f"{100 * cls['test_acc_mean']:.1f} ± {100 * cls['test_acc_std']:.1f} % (range {100 * cls['test_acc_min']:.1f}"
-        f'-{100 * cls["test_acc_max"]:.1f} %). Settings and reasons: README, "KAN zoo".',
+        f'-{100 * cls["test_acc_max"]:.1f} %). Settings and reasons: `docs/methods.md`, "KAN zoo".',
         f"Test metrics at the best validation epoch, mean ± std over {n_seeds} seeds; KANs per split: "
         + "; ".join(f"{t}: {c}" for t, c in counts.items())
         + ".",
@@ -346,7 +346,7 @@ def cnn_markdown(
         "Each net of a CNN zoo is one checkpoint of a training run of a classifier of the offline MNIST "
         "digits (14x14); the target is its accuracy on held-out digits no CNN trains on. Hyper-parameters "
         "are drawn per run (learning rate, weight decay, initialization scale, dropout, label noise, "
-        'fraction of the digits, steps); splits are by run. Settings and reasons: README, "CNN zoos". '
+        'fraction of the digits, steps); splits are by run. Settings and reasons: `docs/tasks.md`, "CNN zoos". '
         f"Test metrics at the best validation epoch (selected on R²), mean ± std over {n_seeds} seeds.",
         "",
     ]
@@ -471,7 +471,7 @@ def adaptation_markdown(
         f"digits. Nets per split: {counts}; the test nets of {len(zoo.get('novel_pairs', []))} novel digit "
         f"pairs (no training net has them) are scored apart. {epochs} epochs; test metrics at the best "
         f"validation epoch (target accuracy), mean ± std over {n_seeds} seeds. "
-        'Settings and reasons: README, "Domain adaptation".',
+        'Settings and reasons: `docs/tasks.md`, "Domain adaptation".',
         "",
         "| model | parameters | target acc. (%) | novel pairs (%) | source acc. after (%) | best epoch | s / epoch "
         "| published, CIFAR-10 → corrupted CIFAR-10 (%)* |",
@@ -808,7 +808,7 @@ def l2o_markdown(summary: dict, tasks: dict[str, str], settings: dict, claims: s
         "a wider net on other data, never seen in meta-training. Final training loss (mean of the last 10 "
         "steps) and held-out test accuracy, mean ± std over "
         f"{n_seeds} seeds (a seed's number: the mean over its nets). The learned optimizers are taken after "
-        'their last outer step (no selection). Settings and reasons: README, "Learning to optimize".',
+        'their last outer step (no selection). Settings and reasons: `docs/tasks.md`, "Learning to optimize".',
         "",
         "| optimizer | parameters | lr | meta task: train loss | meta task: test acc. (%) | test task: train loss "
         "| test task: test acc. (%) | s / run | published, F-MNIST / CIFAR-10 (%)* |",

@@ -82,7 +82,7 @@ def test_one_kan_fitting_step_runs_on_the_meta_device():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_two_gpu_runs_with_one_seed_agree_within_the_stated_tolerance(tmp_path):
-    """README: GPU runs with the same seed agree to float32 rounding (rtol 1e-4), not bytes."""
+    """docs/cluster.md: GPU runs with the same seed agree to float32 rounding (rtol 1e-4), not bytes."""
     from pipeline.runs import GraphData, TaskContext, train_one
 
     images = torch.rand(64, 28, 28, generator=torch.Generator().manual_seed(0))

@@ -34,7 +34,7 @@ BLIND_TO_WIRING = {"statnn"}
 SMALL = {"hidden": 16, "layers": 4, "heads": 2, "probe_features": 4}  # probes on: NG-GNN and NG-T use them
 
 
-# the reference codes' choices, where they differ from the defaults (README "Reference-faithful
+# the reference codes' choices, where they differ from the defaults (docs/methods.md "Reference-faithful
 # settings"); batch norm runs in training mode, on batch statistics
 REFERENCE = {
     "dwsnet": {"reduction": "max", "norm": "batch", "head_width": 40, "set_heads": 2},

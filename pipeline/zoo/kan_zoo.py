@@ -9,7 +9,7 @@
 
 Every net of a chunk is trained at once by :func:`pipeline.zoo.kan.train_kans` on pykan's
 initialization and fixed uniform knots (no grid update: the knots are then the same for every
-net and the graph carries no grid information, see ``README.md``).
+net and the graph carries no grid information, see ``docs/methods.md``).
 """
 
 from __future__ import annotations
