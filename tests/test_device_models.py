@@ -140,19 +140,23 @@ def test_graphset_to_meta_batches_there():
     assert all(torch.equal(back[k], ref[k]) for k in ("x", "edge_index", "batch", "ptr"))
 
 
-def test_heterogeneous_graphset_batch_matches_pyg():
-    """Graphs of different sizes take the general path (sizes read from the data), still exact."""
-    a, b = _graphs(SIREN_LAYOUTS["siren2-16-16-1"]), _graphs(SPEC, seed=1)
+def concatenated(a: GraphSet, b: GraphSet) -> GraphSet:
+    """One graph set of ``a``'s graphs then ``b``'s (two architectures: no uniform sizes)."""
     cat = {
         f.name: torch.cat([getattr(a, f.name), getattr(b, f.name)], dim=1 if f.name == "edge_index" else 0)
         for f in dataclasses.fields(GraphSet)
         if f.name not in ("node_ptr", "edge_ptr")
     }
-    het = GraphSet(
+    return GraphSet(
         **cat,
         node_ptr=torch.cat([a.node_ptr, b.node_ptr[1:] + a.node_ptr[-1]]),
         edge_ptr=torch.cat([a.edge_ptr, b.edge_ptr[1:] + a.edge_ptr[-1]]),
     )
+
+
+def test_heterogeneous_graphset_batch_matches_pyg():
+    """Graphs of different sizes take the general path (sizes read from the data), still exact."""
+    het = concatenated(_graphs(SIREN_LAYOUTS["siren2-16-16-1"]), _graphs(SPEC, seed=1))
     assert het.uniform_sizes is None
     idx = torch.tensor([4, 0, 5, 1])
     got = het.batch(idx)

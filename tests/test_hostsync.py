@@ -332,19 +332,10 @@ def test_a_learned_optimizer_step_and_its_meta_update_never_sync(kind):
 def test_a_batch_of_several_architectures_still_reads_its_sizes():
     """Mixed-architecture batches (the CNN Wild Park zoo) size their node and edge lists from
     the data; the checker names it (and this test fails loudly once it is fixed)."""
+    from tests.test_device_models import concatenated
     from tests.weightspace_cases import SIREN_LAYOUTS
 
-    a, b = _split(SIREN_LAYOUTS["siren2-16-16-1"], torch.zeros(N)), _split(SPEC, torch.zeros(N))
-    cat = {
-        f.name: torch.cat([getattr(a, f.name), getattr(b, f.name)], dim=1 if f.name == "edge_index" else 0)
-        for f in dataclasses.fields(GraphSet)
-        if f.name not in ("node_ptr", "edge_ptr")
-    }
-    het = GraphSet(
-        **cat,
-        node_ptr=torch.cat([a.node_ptr, b.node_ptr[1:] + a.node_ptr[-1]]),
-        edge_ptr=torch.cat([a.edge_ptr, b.edge_ptr[1:] + a.edge_ptr[-1]]),
-    ).to(META)
+    het = concatenated(_split(SIREN_LAYOUTS["siren2-16-16-1"], torch.zeros(N)), _split(SPEC, torch.zeros(N))).to(META)
     with NoHostSync():
         het.batch(torch.arange(4, device=META))
 
