@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from pipeline.device import from_host
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.models.probes import ForwardSpec
 from pipeline.weightspace.spec import (
@@ -71,7 +72,7 @@ Draws = dict[str, Tensor]  # one transform's random numbers for one batch, each 
 
 
 def _moved(draws: Draws, device: torch.device) -> Draws:
-    return {k: v.to(device) for k, v in draws.items()}
+    return {k: from_host(v, device) for k, v in draws.items()}
 
 
 def sign_flip_flat(flat: Tensor, spec: ParamSpec, generator: torch.Generator) -> Tensor:
@@ -288,7 +289,7 @@ class Augmenter:
         out: list[list[Draws]] = [[{} for _ in self.parts] for _ in sizes]
         for j, part in enumerate(self.parts):
             for key in per_batch[0][j] if per_batch else ():
-                whole = torch.cat([d[j][key] for d in per_batch]).to(device)
+                whole = from_host(torch.cat([d[j][key] for d in per_batch]), device)
                 for i, piece in enumerate(whole.split([n * part.rows for n in sizes])):
                     out[i][j][key] = piece
         return out

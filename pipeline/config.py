@@ -180,6 +180,7 @@ class TrainConfig(ModelSections):
     weight_decay: float = setting(5e-4, ge=0)
     warmup_steps: int = setting(100, ge=0)
     grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    compile: bool = False  # torch.compile the model (pipeline.train.compile_model)
     augment: str = "none"
     threads_per_task: int = setting(1, ge=1)
     model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
@@ -198,6 +199,7 @@ class EditConfig(ModelSections):
     weight_decay: float = setting(0.0, ge=0)
     warmup_steps: int = setting(100, ge=0)
     grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    compile: bool = False  # torch.compile the model (pipeline.train.compile_model)
     init_scale: float = setting(1e-3, gt=0)  # initial residual scale of every editor
     augment: str = "sign_flip"
     threads_per_task: int = setting(1, ge=1)
@@ -248,6 +250,7 @@ class KanTrainConfig(ModelSections):
     weight_decay: float = setting(5e-4, ge=0)
     warmup_steps: int = setting(100, ge=0)
     grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    compile: bool = False  # torch.compile the model (pipeline.train.compile_model)
     threads_per_task: int = setting(1, ge=1)
     model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
 
@@ -264,6 +267,7 @@ class KanForwardConfig(ModelSections):
     lr: float = setting(2e-3, gt=0)
     weight_decay: float = setting(1e-4, ge=0)
     grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    compile: bool = False  # torch.compile the model (pipeline.train.compile_model)
     eval_every: int = setting(250, gt=0)
     eval_points: int = setting(16, gt=0)
     threads_per_task: int = setting(1, ge=1)
@@ -313,6 +317,7 @@ class CnnTrainConfig(ModelSections):
     weight_decay: float = setting(5e-4, ge=0)
     warmup_steps: int = setting(100, ge=0)
     grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    compile: bool = False  # torch.compile the model (pipeline.train.compile_model)
     threads_per_task: int = setting(1, ge=1)
     model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models
 
@@ -414,6 +419,7 @@ class AdaptConfig(ModelSections):
     weight_decay: float = setting(0.0, ge=0)
     warmup_steps: int = setting(50, ge=0)
     grad_clip: float = setting(10.0, gt=0, allow_inf=True)  # .inf: no clipping
+    compile: bool = False  # torch.compile the model (pipeline.train.compile_model)
     init_scale: float = setting(1e-2, gt=0)  # initial residual scale of every adapter
     threads_per_task: int = setting(1, ge=1)
     model_settings: dict[str, Any] = field(default_factory=dict)  # from keys named after models

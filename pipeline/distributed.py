@@ -24,6 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError, RayConfig
+from pipeline.device import cap_gpu_memory
 from pipeline.provenance import ROOT, project_hash, worker_environment
 
 GIB = 1024**3
@@ -199,7 +200,11 @@ def error_text(e: BaseException) -> str:
 
 
 def _traced(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, str]]:
-    """``fn(*args)`` inside a task, with the environment that ran it (its code hash first)."""
+    """``fn(*args)`` inside a task, with the environment that ran it (its code hash first); a task
+    holding a fraction of a GPU is held to that fraction of its memory (:func:`cap_gpu_memory`)."""
+    import ray
+
+    cap_gpu_memory(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
     return fn(*args), worker_environment()
 
 

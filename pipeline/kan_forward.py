@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config import ConfigError
+from pipeline.device import from_host
 from pipeline.graphs.neural_graph import GraphBatch, GraphTemplate, graph_template, params_to_features, uniform_batch
 from pipeline.models import DataShape, build_model
 from pipeline.models.saved import model_card
@@ -182,6 +183,7 @@ class ForwardSettings:
     grad_clip: float = 10.0
     eval_every: int = 250
     eval_points: int = 16
+    compile: bool = False
 
 
 def settings_from(cfg) -> ForwardSettings:
@@ -282,7 +284,7 @@ def fit_forward(
     train = data.splits["train"]
 
     def draw_points(n: int, q: int) -> Tensor:
-        return random_points(n, q, n_in, gen).to(device, non_blocking=True)
+        return from_host(random_points(n, q, n_in, gen), device)
 
     y0 = kan_outputs(data, train, draw_points(len(train), 8))
     objective = Regression(y0.mean().reshape(1), y0.std().clamp_min(1e-8).reshape(1))
@@ -305,6 +307,7 @@ def fit_forward(
         weight_decay=settings.weight_decay,
         warmup_steps=0,
         grad_clip=settings.grad_clip,
+        compile=settings.compile,
     )
 
     def one_cycle(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:

@@ -21,7 +21,7 @@ from stages.common import parse, reported_errors
 
 def run(params: Params, graphs_dir: Path, zoo_dir: Path, out: Path) -> list[dict]:
     ac = params.adapt
-    settings = TrainSettings(ac.epochs, ac.batch_size, ac.lr, ac.weight_decay, ac.warmup_steps, ac.grad_clip)
+    settings = TrainSettings.of(ac)
     # ReLU nets have no sign symmetry: no augmentation; "_perm" models add random permutations
     return run_training(
         params,

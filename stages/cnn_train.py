@@ -16,7 +16,7 @@ def run(params: Params, family: str, graphs_dir: Path, out: Path) -> list[dict]:
     if family not in CNN_FAMILIES:
         raise SystemExit(f"cnn_train: unknown family {family!r}; choose from {CNN_FAMILIES}")
     ct = params.cnn.train
-    settings = TrainSettings(ct.epochs, ct.batch_size, ct.lr, ct.weight_decay, ct.warmup_steps, ct.grad_clip)
+    settings = TrainSettings.of(ct)
     # ReLU-family CNNs have no sign symmetry, and the heterogeneous zoo no single weight space:
     # no augmentation; "_perm" models (homogeneous zoo) add random channel permutations
     return run_training(

@@ -21,7 +21,7 @@ from stages.common import parse, reported_errors
 
 def run(params: Params, graphs_dir: Path, zoo_dir: Path, out: Path) -> list[dict]:
     ec = params.edit
-    settings = TrainSettings(ec.epochs, ec.batch_size, ec.lr, ec.weight_decay, ec.warmup_steps, ec.grad_clip)
+    settings = TrainSettings.of(ec)
     return run_training(
         params,
         load_edit_data(graphs_dir, zoo_dir, ec.n_train),

@@ -12,7 +12,7 @@ from stages.common import parse, reported_errors
 
 def run(params: Params, task: str, graphs_dir: Path, out: Path) -> list[dict]:
     kt = params.kan.train
-    settings = TrainSettings(kt.epochs, kt.batch_size, kt.lr, kt.weight_decay, kt.warmup_steps, kt.grad_clip)
+    settings = TrainSettings.of(kt)
     configs = kt.settings_by_model()
     # KANs have no sign symmetry (SiLU is not odd): no sign flips; "_perm" models add permutations
     return run_training(

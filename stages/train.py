@@ -15,7 +15,7 @@ from stages.common import parse, reported_errors
 
 def run(params: Params, graphs_dir: Path, out: Path) -> list[dict]:
     tc = params.train
-    settings = TrainSettings(tc.epochs, tc.batch_size, tc.lr, tc.weight_decay, tc.warmup_steps, tc.grad_clip)
+    settings = TrainSettings.of(tc)
     configs = tc.settings_by_model()
     data = GraphData.load(graphs_dir)
     return run_training(

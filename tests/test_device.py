@@ -109,3 +109,43 @@ def test_two_gpu_runs_with_one_seed_agree_within_the_stated_tolerance(tmp_path):
     ]
     for ra, rb in zip(runs[0]["history"], runs[1]["history"], strict=True):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
+
+
+def _fit_tiny(tmp_path, name: str, compile: bool, device: str = "cpu") -> tuple[dict, torch.nn.Module]:
+    """Two epochs of ``name`` (width 8) on the tiny graphs, eager or compiled."""
+    from pipeline.train import TrainSettings, fit_model
+
+    data = GraphData.load(write_tiny_graphs(tmp_path / "graphs"))
+    template = graph_template(ParamSpec.from_dict(data.meta["spec"]))
+    shape = data_shape(data.splits["train"], template, 10, forward_spec_from_meta(data.meta))
+    settings = settings_type(name)(hidden=8)
+    torch.manual_seed(0)
+    model = build_model(name, settings, shape)
+    sets = [model_inputs(data.splits[s], template, model.input_kind) for s in ("train", "val", "test")]
+    fit = TrainSettings(2, 16, 1e-3, 0.0, 2, 10.0, compile=compile)
+    return fit_model(model, *sets, fit, 0, Classification(10), device=device), model
+
+
+@pytest.mark.slow
+def test_a_compiled_model_trains_as_the_eager_one_to_float32_rounding(tmp_path):
+    """``train.compile: true`` (inductor on the CPU): the same losses, accuracies and weights as the
+    eager run to float32 rounding, the same ``state_dict`` keys (a compiled run's model file loads
+    into an eager model), and the model really ran compiled."""
+    eager, _ = _fit_tiny(tmp_path / "a", "ng_gnn", False)
+    compiled, model = _fit_tiny(tmp_path / "b", "ng_gnn", True)
+    assert model._compiled_call_impl is not None  # nn.Module.compile() took effect
+    assert compiled.best_state.keys() == eager.best_state.keys()
+    for a, b in zip(eager.history, compiled.history, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+    for k, v in eager.best_state.items():
+        torch.testing.assert_close(compiled.best_state[k], v, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_compiled_model_with_cuda_graphs_trains_as_the_eager_one(tmp_path):
+    """On CUDA a graph set of one template compiles with CUDA graphs (``reduce-overhead``)."""
+    eager, _ = _fit_tiny(tmp_path / "a", "ng_gnn", False, "cuda")
+    compiled, _ = _fit_tiny(tmp_path / "b", "ng_gnn", True, "cuda")
+    for a, b in zip(eager.history, compiled.history, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import pytest
 import torch
 from torch_geometric.data import Batch
@@ -79,6 +82,46 @@ def test_graphset_save_load_round_trip(hidden, tmp_path):
         assert torch.equal(back[k], params[k]), k
     # no temporary files are left beside the split
     assert [p.name for p in tmp_path.iterdir()] == ["split.safetensors"]
+
+
+def _assert_same_set(a: GraphSet, b: GraphSet) -> None:
+    for f in dataclasses.fields(GraphSet):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        assert x.dtype == y.dtype and torch.equal(x, y) and y.is_contiguous(), f.name
+    assert a.uniform_sizes == b.uniform_sizes
+
+
+def _pickled_bytes(obj) -> int:
+    return len(pickle.dumps(obj, protocol=5))
+
+
+@pytest.mark.parametrize("hidden", LAYOUTS, ids=LAYOUT_IDS)
+def test_a_pickled_set_of_one_template_holds_its_structure_once(hidden):
+    """What Ray puts in its object store: the structure (edge_index, layers, positions, outputs)
+    once, not once per graph; unpickled, the same tensors bit for bit."""
+    spec, params = siren_params(hidden, range(100, 164))
+    gs = _graphset(params, spec)
+    assert gs.shared_structure() is not None
+    back = pickle.loads(pickle.dumps(gs, protocol=5))
+    _assert_same_set(gs, back)
+    per_graph = _pickled_bytes(dict(gs.__dict__))  # every tensor as it is: the structure G times
+    assert _pickled_bytes(gs) < 0.5 * per_graph
+
+
+def test_sets_whose_graphs_differ_in_structure_pickle_whole():
+    """Same sizes but another edge order in one graph, or two architectures: nothing is shared,
+    and the round trip is still exact (the negative control of the test above)."""
+    spec, params = siren_params([4, 4], range(100, 108))
+    gs = _graphset(params, spec)
+    N, E = gs.uniform_sizes
+    gs.edge_index[:, E : 2 * E] = gs.edge_index[:, E : 2 * E].flip(-1)  # graph 1: its edges listed backwards
+    assert gs.shared_structure() is None
+    _assert_same_set(gs, pickle.loads(pickle.dumps(gs, protocol=5)))
+    assert _pickled_bytes(gs) >= _pickled_bytes(dict(gs.__dict__))
+    spec2, params2 = siren_params([6], range(200, 204))
+    mixed = GraphSet.concat([_graphset(params, spec), _graphset(params2, spec2)])
+    assert mixed.uniform_sizes is None and mixed.shared_structure() is None
+    _assert_same_set(mixed, pickle.loads(pickle.dumps(mixed, protocol=5)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ local ``edge_index``) and located by ``node_ptr`` / ``edge_ptr`` slices, so hete
 fit the same format. :meth:`GraphSet.batch` collates any index set with a handful of vectorized
 gathers (no per-graph Python work), which is what the training loop calls every step. A set can
 live on any device (:meth:`GraphSet.to`); when every graph has the same node and edge counts (a
-zoo's graphs share one template) batching needs no host synchronisation.
+zoo's graphs share one template) batching needs no host synchronisation, and a pickled set (what
+Ray puts in its object store) holds the template's structure once (:meth:`GraphSet.__getstate__`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def _ranges(starts: Tensor, counts: Tensor, total: int) -> Tensor:
     offsets = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts, output_size=total)
     firsts = torch.repeat_interleave(starts, counts, output_size=total)
     return firsts + torch.arange(total, device=starts.device) - offsets
+
+
+# per-graph structure: for graphs of one template, G copies of the template's
+NODE_STRUCTURE = ("node_layer", "node_pos", "node_out")
+EDGE_STRUCTURE = ("edge_index", "edge_layer")
 
 
 def _uniform_sizes(node_ptr: Tensor, edge_ptr: Tensor) -> tuple[int, int] | None:
@@ -83,6 +89,41 @@ class GraphSet:
 
     def __len__(self) -> int:
         return int(self.node_ptr.numel() - 1)
+
+    def shared_structure(self) -> dict[str, Tensor] | None:
+        """The first graph's structure tensors (:data:`NODE_STRUCTURE`, :data:`EDGE_STRUCTURE`) when
+        every graph repeats them (one template), else ``None``. Reads values: not for a step."""
+        if self.uniform_sizes is None:
+            return None
+        (N, E), G = self.uniform_sizes, len(self)
+        first = {k: getattr(self, k)[..., :N] for k in NODE_STRUCTURE} | {
+            k: getattr(self, k)[..., :E] for k in EDGE_STRUCTURE
+        }
+        for k, one in first.items():
+            every = getattr(self, k).unflatten(-1, (G, -1))
+            if not bool((every == one.unsqueeze(-2)).all()):
+                return None
+        return {k: v.clone() for k, v in first.items()}  # a clone: a view would pickle the whole storage
+
+    def __getstate__(self) -> dict:
+        """Pickled state: graphs of one template keep their structure once, with the graph count
+        to repeat it by (:meth:`__setstate__`): for a SIREN zoo's graph split about 1/7 of the bytes,
+        what Ray copies into its object store and to every node. Other sets pickle as they are."""
+        state = dict(self.__dict__)
+        shared = self.shared_structure() if self.node_ptr.device.type != "meta" else None
+        if shared is not None:
+            state |= shared | {"_repeat_structure": len(self)}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """The set :meth:`__getstate__` pickled, every structure tensor repeated back (the same
+        values, contiguous, as before pickling)."""
+        state = dict(state)
+        G = state.pop("_repeat_structure", None)
+        if G is not None:
+            for k in NODE_STRUCTURE + EDGE_STRUCTURE:
+                state[k] = state[k].repeat(*([1] * (state[k].dim() - 1)), G)
+        self.__dict__.update(state)
 
     def to(self, device: torch.device | str) -> GraphSet:
         """Every tensor moved to ``device`` (Python-side constants such as :attr:`uniform_sizes` kept),

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from pipeline.device import from_host
 from pipeline.graphs.neural_graph import (
     GraphBatch,
     GraphTemplate,
@@ -370,7 +371,9 @@ def batch_indices(task: Task, gens: list[torch.Generator], device: torch.device,
     the CPU: the same draws on every device), for ``steps`` steps at once: one host-to-device
     transfer, not one per step. Each generator makes the numbers ``steps`` one-step calls make."""
     n = task.y_train.shape[0]
-    return torch.stack([torch.randint(n, (steps, task.batch_size), generator=g) for g in gens], dim=1).to(device)
+    return from_host(
+        torch.stack([torch.randint(n, (steps, task.batch_size), generator=g) for g in gens], dim=1), device
+    )
 
 
 @dataclass

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from pipeline.device import from_host
 from pipeline.weightspace.spec import Params, ParamSpec, flatten, mlp_spec, unflatten
 from pipeline.zoo.kan import AdamSettings, adam_update
 
@@ -266,7 +267,9 @@ def train_pair_mlps(
     for first in range(1, steps + 1, DRAW_BLOCK):
         block = range(first, min(first + DRAW_BLOCK, steps + 1))
         if batch_size < n:  # the block's batches, per net in step order, in one transfer
-            draws = torch.stack([torch.randint(n, (len(block), batch_size), generator=g) for g in gens], 1).to(device)
+            draws = from_host(
+                torch.stack([torch.randint(n, (len(block), batch_size), generator=g) for g in gens], 1), device
+            )
         for i, step in enumerate(block):
             idx = None if batch_size >= n else draws[i]
             pair_step(flat, m, v, step, spec, x, y, idx, lrs, settings)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from pipeline.device import from_host
 from pipeline.weightspace.spec import Params, flatten, unflatten
 from pipeline.zoo.cnn import ACTIVATIONS, CNNArch, cnn_forward, cnn_spec, init_cnns, small_cnn_zoo_arch
 from pipeline.zoo.kan import AdamSettings, adam_update
@@ -177,7 +178,7 @@ def _draws(
         ]  # fmt: skip
         idx.append(torch.stack([i for i, _ in steps]))
         mask.append(torch.stack([m for _, m in steps]))
-    return torch.stack(idx, dim=1).to(device), torch.stack(mask, dim=1).to(device)
+    return from_host(torch.stack(idx, dim=1), device), from_host(torch.stack(mask, dim=1), device)
 
 
 def cnn_step(
