@@ -38,6 +38,20 @@ def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rel: flo
     torch.testing.assert_close(actual, expected, rtol=0, atol=atol, msg=lambda m: f"{what}: {m}" if what != "" else m)
 
 
+# Fixtures that run stages (Ray, DVC, subprocesses): every test using one, directly or through
+# another fixture, is marked slow. Tests that start Ray or a subprocess themselves carry
+# @pytest.mark.slow. The working loop: python -m pytest -m "not slow".
+STAGE_FIXTURES = frozenset(
+    {"project", "adapt_zoos", "adapted", "cnn_zoos", "cnn_trained", "kan_zoos", "l2o_run", "trained"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STAGE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Fixed seed; one intra-op thread (tiny ops on a shared 2-core box spin-wait otherwise)."""

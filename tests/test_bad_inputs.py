@@ -156,6 +156,7 @@ def test_a_bad_model_file_is_refused_before_any_module_is_built(tmp_path: Path, 
         load(path)
 
 
+@pytest.mark.slow
 def test_predict_names_a_bad_model_file_in_one_line(tmp_path: Path):
     path = _recard(_model_file(tmp_path), _settings(hidden=-5))
     res = _cli("stages.predict", "--run", str(path), "--zoo", str(tmp_path), "--out", str(tmp_path / "p.csv"))
@@ -207,6 +208,7 @@ ZOO_DAMAGE = {
 
 
 @pytest.mark.parametrize("case", sorted(ZOO_DAMAGE))
+@pytest.mark.slow
 def test_the_graphs_stage_names_a_damaged_zoo_folder(tmp_path: Path, zoo_dir: Path, case: str):
     from tests.conftest import write_params
 
@@ -228,6 +230,7 @@ def test_the_graphs_stage_names_a_damaged_zoo_folder(tmp_path: Path, zoo_dir: Pa
         (["stages.predict", "--run", "no/such/run", "--zoo", ".", "--out", "{tmp}/x.csv"], "no such model file"),
     ],
 )
+@pytest.mark.slow
 def test_bad_command_line_input_is_one_line(tmp_path: Path, args: list[str], message: str):
     from tests.conftest import write_params
 

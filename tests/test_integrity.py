@@ -115,6 +115,7 @@ def test_flipped_byte_before_the_manifest_is_refused_not_copied(tmp_path: Path):
         records_from_shards(tmp_path / "shards", shard_plan(plan, 4), spec, psnr_floor=5.0)
 
 
+@pytest.mark.slow
 def test_graphs_stage_fails_naming_the_damaged_shard(tmp_path: Path):
     zoo = tmp_path / "zoo"
     _siren_zoo(zoo)
@@ -226,6 +227,7 @@ def test_remove_stale_temps_and_atomic_write_leaves_none(tmp_path: Path):
     assert remove_stale_temps(tmp_path / "missing") == []
 
 
+@pytest.mark.slow
 def test_resume_refits_a_damaged_shard_and_clears_stale_temps(tmp_path: Path):
     over = {
         "data": {"n_train": 8, "n_val": 4, "n_test": 4},
@@ -260,6 +262,7 @@ def test_resume_refits_a_damaged_shard_and_clears_stale_temps(tmp_path: Path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kan_kernel_build_clears_a_stale_lock_but_waits_for_a_live_build(tmp_path: Path):
     import fcntl
 

@@ -11,9 +11,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import run_stage, write_params
+
+pytestmark = pytest.mark.slow  # every test here runs stage processes
 
 
 def _digest(path: Path) -> str:

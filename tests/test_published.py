@@ -146,6 +146,7 @@ def test_broken_layouts_name_the_file(tmp_path: Path):
         read_state_dict(path)
 
 
+@pytest.mark.slow
 def test_graphs_stage_reads_an_imported_zoo(tmp_path: Path):
     from pipeline.graphs.store import GraphSet
     from tests.conftest import run_stage, write_params
@@ -198,6 +199,7 @@ def test_out_of_range_label_is_refused_naming_the_file(tmp_path: Path, where: st
 
 
 @pytest.mark.parametrize("style", ["relative", "absolute"])
+@pytest.mark.slow
 def test_splits_entry_outside_the_source_dir_is_refused(tmp_path: Path, style: str):
     _write_dwsnets(tmp_path / "src", n_per=1, with_splits=True)
     elsewhere = tmp_path / "elsewhere" / "mnist_png_training_3_9" / "checkpoints" / "model_final.pth"

@@ -181,6 +181,7 @@ def test_meta_training_resumed_from_any_checkpoint_ends_identical(tmp_path: Path
         assert all(torch.equal(v, weights[k]) for k, v in again.state_dict().items())
 
 
+@pytest.mark.slow
 def test_an_l2o_run_resumed_mid_meta_training_ends_identical(tmp_path: Path, monkeypatch):
     from pipeline.tasks.l2o import l2o_one
     from stages.l2o import load_data, optimizer_config, settings_from

@@ -174,6 +174,7 @@ def _hold_lock(folder: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_a_folder_is_refused_naming_the_holder(tmp_path: Path):
     out = tmp_path / "train"
     holder = _hold_lock(out)
@@ -197,6 +198,7 @@ def test_a_second_writer_of_a_folder_is_refused_naming_the_holder(tmp_path: Path
         pass
 
 
+@pytest.mark.slow
 def test_two_processes_opening_a_fresh_sqlite_store_at_once_both_succeed(tmp_path: Path):
     code = (
         "import sys\nfrom pipeline.config import MLflowConfig\nfrom pipeline import tracking\n"
@@ -259,6 +261,7 @@ def test_bad_params_are_refused_naming_the_key(tmp_path: Path, over: dict, messa
         load_params(write_params(tmp_path / "params.yaml", over))
 
 
+@pytest.mark.slow
 def test_a_bad_param_exits_2_from_the_stage_with_one_line(tmp_path: Path):
     params = write_params(tmp_path / "params.yaml", {"train": {"models": []}})
     res = run_stage("train", ["--params", str(params), "--out", str(tmp_path / "train")], tmp_path)
@@ -339,6 +342,7 @@ def _edit_splits(src: Path, change) -> None:
     (src / "splits.json").write_text(json.dumps(listing))
 
 
+@pytest.mark.slow
 def test_import_refuses_test_leakage_fractional_labels_and_links_out(tmp_path: Path):
     src = _published(tmp_path / "src")
     _edit_splits(src, lambda s: s["test"]["path"].append(s["train"]["path"][0]) or s["test"]["label"].append(3))
@@ -361,6 +365,7 @@ def test_import_refuses_test_leakage_fractional_labels_and_links_out(tmp_path: P
     assert "Traceback" not in res.stderr and not (tmp_path / "zoo").exists()
 
 
+@pytest.mark.slow
 def test_import_replaces_an_earlier_import_whole_and_never_another_folder(tmp_path: Path):
     from pipeline.zoo.store import load_zoo
 
@@ -389,6 +394,7 @@ def test_import_replaces_an_earlier_import_whole_and_never_another_folder(tmp_pa
     "flag,value,message",
     [("--val-fraction", "1.5", "--val-fraction: 1.5 is out of range"), ("--src", "/nonexistent", "is not a directory")],
 )
+@pytest.mark.slow
 def test_import_flags_are_checked_before_any_work(tmp_path: Path, flag: str, value: str, message: str):
     args = {"--src": str(tmp_path), "--val-fraction": "0.1"} | {flag: value}
     cmd = [sys.executable, "-m", "stages.import_zoo", "--format", "dwsnets", "--out", str(tmp_path / "z")]
