@@ -15,7 +15,9 @@ Run: ``python benchmarks/gpu_check.py [--steps 100 --cpu-fraction 0.1]``.
 
 ``--quick`` settles the GPU numbers in about 5 minutes on one GPU and prints one table
 (:func:`quick`): after a warm-up, SIREN fitting at two batch sizes, one training epoch of every
-model of the paper profile's INR table at its widths, four Ray tasks sharing the GPU against one,
+model of the paper profile's INR table at its widths, NG-GNN compiled (``train.compile``: CUDA
+graphs) against eager, four Ray tasks sharing the GPU against one (each held to its share of the
+memory, as pipeline tasks are),
 the losses of the first training steps on the GPU against the CPU (docs/cluster.md's tolerance: a
 relative 1e-4), and a sync check (the training loop's body under
 ``torch.cuda.set_sync_debug_mode("error")``). ``--quick --device cpu --tiny`` runs every part
@@ -36,10 +38,19 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.data import load_images
+from pipeline.device import cap_gpu_memory
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_model
-from pipeline.train import Classification, TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
+from pipeline.train import (
+    Classification,
+    TrainSettings,
+    compile_model,
+    data_shape,
+    fit_model,
+    forward_spec_from_meta,
+    model_inputs,
+)
 from pipeline.weightspace.normalize import apply_stats, fit_stats
 from pipeline.weightspace.spec import ParamSpec
 from pipeline.zoo.build import PlannedNet, fit_shard
@@ -143,10 +154,11 @@ def _setup(name: str, settings, train: GraphSet, meta: dict, no_dropout: bool = 
     return model, model_inputs(train, template, model.input_kind)
 
 
-def loop_body(model, data, batch: int, device: torch.device) -> Iterator[torch.Tensor]:
+def loop_body(model, data, batch: int, device: torch.device, graphs: bool = False) -> Iterator[torch.Tensor]:
     """Training steps as :func:`pipeline.train.fit_model`'s loop body runs them
     (:func:`~pipeline.train.shuffled_batches`, :func:`~pipeline.train.train_step`, the schedule,
-    the on-device loss and accuracy sums), one epoch; yields each step's loss on the device."""
+    the on-device loss and accuracy sums), one epoch; yields each step's loss on the device.
+    ``graphs``: the model is compiled with CUDA graphs (each step marked, as the loop does)."""
     from pipeline.train import make_adamw, shuffled_batches, train_step, warmup_schedule
 
     model.to(device).train()
@@ -155,6 +167,8 @@ def loop_body(model, data, batch: int, device: torch.device) -> Iterator[torch.T
     sched = warmup_schedule(TrainSettings(1, batch, 1e-3, 5e-4, 10, 10.0))(opt)
     tot, correct = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), device=device)
     for inputs, y in shuffled_batches(data, batch, torch.Generator().manual_seed(0)):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         out, loss = train_step(model, inputs, y, Classification(10), opt, 10.0)
         sched.step()
         tot += loss.double() * y.shape[0]
@@ -162,9 +176,12 @@ def loop_body(model, data, batch: int, device: torch.device) -> Iterator[torch.T
         yield loss
 
 
-def loop_body_steps(model, data, batch: int, steps: int, device: torch.device) -> torch.Tensor:
-    """The losses ``(steps,)`` of the first ``steps`` steps of :func:`loop_body`."""
-    return torch.stack(list(itertools.islice(loop_body(model, data, batch, device), steps)))
+def loop_body_steps(model, data, batch: int, steps: int, device: torch.device, graphs: bool = False) -> torch.Tensor:
+    """The losses ``(steps,)`` of the first ``steps`` steps of :func:`loop_body` (cloned: a CUDA
+    graph's outputs are overwritten by its next replay)."""
+    return torch.stack(
+        [loss.clone() for loss in itertools.islice(loop_body(model, data, batch, device, graphs), steps)]
+    )
 
 
 def sync_check(model, data, batch: int, device: torch.device) -> str:
@@ -186,27 +203,33 @@ def sync_check(model, data, batch: int, device: torch.device) -> str:
         torch.cuda.set_sync_debug_mode("default")
 
 
-def ray_shared_rate(name: str, settings, train: GraphSet, meta: dict, batch: int, tasks: int, device) -> float:
+def ray_shared_rate(
+    name: str, settings, train: GraphSet, meta: dict, batch: int, tasks: int, device
+) -> tuple[float, float, bool]:
     """Graphs/s of ``tasks`` Ray tasks each training one epoch of ``name`` on a ``1 / tasks``
-    share of the device (the paper profile's ``gpus_per_task``), all at once."""
+    share of the device (the paper profile's ``gpus_per_task``), all at once; with the largest
+    peak memory of a task (GiB) and whether every task was held to its share of the memory."""
     import ray
 
     gpus = 1 if device.type == "cuda" else 0
-    ray.init(num_cpus=tasks, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=tasks, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
     try:
 
         @ray.remote(num_gpus=gpus / tasks, num_cpus=1)
-        def one_epoch(train: GraphSet) -> float:
+        def one_epoch(train: GraphSet) -> tuple[float, float, bool]:
             torch.set_num_threads(1)
+            capped = cap_gpu_memory(gpus / tasks)  # as every pipeline task holding a GPU fraction
             model, data = _setup(name, settings, train, meta)
             _, seconds = _timed(device, loop_body_steps, model, data, batch, len(train) // batch, device)
-            return seconds
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+            return seconds, peak, capped
 
         ref = ray.put(train)
         ray.get(one_epoch.remote(ref))  # warm-up: workers start, kernels load
         t0 = time.perf_counter()
-        ray.get([one_epoch.remote(ref) for _ in range(tasks)])
-        return tasks * (len(train) // batch) * batch / (time.perf_counter() - t0)
+        done = ray.get([one_epoch.remote(ref) for _ in range(tasks)])
+        rate = tasks * (len(train) // batch) * batch / (time.perf_counter() - t0)
+        return rate, max(d[1] for d in done), all(d[2] for d in done)
     finally:
         ray.shutdown()
 
@@ -249,12 +272,33 @@ def quick(device: torch.device, sizes: QuickSizes) -> list[tuple[str, str, str]]
         )
     ng = paper.settings("ng_gnn")
     one = next(float(r[1].split()[0].replace(",", "")) for r in rows if r[0].startswith("ng_gnn one epoch"))
-    shared = ray_shared_rate("ng_gnn", ng, train, meta, batch, sizes.ray_tasks, device)
+    model, data = _setup("ng_gnn", ng, train, meta)
+    t0 = time.perf_counter()
+    graphs = compile_model(model, device, static_shapes=True)
+    loop_body_steps(model, data, batch, 3, device, graphs)  # compiles (and records the CUDA graphs)
+    compile_s = time.perf_counter() - t0
+    steps = len(train) // batch
+    _, seconds = _timed(device, loop_body_steps, model, data, batch, steps, device, graphs)
+    ref, _ = _setup("ng_gnn", ng, train, meta, no_dropout=True)
+    here, _ = _setup("ng_gnn", ng, train, meta, no_dropout=True)
+    compile_model(here, device, static_shapes=True)
+    a = loop_body_steps(ref, data, batch, sizes.agree_steps, device).double().cpu()
+    b = loop_body_steps(here, data, batch, sizes.agree_steps, device, graphs).double().cpu()
+    rel = float(((a - b).abs() / a.abs().clamp_min(1e-12)).max())
+    rows.append(
+        (
+            f"ng_gnn one epoch, train.compile ({'CUDA graphs' if graphs else 'inductor'})",
+            f"{steps * batch / seconds:,.0f} graphs/s",
+            f"{steps * batch / seconds / one:.2f}x eager; compiling {compile_s:.0f} s; loss vs eager: {rel:.1e}",
+        )
+    )
+    shared, peak, capped = ray_shared_rate("ng_gnn", ng, train, meta, batch, sizes.ray_tasks, device)
+    cap = f"each held to 1/{sizes.ray_tasks} of its memory" if capped else "no memory cap (not a GPU)"
     rows.append(
         (
             f"ng_gnn, {sizes.ray_tasks} Ray tasks sharing the device",
             f"{shared:,.0f} graphs/s",
-            f"{shared / one:.2f}x one process ({one:,.0f} graphs/s)",
+            f"{shared / one:.2f}x one process ({one:,.0f} graphs/s); peak {peak:.2f} GiB per task, {cap}",
         )
     )
     return rows
