@@ -103,6 +103,30 @@ def test_run_fingerprint_carries_library_versions():
     assert library_versions() == {"torch": torch.__version__, "torch_geometric": torch_geometric.__version__}
 
 
+def test_every_training_section_passes_compile_and_it_enters_the_run_fingerprint():
+    """``compile`` of each training section reaches the loop (``TrainSettings.of``), and a compiled
+    run (other CPU bytes) never stands for an eager one: its fingerprint differs."""
+    import dataclasses
+
+    from pipeline.config import params_from_dict
+    from pipeline.runs import Job, run_fingerprint
+    from pipeline.train import TrainSettings
+
+    on = {"train": {"compile": True}, "edit": {"compile": True}, "adapt": {"compile": True}}
+    on |= {"kan": {"train": {"compile": True}}, "cnn": {"train": {"compile": True}}}
+    for p, want in ((params_from_dict({}), False), (params_from_dict(on), True)):
+        for section in (p.train, p.edit, p.adapt, p.kan.train, p.cnn.train):
+            s = TrainSettings.of(section)
+            assert s.compile is want and s.epochs == section.epochs and s.grad_clip == section.grad_clip
+    eager = TrainSettings.of(params_from_dict({}).train)
+    compiled = dataclasses.replace(eager, compile=True)
+    from pipeline.models.mlp import Settings
+
+    job = Job("mlp", 0, Settings())
+    fps = {run_fingerprint("train", job, dataclasses.asdict(s), "v", "cpu") for s in (eager, compiled)}
+    assert len(fps) == 2
+
+
 # --------------------------------------------------------------------------------------------
 # nothing finished is lost
 # --------------------------------------------------------------------------------------------
