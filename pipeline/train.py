@@ -225,13 +225,7 @@ class RunResult:
 def split_outputs(model: nn.Module, data, batch_size: int = 512) -> Tensor:
     """The model's outputs over a whole split (dropout off), on the device the split lives on."""
     model.eval()
-    device = data.y.device
-    return torch.cat(
-        [
-            model(data.batch(torch.arange(s, min(s + batch_size, len(data)), device=device)))
-            for s in range(0, len(data), batch_size)
-        ]
-    )
+    return torch.cat([model(inputs) for inputs, _ in index_batches(data, torch.arange(len(data)), batch_size)])
 
 
 def evaluate(model: nn.Module, data, objective: Objective, batch_size: int = 512) -> dict[str, float]:
@@ -269,14 +263,27 @@ def to_device(objective: Objective, device: torch.device) -> Objective:
     return move(device) if move is not None else objective
 
 
+def index_batches(data, order: Tensor, batch_size: int) -> Iterator[tuple[Any, Tensor]]:
+    """``(inputs, y)`` for consecutive runs of ``batch_size`` items of ``order`` (a CPU tensor) of
+    a split with ``batch(idx)`` and ``y``: ``order`` moves to the split's device once, and a
+    split with its own ``batches`` (:meth:`~pipeline.graphs.store.GraphSet.batches`, whose
+    batches of several architectures take their sizes from the host) makes them."""
+    own = getattr(data, "batches", None)
+    if own is not None:
+        yield from own(order, batch_size)
+        return
+    on_device = from_host(order, data.y.device)
+    for start in range(0, order.numel(), batch_size):
+        idx = on_device[start : start + batch_size]
+        yield data.batch(idx), data.y[idx]
+
+
 def shuffled_batches(data, batch_size: int, gen: torch.Generator) -> Iterator[tuple[Any, Tensor]]:
     """One epoch over a fixed split (:class:`FlatSet`, :class:`~pipeline.graphs.store.GraphSet`):
     ``(inputs, y)`` batches in an order drawn on the CPU from ``gen`` (the same order on every
-    device), moved to the split's device once per epoch: no step copies from the host."""
-    perm = from_host(torch.randperm(len(data), generator=gen), data.y.device)
-    for start in range(0, len(data), batch_size):
-        idx = perm[start : start + batch_size]
-        yield data.batch(idx), data.y[idx]
+    device), moved to the split's device once per epoch (:func:`index_batches`): no step copies from
+    the host or reads a size back."""
+    yield from index_batches(data, torch.randperm(len(data), generator=gen), batch_size)
 
 
 def make_adamw(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:

@@ -324,30 +324,75 @@ def test_a_learned_optimizer_step_and_its_meta_update_never_sync(kind):
 
 
 # --------------------------------------------------------------------------------------------
-# What still syncs: batches of several architectures (sizes and degrees read from the data)
+# Batches of several architectures (the CNN Wild Park zoo): sizes and degrees from the host
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=HostSync, reason="a batch of several architectures reads its sizes")
-def test_a_batch_of_several_architectures_still_reads_its_sizes():
-    """Mixed-architecture batches (the CNN Wild Park zoo) size their node and edge lists from
-    the data; the checker names it (and this test fails loudly once it is fixed)."""
+def _mixed() -> GraphSet:
+    """``N`` graphs of a two-hidden-layer SIREN then ``N`` of a three-hidden-layer one (made on the
+    CPU, as a split is loaded), labels of four classes."""
     from tests.test_device_models import concatenated
     from tests.weightspace_cases import SIREN_LAYOUTS
 
-    het = concatenated(_split(SIREN_LAYOUTS["siren2-16-16-1"], torch.zeros(N)), _split(SPEC, torch.zeros(N))).to(META)
-    with NoHostSync():
-        het.batch(torch.arange(4, device=META))
+    small = _split(SIREN_LAYOUTS["siren2-16-16-1"], torch.arange(N) % 4)
+    return concatenated(small, _split(SPEC, torch.arange(N) % 4))
+
+
+@pytest.mark.parametrize("name", ["ng_gnn", "ng_t", "statnn"])
+def test_a_training_step_on_several_architectures_never_syncs(name):
+    from pipeline.train import data_shape
+
+    het = _mixed()
+    model = build_model(name, _settings(name, {"probe_features": 0}), data_shape(het, None, 4))
+    _assert_training_step_never_syncs(model, het, Classification(4))
+
+
+def test_a_batch_of_several_architectures_without_its_layout_reads_its_sizes():
+    """The control: collated without the host's :class:`~pipeline.graphs.store.BatchLayout`, a
+    mixed batch sizes its node and edge lists from the data, and the checker names it."""
+    het = _mixed().to(META)
+    with pytest.raises(HostSync), NoHostSync():
+        het.batch(torch.arange(2 * BATCH, device=META))
+
+
+def test_a_batch_layout_is_what_the_batch_holds_and_gives_the_same_degree_buckets():
+    """On the CPU: the host layout's totals and in-degree histogram are those of the collated batch,
+    the batch is the one collated without it, and :meth:`DegreeBuckets.build` with the histogram
+    returns exactly the buckets it reads from the data without it."""
+    from pipeline.models.layers import DegreeBuckets
+
+    het = _mixed()
+    order = torch.randperm(len(het), generator=torch.Generator().manual_seed(3))
+    for idx in order.split(5):
+        layout = het.layout(idx)
+        with_layout, without = het.batch(idx, layout), het.batch(idx)
+        assert (layout.n_nodes, layout.n_edges) == (without.num_nodes, without.num_edges)
+        deg = torch.bincount(without.edge_index[1], minlength=without.num_nodes)
+        assert layout.in_degrees == tuple(zip(*(t.tolist() for t in deg.unique(return_counts=True)), strict=True))
+        for key in ("x", "edge_index", "edge_attr", "node_layer", "node_pos", "edge_layer", "batch", "ptr"):
+            assert torch.equal(with_layout[key], without[key]), key
+        assert with_layout.in_degrees == layout.in_degrees
+        ours = DegreeBuckets.build(with_layout.edge_index[1], layout.n_nodes, layout.in_degrees)
+        read = DegreeBuckets.build(without.edge_index[1], without.num_nodes)
+        assert torch.equal(ours.edge_order, read.edge_order) and torch.equal(ours.degree, read.degree)
+        assert [(d, s, e) for d, _, s, e in ours.buckets] == [(d, s, e) for d, _, s, e in read.buckets]
+        assert all(torch.equal(a[1], b[1]) for a, b in zip(ours.buckets, read.buckets, strict=True))
+    assert _split(SPEC, torch.zeros(N)).layout(order[:4]) is None  # one template: sizes follow from B
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_training_step_on_cuda_never_synchronizes():
-    """The same property on a real GPU: a mid-epoch step under ``set_sync_debug_mode("error")``."""
+@pytest.mark.parametrize(("name", "mixed"), [("ng_gnn", False), ("ng_gnn", True), ("statnn", True)])
+def test_a_training_step_on_cuda_never_synchronizes(name, mixed):
+    """The same property on a real GPU: a mid-epoch step under ``set_sync_debug_mode("error")``,
+    on graphs of one template and of several architectures."""
+    from pipeline.train import data_shape
+
     cuda = torch.device("cuda")
-    split = _split(SPEC, torch.arange(N) % 4).to(cuda)
-    model = build_model("ng_gnn", _settings("ng_gnn", {}), _shape(_split(SPEC, torch.arange(N) % 4), SPEC)).to(cuda)
+    cpu_split = _mixed() if mixed else _split(SPEC, torch.arange(N) % 4)
+    shape = data_shape(cpu_split, None, 4) if mixed else _shape(cpu_split, SPEC)
+    model = build_model(name, _settings(name, {"probe_features": 0} if mixed else {}), shape).to(cuda)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    batches = shuffled_batches(split, BATCH, torch.Generator().manual_seed(0))
+    batches = shuffled_batches(cpu_split.to(cuda), BATCH, torch.Generator().manual_seed(0))
     inputs, y = next(batches)
     train_step(model, inputs, y, Classification(4), opt, 10.0)
     torch.cuda.set_sync_debug_mode("error")

@@ -4,14 +4,17 @@ All graphs of a split are concatenated (node features ``(ΣN, F)``, edge feature
 local ``edge_index``) and located by ``node_ptr`` / ``edge_ptr`` slices, so heterogeneous graphs
 fit the same format. :meth:`GraphSet.batch` collates any index set with a handful of vectorized
 gathers (no per-graph Python work), which is what the training loop calls every step. A set can
-live on any device (:meth:`GraphSet.to`); when every graph has the same node and edge counts (a
-zoo's graphs share one template) batching needs no host synchronisation, and a pickled set (what
-Ray puts in its object store) holds the template's structure once (:meth:`GraphSet.__getstate__`).
+live on any device (:meth:`GraphSet.to`) and batching never waits for it: when every graph has the
+same node and edge counts (a zoo's graphs share one template) every size follows from the batch
+size, and a set of several architectures keeps each graph's sizes and in-degree histogram on the
+host (:class:`BatchLayout`, :meth:`GraphSet.batches`). A pickled set (what Ray puts in its object
+store) holds a shared template's structure once (:meth:`GraphSet.__getstate__`).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
+from pipeline.device import from_host
 from pipeline.graphs.neural_graph import GraphTemplate, features_to_params, params_to_features
 from pipeline.io import (
     CorruptFileError,
@@ -40,7 +44,7 @@ def _ranges(starts: Tensor, counts: Tensor, total: int) -> Tensor:
     return firsts + torch.arange(total, device=starts.device) - offsets
 
 
-# per-graph structure: for graphs of one template, G copies of the template's
+# the per-node and per-edge structure tensors: for graphs of one template, G copies of the template's
 NODE_STRUCTURE = ("node_layer", "node_pos", "node_out")
 EDGE_STRUCTURE = ("edge_index", "edge_layer")
 
@@ -56,6 +60,58 @@ def _uniform_sizes(node_ptr: Tensor, edge_ptr: Tensor) -> tuple[int, int] | None
     return None
 
 
+@dataclass(frozen=True)
+class BatchLayout:
+    """What a batch of graphs of several architectures needs to know on the host, so that
+    collating it (:meth:`GraphSet.batch`) and grouping its edges by in-degree
+    (:meth:`~pipeline.models.layers.DegreeBuckets.build`) read nothing back from the device.
+
+    Attributes:
+        n_nodes, n_edges: the batch's total node and edge counts.
+        in_degrees: ``(d, count)`` for every in-degree ``d`` its nodes have (``0`` included),
+            ascending: how many of the batch's nodes have ``d`` in-edges.
+    """
+
+    n_nodes: int
+    n_edges: int
+    in_degrees: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class _HostSizes:
+    """Per-graph sizes of a set of several architectures, on the CPU (read once, at construction):
+    node counts ``(G,)``, edge counts ``(G,)`` and in-degree histograms ``(G, D + 1)`` (entry
+    ``[g, d]``: graph ``g``'s nodes with ``d`` in-edges)."""
+
+    nodes: Tensor
+    edges: Tensor
+    in_degrees: Tensor
+
+    @staticmethod
+    def of(node_ptr: Tensor, edge_ptr: Tensor, edge_index: Tensor) -> _HostSizes:
+        nodes, edges = node_ptr.diff(), edge_ptr.diff()
+        G, total = nodes.numel(), int(node_ptr[-1])
+        graph_of_edge = torch.repeat_interleave(torch.arange(G), edges)
+        degree = torch.zeros(total, dtype=torch.long).index_add_(
+            0, node_ptr[:-1][graph_of_edge] + edge_index[1], torch.ones_like(graph_of_edge)
+        )  # every node's in-degree (edge_index is local to each graph)
+        D = int(degree.max()) if total else 0
+        hist = torch.zeros(G * (D + 1), dtype=torch.long).index_add_(
+            0, torch.repeat_interleave(torch.arange(G), nodes) * (D + 1) + degree, torch.ones_like(degree)
+        )
+        return _HostSizes(nodes, edges, hist.view(G, D + 1))
+
+    def layout(self, idx: Tensor) -> BatchLayout:
+        """The layout of the batch of graphs ``idx`` (a CPU tensor)."""
+        hist = self.in_degrees[idx].sum(0)
+        degrees = torch.nonzero(hist).flatten()
+        return BatchLayout(
+            int(self.nodes[idx].sum()),
+            int(self.edges[idx].sum()),
+            tuple(zip(degrees.tolist(), hist[degrees].tolist(), strict=True)),
+        )
+
+
 @dataclass
 class GraphSet:
     """Many neural graphs, collated.
@@ -69,7 +125,10 @@ class GraphSet:
         y: ``(G,)`` labels or ``(G, ...)`` regression targets.  net_id: ``(G,)`` zoo ids.
 
     Python-side, :attr:`uniform_sizes` is ``(N, E)`` when every graph has ``N`` nodes and ``E``
-    edges (read from the pointers once, at construction; kept by :meth:`to`), else ``None``.
+    edges (read from the pointers once, at construction; kept by :meth:`to`), else ``None``; a
+    set of several architectures made on the CPU also keeps its per-graph sizes there
+    (:class:`_HostSizes`, made on the first :meth:`layout` or :meth:`to`), so its batches read no
+    sizes back from another device.
     """
 
     x: Tensor
@@ -86,6 +145,7 @@ class GraphSet:
 
     def __post_init__(self) -> None:
         self.uniform_sizes = _uniform_sizes(self.node_ptr, self.edge_ptr)
+        self._host_sizes: _HostSizes | None = None  # made by layout() or to(), from a CPU set
 
     def __len__(self) -> int:
         return int(self.node_ptr.numel() - 1)
@@ -127,7 +187,9 @@ class GraphSet:
 
     def to(self, device: torch.device | str) -> GraphSet:
         """Every tensor moved to ``device`` (Python-side constants such as :attr:`uniform_sizes` kept),
-        so that a whole split can live there and :meth:`batch` gathers on it."""
+        so that a whole split can live there and :meth:`batch` gathers on it. A CPU set of several
+        architectures first records its per-graph sizes on the host (for :meth:`layout`)."""
+        self._sizes_on_host()
         out = copy.copy(self)
         for f in fields(self):
             setattr(out, f.name, getattr(self, f.name).to(device))
@@ -180,12 +242,36 @@ class GraphSet:
         e = self.edge_attr.reshape(G, template.n_edges, -1)
         return features_to_params(x, e, template)
 
-    def batch(self, idx: Tensor) -> Batch:
+    def _sizes_on_host(self) -> _HostSizes | None:
+        if self._host_sizes is None and self.uniform_sizes is None and self.node_ptr.device.type == "cpu" and len(self):
+            self._host_sizes = _HostSizes.of(self.node_ptr, self.edge_ptr, self.edge_index)
+        return self._host_sizes
+
+    def layout(self, idx: Tensor) -> BatchLayout | None:
+        """The host-side layout of the batch of graphs ``idx`` (a CPU tensor) when the set holds
+        several architectures and knows its sizes on the host; ``None`` for graphs of one template
+        (:attr:`uniform_sizes` says it all) or a set made on another device."""
+        sizes = self._sizes_on_host()
+        return None if sizes is None else sizes.layout(idx)
+
+    def batches(self, order: Tensor, batch_size: int) -> Iterator[tuple[Batch, Tensor]]:
+        """``(batch, labels)`` for consecutive runs of ``batch_size`` graphs of ``order`` (a CPU
+        tensor: an epoch's shuffle, or ``arange`` for evaluation). ``order`` moves to the set's
+        device once; each batch's sizes come from the host (:meth:`layout`), so no batch waits for
+        the device."""
+        on_device = from_host(order, self.y.device)
+        for start in range(0, order.numel(), batch_size):
+            idx = on_device[start : start + batch_size]
+            yield self.batch(idx, self.layout(order[start : start + batch_size])), self.y[idx]
+
+    def batch(self, idx: Tensor, layout: BatchLayout | None = None) -> Batch:
         """Collate graphs ``idx`` ``(B,)`` into one PyG :class:`Batch` (node ids offset, ``batch`` vector set).
 
         Runs on the set's device (``idx`` is moved there). With :attr:`uniform_sizes` every size is
-        known from ``B`` alone: no host synchronisation. Otherwise the total node and edge counts
-        are read back (one synchronisation off the CPU).
+        known from ``B`` alone; for graphs of several architectures from ``layout`` (this batch's
+        :meth:`layout`, which the batch carries on as ``in_degrees`` for the degree buckets of
+        :class:`~pipeline.models.layers.DegreeBuckets`). Either way no host synchronisation; without
+        a layout the total node and edge counts are read back (one synchronisation off the CPU).
         """
         idx = idx.to(device=self.node_ptr.device, dtype=torch.long, non_blocking=True)
         B, dev = idx.numel(), idx.device
@@ -199,13 +285,17 @@ class GraphSet:
         else:
             n_counts = self.node_ptr[idx + 1] - self.node_ptr[idx]
             e_counts = self.edge_ptr[idx + 1] - self.edge_ptr[idx]
-            n_total, e_total = int(n_counts.sum()), int(e_counts.sum())  # host sync: sizes vary
+            if layout is None:
+                n_total, e_total = int(n_counts.sum()), int(e_counts.sum())  # host sync: sizes vary
+            else:
+                n_total, e_total = layout.n_nodes, layout.n_edges
             nodes = _ranges(self.node_ptr[idx], n_counts, n_total)
             edges = _ranges(self.edge_ptr[idx], e_counts, e_total)
             new_ptr = torch.zeros(B + 1, dtype=torch.long, device=dev)
             new_ptr[1:] = torch.cumsum(n_counts, 0)
             shift = torch.repeat_interleave(new_ptr[:-1], e_counts, output_size=e_total)
             graph_of_node = torch.repeat_interleave(torch.arange(B, device=dev), n_counts, output_size=n_total)
+        extra = {} if layout is None else {"in_degrees": layout.in_degrees}
         return Batch(
             x=self.x[nodes],
             edge_index=self.edge_index[:, edges] + shift,
@@ -218,6 +308,7 @@ class GraphSet:
             batch=graph_of_node,
             ptr=new_ptr,
             num_graphs=B,
+            **extra,
         )
 
     def get(self, i: int) -> Data:

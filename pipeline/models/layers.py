@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -58,16 +59,19 @@ class DegreeBuckets:
     degree: Tensor
 
     @staticmethod
-    def build(dst: Tensor, n_nodes: int) -> DegreeBuckets:
-        """From destination ids ``(E,)`` of any graph or batch, read from the data.
+    def build(dst: Tensor, n_nodes: int, in_degrees: Sequence[tuple[int, int]] | None = None) -> DegreeBuckets:
+        """From destination ids ``(E,)`` of any graph or batch.
 
-        Reads degrees back to the host (``.tolist()``, a device synchronisation off the CPU):
-        the general path, for one template once (:class:`TemplateBuckets`) or for a batch of
-        graphs of different topologies.
+        ``in_degrees``: the ``(d, count)`` histogram of the nodes' in-degrees, ascending, degree 0
+        included, when the host knows it (a batch of several architectures carries its
+        :class:`~pipeline.graphs.store.BatchLayout`'s); then nothing is read back from the device.
+        Without it the degrees are read back (``.tolist()``, a device synchronisation off the CPU):
+        the path for one template, once (:class:`TemplateBuckets`).
         """
-        deg = torch.bincount(dst, minlength=n_nodes)
-        if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
-            # group by destination first (stable keeps the source order within a node)
+        deg = torch.zeros(n_nodes, dtype=torch.long, device=dst.device).index_add_(0, dst, torch.ones_like(dst))
+        if in_degrees is not None or (dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any())):
+            # group by destination first (stable keeps the source order within a node; an
+            # identity on destinations already grouped)
             first = torch.argsort(dst, stable=True)
         else:
             first = None
@@ -77,9 +81,11 @@ class DegreeBuckets:
             order = first[order]
         buckets = []
         node_order = torch.argsort(deg, stable=True)
-        degs, counts = torch.unique_consecutive(deg[node_order], return_counts=True)
+        if in_degrees is None:
+            degs, counts = torch.unique_consecutive(deg[node_order], return_counts=True)
+            in_degrees = zip(degs.tolist(), counts.tolist(), strict=True)
         n_start, e_start = 0, 0
-        for d, c in zip(degs.tolist(), counts.tolist(), strict=True):
+        for d, c in in_degrees:
             nodes = node_order[n_start : n_start + c]
             if d > 0:
                 buckets.append((d, nodes, e_start, e_start + d * c))

@@ -108,7 +108,9 @@ class NGGNNEncoder(nn.Module):
     come from :class:`~pipeline.models.layers.TemplateBuckets` (made on the device from ``G``,
     no host synchronisation); other batches (no template, or node / edge counts that are not
     ``G`` times the template's) fall back to :meth:`~pipeline.models.layers.DegreeBuckets.build`
-    on the data. Both give the same buckets.
+    on the data, which reads nothing back either when the batch carries its in-degree histogram
+    (a batch of several architectures from :meth:`~pipeline.graphs.store.GraphSet.batches`).
+    Every path gives the same buckets.
 
     Args: as :class:`NGGNN` (without ``n_classes``).
     Shapes: a PyG :class:`Batch` -> :class:`~pipeline.models.layers.GraphStates` (``H = hidden``;
@@ -150,12 +152,13 @@ class NGGNNEncoder(nn.Module):
 
     def degree_buckets(self, batch: Batch, template: TemplateBuckets | None = None) -> DegreeBuckets:
         """The batch's PNA buckets: from ``template`` (else the model's own) when the batch is
-        copies of it, else from the data."""
+        copies of it, else from the data and the in-degree histogram a batch of several
+        architectures carries (:class:`~pipeline.graphs.store.BatchLayout`)."""
         n, E, G = batch.x.shape[0], batch.edge_index.shape[1], batch.num_graphs
         template = template if template is not None else self.buckets
         if template is not None and template.matches(n, E, G):
             return template(G)
-        return DegreeBuckets.build(batch.edge_index[1], n)
+        return DegreeBuckets.build(batch.edge_index[1], n, getattr(batch, "in_degrees", None))
 
     def forward(self, batch: Batch, template: TemplateBuckets | None = None) -> GraphStates:
         """``template``: the buckets of the topology this batch copies, when the model has none

@@ -83,11 +83,12 @@ def segment_statistics(values: Tensor, group: Tensor, n_groups: int, quantiles: 
     ``[0, n_groups)`` -> ``(n_groups, 7)`` [mean, variance, quantiles] per group, as
     :func:`tensor_statistics` computes them for one row (linear interpolation between order
     statistics); an empty group gives zeros. Sorting by value then (stably) by group puts every
-    group's values in order in one contiguous run, so no loop over groups is needed."""
+    group's values in order in one contiguous run, so no loop over groups is needed, and every
+    shape follows from the inputs' (nothing is read back from the device)."""
     by_value = torch.argsort(values)
     order = by_value[torch.argsort(group[by_value], stable=True)]
     v = values[order]
-    counts = torch.bincount(group, minlength=n_groups)
+    counts = torch.zeros(n_groups, dtype=torch.long, device=group.device).index_add_(0, group, torch.ones_like(group))
     starts = torch.cumsum(counts, 0) - counts
     n = counts.to(values.dtype)
     total = torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add_(0, group, values)
@@ -135,30 +136,38 @@ class GraphStatNN(nn.Module):
         self.mlp = nn.Sequential(*mods)
 
     def features(self, batch) -> Tensor:
-        """``(B, (2 * 7 + 1) * n_slots)`` per-slot statistics of a graph batch."""
+        """``(B, (2 * 7 + 1) * n_slots)`` per-slot statistics of a graph batch.
+
+        Every value goes to a group ``graph * n_slots + slot``; those no slot takes (residual
+        edges, the zero padding of a kernel smaller than the slot, the input nodes' empty biases)
+        go to one extra group that is dropped, so no boolean mask sizes a tensor and nothing is
+        read back from the device.
+        """
         S = self.n_slots
         node_graph = batch.batch
         B = int(batch.num_graphs)
+        rest = B * S  # the dropped group
         n_layers = torch.zeros(B, dtype=torch.long, device=node_graph.device).scatter_reduce_(
             0, node_graph, batch.node_layer, "amax"
         )  # L per graph: its output nodes' layer
         edge_graph = node_graph[batch.edge_index[0]]
         L_e = n_layers[edge_graph]
 
-        def slot(layer: Tensor, L: Tensor) -> Tensor:  # parameter layer -> slot, the head last
-            return torch.where(layer == L - 1, torch.full_like(layer, S - 1), layer)
+        def group(graph: Tensor, layer: Tensor, L: Tensor, keep: Tensor) -> Tensor:
+            """Parameter layer -> ``graph * S + slot`` (the head in the last slot), else ``rest``."""
+            slot = torch.where(layer == L - 1, torch.full_like(layer, S - 1), layer)
+            return torch.where(keep, graph * S + slot, rest)
 
-        keep = batch.edge_layer < L_e  # residual edges carry the layer id L
-        e_slot = slot(batch.edge_layer[keep], L_e[keep])
-        vals = batch.edge_attr[keep]
-        real = vals != 0  # the zero padding of a kernel smaller than the slot
-        g_w = (edge_graph[keep] * S + e_slot).unsqueeze(1).expand_as(vals)[real]
-        w_stats = segment_statistics(vals[real], g_w, B * S, self.quantiles)
-        has_bias = batch.node_layer > 0
-        n_slot = slot(batch.node_layer[has_bias] - 1, n_layers[node_graph[has_bias]])
-        g_b = node_graph[has_bias] * S + n_slot
-        b_stats = segment_statistics(batch.x[has_bias, 0], g_b, B * S, self.quantiles)
-        present = torch.bincount(g_b, minlength=B * S).clamp(max=1).to(vals.dtype).unsqueeze(1)
+        vals = batch.edge_attr  # (E, D): a kernel's entries, zero-padded to the slot
+        keep = (batch.edge_layer < L_e).unsqueeze(1) & (vals != 0)  # residual edges carry the layer id L
+        g_w = group(edge_graph.unsqueeze(1), batch.edge_layer.unsqueeze(1), L_e.unsqueeze(1), keep)
+        w_stats = segment_statistics(vals.flatten(), g_w.flatten(), rest + 1, self.quantiles)[:rest]
+        g_b = group(node_graph, batch.node_layer - 1, n_layers[node_graph], batch.node_layer > 0)
+        b_stats = segment_statistics(batch.x[:, 0], g_b, rest + 1, self.quantiles)[:rest]
+        present = torch.zeros(rest + 1, dtype=vals.dtype, device=vals.device).index_add_(
+            0, g_b, torch.ones_like(g_b, dtype=vals.dtype)
+        )
+        present = present[:rest].clamp(max=1).unsqueeze(1)
         return torch.cat([w_stats, b_stats, present], dim=1).view(B, -1)
 
     def forward(self, batch) -> Tensor:
