@@ -26,11 +26,11 @@ import time
 import torch
 from timing import matmul_peak
 
-from pipeline.data import load_images
-from pipeline.zoo.kan import AdamSettings, init_kans, kan_backend, kan_forward, kan_spec, train_kans
+from pipeline.data import coordinate_grid, load_images
+from pipeline.optim import AdamSettings
+from pipeline.zoo.kan import init_kans, kan_backend, kan_forward, kan_spec, train_kans
 from pipeline.zoo.kan_zoo import GRID_RANGE, InrFit, fit_kan_inrs
 from pipeline.zoo.pykan_io import quiet_pykan, to_pykan
-from pipeline.zoo.siren import coordinate_grid
 
 TARGET_RATIO = 30.0
 AGREE_REL = 0.05

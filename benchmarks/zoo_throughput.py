@@ -16,10 +16,10 @@ import torch
 from timing import matmul_peak
 from torch import nn
 
-from pipeline.data import load_images
+from pipeline.data import coordinate_grid, load_images, psnr_from_mse
 from pipeline.weightspace.spec import unflatten
 from pipeline.zoo.build import PlannedNet, fit_shard
-from pipeline.zoo.siren import FitSettings, coordinate_grid, init_sirens, psnr_from_mse, siren_spec
+from pipeline.zoo.siren import FitSettings, init_sirens, siren_spec
 
 
 class Sine(nn.Module):

@@ -39,7 +39,7 @@ from torch_geometric.data import Batch
 
 from pipeline.device import from_host
 from pipeline.graphs.neural_graph import graph_template
-from pipeline.models.probes import ForwardSpec
+from pipeline.weightspace.forward import ForwardSpec
 from pipeline.weightspace.spec import (
     Params,
     ParamSpec,

@@ -1,4 +1,4 @@
-"""Offline image sources and seeded splits.
+"""Offline image sources, seeded splits, and the pixel grid and PSNR of image INRs.
 
 Images come back as ``float32`` tensors ``(N, H, W)`` in ``[0, 1]`` with ``int64`` labels.
 """
@@ -53,3 +53,16 @@ def split_indices(n_items: int, sizes: dict[str, int], seed: int) -> dict[str, T
         out[name] = order[start : start + size].sort().values
         start += size
     return out
+
+
+def coordinate_grid(height: int, width: int) -> Tensor:
+    """Pixel-centre-free grid on ``[-1, 1]^2``: ``(H*W, 2)``, row-major, columns ``(x, y)``."""
+    ys = torch.linspace(-1.0, 1.0, height)
+    xs = torch.linspace(-1.0, 1.0, width)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+
+
+def psnr_from_mse(mse: Tensor) -> Tensor:
+    """PSNR in dB for signals in ``[0, 1]``."""
+    return -10.0 * torch.log10(mse.clamp_min(1e-12))

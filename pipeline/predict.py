@@ -14,7 +14,7 @@ import torch
 
 from pipeline.graphs.build import finite_nets
 from pipeline.io import read_json
-from pipeline.models.saved import SavedModel
+from pipeline.saved import SavedModel
 from pipeline.weightspace.spec import Params, ParamSpec
 
 

@@ -12,7 +12,7 @@ and by ``experiments/``.
   stage finishes them, then fails naming it.
 * **Trained models kept.** A run's best-validation weights come back with its result; the
   driver writes them to ``<out>/<model>_seed<seed>.safetensors`` with the model card that rebuilds
-  the model (:mod:`pipeline.models.saved`) and logs that file as the MLflow run's ``model``.
+  the model (:mod:`pipeline.saved`) and logs that file as the MLflow run's ``model``.
 * **Live tracking.** A task sends ``start`` (node, device) and one row per epoch through
   a Ray queue; the driver opens the run's MLflow child run when it starts and logs each epoch as
   it arrives (:class:`pipeline.tracking.LiveRuns`), so a long run is watched in the UI.
@@ -49,8 +49,8 @@ from pipeline.io import (
     write_json,
 )
 from pipeline.models import build_model, settings_key, split_model_name
-from pipeline.models.saved import model_card, save_model
 from pipeline.provenance import code_hash
+from pipeline.saved import model_card, save_model
 from pipeline.train import (
     Classification,
     Regression,
@@ -85,7 +85,7 @@ class Job:
 
     @property
     def model_file(self) -> str:
-        """The run's best-validation weights and model card (:mod:`pipeline.models.saved`)."""
+        """The run's best-validation weights and model card (:mod:`pipeline.saved`)."""
         return f"{self.model}_seed{self.seed}.safetensors"
 
 

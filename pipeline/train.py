@@ -22,7 +22,7 @@ from pipeline.device import from_host
 from pipeline.graphs.neural_graph import GraphTemplate
 from pipeline.graphs.store import GraphSet
 from pipeline.models import DataShape
-from pipeline.models.probes import ForwardSpec
+from pipeline.weightspace.forward import ForwardSpec
 from pipeline.weightspace.spec import ParamSpec, flatten
 
 

@@ -1,13 +1,12 @@
-"""Argument parsing shared by the stage entry points."""
+"""Argument parsing and error reporting shared by the stage entry points."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from pipeline import configure_logging
 from pipeline.config import ConfigError, Params, load_params
@@ -27,76 +26,6 @@ def parse(description: str, paths: dict[str, str], argv: list[str] | None = None
         print(f"error in {args.params}: {e}", file=sys.stderr)
         raise SystemExit(2) from e
     return params, args
-
-
-def fit_missing_shards(
-    params: Params,
-    shard_dir: Path,
-    fingerprints: list[str],
-    shared: Any,
-    make_item: Callable[[int], tuple],
-    task: Callable[..., Any],
-    write: Callable[[int, Any], None],
-    threads: int,
-    desc: str = "zoo shards",
-    recipe: dict | None = None,
-    prepare: Callable[[], Any] | None = None,
-) -> int:
-    """Fit every shard ``k`` not yet complete as the Ray task ``task(shared, *make_item(k))``.
-
-    ``shared`` (the images, the digits) is put into Ray's object store once and passed to every
-    task by reference; a task returns its shard's tensors and the driver stores them with
-    ``write(k, result)``, so no task needs the driver's disk. A shard is complete when its file
-    carries ``fingerprints[k]`` (resume after a kill); shard files beyond the plan or of another
-    plan are retired, never deleted (:func:`pipeline.zoo.store.plan_shard_dir`), and temporary
-    files of a killed writer are removed. A shard fitted in another environment than the one its
-    ``recipe`` (in its fingerprint) names is refused, not written
-    (:func:`pipeline.provenance.recipe_environment`). ``prepare()`` runs once on every node
-    before the shards (building a kernel there); a node whose environment after it differs from
-    the recipe's stops the stage before any fitting, named. Returns the number of shards fitted.
-    """
-    from pipeline import distributed
-    from pipeline.provenance import recipe_environment
-    from pipeline.zoo.store import plan_shard_dir, shard_name
-
-    todo = plan_shard_dir(shard_dir, fingerprints)
-    print(f"{shard_dir}: {len(fingerprints)} shards, {len(fingerprints) - len(todo)} complete, fitting {len(todo)}")
-    # only the driver (holding the folder's lock) writes shards, manifest and zoo.json: a
-    # temporary file there is a killed write
-    from pipeline.io import remove_stale_temps
-
-    for tmp in remove_stale_temps(shard_dir) + remove_stale_temps(shard_dir.parent):
-        print(f"{tmp}: removed the temporary file of a killed write")
-    if todo:
-        import ray
-
-        distributed.init_ray(params.ray)
-        need = distributed.TaskResources(
-            threads, params.ray.gpus_per_task, distributed.task_memory(distributed.tensor_bytes(shared))
-        )
-        distributed.check_resources(need, params.ray.wait_for_nodes_s)
-        expect = recipe_environment(recipe) if recipe is not None else None
-        if prepare is not None:
-            unfit = {
-                node: why
-                for node, (_, env) in distributed.on_every_node(prepare, need).items()
-                if (why := distributed.refusal(env, expect)) is not None
-            }
-            if unfit:
-                lines = "\n".join(f"  node {node[:12]}: {why}" for node, why in unfit.items())
-                raise ConfigError(f"{len(unfit)} node(s) cannot fit these shards as the recipe says:\n{lines}")
-        ref = ray.put(shared)
-        distributed.map_tasks(
-            task,
-            [(ref, *make_item(k)) for k in todo],
-            resources=need,
-            max_retries=params.ray.max_retries,
-            desc=desc,
-            labels=[shard_name(k) for k in todo],
-            on_result=lambda i, result, env: write(todo[i], result),
-            expect=expect,
-        )
-    return len(todo)
 
 
 @contextmanager

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from pipeline.io import CorruptFileError
-from pipeline.models import load
 from pipeline.predict import predictions_table
+from pipeline.saved import load
 from pipeline.zoo.store import write_rows
 
 

@@ -10,9 +10,10 @@ import torch
 
 from pipeline import report
 from pipeline.config import Params, to_flat_dict
+from pipeline.data import coordinate_grid
 from pipeline.graphs.store import data_version
 from pipeline.io import read_json, write_json, write_text
-from pipeline.zoo.siren import coordinate_grid, output_offset, siren_forward
+from pipeline.zoo.siren import output_offset, siren_forward
 from pipeline.zoo.store import load_zoo
 from stages.common import parse
 

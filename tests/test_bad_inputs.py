@@ -104,8 +104,8 @@ def test_a_wild_park_checkpoint_with_an_impossible_accuracy_is_named(tmp_path: P
 def _model_file(tmp_path: Path) -> Path:
     from pipeline.graphs.neural_graph import graph_template
     from pipeline.models import build_model, settings_type
-    from pipeline.models.saved import model_card, save_model
     from pipeline.runs import GraphData
+    from pipeline.saved import model_card, save_model
     from pipeline.train import Classification, data_shape, forward_spec_from_meta
     from pipeline.weightspace.spec import ParamSpec
 
@@ -121,7 +121,7 @@ def _model_file(tmp_path: Path) -> Path:
 def _recard(path: Path, change) -> Path:
     from safetensors.torch import load_file, save_file
 
-    from pipeline.models.saved import CARD_KEY, read_card
+    from pipeline.saved import CARD_KEY, read_card
 
     card = read_card(path)
     new = change(card)
@@ -148,7 +148,7 @@ MODEL_FILE_DAMAGE = {
 
 @pytest.mark.parametrize("case", sorted(MODEL_FILE_DAMAGE))
 def test_a_bad_model_file_is_refused_before_any_module_is_built(tmp_path: Path, case: str):
-    from pipeline.models import load
+    from pipeline.saved import load
 
     change, message = MODEL_FILE_DAMAGE[case]
     path = _recard(_model_file(tmp_path), change)

@@ -186,7 +186,7 @@ def test_params_name_a_model_that_cannot_read_the_heterogeneous_zoo(tmp_path: Pa
 def test_a_saved_cnn_accuracy_predictor_applies_to_raw_cnns(cnn_trained, model: str):
     """A trained homogeneous-zoo predictor, reloaded from its file, predicts from raw CNN weights
     what it predicted in training on the test graphs; a heterogeneous-zoo one says what it needs."""
-    from pipeline.models import load
+    from pipeline.saved import load
     from pipeline.zoo.cnn_zoo import load_cnn_zoo
 
     job = cnn_trained["homogeneous"]

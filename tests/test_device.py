@@ -10,10 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.data import coordinate_grid
 from pipeline.device import resolve_device
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_model, settings_type
+from pipeline.optim import AdamSettings, adam_update, adam_update_one_lr
 from pipeline.runs import GraphData
 from pipeline.train import Classification, FlatSet, data_shape, forward_spec_from_meta, model_inputs, train_step
 from pipeline.weightspace.spec import ParamSpec
@@ -54,12 +56,12 @@ def test_one_training_step_runs_on_the_meta_device(name, tmp_path):
 def test_one_siren_fitting_step_runs_on_the_meta_device():
     spec = siren.siren_spec([16, 16])
     settings = siren.FitSettings(steps=1, lr=1e-3, omega0=30.0, variant="standard", target_psnr=50.0)
-    coords = siren.coordinate_grid(8, 8).to(META)
+    coords = coordinate_grid(8, 8).to(META)
     model = siren._BatchedSiren(spec, coords, settings.omega0, 0.0)
     theta = siren.init_sirens(spec, [1, 2, 3], settings.omega0, "standard").to(META)
     m, v, grad = torch.zeros_like(theta), torch.zeros_like(theta), torch.empty_like(theta)
     mse = model.loss_and_grad(theta, torch.empty(3, 64, 1, device=META), grad)
-    siren.adam_update(theta, grad, m, v, 1, settings)
+    adam_update_one_lr(theta, grad, m, v, 1, settings.lr, settings.betas, settings.eps)
     assert mse.device == META and theta.device == META and mse.shape == (3,)
 
 
@@ -70,13 +72,13 @@ def test_one_kan_fitting_step_runs_on_the_meta_device():
     flat = torch.cat([params[n].reshape(2, -1) for n in names], dim=1).requires_grad_(True)
     sizes = [params[n][0].numel() for n in names]
     current = dict(params) | {n: p.view_as(params[n]) for n, p in zip(names, flat.split(sizes, 1), strict=True)}
-    coords = siren.coordinate_grid(4, 4).to(META)
+    coords = coordinate_grid(4, 4).to(META)
     loss = kan.kan_forward(current, spec, coords, uniform=GRID_RANGE).square().mean(dim=(1, 2))
     (g,) = torch.autograd.grad(loss.sum(), [flat])
     with torch.no_grad():
         m, v = torch.zeros_like(flat), torch.zeros_like(flat)
         lr = torch.full((2,), 1e-2, device=META)
-        kan.adam_update(flat, g, m, v, 1, lr, kan.AdamSettings(1), torch.zeros(2, 1, device=META))
+        adam_update(flat, g, m, v, 1, lr, AdamSettings(1), torch.zeros(2, 1, device=META))
     assert flat.device == META and loss.shape == (2,)
 
 

@@ -22,9 +22,9 @@ from pipeline.graphs.store import GraphSet
 from pipeline.kan_forward import ForwardData, kan_outputs, query_batch, random_points
 from pipeline.models import DataShape, build_editor, build_model, model_module, model_names
 from pipeline.models.layers import DegreeBuckets, TemplateBuckets, output_states
-from pipeline.models.probes import ForwardSpec
 from pipeline.tasks.editing import Editing
 from pipeline.train import data_shape
+from pipeline.weightspace.forward import ForwardSpec
 from pipeline.weightspace.spec import flatten
 from pipeline.zoo.kan import init_kans, kan_spec
 from tests.weightspace_cases import SIREN_LAYOUTS, random_params

@@ -5,19 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.data import coordinate_grid
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models.dwsnet import DWSNetEditor, from_slots, to_slots
 from pipeline.models.nfn import NFNEditor
 from pipeline.models.ng_gnn import NGGNNEditor
 from pipeline.models.ng_t import NGTEditor
-from pipeline.models.probes import ForwardSpec
 from pipeline.tasks.editing import Editing, dilate, editing_loss, render_sirens
 from pipeline.train import TrainSettings, fit_model
+from pipeline.weightspace.forward import ForwardSpec
 from pipeline.weightspace.normalize import apply_stats, fit_stats
 from pipeline.weightspace.spec import Params, ParamSpec, flatten, permute, random_permutations, unflatten
 from pipeline.zoo.kan import init_kans, kan_spec
-from pipeline.zoo.siren import coordinate_grid, init_sirens, siren_forward
+from pipeline.zoo.siren import init_sirens, siren_forward
 from tests.weightspace_cases import SIREN_LAYOUTS, random_params, rows_only, swap_inputs
 
 B = 3

@@ -190,11 +190,12 @@ def test_the_checker_names_a_training_step_that_copies_its_batch_from_the_host()
 
 
 def test_a_siren_fitting_step_never_syncs():
+    from pipeline.data import coordinate_grid
     from pipeline.zoo import siren
 
     spec = siren.siren_spec([16, 16])
     settings = siren.FitSettings(steps=5, lr=1e-3, omega0=30.0, variant="standard", target_psnr=30.0)
-    coords = siren.coordinate_grid(8, 8).to(META)
+    coords = coordinate_grid(8, 8).to(META)
     model = siren._BatchedSiren(spec, coords, settings.omega0, 0.0)
     theta = siren.init_sirens(spec, [1, 2, 3], settings.omega0, "standard").to(META)
     f = siren.Fitting(
@@ -216,10 +217,10 @@ def test_a_siren_fitting_step_never_syncs():
 
 
 def test_a_cnn_zoo_step_never_syncs():
+    from pipeline.optim import AdamSettings
     from pipeline.weightspace.spec import flatten
     from pipeline.zoo.cnn import cnn_spec
     from pipeline.zoo.cnn_zoo import _draws, cnn_step, draw_cnn_hyper, init_cnns, run_data
-    from pipeline.zoo.kan import AdamSettings
     from tests.test_cnn import HETEROGENEOUS, RANGES
 
     arch, seeds = HETEROGENEOUS, [1, 2]
@@ -244,9 +245,9 @@ def test_a_cnn_zoo_step_never_syncs():
 
 
 def test_a_domain_adaptation_zoo_step_never_syncs():
+    from pipeline.optim import AdamSettings
     from pipeline.weightspace.spec import flatten
     from pipeline.zoo.adapt_zoo import init_pair_mlps, pair_spec, pair_step
-    from pipeline.zoo.kan import AdamSettings
 
     spec = pair_spec(6, [5])
     flat = flatten(init_pair_mlps(spec, [1, 2]), spec).to(META).requires_grad_(True)
@@ -259,20 +260,22 @@ def test_a_domain_adaptation_zoo_step_never_syncs():
 
 
 def test_a_kan_zoo_fitting_step_never_syncs():
-    from pipeline.zoo import kan, siren
+    from pipeline.data import coordinate_grid
+    from pipeline.optim import AdamSettings
+    from pipeline.zoo import kan
     from pipeline.zoo.kan_zoo import GRID_RANGE
 
     spec = kan.kan_spec([2, 4, 1], 5, 3)
     params = {k: v.to(META) for k, v in kan.init_kans(spec, [1, 2], grid_range=GRID_RANGE).items()}
-    coords = siren.coordinate_grid(4, 4).to(META)
+    coords = coordinate_grid(4, 4).to(META)
 
     def loss_fn(p):
         return kan.kan_forward(p, spec, coords, uniform=GRID_RANGE).square().mean(dim=(1, 2))
 
     lr = torch.full((2,), 1e-2, device=META)
-    kan.train_kans(params, spec, loss_fn, kan.AdamSettings(1), lr)  # the spline constants move to the device once
+    kan.train_kans(params, spec, loss_fn, AdamSettings(1), lr)  # the spline constants move to the device once
     with NoHostSync() as check:
-        kan.train_kans(params, spec, loss_fn, kan.AdamSettings(2), lr)
+        kan.train_kans(params, spec, loss_fn, AdamSettings(2), lr)
     assert check.seen > 20
 
 

@@ -437,8 +437,8 @@ def test_a_trained_accuracy_predictor_applies_to_a_kan_classifier_zoo(kan_zoos, 
     """kan_graphs -> kan_train (regression on each classifier's test accuracy) -> stages.predict."""
     import csv
 
-    from pipeline.models import load
     from pipeline.predict import zoo_nets
+    from pipeline.saved import load
     from tests.conftest import REPO, merge
 
     params, zoo = kan_zoos["jobs"][("classifier", 1)]

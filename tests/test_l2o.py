@@ -149,7 +149,7 @@ def test_the_adam_baseline_is_torch_adam_and_sgd_is_torch_sgd():
 
 
 def _logits(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    from pipeline.zoo.adapt_zoo import mlp_forward
+    from pipeline.weightspace.forward import mlp_forward
 
     return mlp_forward(unflatten(theta.unsqueeze(0), SPEC), SPEC, x)[0]
 
@@ -227,7 +227,7 @@ def test_every_update_of_an_unroll_enters_the_meta_loss():
 
 
 def test_the_graph_optimizers_delta_is_the_optimizees_mean_log_degree_and_survives_saving(tmp_path):
-    from pipeline.models.saved import save_model
+    from pipeline.saved import save_model
     from pipeline.tasks.l2o import OptimizerConfig, avg_log_degree, build_optimizer, load_optimizer, optimizer_card
 
     delta = avg_log_degree(SPEC)

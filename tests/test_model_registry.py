@@ -20,9 +20,9 @@ import pipeline.models as registry
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_editor, build_model, model_module, model_names, split_model_name
-from pipeline.models.probes import ForwardSpec
 from pipeline.report import NO_ADAPTATION, published, published_results
 from pipeline.train import data_shape, model_inputs
+from pipeline.weightspace.forward import ForwardSpec
 from pipeline.weightspace.spec import flatten, permute, random_permutations, unflatten
 from tests.weightspace_cases import SIREN_LAYOUTS, random_params, rows_only, swap_inputs
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.data import coordinate_grid
 from pipeline.io import CorruptFileError
 from pipeline.zoo.published import dwsnets_files, mlp_params, nfn_files, read_state_dict
-from pipeline.zoo.siren import coordinate_grid, siren_forward
+from pipeline.zoo.siren import siren_forward
 from pipeline.zoo.store import load_zoo
 from stages.import_zoo import main, run
 

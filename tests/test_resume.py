@@ -20,8 +20,8 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.io import load_state, read_json, save_state
-from pipeline.models.saved import load
 from pipeline.runs import CHECKPOINTS, GraphData, TaskContext, train_one
+from pipeline.saved import load
 from pipeline.train import TrainSettings
 from tests.conftest import run_stage, write_params, write_tiny_graphs
 from tests.test_scaleout import _popen_stage, comparable

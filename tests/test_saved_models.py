@@ -16,8 +16,7 @@ from pipeline.config import load_params
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet, read_graph_dir, write_graph_dir
 from pipeline.io import CorruptFileError, read_json, save_tensors
-from pipeline.models import load
-from pipeline.models.saved import CARD_KEY, read_card
+from pipeline.saved import CARD_KEY, load, read_card
 from pipeline.train import Classification, Regression, evaluate, model_inputs
 from pipeline.weightspace.normalize import invert_stats
 from tests.conftest import REPO, run_stage, siren_params, write_params, write_tiny_graphs

@@ -77,14 +77,14 @@ def stop_processes(token: str, timeout: float = 20.0) -> None:
 
 def assert_zoo_equals_reference(params_path: Path, zoo: Path) -> None:
     """Every stored shard is byte-identical to the same shard fitted in this process, without Ray."""
-    from stages.zoo import fit_shard_here, plan_zoo
+    from pipeline.zoo.family import fit_here
+    from stages.zoo import plan_zoo
 
-    params = load_params(params_path)
-    plan = plan_zoo(params)
+    plan = plan_zoo(load_params(params_path))
     ref = zoo.parent / f"{zoo.name}_reference"
     for k in range(len(plan.shards)):
-        p, extras = fit_shard_here(plan, k, params)
-        write_shard(ref / shard_name(k), p, plan.spec, extras, plan.fingerprints[k])
+        p, extras = fit_here(plan, k)
+        write_shard(ref / shard_name(k), p, plan.specs[k], extras, plan.fingerprints[k])
         got = (zoo / "shards" / shard_name(k)).read_bytes()
         # same shard, chunks and thread count on this machine: Ray (nodes, retries) only changes placement
         assert got == (ref / shard_name(k)).read_bytes(), f"{shard_name(k)} differs from an uninterrupted one-node fit"
@@ -325,7 +325,7 @@ def test_a_worker_killed_while_fitting_a_shard_is_retried_and_the_zoo_is_identic
     while killed is None and proc.poll() is None and time.time() < deadline:
         for p in psutil.process_iter(["cmdline"]):
             try:
-                if (p.info["cmdline"] or [""])[0].startswith("ray::_fit_task"):
+                if (p.info["cmdline"] or [""])[0].startswith("ray::fit_shard_task"):
                     p.kill()
                     killed = p.pid
                     break

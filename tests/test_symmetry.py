@@ -19,13 +19,15 @@ from pipeline.augment import (
     sign_flip_flat,
     sign_flip_graphs,
 )
+from pipeline.data import coordinate_grid
 from pipeline.graphs.neural_graph import features_to_params, graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_model
 from pipeline.models.mlp import Settings as MLPConfig
 from pipeline.models.ng_gnn import Settings as NGGNNConfig
-from pipeline.models.probes import ForwardSpec, ProbeFeatures
+from pipeline.models.probes import ProbeFeatures
 from pipeline.train import data_shape, model_inputs
+from pipeline.weightspace.forward import ForwardSpec
 from pipeline.weightspace.spec import (
     Params,
     ParamSpec,
@@ -36,7 +38,7 @@ from pipeline.weightspace.spec import (
     random_signs,
     unflatten,
 )
-from pipeline.zoo.siren import coordinate_grid, siren_forward
+from pipeline.zoo.siren import siren_forward
 from tests.conftest import LAYOUT_IDS, LAYOUTS, siren_params
 
 OMEGA0 = 30.0

@@ -81,6 +81,7 @@ def test_a_folder_write_that_fails_leaves_the_old_generation_whole(tmp_path: Pat
 
 
 def test_changed_image_bytes_change_every_zoo_shard_fingerprint(tmp_path: Path, monkeypatch):
+    import pipeline.zoo.build as siren_family
     import stages.zoo as zoo_stage
     from pipeline.data import load_images
 
@@ -89,9 +90,9 @@ def test_changed_image_bytes_change_every_zoo_shard_fingerprint(tmp_path: Path, 
     assert zoo_stage.plan_zoo(params).fingerprints == before.fingerprints
     images, labels = load_images(params.data.source)
     # a new data release or another normalisation: same indices, same labels, other bytes
-    monkeypatch.setattr(zoo_stage, "load_images", lambda source: (images * 0.5, labels))
+    monkeypatch.setattr(siren_family, "load_images", lambda source: (images * 0.5, labels))
     after = zoo_stage.plan_zoo(params)
-    assert [a.image_index for s in after.shards for a in s] == [b.image_index for s in before.shards for b in s]
+    assert [s[0] for s in after.shards] == [s[0] for s in before.shards]  # the same images for the same nets
     assert not set(after.fingerprints) & set(before.fingerprints)
 
 

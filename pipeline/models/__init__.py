@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from pipeline.models.probes import ForwardSpec
+from pipeline.weightspace.forward import ForwardSpec
 
 if TYPE_CHECKING:
     from pipeline.graphs.neural_graph import GraphTemplate
@@ -168,11 +168,3 @@ def report_order(names: Iterable[str]) -> list[str]:
         return getattr(model_module(name), "REPORT_ORDER", float("inf")), base, permuted, name
 
     return sorted(dict.fromkeys(names), key=key)
-
-
-def load(path, device="cpu"):
-    """A trained metanetwork rebuilt from its model file (``data/train/ng_t_seed0``, with or
-    without ``.safetensors``): :class:`pipeline.models.saved.SavedModel` (module, card, ``predict``)."""
-    from pipeline.models.saved import load as load_saved
-
-    return load_saved(path, device)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from pipeline.config import MAX_WIDTH, setting
 from pipeline.models import DataShape
 from pipeline.models.mlp import FlatMLP
-from pipeline.models.probes import ForwardSpec
+from pipeline.weightspace.forward import ForwardSpec
 from pipeline.weightspace.spec import ParamSpec, unflatten
 
 

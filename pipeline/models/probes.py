@@ -9,29 +9,11 @@ invariance and equivariance are kept by construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-
-@dataclass(frozen=True)
-class ForwardSpec:
-    """How to run the networks of a zoo from their normalized graphs.
-
-    Attributes:
-        activation: hidden activation, ``"sin"`` (SIREN: ``sin(omega0 z)``) or ``"relu"``.
-        omega0: SIREN frequency.  output_offset: constant added to the output.
-        weight_stats, bias_stats: per parameter layer ``l`` the ``(mean, std)`` used to normalize
-            ``W_l`` and ``b_l`` (the graph's edge / node features of layer ``l``/``l+1``).
-    """
-
-    activation: str
-    omega0: float
-    output_offset: float
-    weight_stats: tuple[tuple[float, float], ...]
-    bias_stats: tuple[tuple[float, float], ...]
+from pipeline.weightspace.forward import ForwardSpec
 
 
 class ProbeFeatures(nn.Module):

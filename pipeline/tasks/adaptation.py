@@ -35,13 +35,14 @@ from pipeline.data import load_images
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.io import fingerprint, read_json
 from pipeline.models import build_editor, split_model_name
-from pipeline.models.saved import model_card
 from pipeline.runs import GraphData, TaskContext, result_dict
+from pipeline.saved import model_card
 from pipeline.tasks.editing import subset
 from pipeline.train import TrainSettings, data_shape, fit_model, model_inputs
+from pipeline.weightspace.forward import mlp_forward
 from pipeline.weightspace.normalize import Stats, invert_stats
 from pipeline.weightspace.spec import ParamSpec, flatten, unflatten
-from pipeline.zoo.adapt_zoo import Corruption, mlp_forward, pair_banks
+from pipeline.zoo.adapt_zoo import Corruption, pair_banks
 
 
 @dataclass(frozen=True)

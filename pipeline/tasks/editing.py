@@ -33,8 +33,8 @@ from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import fingerprint, read_json
 from pipeline.models import build_editor, split_model_name
-from pipeline.models.saved import model_card
 from pipeline.runs import GraphData, TaskContext, result_dict
+from pipeline.saved import model_card
 from pipeline.train import TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
 from pipeline.weightspace.normalize import Stats, invert_stats
 from pipeline.weightspace.spec import ParamSpec, flatten, unflatten

@@ -60,8 +60,10 @@ from pipeline.graphs.neural_graph import (
     uniform_batch,
 )
 from pipeline.models.layers import TemplateBuckets
+from pipeline.optim import AdamSettings, adam_update
+from pipeline.weightspace.forward import mlp_forward
 from pipeline.weightspace.spec import ParamSpec, flatten, mlp_spec, unflatten
-from pipeline.zoo.adapt_zoo import init_pair_mlps, mlp_forward
+from pipeline.zoo.adapt_zoo import init_pair_mlps
 from pipeline.zoo.cnn import CNNArch, cnn_forward, cnn_spec, init_cnns
 
 MOMENTA = (0.5, 0.9, 0.99, 0.999, 0.9999)  # Neural Graphs §4.3: 0.5 ... 0.9999
@@ -444,10 +446,8 @@ def baseline_steps(
     momentum: float = 0.9,
 ) -> tuple[Tensor, Tensor]:
     """The hand-written baselines on ``B`` optimizees at once: Adam (``torch.optim.Adam``'s
-    arithmetic, :func:`pipeline.zoo.kan.adam_update`) or SGD with heavy-ball momentum
+    arithmetic, :func:`pipeline.optim.adam_update`) or SGD with heavy-ball momentum
     (``torch.optim.SGD``'s). Returns the final parameters and the losses ``(steps, B)``."""
-    from pipeline.zoo.kan import AdamSettings, adam_update
-
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose from {BASELINES}")
     flat = flat.detach().clone()
@@ -826,7 +826,7 @@ def load_optimizer(path) -> tuple[nn.Module, dict]:
     """A meta-trained optimizer saved by the ``l2o`` stage (safetensors + card; no pickle), in
     eval mode, and its card (its update ``scale``, the ``test`` metrics of its run)."""
     from pipeline.io import load_tensors
-    from pipeline.models.saved import read_card
+    from pipeline.saved import read_card
 
     card = read_card(path)
     if card.get("kind") != "learned_optimizer":

@@ -27,16 +27,24 @@ the nets it trains with.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from pipeline.data import load_images
 from pipeline.device import from_host
+from pipeline.io import fingerprint, tensors_hash
+from pipeline.optim import AdamSettings, adam_update
+from pipeline.weightspace.forward import mlp_forward
 from pipeline.weightspace.spec import Params, ParamSpec, flatten, mlp_spec, unflatten
-from pipeline.zoo.kan import AdamSettings, adam_update
+from pipeline.zoo.family import ShardResult, ZooPlan
+from pipeline.zoo.store import read_planned_shard, shard_name, write_rows
 
 PAIRS: tuple[tuple[int, int], ...] = tuple((a, b) for a in range(10) for b in range(a + 1, 10))  # 45 digit pairs
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -45,18 +53,6 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 def pair_spec(in_dim: int, hidden: list[int] | tuple[int, ...]) -> ParamSpec:
     """The weight space of a binary classifier ``in_dim -> hidden... -> 2``."""
     return mlp_spec([in_dim, *hidden, 2])
-
-
-def mlp_forward(params: Params, spec: ParamSpec, x: Tensor) -> Tensor:
-    """Differentiable batched ReLU MLP: ``x`` ``(n, D)`` shared or ``(B, n, D)`` per net ->
-    logits ``(B, n, C)``."""
-    h = x
-    n = spec.n_layers
-    for l in range(n):
-        h = torch.matmul(h, params[f"layers.{l}.weight"].transpose(1, 2)) + params[f"layers.{l}.bias"].unsqueeze(1)
-        if l < n - 1:
-            h = F.relu(h)
-    return h
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,3 +355,86 @@ def fit_pair_shard(
         "oracle_acc": pair_accuracy(oracle, spec, x_tgt, y_te),
     }
     return params, extras
+
+
+ZOO_SEED = 7  # the zoo's seed: params.seed * 10 + this
+BASELINES = ("source_acc", "target_acc", "finetune_acc", "oracle_acc")
+
+
+def pair_fit(z: Any) -> PairFit:
+    """The fitting settings of ``params.yaml``'s ``adapt.zoo`` section."""
+    return PairFit(
+        tuple(z.hidden), z.pool, z.steps, z.lr, z.batch_size, z.finetune_images, z.finetune_steps, z.finetune_lr
+    )
+
+
+def _fit_task(banks: dict, nets: list[PlannedPairNet], fit: PairFit, device) -> ShardResult:
+    """One shard's task: the digit banks from the object store."""
+    return fit_pair_shard(nets, banks, fit, device)
+
+
+def summarize(rows: list[dict], novel: list[int]) -> dict:
+    """Mean baselines over the test nets (and over those of novel pairs) and the zoo's counts."""
+    test = [r for r in rows if r["split"] == "test"]
+    out: dict = {"n_nets": len(rows)} | {f"n_{s}": sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+    for subset, rs in (("test", test), ("novel", [r for r in test if int(r["pair"]) in novel])):
+        for k in BASELINES:
+            vals = torch.tensor([float(r[k]) for r in rs])
+            if len(vals):
+                out[f"{subset}_{k}_mean"], out[f"{subset}_{k}_std"] = float(vals.mean()), float(vals.std(correction=0))
+    return out
+
+
+def zoo_plan(adapt: Any, seed: int, device: str, environment: dict) -> ZooPlan:
+    """The domain-adaptation zoo that ``params.yaml``'s ``adapt`` section defines: digit-pair
+    classifiers of the clean digits in shards of ``adapt.zoo.shard_size``, seeds from
+    ``seed * 10 +`` :data:`ZOO_SEED`, with the digit banks every shard reads."""
+    z = adapt.zoo
+    zoo_seed = seed * 10 + ZOO_SEED
+    corruption = Corruption(**dataclasses.asdict(adapt.corruption))
+    fit = pair_fit(z)
+    images, digits = load_images("mnist_offline")
+    banks = pair_banks(images, digits, corruption, zoo_seed, z.digits_test, z.pool, z.images_per_digit).tensors()
+    nets = plan_pair_zoo(z.n_nets, z.n_val, z.n_test, z.novel_pairs, zoo_seed)
+    shards = [nets[i : i + z.shard_size] for i in range(0, len(nets), z.shard_size)]
+    spec = pair_spec(banks["x_source_train"].shape[-1], fit.hidden)
+    recipe = {
+        "seed": zoo_seed,
+        "corruption": dataclasses.asdict(corruption),
+        "fit": dataclasses.asdict(fit),
+        "digits_test": z.digits_test,
+        "images_per_digit": z.images_per_digit,
+        "threads_per_task": z.threads_per_task,
+        "environment": environment,  # the stage's code, torch, CPU: what else makes the bytes
+        "inputs": tensors_hash(banks),  # the digit banks' bytes: a new data release or corruption refits
+        "device": device,
+    }
+    return ZooPlan(
+        stage="adapt_zoo",
+        task=_fit_task,
+        shared=banks,
+        shards=[(s, fit) for s in shards],
+        specs=[spec] * len(shards),
+        fingerprints=[fingerprint({"recipe": recipe, "nets": [dataclasses.asdict(n) for n in s]}) for s in shards],
+        recipe=recipe,
+        device=device,
+        threads=z.threads_per_task,
+        desc="classifier shards",
+        context={"nets": shards, "novel": novel_pairs(z.novel_pairs, zoo_seed)},
+    )
+
+
+def record(plan: ZooPlan, out: Path) -> tuple[dict, dict]:
+    """``out/manifest.csv`` (each net's pair, split and baselines) and the summary and
+    ``zoo.json`` of a fitted domain-adaptation zoo."""
+    spec, novel = plan.specs[0], plan.context["novel"]
+    rows = []
+    for k, nets in enumerate(plan.context["nets"]):
+        _, extras, hashes = read_planned_shard(out / "shards" / shard_name(k), spec, [n.net_id for n in nets])
+        for i, (n, h) in enumerate(zip(nets, hashes, strict=True)):
+            row = {"net_id": n.net_id, "pair": n.pair, "digits": "{}-{}".format(*PAIRS[n.pair]), "split": n.split}
+            row |= {b: f"{float(extras[b][i]):.6g}" for b in BASELINES}
+            rows.append(row | {"shard": shard_name(k), "sha256": h})
+    write_rows(out / "manifest.csv", rows)
+    summary = summarize(rows, novel)
+    return summary, {"spec": spec.to_dict(), "novel_pairs": novel, "recipe": plan.recipe, "summary": summary}

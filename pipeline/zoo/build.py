@@ -1,4 +1,5 @@
-"""Planning and fitting an INR zoo shard by shard (no Ray here: stages fan these out).
+"""The SIREN INR zoo family: planning and fitting it shard by shard (no Ray here: the stage fans
+these out, :mod:`pipeline.zoo.family`).
 
 The plan fixes, from params alone, which net fits which image with which seed and which shard
 holds it. Shards are therefore the same whatever the number of workers, and a shard's bytes
@@ -7,17 +8,21 @@ depend only on its own plan entry.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from pipeline.io import fingerprint
+from pipeline.data import load_images, split_indices
+from pipeline.io import fingerprint, tensors_hash
 from pipeline.weightspace.spec import ParamSpec, unflatten
-from pipeline.zoo.siren import FitSettings, fit_sirens
-from pipeline.zoo.store import NetRecord, read_planned_shard, shard_name
+from pipeline.zoo.family import ShardResult, ZooPlan
+from pipeline.zoo.siren import FitSettings, fit_sirens, siren_spec
+from pipeline.zoo.store import NetRecord, read_planned_shard, shard_name, write_manifest
 
 
 @dataclass(frozen=True)
@@ -114,3 +119,70 @@ def records_from_shards(
                 NetRecord(n.net_id, n.image_index, n.label, n.split, n.seed, mse, psnr, int(st), bad, path.name, h)
             )
     return records
+
+
+def _fit_task(
+    images: Tensor, index: list[int], nets: list[PlannedNet], spec: ParamSpec, settings: FitSettings, chunk: int, device
+) -> ShardResult:
+    """One shard's task: ``images`` (every image) from the object store, the shard's own picked here."""
+    return fit_shard(nets, images[index], spec, settings, chunk, device)
+
+
+def zoo_plan(data: Any, zoo: Any, seed: int, device: str, environment: dict) -> ZooPlan:
+    """The SIREN zoo of ``params.yaml``'s ``data`` and ``zoo`` sections: its images and splits,
+    one net per (image, copy) in shards of ``zoo.shard_size``, and their fingerprints.
+    ``environment``: :func:`~pipeline.provenance.fit_environment` of the stage."""
+    images, labels = load_images(data.source)
+    splits = split_indices(len(images), {"train": data.n_train, "val": data.n_val, "test": data.n_test}, seed)
+    spec = siren_spec(zoo.hidden)
+    settings = FitSettings(steps=zoo.steps, lr=zoo.lr, omega0=zoo.omega0, variant=zoo.init, target_psnr=zoo.target_psnr)
+    shards = shard_plan(plan_inr_zoo(labels, splits, zoo.inrs_per_train_image, seed), zoo.shard_size)
+    recipe = {
+        "spec": spec.to_dict(),
+        "fit": dataclasses.asdict(settings),
+        "source": data.source,
+        "chunk_size": zoo.chunk_size,
+        "threads_per_task": zoo.threads_per_task,
+        "environment": environment,  # the stage's code, torch, CPU: what else makes the bytes
+        "inputs": tensors_hash(images),  # the bytes fitted: a new data release or normalisation refits
+    }
+    if device != "cpu":  # GPU bytes differ from CPU bytes: never mix them (CPU fingerprints unchanged)
+        recipe["device"] = device
+    return ZooPlan(
+        stage="zoo",
+        task=_fit_task,
+        shared=images,
+        shards=[([n.image_index for n in nets], nets, spec, settings, zoo.chunk_size) for nets in shards],
+        specs=[spec] * len(shards),
+        fingerprints=[shard_fingerprint(recipe, nets) for nets in shards],
+        recipe=recipe,
+        device=device,
+        threads=zoo.threads_per_task,
+        tags={"data_source": data.source},
+        context={"nets": shards, "splits": splits, "psnr_floor": zoo.psnr_floor},
+    )
+
+
+def record(plan: ZooPlan, out: Path) -> tuple[dict, dict]:
+    """``out/manifest.csv`` (diverged nets flagged, excluded downstream) and the summary and
+    ``zoo.json`` of a fitted SIREN zoo."""
+    spec, images = plan.specs[0], plan.shared
+    records = records_from_shards(out / "shards", plan.context["nets"], spec, plan.context["psnr_floor"])
+    write_manifest(out / "manifest.csv", records)
+    ok = [r for r in records if not r.diverged]
+    psnr = torch.tensor([r.psnr for r in ok]) if ok else torch.tensor([float("nan")])
+    summary = {
+        "n_nets": len(records),
+        "n_diverged": len(records) - len(ok),
+        "psnr_mean": float(psnr.mean()),
+        "psnr_min": float(psnr.min()),
+        "steps_mean": float(sum(r.steps for r in records) / len(records)),
+    }
+    info = {
+        "spec": spec.to_dict(),
+        "recipe": plan.recipe,
+        "splits": {k: v.tolist() for k, v in plan.context["splits"].items()},
+        "image_shape": list(images.shape[1:]),
+        "summary": summary,
+    }
+    return summary, info

@@ -19,18 +19,23 @@ Two families of architectures (:func:`zoo_architectures`):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 from pipeline.device import from_host
+from pipeline.io import fingerprint, tensors_hash
+from pipeline.optim import AdamSettings, adam_update
 from pipeline.weightspace.spec import Params, flatten, unflatten
 from pipeline.zoo.cnn import ACTIVATIONS, CNNArch, cnn_forward, cnn_spec, init_cnns, small_cnn_zoo_arch
-from pipeline.zoo.kan import AdamSettings, adam_update
+from pipeline.zoo.family import ShardResult, ZooPlan
+from pipeline.zoo.store import read_planned_shard, shard_name, write_rows
 
 CNN_FAMILIES = ("homogeneous", "heterogeneous")
 CNN_MAX_CONV = 5  # the deepest heterogeneous architecture (convs; plus the linear head)
@@ -338,6 +343,118 @@ def fit_cnn_shard(
     cols["checkpoint"] = torch.arange(n_ckpt).repeat(len(runs))
     cols["net_id"] = cols["run_id"] * n_ckpt + cols["checkpoint"]
     return {k: v.clone() for k, v in unflatten(flat, spec).items()}, cols
+
+
+FAMILY_SEED = {"homogeneous": 5, "heterogeneous": 6}  # each family's zoo seed: params.seed * 10 + this
+
+
+def ranges(c: Any) -> CNNRanges:
+    """The per-run hyper-parameter ranges of the ``cnn`` section of ``params.yaml``."""
+    return CNNRanges(
+        tuple(c.lr),
+        tuple(c.weight_decay),
+        tuple(c.init_scale),
+        tuple(c.dropout),
+        tuple(c.label_noise),
+        tuple(c.train_fraction),
+        tuple(c.steps),
+        c.batch_size,
+        c.checkpoints,
+    )
+
+
+def plan_shards(cnn: Any, family: str, seed: int) -> tuple[list[CNNArch], list[tuple[int, list[PlannedRun]]]]:
+    """The family's architectures and its shards: ``(architecture index, runs)``, at most
+    ``cnn.shard_size`` runs of one architecture each."""
+    fc = getattr(cnn, family)
+    zoo_seed = seed * 10 + FAMILY_SEED[family]
+    archs = zoo_architectures(family, fc.n_architectures, zoo_seed)
+    runs = plan_cnn_zoo(len(archs), fc.runs_per_architecture, fc.n_val, fc.n_test, zoo_seed)
+    shards = []
+    for a in range(len(archs)):
+        mine = [r for r in runs if r.arch_index == a]
+        shards += [(a, mine[i : i + cnn.shard_size]) for i in range(0, len(mine), cnn.shard_size)]
+    return archs, shards
+
+
+def _fit_task(data: dict, arch: CNNArch, runs: list[PlannedRun], r: CNNRanges, chunk: int, device) -> ShardResult:
+    """One shard's task: the digits from the object store."""
+    return fit_cnn_shard(arch, runs, data, r, chunk, device)
+
+
+def zoo_plan(cnn: Any, family: str, seed: int, device: str, environment: dict) -> ZooPlan:
+    """The CNN zoo of ``family`` that ``params.yaml``'s ``cnn`` section defines: one architecture
+    per shard, the runs' seeds from ``seed * 10 +`` :data:`FAMILY_SEED`."""
+    if family not in CNN_FAMILIES:
+        raise ValueError(f"unknown CNN family {family!r}; choose from {CNN_FAMILIES}")
+    archs, shards = plan_shards(cnn, family, seed)
+    data = mnist_task(seed, cnn.digits_test)
+    r = ranges(cnn)
+    recipe = {
+        "family": family,
+        "ranges": dataclasses.asdict(r),
+        "chunk_size": cnn.chunk_size,
+        "threads_per_task": cnn.threads_per_task,
+        "digits_test": cnn.digits_test,
+        "environment": environment,  # the stage's code, torch, CPU: what else makes the bytes
+        "inputs": tensors_hash(data),  # the digits' bytes: a new data release or normalisation refits
+        "device": device,
+    }
+    return ZooPlan(
+        stage=f"cnn_zoo@{family}",
+        task=_fit_task,
+        shared=data,
+        shards=[(archs[a], runs, r, cnn.chunk_size) for a, runs in shards],
+        specs=[cnn_spec(archs[a]) for a, _ in shards],
+        fingerprints=[fingerprint_shard(recipe, archs[a], runs) for a, runs in shards],
+        recipe=recipe,
+        device=device,
+        threads=cnn.threads_per_task,
+        tags={"cnn_family": family},
+        desc=f"{family} CNN shards",
+        context={"family": family, "architectures": archs, "shards": shards, "checkpoints": r.checkpoints},
+    )
+
+
+def fingerprint_shard(recipe: dict, arch: CNNArch, runs: list[PlannedRun]) -> str:
+    """Identifies the work a shard stands for: the recipe, its architecture and its runs."""
+    return fingerprint({"recipe": recipe, "arch": arch.to_dict(), "runs": [dataclasses.asdict(x) for x in runs]})
+
+
+def record(plan: ZooPlan, out: Path) -> tuple[dict, dict]:
+    """``out/manifest.csv`` (one row per checkpoint: its run, architecture, step, test accuracy
+    and hyper-parameters) and the summary and ``zoo.json`` of a fitted CNN zoo."""
+    shards, archs, n_ckpt = plan.context["shards"], plan.context["architectures"], plan.context["checkpoints"]
+    split_of = {run.run_id: run.split for _, runs in shards for run in runs}
+    rows = []
+    for k, (a, runs) in enumerate(shards):
+        ids = [run.run_id * n_ckpt + j for run in runs for j in range(n_ckpt)]
+        _, extras, hashes = read_planned_shard(out / "shards" / shard_name(k), plan.specs[k], ids)
+        for i, h in enumerate(hashes):
+            run_id = int(extras["run_id"][i])
+            row = {"net_id": int(extras["net_id"][i]), "run_id": run_id, "arch_index": a}
+            row |= {"split": split_of[run_id], "checkpoint": int(extras["checkpoint"][i])}
+            row |= {"step": int(extras["step"][i]), "test_acc": f"{float(extras['test_acc'][i]):.6g}"}
+            row |= {f: f"{float(extras[f][i]):.6g}" for f in CNN_HYPER_FIELDS}
+            rows.append(row | {"shard": shard_name(k), "sha256": h})
+    write_rows(out / "manifest.csv", rows)
+    acc = torch.tensor([float(row["test_acc"]) for row in rows])
+    summary = {
+        "n_nets": len(rows),
+        "n_runs": len(split_of),
+        "n_architectures": len(archs),
+        "test_acc_mean": float(acc.mean()),
+        "test_acc_std": float(acc.std()),
+        "test_acc_min": float(acc.min()),
+        "test_acc_max": float(acc.max()),
+    }
+    info = {
+        "family": plan.context["family"],
+        "architectures": [arch.to_dict() for arch in archs],
+        "recipe": plan.recipe,
+        "summary": summary,
+    }
+    return summary, info
 
 
 def load_cnn_zoo(

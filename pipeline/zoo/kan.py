@@ -40,12 +40,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from pipeline.optim import AdamSettings, adam_update
 from pipeline.provenance import cpu_tag
 from pipeline.weightspace.spec import Params, ParamSpec, TensorSpec
 
@@ -452,40 +452,6 @@ def init_kans(spec: ParamSpec, seeds: list[int], noise_scale: float = 0.5, grid_
         out[f"layers.{l}.scale_sp"] = torch.full((B, o, i), 1.0 / math.sqrt(i))
         out[f"layers.{l}.grid"] = uniform_grid(i, G, k, *grid_range).expand(B, i, -1).clone()
     return {t.name: out[t.name] for t in spec.tensors}
-
-
-@dataclass(frozen=True)
-class AdamSettings:
-    """Full-batch Adam (``torch.optim.Adam`` arithmetic) with per-net lr and L2 weight decay."""
-
-    steps: int
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-
-
-def adam_update(
-    flat: Tensor,
-    grad: Tensor,
-    m: Tensor,
-    v: Tensor,
-    step: int,
-    lr: Tensor,
-    settings: AdamSettings,
-    weight_decay: Tensor | None = None,
-) -> None:
-    """One Adam update of ``flat`` in place, per-net lr ``(B,)`` and L2 ``weight_decay`` ``(B, 1)``.
-
-    ``grad`` ``(B, D)`` is modified when ``weight_decay`` is given. Nothing is read back to the
-    host, so a step on a GPU queues without waiting.
-    """
-    B = flat.shape[0]
-    b1, b2 = settings.betas
-    if weight_decay is not None:
-        grad = grad.addcmul_(weight_decay, flat)
-    m.mul_(b1).add_(grad, alpha=1 - b1)
-    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-    denom = v.sqrt().div_(math.sqrt(1 - b2**step)).add_(settings.eps)
-    flat.sub_(m / denom * (lr / (1 - b1**step)).view(B, 1))
 
 
 def train_kans(

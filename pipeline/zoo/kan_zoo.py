@@ -14,17 +14,23 @@ net and the graph carries no grid information, see ``docs/methods.md``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from pipeline.data import coordinate_grid, load_images, psnr_from_mse, split_indices
+from pipeline.io import tensors_hash
+from pipeline.optim import AdamSettings
 from pipeline.weightspace.spec import Params, ParamSpec
-from pipeline.zoo.kan import AdamSettings, init_kans, kan_forward, train_kans
-from pipeline.zoo.siren import coordinate_grid, psnr_from_mse
-from pipeline.zoo.store import load_spec_zoo
+from pipeline.zoo.build import PlannedNet, net_seed, plan_inr_zoo, shard_fingerprint, shard_plan
+from pipeline.zoo.family import ShardResult, ZooPlan
+from pipeline.zoo.kan import init_kans, kan_backend, kan_forward, kan_spec, train_kans
+from pipeline.zoo.store import load_spec_zoo, read_planned_shard, shard_name, write_rows
 
 KAN_TASKS = ("inr", "classifier")
 GRID_RANGE = (-1.0, 1.0)
@@ -203,6 +209,111 @@ def fit_kan_shard(
     params = {t.name: torch.cat([p[t.name] for p, _ in parts])[back].contiguous() for t in spec.tensors}
     extras = {k: torch.cat([e[k] for _, e in parts])[back] for k in parts[0][1]}
     return params, extras
+
+
+def _fit_task(data: dict, task: str, nets: list[PlannedNet], spec: ParamSpec, fit, chunk: int, device) -> ShardResult:
+    """One shard's task, ``chunk`` nets at a time: ``data`` (the images, or the digits) from the
+    object store."""
+    inputs = data["images"][[n.image_index for n in nets]] if task == "inr" else data["digits"]
+    params, cols = fit_kan_shard(task, [n.seed for n in nets], inputs, spec, fit, chunk, device)
+    cols["net_id"] = torch.tensor([n.net_id for n in nets], dtype=torch.long)
+    return params, cols
+
+
+def kan_node() -> str:
+    """A node's preparation: build (or load) the fused KAN kernel once before its shards, so
+    :func:`~pipeline.provenance.worker_environment` reports the backend its tasks will use."""
+    return kan_backend()
+
+
+def _plan_nets(kan: Any, task: str, seed: int) -> tuple[list[PlannedNet], dict]:
+    """The nets of one KAN task (their seeds from ``seed + 1`` for INRs, ``seed + 2`` for
+    classifiers) and the data they are fitted to."""
+    if task == "inr":
+        c = kan.inr
+        images, labels = load_images("mnist_offline")
+        splits = split_indices(len(images), {"train": c.n_train, "val": c.n_val, "test": c.n_test}, seed)
+        return plan_inr_zoo(labels, splits, 1, seed + 1), {"images": images}
+    c = kan.classifier
+    nets = []
+    for split, n in (("train", c.n_train), ("val", c.n_val), ("test", c.n_test)):
+        for _ in range(n):
+            net_id = len(nets)
+            nets.append(PlannedNet(net_id, -1, -1, split, net_seed(seed + 2, net_id)))
+    return nets, {"digits": digits_task(seed, c.digits_test)}
+
+
+def zoo_plan(kan: Any, task: str, seed: int, device: str, environment: dict) -> ZooPlan:
+    """The KAN zoo of ``task`` (``inr`` or ``classifier``) that ``params.yaml``'s ``kan`` section
+    defines: its nets in shards of ``kan.shard_size``, their fingerprints and data."""
+    if task not in KAN_TASKS:
+        raise ValueError(f"unknown KAN task {task!r}; choose from {KAN_TASKS}")
+    cfg = kan.inr if task == "inr" else kan.classifier
+    nets, data = _plan_nets(kan, task, seed)
+    if task == "inr":
+        spec = kan_spec([2, *cfg.hidden, 1], cfg.grid, cfg.order)
+        fit = InrFit(cfg.steps, cfg.lr)
+    else:
+        spec = kan_spec([16, *cfg.hidden, 10], cfg.grid, cfg.order)
+        fit = ClassifierRanges(
+            tuple(cfg.lr), tuple(cfg.weight_decay), tuple(cfg.steps), tuple(cfg.label_noise), tuple(cfg.train_fraction)
+        )
+    shards = shard_plan(nets, kan.shard_size)
+    recipe = {
+        "task": task,
+        "spec": spec.to_dict(),
+        "fit": dataclasses.asdict(fit),
+        "chunk_size": kan.chunk_size,
+        "threads_per_task": kan.threads_per_task,
+        # fused C++ kernel or PyTorch ops (on CPU or a GPU): equal up to float32 rounding, not bytes
+        "backend": kan_backend() if device == "cpu" else f"torch-{device}",
+        "environment": environment,  # the stage's code, torch, CPU: what else makes the bytes
+        "inputs": tensors_hash(data),  # the images or digits' bytes: a new data release or normalisation refits
+    }
+    return ZooPlan(
+        stage=f"kan_zoo@{task}",
+        task=_fit_task,
+        shared=data,
+        shards=[(task, s, spec, fit, kan.chunk_size) for s in shards],
+        specs=[spec] * len(shards),
+        fingerprints=[shard_fingerprint(recipe, s) for s in shards],
+        recipe=recipe,
+        device=device,
+        threads=kan.threads_per_task,
+        tags={"kan_task": task},
+        desc=f"{task} KAN shards",
+        prepare=kan_node if device == "cpu" else None,
+        context={"task": task, "nets": shards},
+    )
+
+
+def record(plan: ZooPlan, out: Path) -> tuple[dict, dict]:
+    """``out/manifest.csv`` (every net's plan entry and fit columns) and the summary and
+    ``zoo.json`` of a fitted KAN zoo."""
+    task, spec = plan.context["task"], plan.specs[0]
+    rows = []
+    for k, s in enumerate(plan.context["nets"]):
+        # the hashes stored with the shard when it was written, after checking its data against them
+        _, extras, hashes = read_planned_shard(out / "shards" / shard_name(k), spec, [n.net_id for n in s])
+        for i, (n, h) in enumerate(zip(s, hashes, strict=True)):
+            row = {"net_id": n.net_id, "split": n.split, "seed": n.seed}
+            if task == "inr":
+                row |= {"image_index": n.image_index, "label": n.label}
+            row |= {c: f"{float(extras[c][i]):.6g}" for c in sorted(extras) if c != "net_id"}
+            rows.append(row | {"shard": shard_name(k), "sha256": h})
+    write_rows(out / "manifest.csv", rows)
+    metric = "psnr" if task == "inr" else "test_acc"
+    vals = torch.tensor([float(r[metric]) for r in rows])
+    finite = vals[torch.isfinite(vals)]
+    summary = {
+        "n_nets": len(rows),
+        "n_nonfinite": int((~torch.isfinite(vals)).sum()),
+        f"{metric}_mean": float(finite.mean()),
+        f"{metric}_std": float(finite.std()),
+        f"{metric}_min": float(finite.min()),
+        f"{metric}_max": float(finite.max()),
+    }
+    return summary, {"task": task, "spec": spec.to_dict(), "recipe": plan.recipe, "summary": summary}
 
 
 def load_kan_zoo(zoo_dir: str | Path, verify: bool = True) -> tuple[ParamSpec, Params, list[dict[str, str]], dict]:

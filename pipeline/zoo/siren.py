@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pipeline.data import coordinate_grid, psnr_from_mse
+from pipeline.optim import adam_update_one_lr
 from pipeline.weightspace.spec import Params, ParamSpec, mlp_spec, unflatten
 
 INIT_VARIANTS = ("standard", "dwsnets")
@@ -38,14 +40,6 @@ def siren_spec(hidden: list[int] | tuple[int, ...], in_dim: int = 2, out_dim: in
 def output_offset(variant: str) -> float:
     """Constant added to the SIREN output (the DWSNets data used +0.5)."""
     return 0.5 if variant == "dwsnets" else 0.0
-
-
-def coordinate_grid(height: int, width: int) -> Tensor:
-    """Pixel-centre-free grid on ``[-1, 1]^2``: ``(H*W, 2)``, row-major, columns ``(x, y)``."""
-    ys = torch.linspace(-1.0, 1.0, height)
-    xs = torch.linspace(-1.0, 1.0, width)
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
 
 
 @functools.cache
@@ -90,11 +84,6 @@ def siren_forward(params: Params, spec: ParamSpec, coords: Tensor, omega0: float
         if l < n - 1:
             h = torch.sin(omega0 * h)
     return h + offset
-
-
-def psnr_from_mse(mse: Tensor) -> Tensor:
-    """PSNR in dB for signals in ``[0, 1]``."""
-    return -10.0 * torch.log10(mse.clamp_min(1e-12))
 
 
 @dataclass(frozen=True)
@@ -163,18 +152,6 @@ class _BatchedSiren:
         return mse
 
 
-def adam_update(theta: Tensor, grad: Tensor, m: Tensor, v: Tensor, step: int, settings: FitSettings) -> None:
-    """One Adam update of ``theta`` in place, the arithmetic of ``torch.optim.Adam(foreach=False)``.
-
-    Shapes: every tensor ``(B, P)``; ``step`` counts from 1.
-    """
-    b1, b2 = settings.betas
-    m.mul_(b1).add_(grad, alpha=1 - b1)
-    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-    denom = (v.sqrt() / math.sqrt(1 - b2**step)).add_(settings.eps)
-    theta.addcdiv_(m, denom, value=-settings.lr / (1 - b1**step))
-
-
 @dataclass
 class Fitting:
     """The batch of :func:`fit_sirens`: ``R`` rows in flight, each the net ``active[r]`` (a row
@@ -218,7 +195,7 @@ def fitting_step(model: _BatchedSiren, f: Fitting, target: Tensor, step: int, se
     f.final_mse[f.active] = torch.where(first, mse, f.final_mse[f.active])
     f.steps_used[f.active] = torch.where(first, step - 1, f.steps_used[f.active])
     f.reached |= first
-    adam_update(f.theta, f.grad, f.m, f.v, step, settings)
+    adam_update_one_lr(f.theta, f.grad, f.m, f.v, step, settings.lr, settings.betas, settings.eps)
 
 
 def fit_sirens(

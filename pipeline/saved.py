@@ -26,9 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
+from pipeline.config import ConfigError, settings_from_dict
+from pipeline.graphs.cnn_graphs import cnn_graph_set
+from pipeline.graphs.neural_graph import graph_template
+from pipeline.graphs.store import GraphSet
 from pipeline.io import CorruptFileError, load_tensors, read_metadata, save_tensors
+from pipeline.models import DataShape, build_editor, build_model, model_names, settings_type, split_model_name
+from pipeline.train import forward_spec_from_meta, model_inputs
+from pipeline.weightspace.normalize import apply_stats
+from pipeline.weightspace.spec import ParamSpec
+from pipeline.zoo.cnn import CNNArch
 
 CARD_KEY = "metazoo"
 GRAPH_KEYS = ("spec", "norm_stats", "forward", "kind", "n_targets", "task", "architectures", "kernel_slot")
@@ -76,7 +86,6 @@ class SavedModel:
     @property
     def spec(self):
         """The :class:`~pipeline.weightspace.spec.ParamSpec` of the nets it reads."""
-        from pipeline.weightspace.spec import ParamSpec
 
         return ParamSpec.from_dict(self.card["graphs"]["spec"])
 
@@ -87,10 +96,6 @@ class SavedModel:
         Classification: logits ``(B, n_classes)``; regression: ``(B, n_targets)`` in the
         targets' own units. Nets are normalized with the training zoo's statistics, as in training.
         """
-        from pipeline.graphs.neural_graph import graph_template
-        from pipeline.graphs.store import GraphSet
-        from pipeline.train import model_inputs
-        from pipeline.weightspace.normalize import apply_stats
 
         if self.card["kind"] != "predictor" or self.card["objective"]["kind"] not in ("classification", "regression"):
             raise ValueError(
@@ -119,9 +124,6 @@ class SavedModel:
         normed = apply_stats(params, spec, self.card["graphs"]["norm_stats"])
         n = next(iter(params.values())).shape[0]
         if archs:  # a CNN zoo of one architecture: its graphs carry activation codes
-            from pipeline.graphs.cnn_graphs import cnn_graph_set
-            from pipeline.zoo.cnn import CNNArch
-
             arch = CNNArch.from_dict(archs[0])
             graphs = cnn_graph_set(normed, arch, torch.zeros(n), torch.arange(n), self.card["graphs"]["kernel_slot"])
         else:
@@ -157,11 +159,6 @@ def read_card(path: str | Path) -> dict:
 def build_from_card(card: dict, device: torch.device | str | None = None) -> nn.Module:
     """The untrained module a card describes (same layout as the trained one); its settings are
     checked by the rules of ``params.yaml``. ``device="meta"`` builds a shape-only module."""
-    from pipeline.config import settings_from_dict
-    from pipeline.graphs.neural_graph import graph_template
-    from pipeline.models import DataShape, build_editor, build_model, settings_type, split_model_name
-    from pipeline.train import forward_spec_from_meta
-    from pipeline.weightspace.spec import ParamSpec
 
     base, _ = split_model_name(card["model"])
     graphs = card["graphs"]
@@ -188,10 +185,6 @@ def check_model_file(path: Path, card: dict) -> None:
     """Check a model file before any module is built: its card's settings by the rules of
     ``params.yaml``, and every stored tensor's shape against a shape-only (``meta`` device)
     build of the model the card describes. Raises :class:`CorruptFileError` naming the file."""
-    from safetensors import safe_open
-
-    from pipeline.config import ConfigError
-    from pipeline.models import model_names, split_model_name
 
     try:
         model = card["model"]
