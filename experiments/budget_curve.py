@@ -47,7 +47,7 @@ from pipeline.claims import TASK_METRICS, check_claim, groups_from_runs  # noqa:
 from pipeline.config import load_params  # noqa: E402
 from pipeline.io import read_json, write_json, write_text  # noqa: E402
 from pipeline.models import model_label, variant_key  # noqa: E402
-from pipeline.report import published_results  # noqa: E402
+from pipeline.report.common import published_results  # noqa: E402
 from pipeline.runs import RESULTS, GraphData, run_training  # noqa: E402
 from pipeline.train import TrainSettings  # noqa: E402
 

@@ -23,7 +23,7 @@ from pipeline.config import load_params
 from pipeline.io import write_json
 from pipeline.kan_forward import fit_forward, load_forward_data, settings_from
 from pipeline.models import build_model
-from pipeline.report import plot_long_run
+from pipeline.report.reference import plot_long_run
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.io import write_json
-from pipeline.report import plot_long_run_epochs
+from pipeline.report.reference import plot_long_run_epochs
 from pipeline.runs import GraphData, TaskContext, train_one
 from pipeline.train import TrainSettings
 

@@ -70,7 +70,7 @@ from pipeline.augment import augmenter
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.io import read_json, write_json, write_text
 from pipeline.models import build_model
-from pipeline.report import settings_summary
+from pipeline.report.common import settings_summary
 from pipeline.runs import GraphData
 from pipeline.stats import accuracy, paired_bootstrap
 from pipeline.train import Classification, TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.io import read_json, write_json
-from pipeline.report import regime_table
+from pipeline.report.regime import regime_table
 from pipeline.zoo.regime import layer_names, zoo_regime
 from pipeline.zoo.store import load_zoo
 

@@ -131,9 +131,10 @@ def test_every_adapter_reports_target_novel_and_source_accuracy_beside_the_unada
 
 
 def test_report_domain_adaptation_section(adapted, tmp_path: Path):
-    from stages.report import _adapt_section
+    from pipeline.report import adaptation
 
-    md, numbers = _adapt_section(adapted, tmp_path / "reports")
+    section = adaptation.section(adapted, None, tmp_path / "reports" / "figures")
+    md, numbers = section.markdown, section.metrics
     assert "## Domain adaptation" in md and "60.92 ± 0.41" in md and "71.36 ± 0.38" in md
     assert "| DWSNet beats no adaptation |" in md and "trained on the target domain (upper bound)" in md
     assert set(numbers["domain_adaptation"]) == {"none", "mlp", "mlp_perm", "dwsnet", "nfn", "ng_gnn", "ng_t"}

@@ -6,7 +6,9 @@ import torch
 
 from pipeline.claims import TASK_METRICS, Group, claims_markdown, groups_from_runs
 from pipeline.models import model_names
-from pipeline.report import L2O_LABELS, NO_ADAPTATION, published_results, task_claims
+from pipeline.report.adaptation import NO_ADAPTATION
+from pipeline.report.common import published_results, task_claims
+from pipeline.tasks.l2o import OPTIMIZER_LABELS
 
 N = 500  # test items
 
@@ -42,7 +44,7 @@ def _rows(md: str) -> dict[str, list[str]]:
 
 
 def test_every_claim_is_of_a_known_task_and_names_known_models_and_a_source():
-    models = set(model_names()) | set(L2O_LABELS) | {NO_ADAPTATION}
+    models = set(model_names()) | set(OPTIMIZER_LABELS) | {NO_ADAPTATION}
     for task, claims in published_results()["claims"].items():
         assert task in TASK_METRICS, task
         for c in claims:

@@ -156,14 +156,17 @@ def test_cnn_train_reports_tau_and_test_predictions(cnn_trained, family: str):
 
 
 def test_report_generalization_section(cnn_trained, tmp_path: Path):
-    from stages.report import _cnn_section
+    from pipeline.config import load_params
+    from pipeline.report import cnn as cnn_report
 
     cnn = tmp_path / "cnn"
     for family, job in cnn_trained.items():
         (cnn / family).mkdir(parents=True)
         for part in ("zoo", "graphs", "train"):
             (cnn / family / part).symlink_to((job / part).resolve())
-    md, numbers = _cnn_section(cnn, tmp_path / "reports", 1)
+    params = load_params(write_params(tmp_path / "params.yaml", {"cnn": {"train": {"seeds": [0]}}}))
+    section = cnn_report.section(cnn, params, tmp_path / "reports" / "figures")
+    md, numbers = section.markdown, section.metrics
     assert "## Generalization" in md and "Kendall τ" in md and "0.804 ± 0.009 (Wild Park)" in md
     assert "| NG-GNN beats StatNN (per-tensor statistics) |" in md
     assert set(numbers["cnn_heterogeneous"]) == {"statnn", "ng_gnn", "ng_t"}

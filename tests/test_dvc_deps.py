@@ -119,7 +119,7 @@ def test_a_change_to_the_fitting_code_refits_every_zoo_shard(project: Path):
     """A resume never mixes shards of other fitting code (``dvc status`` after a code change:
     ``tests/test_pipeline.py``'s end-to-end test)."""
     before = _zoo_fingerprints(project)
-    report = project / "pipeline" / "report.py"
+    report = project / "pipeline" / "report" / "inr.py"
     report.write_text(report.read_text() + "\n# not fitting code\n")
     assert _zoo_fingerprints(project) == before
     siren = project / "pipeline" / "zoo" / "siren.py"

@@ -91,9 +91,10 @@ def test_a_rerun_runs_only_the_deleted_run_and_mlflow_has_every_run(l2o_run):
 
 
 def test_the_report_section_puts_every_optimizer_beside_the_published_numbers(l2o_run, tmp_path: Path):
-    from stages.report import _l2o_section
+    from pipeline.report import l2o
 
-    md, numbers = _l2o_section(l2o_run["out"], tmp_path)
+    section = l2o.section(l2o_run["out"], None, tmp_path / "figures")
+    md, numbers = section.markdown, section.metrics
     assert "## Learning to optimize" in md and "different data set" in md
     for label in ("Adam (lr tuned)", "SGD + momentum (lr tuned)", "FF (per-parameter MLP)", "NG-GNN"):
         assert f"| {label} |" in md

@@ -20,7 +20,8 @@ import pipeline.models as registry
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.models import build_editor, build_model, model_module, model_names, split_model_name
-from pipeline.report import NO_ADAPTATION, published, published_results
+from pipeline.report.adaptation import NO_ADAPTATION
+from pipeline.report.common import published, published_results
 from pipeline.train import data_shape, model_inputs
 from pipeline.weightspace.forward import ForwardSpec
 from pipeline.weightspace.spec import flatten, permute, random_permutations, unflatten

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.report import reference_markdown, regime_markdown, task_claims
+from pipeline.report.common import task_claims
+from pipeline.report.reference import reference_markdown
+from pipeline.report.regime import regime_markdown
 from pipeline.stats import kendall_tau
 
 
@@ -71,7 +73,7 @@ def test_cnn_claims_come_with_bootstrap_intervals_and_unrun_models_are_listed():
 
 
 def test_the_inr_table_names_what_sizes_each_model_and_what_it_computes():
-    from pipeline.report import settings_summary
+    from pipeline.report.common import settings_summary
 
     ng_t = {"attention": "edges", "heads": 4, "hidden": 16, "layers": 4, "probe_features": 0, "dropout": 0.0}
     assert settings_summary(ng_t) == "width 16, 4 layers, edge attention"

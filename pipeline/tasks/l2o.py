@@ -653,6 +653,13 @@ class BaselineConfig:
 
 
 LEARNED = ("ff", "ng_gnn", "ng_t")
+OPTIMIZER_LABELS = {  # every optimizer's name in the report, in its rows' order (baselines first)
+    "adam": "Adam (lr tuned)",
+    "sgd": "SGD + momentum (lr tuned)",
+    "ff": "FF (per-parameter MLP)",
+    "ng_gnn": "NG-GNN",
+    "ng_t": "NG-T",
+}
 
 
 def build_optimizer(
