@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import configure_logging
 from pipeline.config import params_from_dict
 
 
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args()
+    configure_logging()  # the stages' progress records
     res = {w: measure(w, args) for w in (1, 2)}
     print(f"{'workers':>7} | {'zoo INRs/s':>10} | {'zoo s':>6} | {'train graphs/s':>14} | {'train s':>7}")
     for w, r in res.items():

@@ -43,6 +43,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline import configure_logging  # noqa: E402
 from pipeline.claims import TASK_METRICS, check_claim, groups_from_runs  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.io import read_json, write_json, write_text  # noqa: E402
@@ -223,6 +224,7 @@ def main() -> None:
     ap.add_argument("--train", type=Path, default=Path("data/train"), help="the train stage's runs (the 1x part)")
     ap.add_argument("--out", type=Path, default=Path("reports/budget"))
     args = ap.parse_args()
+    configure_logging()  # the stages' progress records
     data = GraphData.load(args.graphs)
     json_path = args.out / "budget_curve.json"
     record = read_json(json_path) if json_path.exists() else {}

@@ -103,7 +103,7 @@ class TaskContext:
         """Fix the thread count (CPU bytes must not depend on the worker), resolve the device and
         tell the driver where the run runs. Returns the device and ``{"node_id", "device"}``."""
         torch.set_num_threads(self.threads)
-        configure_logging()  # a Ray worker: its records reach the driver's output through stderr
+        configure_logging(node=_node_id())  # a Ray worker: its records reach the driver through stderr
         device = resolve_device(self.device)
         where = {"node_id": _node_id(), "device": describe(device)}
         self._send("start", where)
@@ -114,16 +114,15 @@ class TaskContext:
         self._send("epoch", dict(row))
 
     def reporter(self, label: str, metric: str, total: int, unit: str = "epoch") -> Callable[[dict], None]:
-        """An ``on_epoch`` callback: one line per epoch in the driver's output (Ray forwards a
-        worker's prints), ``label: epoch 3/8 train loss 1.234 val acc 0.456 (12 s)``, and the row
+        """An ``on_epoch`` callback: one log record per epoch, in the driver's output (Ray forwards a
+        worker's stderr), ``label: epoch 3/8 train loss 1.234 val acc 0.456 (12 s)``, and the row
         sent to the driver (:meth:`epoch`). ``unit="step"`` counts a row's ``step`` instead."""
 
         def report(row: dict) -> None:
-            print(
-                f"{label}: {unit} {int(row[unit])}/{total} train loss {row['train_loss']:.4f} "
-                f"val {metric} {row[f'val_{metric}']:.4f} ({row['epoch_seconds']:.0f} s)",
-                flush=True,
-            )
+            log.info(
+                "%s: %s %d/%d train loss %.4f val %s %.4f (%.0f s)", label, unit, int(row[unit]), total,
+                row["train_loss"], metric, row[f"val_{metric}"], row["epoch_seconds"],
+            )  # fmt: skip
             self.epoch(row)
 
         return report
@@ -280,7 +279,9 @@ class StageRuns:
         self.results = prepare_out_dir(self.out, self.jobs, self.fps)
         todo = [i for i, r in enumerate(self.results) if r is None]
         n_kept = len(self.jobs) - len(todo)
-        print(f"{self.stage}: {len(self.jobs)} runs, {n_kept} kept from an earlier invocation, running {len(todo)}")
+        log.info(
+            "%s: %d runs, %d kept from an earlier invocation, running %d", self.stage, len(self.jobs), n_kept, len(todo)
+        )
         p = self.params
         self.live = None
         failures = None
@@ -577,8 +578,8 @@ def run_training(
     results = runs.run(data, worker or train_one, (settings, augment, *extra.values()), threads)
     for r in results:
         sel = r["select"]
-        print(
-            f"{stage}: {r['model']:>8} seed {r['seed']}: test {sel} {r['test'][sel]:.4f} at best val epoch "
-            f"{r['best_epoch']} ({r['seconds_per_epoch']:.1f} s/epoch)"
-        )
+        log.info(
+            "%s: %8s seed %d: test %s %.4f at best val epoch %d (%.1f s/epoch)",
+            stage, r["model"], r["seed"], sel, r["test"][sel], r["best_epoch"], r["seconds_per_epoch"],
+        )  # fmt: skip
     return results

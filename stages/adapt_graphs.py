@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -11,6 +12,8 @@ from pipeline.config import Params, to_flat_dict
 from pipeline.graphs.build import finite_nets, write_graph_sets
 from pipeline.zoo.store import load_spec_zoo
 from stages.common import parse, reported_errors
+
+log = logging.getLogger("stages.adapt_graphs")  # its name also when run as ``python -m``
 
 
 def run(params: Params, zoo_dir: Path, out: Path) -> dict:
@@ -31,7 +34,7 @@ def run(params: Params, zoo_dir: Path, out: Path) -> dict:
         )
     except ValueError as e:
         raise SystemExit(f"adapt_graphs: {e}") from e
-    print(f"adapt_graphs: {meta['counts']} graphs; non-finite nets excluded {meta['excluded']}")
+    log.info("adapt_graphs: %s graphs; non-finite nets excluded %s", meta["counts"], meta["excluded"])
     with tracking.stage_run(params.mlflow, "adapt_graphs", to_flat_dict(params), {}):
         tracking.log_metrics(params.mlflow, {f"n_{k}": v for k, v in meta["counts"].items()})
     return meta

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -11,6 +12,8 @@ from pipeline.config import Params, to_flat_dict
 from pipeline.graphs.cnn_graphs import write_cnn_graph_sets
 from pipeline.zoo.cnn_zoo import CNN_FAMILIES, load_cnn_zoo
 from stages.common import parse, reported_errors
+
+log = logging.getLogger("stages.cnn_graphs")  # its name also when run as ``python -m``
 
 
 def run(params: Params, family: str, zoo_dir: Path, out: Path) -> dict:
@@ -31,7 +34,7 @@ def run(params: Params, family: str, zoo_dir: Path, out: Path) -> dict:
         )
     except ValueError as e:
         raise SystemExit(f"cnn_graphs@{family}: {e}") from e
-    print(f"cnn_graphs@{family}: {meta['counts']} graphs; non-finite nets excluded {meta['excluded']}")
+    log.info("cnn_graphs@%s: %s graphs; non-finite nets excluded %s", family, meta["counts"], meta["excluded"])
     with tracking.stage_run(params.mlflow, f"cnn_graphs@{family}", to_flat_dict(params), {"cnn_family": family}):
         tracking.log_metrics(params.mlflow, {f"n_{k}": v for k, v in meta["counts"].items()})
     return meta

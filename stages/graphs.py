@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -11,6 +12,9 @@ from pipeline.graphs.build import write_graph_sets
 from pipeline.zoo.siren import output_offset
 from pipeline.zoo.store import load_zoo
 from stages.common import parse, reported_errors
+
+log = logging.getLogger("stages.graphs")  # its name also when run as ``python -m``
+
 
 N_CLASSES = 10
 
@@ -35,7 +39,7 @@ def run(params: Params, zoo_dir: Path, out: Path) -> dict:
     except ValueError as e:
         raise SystemExit(f"graphs: {e} (diverged INRs): lower zoo.psnr_floor or fit longer (zoo.steps)") from e
     excluded = sum(meta["excluded"].values())
-    print(f"graphs: {meta['counts']} graphs written; {excluded} diverged nets excluded {meta['excluded']}")
+    log.info("graphs: %s graphs written; %s diverged nets excluded %s", meta["counts"], excluded, meta["excluded"])
     with tracking.stage_run(params.mlflow, "graphs", to_flat_dict(params), {}):
         tracking.log_metrics(params.mlflow, {f"n_{k}": v for k, v in meta["counts"].items()} | {"n_excluded": excluded})
     return meta

@@ -13,8 +13,10 @@ The zoo is written as one generation: an earlier import there is replaced whole.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
+from pipeline import configure_logging
 from pipeline.io import CorruptFileError, FolderBusy, folder_lock
 from pipeline.zoo.published import (
     carve_validation,
@@ -24,6 +26,9 @@ from pipeline.zoo.published import (
     read_inrs,
     write_imported_zoo,
 )
+
+log = logging.getLogger("stages.import_zoo")  # its name also when run as ``python -m``
+
 
 FORMATS = {
     # format: (file lister, SIREN omega0, output-offset variant)
@@ -46,7 +51,9 @@ def run(fmt: str, src: Path, out: Path, val_fraction: float, seed: int, omega0: 
         "seed": seed,
     }
     summary = write_imported_zoo(out, files, spec, params, labels, recipe)
-    print(f"import_zoo: {summary['n_nets']} {fmt} INRs {spec.layer_sizes} -> {out} (splits {summary['counts']})")
+    log.info(
+        "import_zoo: %d %s INRs %s -> %s (splits %s)", summary["n_nets"], fmt, spec.layer_sizes, out, summary["counts"]
+    )
     return summary
 
 
@@ -59,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--omega0", type=float, default=None, help="SIREN frequency (default: the format's, 30)")
     args = ap.parse_args(argv)
+    configure_logging()
     if not 0 <= args.val_fraction < 1:
         ap.error(f"--val-fraction: {args.val_fraction} is out of range (allowed: [0, 1))")
     if not args.src.is_dir():

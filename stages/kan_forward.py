@@ -10,6 +10,7 @@ and are tracked live as in ``train`` (:mod:`pipeline.runs`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from pipeline.config import Params
@@ -18,6 +19,8 @@ from pipeline.kan_forward import final_metrics, forward_one, load_forward_data, 
 from pipeline.models import settings_key
 from pipeline.runs import Job, StageRuns
 from stages.common import parse, reported_errors
+
+log = logging.getLogger("stages.kan_forward")  # its name also when run as ``python -m``
 
 
 def run(params: Params, zoo_dir: Path, out: Path) -> list[dict]:
@@ -31,10 +34,10 @@ def run(params: Params, zoo_dir: Path, out: Path) -> list[dict]:
     runs = StageRuns(params, "kan_forward", out, jobs, data_version, dataclasses.asdict(settings), final_metrics)
     results = runs.run(load_forward_data(zoo_dir), forward_one, (settings,), fc.threads_per_task)
     for r in results:
-        print(
-            f"kan_forward: {r['model']:>8} seed {r['seed']}: test R² {r['test']['r2']:.4f} at best val evaluation "
-            f"{r['best_epoch']} (position-only reference {r['reference']['r2']:.4f})"
-        )
+        log.info(
+            "kan_forward: %8s seed %d: test R² %.4f at best val evaluation %d (position-only reference %.4f)",
+            r["model"], r["seed"], r["test"]["r2"], r["best_epoch"], r["reference"]["r2"],
+        )  # fmt: skip
     return results
 
 

@@ -7,6 +7,7 @@ fly instead (``stages/kan_forward.py``).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -15,6 +16,9 @@ from pipeline.config import Params, to_flat_dict
 from pipeline.graphs.build import finite_nets, write_graph_sets
 from pipeline.zoo.kan_zoo import load_kan_zoo
 from stages.common import parse, reported_errors
+
+log = logging.getLogger("stages.kan_graphs")  # its name also when run as ``python -m``
+
 
 GRAPH_TASKS = ("inr", "classifier")
 
@@ -53,7 +57,7 @@ def run(params: Params, task: str, zoo_dir: Path, out: Path) -> dict:
         )
     except ValueError as e:
         raise SystemExit(f"kan_graphs@{task}: {e} (non-finite KANs)") from e
-    print(f"kan_graphs@{task}: {meta['counts']} graphs; non-finite nets excluded {meta['excluded']}")
+    log.info("kan_graphs@%s: %s graphs; non-finite nets excluded %s", task, meta["counts"], meta["excluded"])
     with tracking.stage_run(params.mlflow, f"kan_graphs@{task}", to_flat_dict(params), {"kan_task": task}):
         tracking.log_metrics(params.mlflow, {f"n_{k}": v for k, v in meta["counts"].items()})
     return meta

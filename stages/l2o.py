@@ -11,6 +11,7 @@ Runs resume, are tracked live in MLflow and keep every meta-trained optimizer as
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from pipeline.config import L2OConfig, L2OTaskConfig, Params
@@ -29,6 +30,8 @@ from pipeline.tasks.l2o import (
     make_task,
 )
 from stages.common import parse, reported_errors
+
+log = logging.getLogger("stages.l2o")  # its name also when run as ``python -m``
 
 
 def settings_from(c: L2OConfig) -> L2OSettings:
@@ -70,10 +73,10 @@ def run(params: Params, out: Path) -> list[dict]:
     results = runs.run(data, l2o_one, (settings,), c.threads_per_task)
     for r in results:
         t = r["test"]
-        print(
-            f"l2o: {r['model']:>6} seed {r['seed']}: meta task loss {t['meta_task_loss']:.4f} acc "
-            f"{t['meta_task_acc']:.4f}; test task loss {t['test_task_loss']:.4f} acc {t['test_task_acc']:.4f}"
-        )
+        log.info(
+            "l2o: %6s seed %d: meta task loss %.4f acc %.4f; test task loss %.4f acc %.4f", r["model"], r["seed"],
+            t["meta_task_loss"], t["meta_task_acc"], t["test_task_loss"], t["test_task_acc"],
+        )  # fmt: skip
     return results
 
 

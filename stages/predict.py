@@ -10,13 +10,17 @@ are normalized with the training zoo's statistics stored in the model file.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
+from pipeline import configure_logging
 from pipeline.io import CorruptFileError
 from pipeline.predict import predictions_table
 from pipeline.saved import load
 from pipeline.zoo.store import write_rows
+
+log = logging.getLogger("stages.predict")  # its name also when run as ``python -m``
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--zoo", required=True, help="a zoo directory (zoo.json, manifest.csv, shards/)")
     ap.add_argument("--out", required=True, help="CSV file to write")
     args = ap.parse_args(argv)
+    configure_logging()
     try:
         model = load(args.run)
         table = predictions_table(model, args.zoo)
@@ -33,7 +38,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from e
     write_rows(Path(args.out), table)
     card = model.card
-    print(f"predict: {card['model']} (seed {card.get('seed')}) on {len(table)} nets of {args.zoo} -> {args.out}")
+    log.info(
+        "predict: %s (seed %s) on %d nets of %s -> %s", card["model"], card.get("seed"), len(table), args.zoo, args.out
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ Ray tasks, store them, write the manifest and ``zoo.json``, track it in MLflow."
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from pipeline.io import remove_stale_temps, write_json
 from pipeline.provenance import recipe_environment
 from pipeline.zoo.family import ZooPlan, fit_shard_task
 from pipeline.zoo.store import plan_shard_dir, shard_name, write_shard
+
+log = logging.getLogger(__name__)
 
 
 def fit_missing_shards(params: Params, plan: ZooPlan, shard_dir: Path, write: Callable[[int, Any], None]) -> int:
@@ -33,11 +36,13 @@ def fit_missing_shards(params: Params, plan: ZooPlan, shard_dir: Path, write: Ca
     """
     fingerprints = plan.fingerprints
     todo = plan_shard_dir(shard_dir, fingerprints)
-    print(f"{shard_dir}: {len(fingerprints)} shards, {len(fingerprints) - len(todo)} complete, fitting {len(todo)}")
+    log.info(
+        "%s: %d shards, %d complete, fitting %d", shard_dir, len(fingerprints), len(fingerprints) - len(todo), len(todo)
+    )
     # only the driver (holding the folder's lock) writes shards, manifest and zoo.json: a
     # temporary file there is a killed write
     for tmp in remove_stale_temps(shard_dir) + remove_stale_temps(shard_dir.parent):
-        print(f"{tmp}: removed the temporary file of a killed write")
+        log.info("%s: removed the temporary file of a killed write", tmp)
     if todo:
         import ray
 
@@ -88,5 +93,5 @@ def run_zoo(params: Params, plan: ZooPlan, record: Callable[[ZooPlan, Path], tup
         # timings go to MLflow only: the zoo's files must not change when nothing was refitted
         timing = {"fit_seconds": fit_seconds, "shards_fitted": n_fitted}
         tracking.log_metrics(params.mlflow, {k: float(v) for k, v in summary.items()} | timing)
-    print(f"{plan.stage}: {summary}")
+    log.info("%s: %s", plan.stage, summary)
     return summary

@@ -198,19 +198,20 @@ def test_shard_without_stored_hashes_is_refused(tmp_path: Path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_shard_is_complete_only_if_its_data_matches_its_hashes(tmp_path: Path, capsys):
+def test_shard_is_complete_only_if_its_data_matches_its_hashes(tmp_path: Path, caplog):
     _siren_zoo(tmp_path)
     path = tmp_path / "shards" / shard_name(1)
     assert shard_is_complete(path, "fp1")
     assert not shard_is_complete(path, "other plan")
-    assert capsys.readouterr().err == ""
+    assert not caplog.records
     _flip_data_byte(path, "params.layers.0.weight", net=1)
     assert not shard_is_complete(path, "fp1")
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "refitting damaged shard" in err and "shard_00001.safetensors: net 5 does not match" in err
+    caplog.clear()
     path.write_bytes(path.read_bytes()[:100])  # unreadable: refitted as well
     assert not shard_is_complete(path, "fp1")
-    assert "shard_00001.safetensors" in capsys.readouterr().err
+    assert "shard_00001.safetensors" in caplog.text
 
 
 def test_remove_stale_temps_and_atomic_write_leaves_none(tmp_path: Path):
@@ -250,7 +251,7 @@ def test_resume_refits_a_damaged_shard_and_clears_stale_temps(tmp_path: Path):
     res = run_stage("zoo", args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "refitting damaged shard" in res.stderr and "shard_00001.safetensors: net 11 does not match" in res.stderr
-    assert "2 shards, 1 complete, fitting 1" in res.stdout
+    assert "2 shards, 1 complete, fitting 1" in res.stderr
     assert victim.read_bytes() == original  # refitted to the same bytes: the same shard, batch and order
     assert (out / "manifest.csv").read_text() == manifest
     assert not any(p.exists() for p in stale)

@@ -75,7 +75,7 @@ def test_a_rerun_runs_only_the_deleted_run_and_mlflow_has_every_run(l2o_run):
     res = run_stage("l2o", ["--params", str(l2o_run["params"]), "--out", str(out)], tmp)
     assert res.returncode == 0, res.stderr[-3000:]
     n = len(OPTIMIZERS) * len(SEEDS)
-    assert f"l2o: {n} runs, {n - 1} kept from an earlier invocation, running 1" in res.stdout
+    assert f"l2o: {n} runs, {n - 1} kept from an earlier invocation, running 1" in res.stderr
     again = read_json(out / "ff_seed0.json")
     assert again["test"] == before["test"]  # the same computation, run again: the same numbers
     con = sqlite3.connect(tmp / "mlflow.db")

@@ -83,7 +83,7 @@ def test_killed_zoo_stage_resumes_with_only_the_missing_shards(tmp_path: Path):
 
     res = run_stage("zoo", ["--params", str(params), "--out", str(out)], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"{len(kept)} complete, fitting {10 - len(kept)}" in res.stdout
+    assert f"{len(kept)} complete, fitting {10 - len(kept)}" in res.stderr
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shard_dir.glob("shard_*.safetensors")}
     assert len(after) == 10
     for name, stamp in kept.items():

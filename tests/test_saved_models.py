@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -149,7 +150,7 @@ def test_a_mismatched_layout_or_a_missing_or_foreign_file_is_named(trained, tmp_
         load(tmp_path / "bad.safetensors")
 
 
-def test_a_run_whose_model_file_is_gone_runs_again(trained, capsys):
+def test_a_run_whose_model_file_is_gone_runs_again(trained, caplog):
     import ray
 
     from stages import train
@@ -159,11 +160,11 @@ def test_a_run_whose_model_file_is_gone_runs_again(trained, capsys):
     (tmp / "train" / "mlp_seed0.safetensors").unlink()
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
-        capsys.readouterr()
+        caplog.set_level(logging.INFO)
         train.run(params, tmp / "graphs", tmp / "train")
     finally:
         ray.shutdown()
-    assert "train: 3 runs, 2 kept from an earlier invocation, running 1" in capsys.readouterr().out
+    assert "train: 3 runs, 2 kept from an earlier invocation, running 1" in caplog.text
     assert (tmp / "train" / "mlp_seed0.safetensors").exists()
     # the same run again (seed, data, one thread, this machine): the same order, the same numbers
     assert read_json(tmp / "train" / "mlp_seed0.json")["test"] == before["test"]

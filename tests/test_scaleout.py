@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -111,7 +112,7 @@ def _raising_worker(data, model, config, seed, ctx, settings, augment):
     return train_one(data, model, config, seed, ctx, settings, augment)
 
 
-def test_a_run_that_raises_is_named_and_every_other_run_is_kept(tmp_path: Path, capsys):
+def test_a_run_that_raises_is_named_and_every_other_run_is_kept(tmp_path: Path, caplog):
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -149,9 +150,10 @@ def test_a_run_that_raises_is_named_and_every_other_run_is_kept(tmp_path: Path, 
         assert status["mlp-seed1"] == "FAILED" and status["mlp-seed0"] == status["mlp-seed2"] == "FINISHED"
 
         kept = {s: read_json(out / f"mlp_seed{s}.json") for s in (0, 2)}
-        capsys.readouterr()
+        caplog.set_level(logging.INFO)
+        caplog.clear()
         results = train.run(params, graphs, out)  # the bug fixed: only the failed run runs
-        assert "train: 3 runs, 2 kept from an earlier invocation, running 1" in capsys.readouterr().out
+        assert "train: 3 runs, 2 kept from an earlier invocation, running 1" in caplog.text
         assert [r["seed"] for r in results] == [0, 1, 2]
         for s in (0, 2):
             assert read_json(out / f"mlp_seed{s}.json") == kept[s]
@@ -358,7 +360,7 @@ def test_a_killed_driver_resumes_training_with_only_the_missing_runs(tmp_path: P
 
     res = run_stage("train", args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"6 runs, {len(kept)} kept from an earlier invocation, running {6 - len(kept)}" in res.stdout
+    assert f"6 runs, {len(kept)} kept from an earlier invocation, running {6 - len(kept)}" in res.stderr
     runs = read_json(out / "results.json")["runs"]
     assert [r["seed"] for r in runs] == seeds
     for name, test in kept.items():
@@ -699,7 +701,7 @@ def test_an_mlflow_server_that_goes_away_costs_no_result(tmp_path: Path, monkeyp
         server = _mlflow_server(port, tmp_path / "mlflow.db", tmp_path / "mlflow.log")
         res = run_stage("train", args, tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
-        assert "4 runs, 4 kept from an earlier invocation, running 0" in res.stdout
+        assert "4 runs, 4 kept from an earlier invocation, running 0" in res.stderr
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name("metazoo")
         runs = client.search_runs([exp.experiment_id], "attributes.run_name LIKE 'mlp-seed%'")

@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -65,6 +66,9 @@ from pipeline.weightspace.forward import mlp_forward
 from pipeline.weightspace.spec import ParamSpec, flatten, mlp_spec, unflatten
 from pipeline.zoo.adapt_zoo import init_pair_mlps
 from pipeline.zoo.cnn import CNNArch, cnn_forward, cnn_spec, init_cnns
+
+log = logging.getLogger(__name__)
+
 
 MOMENTA = (0.5, 0.9, 0.99, 0.999, 0.9999)  # Neural Graphs §4.3: 0.5 ... 0.9999
 N_FEATURES = 2 * (1 + len(MOMENTA))
@@ -742,7 +746,7 @@ def l2o_one(data: L2OData, name: str, config, seed: int, ctx, settings: L2OSetti
         lr, history = tune_learning_rate(name, config, tasks["meta_task"], settings, seed)
         for row in history:
             ctx.epoch(row)
-        print(f"{name} seed {seed}: learning rate {lr:g} of {list(config.lrs)}", flush=True)
+        log.info("%s seed %d: learning rate %g of %s", name, seed, lr, list(config.lrs))
         run = functools.partial(optimize, name, lr=lr, momentum=config.momentum)
     else:
         torch.manual_seed(seed)
@@ -760,11 +764,10 @@ def l2o_one(data: L2OData, name: str, config, seed: int, ctx, settings: L2OSetti
                 row = {"epoch": outer + 1, "train_loss": sum(chunk) / len(chunk), "epoch_seconds": time.time() - tick}
                 logged["history"].append(row)
                 ctx.epoch(row)
-                print(
-                    f"{name} seed {seed}: outer step {outer + 1}/{settings.meta.outer_steps} "
-                    f"meta-loss {row['train_loss']:.4f}",
-                    flush=True,
-                )
+                log.info(
+                    "%s seed %d: outer step %d/%d meta-loss %.4f",
+                    name, seed, outer + 1, settings.meta.outer_steps, row["train_loss"],
+                )  # fmt: skip
                 logged["chunk"] = []
                 tick = time.time()
 

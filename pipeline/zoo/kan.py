@@ -33,6 +33,7 @@ splines of each input; elsewhere it is a dense basis times a batched matrix prod
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import sys
@@ -48,6 +49,9 @@ from torch import Tensor
 from pipeline.optim import AdamSettings, adam_update
 from pipeline.provenance import cpu_tag
 from pipeline.weightspace.spec import Params, ParamSpec, TensorSpec
+
+log = logging.getLogger(__name__)
+
 
 TRAINABLE = ("coef", "scale_base", "scale_sp")
 
@@ -265,7 +269,7 @@ def _build_lock(build_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"KAN spline kernel: waiting for another process building it in {build_dir}", file=sys.stderr)
+            log.info("KAN spline kernel: waiting for another process building it in %s", build_dir)
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             if baton.exists():
@@ -277,10 +281,8 @@ def _build_lock(build_dir: Path) -> Iterator[None]:
 
 def _remove_stale_baton(baton: Path, why: str) -> None:
     baton.unlink(missing_ok=True)
-    print(
-        f"KAN spline kernel: removed the stale build lock {baton} left by a killed build ({why}); rebuilding",
-        file=sys.stderr,
-        flush=True,
+    log.warning(
+        "KAN spline kernel: removed the stale build lock %s left by a killed build (%s); rebuilding", baton, why
     )
 
 

@@ -23,7 +23,6 @@ import csv
 import io
 import logging
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -154,7 +153,7 @@ def shard_is_complete(path: Path, fp: str) -> bool:
             return False
         verify_shard(path)
     except CorruptFileError as e:
-        print(f"warning: refitting damaged shard {path}: {e}", file=sys.stderr, flush=True)
+        log.warning("refitting damaged shard %s: %s", path, e)
         return False
     return True
 
