@@ -14,54 +14,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from pipeline.config import L2OConfig, L2OTaskConfig, Params
-from pipeline.io import fingerprint, tensor_hash
+from pipeline.config import Params
 from pipeline.runs import Job, StageRuns
-from pipeline.tasks.l2o import (
-    BASELINES,
-    BaselineConfig,
-    FFConfig,
-    L2OData,
-    L2OSettings,
-    MetaSettings,
-    OptimizerConfig,
-    final_metrics,
-    l2o_one,
-    make_task,
-)
+from pipeline.tasks.l2o import data_version, final_metrics, l2o_one, load_data, optimizer_config, settings_from
 from stages.common import parse, reported_errors
 
 log = logging.getLogger("stages.l2o")  # its name also when run as ``python -m``
-
-
-def settings_from(c: L2OConfig) -> L2OSettings:
-    meta = MetaSettings(c.outer_steps, c.unroll, c.horizon, c.n_optimizees, c.meta_lr, c.scale, c.grad_clip)
-    return L2OSettings(meta, c.eval_steps, c.eval_nets)
-
-
-def optimizer_config(c: L2OConfig, name: str) -> FFConfig | OptimizerConfig | BaselineConfig:
-    if name in BASELINES:
-        return BaselineConfig(tuple(c.baseline_lrs), c.momentum)
-    if name == "ff":
-        return FFConfig(c.ff_hidden)  # the graph settings do not enter its fingerprint
-    return OptimizerConfig(c.graph_hidden, c.graph_layers, c.heads)
-
-
-def load_data(c: L2OConfig, seed: int) -> L2OData:
-    def task(t: L2OTaskConfig):
-        return make_task(t.source, t.pool, t.hidden, t.n_test, t.batch_size, seed, t.kind, t.kernel)
-
-    return L2OData(task(c.meta_task), task(c.test_task))
-
-
-def data_version(data: L2OData) -> str:
-    return fingerprint(
-        {
-            name: {"spec": t.spec.to_dict(), "arch": t.arch and t.arch.to_dict(), "batch_size": t.batch_size}
-            | {k: tensor_hash(getattr(t, k)) for k in ("x_train", "y_train", "x_test", "y_test")}
-            for name, t in (("meta_task", data.meta_task), ("test_task", data.test_task))
-        }
-    )
 
 
 def run(params: Params, out: Path) -> list[dict]:

@@ -52,8 +52,7 @@ def test_every_optimizer_and_seed_runs_and_scores_both_tasks(l2o_run):
 
 def test_a_saved_optimizer_reloads_and_trains_new_nets_to_the_same_numbers(l2o_run):
     from pipeline.config import load_params
-    from pipeline.tasks.l2o import eval_seeds, load_optimizer, optimize
-    from stages.l2o import load_data
+    from pipeline.tasks.l2o import eval_seeds, load_data, load_optimizer, optimize
 
     params = load_params(l2o_run["params"])
     data = load_data(params.l2o, params.seed)

@@ -29,4 +29,3 @@ def test_a_record_has_a_timestamp_and_in_a_task_its_node():
     )
     assert re.fullmatch(stamp + r" INFO stages\.graphs: graphs: 3 written\n", driver), driver
     assert "node" not in driver
-

@@ -183,8 +183,7 @@ def test_meta_training_resumed_from_any_checkpoint_ends_identical(tmp_path: Path
 
 @pytest.mark.slow
 def test_an_l2o_run_resumed_mid_meta_training_ends_identical(tmp_path: Path, monkeypatch):
-    from pipeline.tasks.l2o import l2o_one
-    from stages.l2o import load_data, optimizer_config, settings_from
+    from pipeline.tasks.l2o import l2o_one, load_data, optimizer_config, settings_from
 
     monkeypatch.setenv("CKPT_DIR", str(tmp_path))
     SAVED.clear()

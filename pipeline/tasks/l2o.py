@@ -46,6 +46,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +61,7 @@ from pipeline.graphs.neural_graph import (
     params_to_features,
     uniform_batch,
 )
+from pipeline.io import fingerprint, tensor_hash
 from pipeline.models.layers import TemplateBuckets
 from pipeline.optim import AdamSettings, adam_update
 from pipeline.weightspace.forward import mlp_forward
@@ -849,3 +851,41 @@ def load_optimizer(path) -> tuple[nn.Module, dict]:
     )
     optimizer.load_state_dict(load_tensors(path))
     return optimizer.eval(), card
+
+
+# ---- from ``params.yaml``'s ``l2o`` section ------------------------------------------------
+
+
+def settings_from(c: Any) -> L2OSettings:
+    """The meta-training and evaluation settings of the ``l2o`` section."""
+    meta = MetaSettings(c.outer_steps, c.unroll, c.horizon, c.n_optimizees, c.meta_lr, c.scale, c.grad_clip)
+    return L2OSettings(meta, c.eval_steps, c.eval_nets)
+
+
+def optimizer_config(c: Any, name: str) -> FFConfig | OptimizerConfig | BaselineConfig:
+    """The settings of optimizer ``name`` in the ``l2o`` section (what enters its runs' fingerprints)."""
+    if name in BASELINES:
+        return BaselineConfig(tuple(c.baseline_lrs), c.momentum)
+    if name == "ff":
+        return FFConfig(c.ff_hidden)  # the graph settings do not enter its fingerprint
+    return OptimizerConfig(c.graph_hidden, c.graph_layers, c.heads)
+
+
+def load_data(c: Any, seed: int) -> L2OData:
+    """The meta-training and test tasks of the ``l2o`` section, drawn from ``seed``."""
+
+    def task(t: Any) -> Task:
+        return make_task(t.source, t.pool, t.hidden, t.n_test, t.batch_size, seed, t.kind, t.kernel)
+
+    return L2OData(task(c.meta_task), task(c.test_task))
+
+
+def data_version(data: L2OData) -> str:
+    """The content address of both tasks (spec, architecture, batch size and every tensor's bytes)."""
+    return fingerprint(
+        {
+            name: {"spec": t.spec.to_dict(), "arch": t.arch and t.arch.to_dict(), "batch_size": t.batch_size}
+            | {k: tensor_hash(getattr(t, k)) for k in ("x_train", "y_train", "x_test", "y_test")}
+            for name, t in (("meta_task", data.meta_task), ("test_task", data.test_task))
+        }
+    )

@@ -259,12 +259,14 @@ def write_imported_zoo(
     replaced whole, never mixed with the new one. A non-empty ``out`` that is not an earlier import
     (a fitted zoo, any other folder) is refused, naming it: nothing there is overwritten."""
     final = Path(out)
-    _check_replaceable(final)
+    check_replaceable(final)
     with staged_dir(final) as tmp:
         return _write_imported_zoo(tmp, files, spec, params, labels, recipe, image_shape, shard_size)
 
 
-def _check_replaceable(out: Path) -> None:
+def check_replaceable(out: Path) -> None:
+    """Refuse (naming it) a non-empty ``out`` that is not an earlier import: an import replaces
+    only its own kind of folder, never a fitted zoo or anything else."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     try:
@@ -306,3 +308,30 @@ def _write_imported_zoo(
         {"spec": spec.to_dict(), "recipe": recipe, "image_shape": list(image_shape), "summary": summary},
     )
     return summary
+
+
+INR_FORMATS = {
+    # format: (file lister, SIREN omega0, output-offset variant)
+    "dwsnets": (dwsnets_files, 30.0, "dwsnets"),
+    "nfn": (nfn_files, 30.0, "standard"),
+}
+
+
+def import_inr_zoo(fmt: str, src: Path, out: Path, val_fraction: float, seed: int, omega0: float | None = None) -> dict:
+    """A published INR data set (:data:`INR_FORMATS`) in ``src`` stored as a SIREN zoo in ``out``
+    (:func:`write_imported_zoo`), ``val_fraction`` of its training INRs carved out for
+    validation when it has no validation split. Returns the zoo's summary."""
+    lister, default_omega, variant = INR_FORMATS[fmt]
+    listed = lister(src)
+    check_listing(listed)
+    files = carve_validation(listed, val_fraction, seed)
+    spec, params, labels = read_inrs(files)
+    recipe = {
+        "format": fmt,
+        "source": str(src),
+        "fit": {"omega0": omega0 or default_omega, "variant": variant},
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }
+    summary = write_imported_zoo(out, files, spec, params, labels, recipe)
+    return summary | {"what": f"{fmt} INRs {list(spec.layer_sizes)}"}

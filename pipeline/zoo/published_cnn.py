@@ -14,6 +14,9 @@
   whose order is the layers' order), ``config`` (:meth:`~pipeline.zoo.cnn.CNNArch.to_dict`) and
   ``test_accuracy``.
 
+:func:`write_imported_cnn_zoo` stores either in the ``cnn_zoo`` stage's format, so that
+``python -m stages.cnn_graphs --zoo <it>`` and the CNN training stage read it like a zoo fitted here.
+
 Every ``.pt`` file is read with ``torch.load(weights_only=True)`` (a pickle from a stranger never
 runs code) and ``weights.npy`` with ``allow_pickle=False``; a missing or unreadable file, a layout
 whose index ranges disagree with its shapes, or a test accuracy that is not a finite number in
@@ -32,9 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.io import CorruptFileError
+from pipeline.io import CorruptFileError, staged_dir, write_json
 from pipeline.weightspace.spec import Params, check_params
 from pipeline.zoo.cnn import ACTIVATIONS, CNNArch, cnn_spec
+from pipeline.zoo.published import check_replaceable
+from pipeline.zoo.store import net_hashes, shard_name, write_rows, write_shard
 
 
 @dataclass
@@ -172,3 +177,74 @@ def read_wild_park(root: str | Path) -> dict[str, CNNCheckpoints]:
         arch.name: CNNCheckpoints(arch, {k: torch.cat([p[k] for p in nets]) for k in nets[0]}, rows)
         for arch, (nets, rows) in groups.items()
     }
+
+
+def split_runs(runs: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+    """Each run's split, drawn from ``seed``: ``test_fraction`` of the runs test, ``val_fraction``
+    validation, the rest train. By run, never by checkpoint: no run has checkpoints in two splits."""
+    order = torch.randperm(len(runs), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test, n_val = round(test_fraction * len(runs)), round(val_fraction * len(runs))
+    split = ["test"] * n_test + ["val"] * n_val + ["train"] * (len(runs) - n_test - n_val)
+    return {runs[i]: split[k] for k, i in enumerate(order)}
+
+
+def write_imported_cnn_zoo(
+    out: str | Path,
+    zoo: dict[str, CNNCheckpoints],
+    family: str,
+    recipe: dict,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict:
+    """Store a published CNN zoo (:func:`read_small_cnn_zoo`, :func:`read_wild_park`) in the
+    ``cnn_zoo`` stage's format: one shard per architecture, a manifest row per checkpoint (its
+    run, architecture, split, step and test accuracy) and ``zoo.json`` (``family``, the
+    architectures, ``recipe``). Runs are split by :func:`split_runs` (a row without a ``run`` is
+    a run of its own: keep one checkpoint per run, as the Small CNN Zoo's final ``step`` does).
+    Written as one generation; a non-empty ``out`` that is not an earlier import is refused."""
+    final = Path(out)
+    check_replaceable(final)
+    names = sorted(zoo)
+    runs = [(a, i, r.get("run", f"{a}/{i}")) for a, name in enumerate(names) for i, r in enumerate(zoo[name].rows)]
+    split_of = split_runs(sorted({run for _, _, run in runs}), val_fraction, test_fraction, seed)
+    run_id = {run: k for k, run in enumerate(sorted(split_of))}
+    rows, net_id, acc = [], 0, []
+    with staged_dir(final) as tmp:
+        for a, name in enumerate(names):
+            ckpt, spec = zoo[name], cnn_spec(zoo[name].arch)
+            ids = torch.arange(net_id, net_id + len(ckpt.rows))
+            net_id += len(ckpt.rows)
+            write_shard(
+                tmp / "shards" / shard_name(a), ckpt.params, spec, {"net_id": ids}, f"import:{recipe['format']}"
+            )
+            for i, h, r in zip(ids.tolist(), net_hashes(ckpt.params, spec), ckpt.rows, strict=True):
+                run = runs[i][2]
+                acc.append(float(r["test_accuracy"]))
+                rows.append(
+                    {"net_id": i, "run_id": run_id[run], "arch_index": a, "split": split_of[run]}
+                    | {"step": r.get("step", ""), "test_acc": f"{acc[-1]:.6g}", "shard": shard_name(a), "sha256": h}
+                )
+        write_rows(tmp / "manifest.csv", rows)
+        t = torch.tensor(acc)
+        counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+        summary = {"n_nets": len(rows), "n_runs": len(run_id), "n_architectures": len(names), "counts": counts}
+        summary |= {"test_acc_mean": float(t.mean()), "test_acc_min": float(t.min()), "test_acc_max": float(t.max())}
+        info = {"family": family, "architectures": [zoo[n].arch.to_dict() for n in names], "recipe": recipe}
+        write_json(tmp / "zoo.json", info | {"summary": summary})
+    return summary
+
+
+CNN_FORMATS = {"small_cnn_zoo": ("homogeneous", read_small_cnn_zoo), "wild_park": ("heterogeneous", read_wild_park)}
+
+
+def import_cnn_zoo(fmt: str, src: Path, out: Path, val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """A published CNN zoo (:data:`CNN_FORMATS`: the Small CNN Zoo's final checkpoints, or
+    Wild-Park-style checkpoints) in ``src`` stored as a CNN zoo of its family in ``out``
+    (:func:`write_imported_cnn_zoo`). Returns the zoo's summary."""
+    family, reader = CNN_FORMATS[fmt]
+    recipe = {"format": fmt, "source": str(src), "val_fraction": val_fraction, "test_fraction": test_fraction}
+    summary = write_imported_cnn_zoo(
+        out, reader(src), family, recipe | {"seed": seed}, val_fraction, test_fraction, seed
+    )
+    return summary | {"what": f"{fmt} CNN checkpoints ({family})"}
