@@ -10,51 +10,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
+from pipeline import tracking
 from pipeline.config import Params, to_flat_dict
-from pipeline.graphs.build import finite_nets, write_graph_sets
-from pipeline.zoo.kan_zoo import load_kan_zoo
+from pipeline.graphs.kan_graphs import GRAPH_TASKS, write_kan_graphs
 from stages.common import parse, reported_errors
 
 log = logging.getLogger("stages.kan_graphs")  # its name also when run as ``python -m``
 
 
-GRAPH_TASKS = ("inr", "classifier")
-
-
-def targets(task: str, rows: list[dict]) -> torch.Tensor:
-    """Per-net targets: digit labels ``(G,)`` long, or test accuracies ``(G,)``."""
-    if task == "inr":
-        return torch.tensor([int(r["label"]) for r in rows])
-    return torch.tensor([float(r["test_acc"]) for r in rows])
-
-
 def run(params: Params, task: str, zoo_dir: Path, out: Path) -> dict:
-    from pipeline import tracking
-
     if task not in GRAPH_TASKS:
         raise SystemExit(f"kan_graphs: unknown task {task!r}; choose from {sorted(GRAPH_TASKS)}")
-    spec, zoo_params, rows, info = load_kan_zoo(zoo_dir)
-    y_all = targets(task, rows)
-    usable = finite_nets(zoo_params) & torch.isfinite(y_all.float().reshape(len(rows), -1)).all(1)
-    kind = "classification" if task == "inr" else "regression"
     try:
-        meta = write_graph_sets(
-            out,
-            spec,
-            zoo_params,
-            y_all,
-            torch.tensor([int(r["net_id"]) for r in rows]),
-            [r["split"] for r in rows],
-            usable,
-            {
-                "task": task,
-                "kind": kind,
-                "n_targets": 10 if kind == "classification" else 1,
-                "zoo_summary": info["summary"],
-            },
-        )
+        meta = write_kan_graphs(task, zoo_dir, out)
     except ValueError as e:
         raise SystemExit(f"kan_graphs@{task}: {e} (non-finite KANs)") from e
     log.info("kan_graphs@%s: %s graphs; non-finite nets excluded %s", task, meta["counts"], meta["excluded"])

@@ -44,7 +44,7 @@ def _ranges(starts: Tensor, counts: Tensor, total: int) -> Tensor:
     return firsts + torch.arange(total, device=starts.device) - offsets
 
 
-# the per-node and per-edge structure tensors: for graphs of one template, G copies of the template's
+# the structure tensors, per node and per edge (in graphs of one template: G copies of the template's own)
 NODE_STRUCTURE = ("node_layer", "node_pos", "node_out")
 EDGE_STRUCTURE = ("edge_index", "edge_layer")
 
@@ -79,7 +79,7 @@ class BatchLayout:
 
 @dataclass(frozen=True)
 class _HostSizes:
-    """Per-graph sizes of a set of several architectures, on the CPU (read once, at construction):
+    """Per-graph sizes of a set of several architectures, on the CPU (read once, when first needed):
     node counts ``(G,)``, edge counts ``(G,)`` and in-degree histograms ``(G, D + 1)`` (entry
     ``[g, d]``: graph ``g``'s nodes with ``d`` in-edges)."""
 

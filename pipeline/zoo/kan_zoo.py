@@ -109,8 +109,6 @@ def digits_task(seed: int, n_test: int = 500) -> dict[str, Tensor]:
 
     Returns ``x_train (N, 16)``, ``y_train``, ``x_test``, ``y_test``.
     """
-    from pipeline.data import load_images, split_indices
-
     images, labels = load_images("digits_offline")
     pooled = torch.nn.functional.avg_pool2d(images.unsqueeze(1), 2).flatten(1) * 2 - 1
     splits = split_indices(len(images), {"train": len(images) - n_test, "test": n_test}, seed)
