@@ -39,7 +39,7 @@ metazoo's accuracy minus the official one at the same setting.
 
 Run (one model and setting per output file, then merge them; ``--setting main``, 5 epochs, 2
 seeds, one core each, measured beside other work: DWSNet about 8 minutes, NFN 15, NG-GNN 27,
-NG-T 70)::
+NG-T 70; ``--setting official``: DWSNet about 48 minutes)::
 
     python experiments/reference_side_by_side.py --dwsnets ../DWSNets --runs dwsnet --setting main \
         --epochs 5 --seeds 0 1 --out reports/reference/runs/dwsnet_main.json

@@ -269,7 +269,7 @@ def _build_lock(build_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("KAN spline kernel: waiting for another process building it in %s", build_dir)
+            log.warning("KAN spline kernel: waiting for another process building it in %s", build_dir)
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             if baton.exists():
