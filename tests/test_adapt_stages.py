@@ -5,6 +5,7 @@ and the report's section."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,7 +73,9 @@ def test_adapt_zoo_rerun_refits_only_the_missing_shard(adapt_zoos, tmp_path: Pat
     victim.unlink()
     res = run_stage("adapt_zoo", ["--params", str(params), "--out", str(zoo)], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "fitting 1" in res.stderr
+    # the plan is the fixture's: same recipe (code, environment, inputs), so one shard to fit
+    assert read_json(zoo / "zoo.json")["recipe"] == read_json(src / "zoo.json")["recipe"]
+    assert re.search(r"2 shards, 1 complete, fitting 1\b", res.stderr), res.stderr[-3000:]
     assert victim.read_bytes() == before  # a refit of the same shard: same nets, batch and order
 
 
