@@ -310,9 +310,11 @@ def test_an_autoscaling_cluster_is_waited_for_until_a_node_fits():
 
 
 def _popen_stage(stage: str, args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    from pipeline.tasks.registry import entry_args
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
     return subprocess.Popen(
-        [sys.executable, "-m", f"stages.{stage}", *args],
+        [sys.executable, "-m", *entry_args(stage), *args],
         cwd=cwd,
         env=env,
         stdout=log.open("w"),

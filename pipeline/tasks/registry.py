@@ -32,6 +32,12 @@ def stage_modules(stage: str) -> tuple[str, ...]:
     return (f"stages.{name}",)
 
 
+def entry_args(stage: str) -> list[str]:
+    """What follows ``python -m`` to run stage ``stage``: ``["stages.fit", "cnn_train@homogeneous"]``
+    for a fitting task, else ``["stages.<stage>"]``."""
+    return [ENTRY, stage] if stage.split("@")[0] in TASK_MODULES else [f"stages.{stage}"]
+
+
 def task(stage: str) -> Any:
     """The :class:`~pipeline.runs.Task` of stage ``stage`` (``"kan_train@inr"``); ``KeyError``
     naming the known tasks for another name."""
