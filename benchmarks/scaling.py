@@ -39,7 +39,7 @@ def params_for(workers: int, args: argparse.Namespace, root: Path) -> dict:
 def measure(workers: int, args: argparse.Namespace) -> dict[str, float]:
     import ray
 
-    from stages import graphs, train, zoo
+    from stages import fit, graphs, zoo
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -51,7 +51,7 @@ def measure(workers: int, args: argparse.Namespace) -> dict[str, float]:
             zoo_s = time.perf_counter() - t0
             meta = graphs.run(params, root / "zoo", root / "graphs")
             t0 = time.perf_counter()
-            train.run(params, root / "graphs", root / "train")
+            fit.run(params, "train", graphs=root / "graphs", out=root / "train")
             train_s = time.perf_counter() - t0
         finally:
             ray.shutdown()

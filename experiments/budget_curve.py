@@ -50,6 +50,7 @@ from pipeline.io import read_json, write_json, write_text  # noqa: E402
 from pipeline.models import model_label, variant_key  # noqa: E402
 from pipeline.report.common import published_results  # noqa: E402
 from pipeline.runs import RESULTS, GraphData, run_training  # noqa: E402
+from pipeline.tasks.prediction import PREDICTION  # noqa: E402
 from pipeline.train import TrainSettings  # noqa: E402
 
 MODELS = ("mlp", "statnn", "dwsnet", "nfn", "ng_gnn", "ng_t")  # the INR table's weight-only models
@@ -98,8 +99,10 @@ def run_part(name: str, part: Part, params_file: str, paper_file: str, data: Gra
         out = Path("data/budget") / name
         longest_first = sorted(MODELS, key=("ng_t", "ng_gnn", "dwsnet", "nfn", "statnn", "mlp").index)
         runs = run_training(
-            params, data, out, longest_first, list(part.seeds), settings, configs, tc.augment, tc.threads_per_task,
-            f"train@budget-{name}",  # the train stage's code (its code hash), its own runs
+            params, data, out,
+            stage=f"train@budget-{name}",  # the train stage's code (its code hash), its own runs
+            kind=PREDICTION, models=longest_first, seeds=list(part.seeds), settings=settings, model_configs=configs,
+            augment=tc.augment, threads=tc.threads_per_task,
         )  # fmt: skip
         source = str(out)
     return {

@@ -24,7 +24,9 @@ from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import read_json, write_json
 from pipeline.models.mlp import Settings
-from pipeline.runs import GraphData, TaskContext, train_one
+from pipeline.runs import GraphData, TaskContext
+from pipeline.tasks.job import fit_job
+from pipeline.tasks.prediction import PREDICTION
 from pipeline.train import TrainSettings
 from pipeline.weightspace.spec import ParamSpec, flatten
 
@@ -83,7 +85,7 @@ def main() -> None:
     for label, model, aug, cfg, settings in VARIANTS:
         t0 = time.time()
         ctx = TaskContext(f"{model}-seed{args.seed}", args.threads, "cpu")
-        r = train_one(data, model, cfg, args.seed, ctx, settings, aug)
+        r = fit_job(data, model, cfg, args.seed, ctx, settings, aug, PREDICTION)
         last = r["history"][-1]
         rows.append(
             {

@@ -21,7 +21,9 @@ from pathlib import Path
 from pipeline.config import load_params
 from pipeline.io import write_json
 from pipeline.report.reference import plot_long_run_epochs
-from pipeline.runs import GraphData, TaskContext, train_one
+from pipeline.runs import GraphData, TaskContext
+from pipeline.tasks.job import fit_job
+from pipeline.tasks.prediction import PREDICTION
 from pipeline.train import TrainSettings
 
 
@@ -42,7 +44,7 @@ def main() -> None:
     t0 = time.time()
     ctx = TaskContext(f"{args.model}-seed{args.seed}", args.threads, args.device)
     data = GraphData.load(args.graphs)
-    record = train_one(data, args.model, tc.settings(args.model), args.seed, ctx, settings, tc.augment)
+    record = fit_job(data, args.model, tc.settings(args.model), args.seed, ctx, settings, tc.augment, PREDICTION)
     del record["weights"], record["card"]  # the trained weights: kept by the training stages, not here
     record |= {"threads": args.threads, "default_epochs": tc.epochs, "settings": dataclasses.asdict(settings)}
     out = Path(args.out)

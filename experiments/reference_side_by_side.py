@@ -761,7 +761,7 @@ def metazoo_run(model: nn.Module, data: GraphData, args, seed: int) -> dict:
 def metazoo_own_run(name: str, data: GraphData, args, seed: int) -> dict:
     """metazoo's own model (:func:`metazoo_model`, built only when this run is asked for) by
     metazoo's recipe, initialized from ``seed`` as the pipeline's run of that seed
-    (:func:`pipeline.runs.train_one`)."""
+    (:func:`pipeline.tasks.job.fit_job`)."""
     torch.manual_seed(seed)
     return metazoo_run(metazoo_model(name, data, args.setting), data, args, seed)
 

@@ -26,6 +26,7 @@ import yaml
 
 from pipeline.io import read_json, write_json
 from pipeline.report.regime import regime_table
+from pipeline.tasks.registry import entry_args
 from pipeline.zoo.regime import layer_names, zoo_regime
 from pipeline.zoo.store import load_zoo
 
@@ -73,7 +74,7 @@ def run_recipe(work: Path, params: dict, train_dir: str) -> None:
         ["train", "--params", str(pf), "--graphs", str(work / "graphs"), "--out", str(work / train_dir)],
     ]
     for stage, *args in steps:
-        subprocess.run([sys.executable, "-m", f"stages.{stage}", *args], check=True)
+        subprocess.run([sys.executable, "-m", *entry_args(stage), *args], check=True)
 
 
 def measure(work: Path, train_dir: str) -> dict:

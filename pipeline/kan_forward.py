@@ -33,8 +33,9 @@ from pipeline.config import ConfigError
 from pipeline.device import from_host
 from pipeline.graphs.neural_graph import GraphBatch, GraphTemplate, graph_template, params_to_features, uniform_batch
 from pipeline.models import DataShape, build_model
-from pipeline.runs import TaskContext, result_dict
+from pipeline.runs import TaskContext
 from pipeline.saved import model_card
+from pipeline.tasks.job import result_dict
 from pipeline.train import Regression, RunResult, TrainSettings, fit_model
 from pipeline.weightspace.normalize import apply_stats, fit_stats
 from pipeline.weightspace.spec import Params, ParamSpec

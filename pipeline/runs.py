@@ -1,6 +1,6 @@
-"""Resumable (model, seed) runs as Ray tasks, with live MLflow tracking, and the training job
-they run by default; shared by the stages ``train``, ``edit``, ``kan_train`` and ``kan_forward``
-and by ``experiments/``.
+"""Resumable (model, seed) runs as Ray tasks, with live MLflow tracking: the runner of every
+fitting task (:class:`Task`, run by ``python -m stages.fit``: the job is
+:func:`pipeline.tasks.job.fit_job`), of ``kan_forward`` and ``l2o``, and of ``experiments/``.
 
 * **Inputs through the object store.** The driver loads the stage's data once, puts it into Ray's
   object store and hands every task a reference; a task returns its result dict and never reads
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,9 @@ from typing import Any
 import torch
 
 from pipeline import configure_logging
-from pipeline.augment import augmenter, check_augmentation, model_augment
+from pipeline.augment import check_augmentation
 from pipeline.config import ConfigError, Params, to_flat_dict
 from pipeline.device import describe, resolve_device
-from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet, data_version, read_graph_dir
 from pipeline.io import (
     RETIRED,
@@ -48,17 +46,14 @@ from pipeline.io import (
     unretire,
     write_json,
 )
-from pipeline.models import build_model, settings_key, split_model_name
+from pipeline.models import settings_key
 from pipeline.provenance import code_hash
-from pipeline.saved import model_card, save_model
+from pipeline.saved import save_model
+from pipeline.tasks.job import JobKind, fit_job
+from pipeline.tasks.registry import stage_modules
 from pipeline.train import (
-    Classification,
-    Regression,
     TrainSettings,
-    data_shape,
-    fit_model,
     forward_spec_from_meta,
-    model_inputs,
 )
 from pipeline.weightspace.spec import ParamSpec
 
@@ -157,8 +152,10 @@ def _node_id() -> str:
 
 
 def code_version(stage: str) -> str:
-    """Hash of every project file stage ``stage`` (``"kan_train@inr"``: ``stages/kan_train.py``) runs."""
-    return code_hash(f"stages.{stage.split('@')[0]}")
+    """Hash of every project file stage ``stage`` runs (``"cnn_train@homogeneous"``: ``stages/fit.py``
+    and ``pipeline/tasks/prediction.py`` with all they import; ``"l2o"``: ``stages/l2o.py``),
+    :func:`pipeline.tasks.registry.stage_modules`."""
+    return "+".join(code_hash(m) for m in stage_modules(stage))
 
 
 def run_fingerprint(stage: str, job: Job, settings: dict, data_version: str, device: str) -> str:
@@ -476,64 +473,6 @@ class GraphData:
         return data_version(self.meta, self.derived)
 
 
-def train_one(
-    data: GraphData, model_name: str, model_cfg, seed: int, ctx: TaskContext, settings: TrainSettings, augment: str
-) -> dict:
-    """Build and train one model on ``data``; return its result as a plain dict."""
-    device, where = ctx.start()
-    torch.manual_seed(seed)
-    meta, splits = data.meta, data.splits
-    # no spec: graphs of several architectures (models with ANY_ARCHITECTURE only)
-    template = graph_template(ParamSpec.from_dict(meta["spec"])) if meta.get("spec") else None
-    if meta["kind"] == "classification":
-        objective = Classification(int(meta["n_targets"]))
-        n_out = objective.n_classes
-    else:
-        objective = Regression.fit(splits["train"].y)
-        n_out = objective.n_targets
-    fwd = forward_spec_from_meta(meta) if "forward" in meta else None
-    shape = data_shape(splits["train"], template, n_out, fwd)
-    base, permutations = split_model_name(model_name)
-    model = build_model(base, model_cfg, shape)
-    inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
-    t0 = time.time()
-    sel = objective.select
-    res = fit_model(
-        model,
-        inputs["train"],
-        inputs["val"],
-        inputs["test"],
-        settings,
-        seed,
-        objective,
-        on_epoch=ctx.reporter(f"{model_name} seed {seed}", sel, settings.epochs),
-        augment=augmenter(
-            model_augment(augment, model_cfg), model.input_kind, template.spec if template else None, permutations, fwd
-        ),
-        device=device,
-        **ctx.resumable({}),
-    )
-    out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
-    y = splits["test"].y
-    out["test_targets"] = y.reshape(len(y), -1).squeeze(-1).tolist()  # beside the per-item test_predictions
-    out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()}, **where)
-    if sel == "acc":
-        out["best_val_acc"] = res.best_val
-    out["card"] = model_card(model_name, model_cfg, shape, meta, objective)
-    return out
-
-
-def result_dict(res, model_name: str, seed: int, model_cfg, seconds: float) -> dict:
-    """A run's result as plain data, with its best-validation weights (CPU tensors) under
-    ``"weights"``: :class:`StageRuns` writes those to the run's model file."""
-    weights = res.best_state
-    out = dataclasses.asdict(dataclasses.replace(res, best_state=None))
-    del out["best_state"]
-    out.update(model=model_name, seed=seed, wall_seconds=seconds, config=dataclasses.asdict(model_cfg))
-    out["weights"] = weights
-    return out
-
-
 def final_metrics(r: dict) -> dict[str, float]:
     """What MLflow shows for a finished run (test metrics at the best validation epoch)."""
     return {
@@ -549,21 +488,25 @@ def run_training(
     params: Params,
     data: GraphData,
     out: Path,
+    *,
+    stage: str,
+    kind: JobKind,
     models: list[str],
     seeds: list[int],
     settings: TrainSettings,
     model_configs: dict,
     augment: str,
     threads: int,
-    stage: str,
-    worker=None,
     extra: dict | None = None,
+    worker: Callable[..., dict] = fit_job,
 ) -> list[dict]:
-    """Train every (model, seed) on ``data`` as Ray tasks (resumable, tracked live); write JSON.
+    """Train every (model, seed) on ``data`` for task ``kind`` as Ray tasks (resumable, tracked
+    live); write JSON.
 
-    ``worker(data, model, model_settings, seed, ctx, train_settings, augment, *extra.values())``
-    runs one job and returns its result dict (default :func:`train_one`); ``extra`` (JSON-able
-    settings of the worker) enters the runs' fingerprints and MLflow params.
+    Each run is :func:`pipeline.tasks.job.fit_job` ``(data, model, model_settings, seed, ctx,
+    settings, augment, kind, *extra.values())``; ``extra`` (JSON-able settings of the job, such as
+    an editor's ``init_scale``) enters the runs' fingerprints and MLflow params. ``worker``
+    replaces the job (tests: a job that fails on purpose).
     """
     extra = extra or {}
     try:
@@ -575,7 +518,7 @@ def run_training(
     jobs = [Job(m, s, model_configs[settings_key(m)]) for m in models for s in seeds]
     run_settings = dataclasses.asdict(settings) | {"augment": augment} | extra
     runs = StageRuns(params, stage, out, jobs, data.version, run_settings, final_metrics)
-    results = runs.run(data, worker or train_one, (settings, augment, *extra.values()), threads)
+    results = runs.run(data, worker, (settings, augment, kind, *extra.values()), threads)
     for r in results:
         sel = r["select"]
         log.info(
@@ -583,3 +526,64 @@ def run_training(
             stage, r["model"], r["seed"], sel, r["test"][sel], r["best_epoch"], r["seconds_per_epoch"],
         )  # fmt: skip
     return results
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """A fitting task as a pipeline stage (:mod:`pipeline.tasks.registry`): what its job does
+    (``kind``), where its settings are (``section``: ``"cnn.train"`` is ``params.cnn.train``, a
+    section with ``models``, ``seeds``, ``threads_per_task``, the training fields and one
+    ``Settings`` per model), its inputs and output (``paths``: option -> default, ``{variant}``
+    filled in) and its variants (``"@"`` items of the stage: the CNN zoo kinds, the KAN tasks).
+
+    ``load(section, paths)`` reads the data every job receives (default: the graphs folder
+    ``paths["graphs"]``); ``models(section, variant)`` the models to run (default
+    ``section.models``); ``augment`` names the section field with the augmentation (``None``: no
+    augmentation, for nets without sign symmetry); ``extra`` the section fields the job takes
+    besides (an editor's ``init_scale``), which enter every run's fingerprint.
+    """
+
+    kind: JobKind
+    section: str
+    paths: dict[str, str]
+    variants: tuple[str, ...] = ()
+    load: Callable[[Any, dict[str, Path]], GraphData] | None = None
+    models: Callable[[Any, str], list[str]] | None = None
+    augment: str | None = "augment"
+    extra: tuple[str, ...] = ()
+
+    def settings_of(self, params: Params) -> Any:
+        """The task's section of ``params``."""
+        section: Any = params
+        for name in self.section.split("."):
+            section = getattr(section, name)
+        return section
+
+    def default_paths(self, variant: str) -> dict[str, str]:
+        """The task's input and output folders for ``variant`` (``""`` without variants)."""
+        return {k: v.format(variant=variant) for k, v in self.paths.items()}
+
+
+def run_task(params: Params, task: Task, stage: str, paths: dict[str, Path]) -> list[dict]:
+    """Run stage ``stage`` (``"train"``, ``"cnn_train@homogeneous"``) of ``task``: every (model,
+    seed) of its section on its data (``paths``: the task's inputs and ``out``), with
+    :func:`run_training`. Raises :class:`ConfigError` for a variant the task does not have."""
+    variant = stage.partition("@")[2]
+    if variant not in (task.variants or ("",)):
+        raise ConfigError(f"{stage}: unknown variant {variant!r}; choose from {task.variants or 'none'}")
+    section = task.settings_of(params)
+    data = task.load(section, paths) if task.load else GraphData.load(paths["graphs"])
+    return run_training(
+        params,
+        data,
+        paths["out"],
+        stage=stage,
+        kind=task.kind,
+        models=task.models(section, variant) if task.models else section.models,
+        seeds=section.seeds,
+        settings=TrainSettings.of(section),
+        model_configs=section.settings_by_model(),
+        augment=getattr(section, task.augment) if task.augment else "none",
+        threads=section.threads_per_task,
+        extra={k: getattr(section, k) for k in task.extra},
+    )

@@ -182,10 +182,13 @@ def write_params(path: Path, overrides: dict | None = None) -> Path:
 
 
 def run_stage(stage: str, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m stages.<stage>`` as a user would (own process, own local Ray cluster)."""
+    """Run ``python -m stages.<stage>`` as a user would (own process, own local Ray cluster); a
+    fitting task (``"train"``, ``"cnn_train@homogeneous"``) as ``python -m stages.fit <stage>``."""
+    from pipeline.tasks.registry import entry_args
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(
-        [sys.executable, "-m", f"stages.{stage}", *args],
+        [sys.executable, "-m", *entry_args(stage), *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -224,7 +224,7 @@ def test_the_graphs_stage_names_a_damaged_zoo_folder(tmp_path: Path, zoo_dir: Pa
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["stages.train", "--params", "no/such/params.yaml"], "cannot read the params file"),
+        (["stages.fit", "train", "--params", "no/such/params.yaml"], "cannot read the params file"),
         (["stages.kan_zoo", "--params", "{params}", "--task", "bogus", "--out", "{tmp}/o"], "unknown task 'bogus'"),
         (["stages.cnn_zoo", "--params", "{params}", "--family", "bogus", "--out", "{tmp}/o"], "unknown family 'bogus'"),
         (["stages.predict", "--run", "no/such/run", "--zoo", ".", "--out", "{tmp}/x.csv"], "no such model file"),

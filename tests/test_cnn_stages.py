@@ -121,10 +121,10 @@ def cnn_trained(cnn_zoos, tmp_path_factory) -> dict[str, Path]:
         params = write_params(job / "params.yaml", over)
         zoo = cnn_zoos["jobs"][(family, 1)][1]
         for stage, args in (
-            ("cnn_graphs", ["--zoo", str(zoo), "--out", str(job / "graphs")]),
-            ("cnn_train", ["--graphs", str(job / "graphs"), "--out", str(job / "train")]),
+            ("cnn_graphs", ["--family", family, "--zoo", str(zoo), "--out", str(job / "graphs")]),
+            (f"cnn_train@{family}", ["--graphs", str(job / "graphs"), "--out", str(job / "train")]),
         ):
-            res = run_stage(stage, ["--params", str(params), "--family", family, *args], tmp)
+            res = run_stage(stage, ["--params", str(params), *args], tmp)
             assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
         (job / "zoo").symlink_to(zoo)
         dirs[family] = job

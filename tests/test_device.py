@@ -85,7 +85,9 @@ def test_one_kan_fitting_step_runs_on_the_meta_device():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_two_gpu_runs_with_one_seed_agree_within_the_stated_tolerance(tmp_path):
     """docs/cluster.md: GPU runs with the same seed agree to float32 rounding (rtol 1e-4), not bytes."""
-    from pipeline.runs import GraphData, TaskContext, train_one
+    from pipeline.runs import GraphData, TaskContext
+    from pipeline.tasks.job import fit_job
+    from pipeline.tasks.prediction import PREDICTION
 
     images = torch.rand(64, 28, 28, generator=torch.Generator().manual_seed(0))
     settings = siren.FitSettings(steps=50, lr=5e-4, omega0=30.0, variant="standard", target_psnr=200.0)
@@ -98,7 +100,7 @@ def test_two_gpu_runs_with_one_seed_agree_within_the_stated_tolerance(tmp_path):
 
     tc = load_params(REPO / "params.yaml").train
     runs = [
-        train_one(
+        fit_job(
             data,
             "ng_gnn",
             tc.settings("ng_gnn"),
@@ -106,6 +108,7 @@ def test_two_gpu_runs_with_one_seed_agree_within_the_stated_tolerance(tmp_path):
             TaskContext("k", 1, "cuda"),
             TrainSettings(3, 16, 1e-3, 0, 2, 10.0),
             "none",
+            PREDICTION,
         )
         for _ in range(2)
     ]

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipeline.provenance import ROOT, module_file, source_files
+from pipeline.tasks import registry
 
 # Where tasks run and where results are logged do not change results: ray.address,
 # ray.num_cpus, ray.max_retries and the mlflow section. ray.device and ray.gpus_per_task do
@@ -58,8 +59,13 @@ STAGES = stage_commands()
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_declares_every_module_it_runs(stage):
+    """Every file of the modules the stage's runs are fingerprinted with (the entry point, and a
+    fitting task's module, which ``stages.fit`` imports by name)."""
     module, deps, _, _ = STAGES[stage]
-    missing = sorted(str(f.relative_to(ROOT)) for f in source_files(module) if not covered(f, deps))
+    modules = registry.stage_modules(stage)
+    assert modules[0] == module, f"dvc.yaml runs {module} for {stage!r}; its runs say {modules[0]}"
+    files = set().union(*(source_files(m) for m in modules))
+    missing = sorted(str(f.relative_to(ROOT)) for f in files if not covered(f, deps))
     assert not missing, f"dvc.yaml stage {stage!r} runs these files but does not list them in deps: {missing}"
 
 
@@ -84,9 +90,11 @@ def params_read(path: Path) -> set[str]:
 def test_stage_declares_every_param_it_reads(stage):
     """The entry point reads ``Params`` and hands sections on (the library never sees ``Params``)."""
     module, _, declared, others = STAGES[stage]
-    entry = module_file(module)
+    chains = params_read(module_file(module))
+    if module == registry.ENTRY:  # a fitting task: its settings section
+        chains.add(registry.task(stage).section)
     missing = set()
-    for chain in params_read(entry):
+    for chain in chains:
         if chain.split(".")[0] in NOT_RESULT_PARAMS and chain not in ("ray.device", "ray.gpus_per_task"):
             continue
         if chain in others:  # ``kan.classifier`` read by kan_zoo@inr's code path for the other item

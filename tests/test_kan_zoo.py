@@ -446,9 +446,9 @@ def test_a_trained_accuracy_predictor_applies_to_a_kan_classifier_zoo(kan_zoos, 
     graphs, train = tmp_path / "graphs", tmp_path / "train"
     over = {"kan": {"train": {"models": ["ws_kan"], "seeds": [0], "epochs": 1}}}
     p = write_params(tmp_path / "params.yaml", merge(SMALL, over))
-    for stage, args in (("kan_graphs", ["--zoo", str(zoo), "--out", str(graphs)]),
-                        ("kan_train", ["--graphs", str(graphs), "--out", str(train)])):  # fmt: skip
-        res = run_stage(stage, ["--params", str(p), "--task", "classifier", *args], tmp_path)
+    for stage, args in (("kan_graphs", ["--task", "classifier", "--zoo", str(zoo), "--out", str(graphs)]),
+                        ("kan_train@classifier", ["--graphs", str(graphs), "--out", str(train)])):  # fmt: skip
+        res = run_stage(stage, ["--params", str(p), *args], tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
     out = tmp_path / "preds.csv"
     res = run_stage("predict", ["--run", str(train / "ws_kan_seed0"), "--zoo", str(zoo), "--out", str(out)], REPO)

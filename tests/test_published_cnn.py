@@ -165,3 +165,7 @@ def test_an_imported_small_cnn_zoo_keeps_the_final_checkpoints_in_pytorch_order(
     kept = [0, 1, 3, 4, 5]  # step 86 only
     torch.testing.assert_close(got[0]["head.weight"], params["head.weight"][kept])
     assert [float(r["test_acc"]) for r in manifest[0]] == [0.5 + i / 20 for i in kept]
+    write_small_cnn_zoo(tmp_path, params, [{"step": 86} for _ in range(6)])  # no targets
+    with pytest.raises(CorruptFileError, match="without a test_accuracy"):
+        run("small_cnn_zoo", tmp_path, tmp_path / "zoo2", val_fraction=0.2, seed=1, test_fraction=0.2)
+    assert not (tmp_path / "zoo2").exists()

@@ -20,8 +20,10 @@ import torch
 
 from pipeline.config import load_params
 from pipeline.io import load_state, read_json, save_state
-from pipeline.runs import CHECKPOINTS, GraphData, TaskContext, train_one
+from pipeline.runs import CHECKPOINTS, GraphData, TaskContext
 from pipeline.saved import load
+from pipeline.tasks.job import fit_job
+from pipeline.tasks.prediction import PREDICTION
 from pipeline.train import TrainSettings
 from tests.conftest import run_stage, write_params, write_tiny_graphs
 from tests.test_scaleout import _popen_stage, comparable
@@ -48,16 +50,17 @@ def test_a_run_resumed_from_any_epoch_ends_identical(tmp_path: Path, monkeypatch
     cfg = params.train.settings(model)
     if hasattr(cfg, "dropout"):
         cfg = dataclasses.replace(cfg, dropout=0.2)  # the global generator matters too
-    full = train_one(data, model, cfg, 0, _Capturing("k", 1, "cpu"), settings, "sign_flip")
+    full = fit_job(data, model, cfg, 0, _Capturing("k", 1, "cpu"), settings, "sign_flip", PREDICTION)
     assert [s["epoch"] for s in SAVED] == [1, 2, 3, 4]
     for state in SAVED[:3]:
-        resumed = train_one(data, model, cfg, 0, TaskContext("k", 1, "cpu", resume=state), settings, "sign_flip")
+        ctx = TaskContext("k", 1, "cpu", resume=state)
+        resumed = fit_job(data, model, cfg, 0, ctx, settings, "sign_flip", PREDICTION)
         assert comparable(resumed | {"weights": None}) == comparable(full | {"weights": None})
         assert resumed["weights"].keys() == full["weights"].keys()
         for k, v in full["weights"].items():
             assert torch.equal(resumed["weights"][k], v), k  # same ops, same order: same bytes
     # a run from scratch with another seed differs: the comparison above can fail
-    other = train_one(data, model, cfg, 1, TaskContext("k", 1, "cpu"), settings, "sign_flip")
+    other = fit_job(data, model, cfg, 1, TaskContext("k", 1, "cpu"), settings, "sign_flip", PREDICTION)
     assert other["history"][-1]["train_loss"] != full["history"][-1]["train_loss"]
 
 
@@ -106,7 +109,7 @@ def test_a_killed_driver_and_a_killed_worker_resume_from_their_last_epoch(tmp_pa
     # 2. a new driver resumes after that epoch; its worker is killed mid-run and retried
     proc = _popen_stage("train", args, tmp_path, tmp_path / "log2")
     _wait_for_checkpoint(out, proc, min_epoch=saved + 3)
-    killed = _kill("ray::train_one")
+    killed = _kill("ray::fit_job")
     assert killed is not None, "no worker was seen training"
     assert proc.wait(timeout=300) == 0, (tmp_path / "log2").read_text()[-3000:]
     log = (tmp_path / "log2").read_text()

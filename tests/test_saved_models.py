@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
     regression run, and a small SIREN zoo the models never saw (the real ``zoo`` stage)."""
     import ray
 
-    from stages import train, zoo
+    from stages import fit, zoo
 
     tmp = tmp_path_factory.mktemp("saved")
     graphs = write_tiny_graphs(tmp / "graphs")
@@ -57,10 +57,10 @@ def trained(tmp_path_factory):
     params = load_params(write_params(tmp / "params.yaml", over))
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
-        results = train.run(params, graphs, tmp / "train")
+        results = fit.run(params, "train", graphs=graphs, out=tmp / "train")
         reg_graphs = _as_regression(write_tiny_graphs(tmp / "reg_graphs"))
         reg_params = dataclasses.replace(params, train=dataclasses.replace(params.train, models=["ng_gnn"]))
-        reg = train.run(reg_params, reg_graphs, tmp / "reg_train")
+        reg = fit.run(reg_params, "train", graphs=reg_graphs, out=tmp / "reg_train")
         zoo.run(params, tmp / "new_zoo")
     finally:
         ray.shutdown()
@@ -153,7 +153,7 @@ def test_a_mismatched_layout_or_a_missing_or_foreign_file_is_named(trained, tmp_
 def test_a_run_whose_model_file_is_gone_runs_again(trained, caplog):
     import ray
 
-    from stages import train
+    from stages import fit
 
     tmp, params, results, _ = trained
     before = read_json(tmp / "train" / "mlp_seed0.json")
@@ -161,7 +161,7 @@ def test_a_run_whose_model_file_is_gone_runs_again(trained, caplog):
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         caplog.set_level(logging.INFO)
-        train.run(params, tmp / "graphs", tmp / "train")
+        fit.run(params, "train", graphs=tmp / "graphs", out=tmp / "train")
     finally:
         ray.shutdown()
     assert "train: 3 runs, 2 kept from an earlier invocation, running 1" in caplog.text

@@ -103,20 +103,22 @@ def _train_settings(params):
 # --------------------------------------------------------------------------------------------
 
 
-def _raising_worker(data, model, config, seed, ctx, settings, augment):
-    """The training worker, broken on purpose for seed 1."""
-    from pipeline.runs import train_one
+def _raising_worker(data, model, config, seed, ctx, settings, augment, kind):
+    """The training job, broken on purpose for seed 1."""
+    from pipeline.tasks.job import fit_job
 
     if seed == 1:
         raise ValueError("run broken on purpose")
-    return train_one(data, model, config, seed, ctx, settings, augment)
+    return fit_job(data, model, config, seed, ctx, settings, augment, kind)
 
 
 def test_a_run_that_raises_is_named_and_every_other_run_is_kept(tmp_path: Path, caplog):
     import ray
     from mlflow.tracking import MlflowClient
 
-    from stages import train
+    from pipeline.runs import GraphData, run_training
+    from pipeline.tasks.prediction import PREDICTION
+    from stages import fit
 
     graphs = write_tiny_graphs(tmp_path / "graphs")
     over = {"train": {"models": ["mlp"], "seeds": [0, 1, 2], "epochs": 2}}
@@ -127,7 +129,7 @@ def test_a_run_that_raises_is_named_and_every_other_run_is_kept(tmp_path: Path, 
         # a cluster without what the tasks ask for fails before any task runs, naming the resource
         no_gpu = dataclasses.replace(params, ray=dataclasses.replace(params.ray, gpus_per_task=0.5))
         with pytest.raises(ConfigError, match=r"\(GPU\).*ray.gpus_per_task"):
-            train.run(no_gpu, graphs, out)
+            fit.run(no_gpu, "train", graphs=graphs, out=out)
         with pytest.raises(ConfigError, match=r"\(memory\)"):
             check_resources(TaskResources(num_cpus=1, memory=10**15))
         with pytest.raises(ConfigError, match=r"\(CPU\)"):
@@ -135,11 +137,12 @@ def test_a_run_that_raises_is_named_and_every_other_run_is_kept(tmp_path: Path, 
         assert not list(out.glob("*.json"))
 
         tc = params.train
-        data = train.GraphData.load(graphs)
+        data = GraphData.load(graphs)
         with pytest.raises(TasksFailed, match="mlp seed 1") as failed:
-            train.run_training(
-                params, data, out, tc.models, tc.seeds, _train_settings(params), tc.settings_by_model(),
-                tc.augment, 1, "train", worker=_raising_worker,
+            run_training(
+                params, data, out, stage="train", kind=PREDICTION, models=tc.models, seeds=tc.seeds,
+                settings=_train_settings(params), model_configs=tc.settings_by_model(), augment=tc.augment,
+                threads=1, worker=_raising_worker,
             )  # fmt: skip
         assert "ValueError: run broken on purpose" in str(failed.value)
         assert sorted(p.name for p in out.glob("*_seed*.json")) == ["mlp_seed0.json", "mlp_seed2.json"]
@@ -152,7 +155,7 @@ def test_a_run_that_raises_is_named_and_every_other_run_is_kept(tmp_path: Path, 
         kept = {s: read_json(out / f"mlp_seed{s}.json") for s in (0, 2)}
         caplog.set_level(logging.INFO)
         caplog.clear()
-        results = train.run(params, graphs, out)  # the bug fixed: only the failed run runs
+        results = fit.run(params, "train", graphs=graphs, out=out)  # the bug fixed: only the failed run runs
         assert "train: 3 runs, 2 kept from an earlier invocation, running 1" in caplog.text
         assert [r["seed"] for r in results] == [0, 1, 2]
         for s in (0, 2):
@@ -203,9 +206,11 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
     from ray.cluster_utils import Cluster
 
     from pipeline.io import load_tensors
-    from pipeline.runs import GraphData, TaskContext, train_one
+    from pipeline.runs import GraphData, TaskContext
+    from pipeline.tasks.job import fit_job
+    from pipeline.tasks.prediction import PREDICTION
+    from stages import fit, zoo
     from stages import graphs as graphs_stage
-    from stages import train, zoo
 
     workspace = tmp_path / "ws"
     workspace.mkdir()
@@ -235,7 +240,7 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
 
         zoo.run(params, workspace / "zoo")
         graphs_stage.run(params, workspace / "zoo", workspace / "graphs")
-        results = train.run(params, workspace / "graphs", workspace / "train")
+        results = fit.run(params, "train", graphs=workspace / "graphs", out=workspace / "train")
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -253,9 +258,10 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
     configs = params.train.settings_by_model()
     for r in results:
         ctx = TaskContext(f"{r['model']}-seed{r['seed']}", 1, "cpu")
-        ref = train_one(
-            data, r["model"], configs[r["model"]], r["seed"], ctx, _train_settings(params), params.train.augment
-        )
+        ref = fit_job(
+            data, r["model"], configs[r["model"]], r["seed"], ctx, _train_settings(params), params.train.augment,
+            PREDICTION,
+        )  # fmt: skip
         weights, _ = ref.pop("weights"), ref.pop("card")
         # the same run (seed, data, one thread) on this machine: the node only changes placement
         kept = load_tensors(workspace / "train" / r["model_file"])  # the trained weights, bytes too
@@ -304,9 +310,11 @@ def test_an_autoscaling_cluster_is_waited_for_until_a_node_fits():
 
 
 def _popen_stage(stage: str, args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    from pipeline.tasks.registry import entry_args
+
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
     return subprocess.Popen(
-        [sys.executable, "-m", f"stages.{stage}", *args],
+        [sys.executable, "-m", *entry_args(stage), *args],
         cwd=cwd,
         env=env,
         stdout=log.open("w"),
@@ -452,7 +460,7 @@ def test_job_submitted_to_a_ray_start_cluster_tracks_live_to_an_mlflow_server(tm
         entry = (
             f"python -m stages.zoo {p} --out {out}/zoo && "
             f"python -m stages.graphs {p} --zoo {out}/zoo --out {out}/graphs && "
-            f"python -m stages.train {p} --graphs {out}/graphs --out {out}/train"
+            f"python -m stages.fit train {p} --graphs {out}/graphs --out {out}/train"
         )
         submit = subprocess.Popen(
             ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(job_dir),
@@ -535,7 +543,9 @@ def _ray_start(python: Path, args: list[str], cwd: Path, log: Path, **env_vars: 
 
 def test_a_node_without_the_project_runs_zoo_and_train_tasks_with_identical_bytes(tmp_path: Path, monkeypatch):
     from pipeline.io import load_tensors
-    from pipeline.runs import GraphData, TaskContext, train_one
+    from pipeline.runs import GraphData, TaskContext
+    from pipeline.tasks.job import fit_job
+    from pipeline.tasks.prediction import PREDICTION
 
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # nodes and drivers share this user's token file
 
@@ -613,9 +623,10 @@ def test_a_node_without_the_project_runs_zoo_and_train_tasks_with_identical_byte
     for r in read_json(workspace / "train" / "results.json")["runs"]:
         assert r["worker"]["code"] == project_hash()  # the task reported the driver's code
         ctx = TaskContext(f"{r['model']}-seed{r['seed']}", 1, "cpu")
-        ref = train_one(
-            data, r["model"], configs[r["model"]], r["seed"], ctx, _train_settings(loaded), loaded.train.augment
-        )
+        ref = fit_job(
+            data, r["model"], configs[r["model"]], r["seed"], ctx, _train_settings(loaded), loaded.train.augment,
+            PREDICTION,
+        )  # fmt: skip
         weights = ref.pop("weights")
         kept = load_tensors(workspace / "train" / r["model_file"])
         assert kept.keys() == weights.keys() and all(torch.equal(kept[k], v) for k, v in weights.items())

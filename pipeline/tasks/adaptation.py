@@ -22,23 +22,20 @@ Everything is batched over nets; the same functions serve as training loss and m
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from pipeline.augment import augmenter, model_augment
 from pipeline.data import load_images
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.io import fingerprint, read_json
-from pipeline.models import build_editor, split_model_name
-from pipeline.runs import GraphData, TaskContext, result_dict
-from pipeline.saved import model_card
+from pipeline.runs import GraphData, Task
 from pipeline.tasks.editing import subset
-from pipeline.train import TrainSettings, data_shape, fit_model, model_inputs
+from pipeline.tasks.job import Extras, Fitting, JobKind
 from pipeline.weightspace.forward import mlp_forward
 from pipeline.weightspace.normalize import Stats, invert_stats
 from pipeline.weightspace.spec import ParamSpec, flatten, unflatten
@@ -156,48 +153,48 @@ def load_adapt_data(graphs_dir: Path, zoo_dir: Path, n_train: int) -> AdaptData:
     return AdaptData(data.meta, splits, derived, zoo_banks(info))
 
 
-def adapt_one(
-    data: AdaptData,
-    model_name: str,
-    model_cfg,
-    seed: int,
-    ctx: TaskContext,
-    settings: TrainSettings,
-    augment: str,
-    init_scale: float,
-) -> dict:
-    """Train one adapter; return its result with the unadapted test nets' metrics as ``reference``."""
-    device, where = ctx.start()
-    torch.manual_seed(seed)
-    meta, splits = data.meta, data.splits
-    spec = ParamSpec.from_dict(meta["spec"])
-    template = graph_template(spec)
-    objective = adaptation_objective(meta, data.banks)
-    shape = data_shape(splits["train"], template, 2)
-    base, permutations = split_model_name(model_name)
-    model = build_editor(base, model_cfg, shape, init_scale)
-    inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
-    test = splits["test"]
-    unadapted = flatten(test.to_params(template), spec)
-    reference = objective.metrics(unadapted, test.y)  # no adaptation
-    reference_items = objective.items(unadapted, test.y).tolist()
-    t0 = time.time()
-    res = fit_model(
-        model,
-        inputs["train"],
-        inputs["val"],
-        inputs["test"],
-        settings,
-        seed,
-        objective,
-        on_epoch=ctx.reporter(f"adapt {model_name} seed {seed}", "acc", settings.epochs),
-        augment=augmenter(model_augment(augment, model_cfg), model.input_kind, spec, permutations),
-        device=device,
-        **ctx.resumable({}),
+def adapt_extras(fitting: Fitting) -> Extras:
+    """The unadapted test nets' scores (``reference``) and per-net target accuracies
+    (``reference_predictions``), beside the adapted ones."""
+    test = fitting.data.splits["test"]
+    unadapted = flatten(test.to_params(fitting.template), fitting.template.spec)
+    reference = fitting.objective.metrics(unadapted, test.y)  # no adaptation
+    reference_items = fitting.objective.items(unadapted, test.y).tolist()
+    n_train = len(fitting.data.splits["train"])
+    return Extras(
+        finish=lambda res: {
+            "reference": reference,
+            "reference_predictions": reference_items,
+            "n_train": n_train,
+            "n_test": len(test),
+        }
     )
-    out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
-    out["card"] = model_card(model_name, model_cfg, shape, meta, objective, init_scale)
-    out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()})
-    out.update(reference=reference, reference_predictions=reference_items, n_train=len(splits["train"]))
-    out.update(n_test=len(test), **where)
-    return out
+
+
+def _objective(data: AdaptData) -> Adaptation:
+    return adaptation_objective(data.meta, data.banks)
+
+
+def _pair_classes(objective: Adaptation) -> int:
+    """A binary classifier per net."""
+    return 2
+
+
+ADAPTATION = JobKind(objective=_objective, n_out=_pair_classes, editor=True, extras=adapt_extras, label="adapt ")
+
+
+def _adapt_data(section: Any, paths: dict[str, Path]) -> AdaptData:
+    return load_adapt_data(paths["graphs"], paths["zoo"], section.n_train)
+
+
+# ReLU nets have no sign symmetry: no augmentation; "_perm" models add random permutations
+TASKS = {
+    "adapt": Task(
+        kind=ADAPTATION,
+        section="adapt",
+        paths={"graphs": "data/adapt/graphs", "zoo": "data/adapt/zoo", "out": "data/adapt/train"},
+        load=_adapt_data,
+        augment=None,
+        extra=("init_scale",),
+    )
+}

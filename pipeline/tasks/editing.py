@@ -20,22 +20,20 @@ nets), so the same functions serve as training loss and evaluation metric.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from pipeline.augment import augmenter, model_augment
 from pipeline.data import load_images
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.graphs.store import GraphSet
 from pipeline.io import fingerprint, read_json
-from pipeline.models import build_editor, split_model_name
-from pipeline.runs import GraphData, TaskContext, result_dict
-from pipeline.saved import model_card
-from pipeline.train import TrainSettings, data_shape, fit_model, forward_spec_from_meta, model_inputs
+from pipeline.runs import GraphData, Task
+from pipeline.tasks.job import Extras, Fitting, JobKind
+from pipeline.train import RunResult
 from pipeline.weightspace.normalize import Stats, invert_stats
 from pipeline.weightspace.spec import ParamSpec, flatten, unflatten
 from pipeline.zoo.siren import grid_on, siren_forward
@@ -178,62 +176,59 @@ def load_edit_data(graphs_dir: Path, zoo_dir: Path, n_train: int) -> GraphData:
     return GraphData(data.meta, splits, {"targets": "dilation", "n_train": n_train, "zoo": fingerprint(zoo)})
 
 
-def edit_one(
-    data: GraphData,
-    model_name: str,
-    model_cfg,
-    seed: int,
-    ctx: TaskContext,
-    settings: TrainSettings,
-    augment: str,
-    init_scale: float,
-) -> dict:
-    """Train one editor; return its result (with the no-edit reference and example renders)."""
-    device, where = ctx.start()
-    torch.manual_seed(seed)
-    meta, splits = data.meta, data.splits
-    spec = ParamSpec.from_dict(meta["spec"])
-    template = graph_template(spec)
+def editing_objective(data: GraphData) -> Editing:
+    """The editing objective of the SIREN graphs' ``meta.json`` (their spec, forward and statistics)."""
+    meta = data.meta
     fwd = meta["forward"]
     stats = {k: tuple(v) for k, v in meta["norm_stats"].items()}
-    objective = Editing(spec, float(fwd["omega0"]), float(fwd["output_offset"]), stats)
-    shape = data_shape(splits["train"], template, 1, forward_spec_from_meta(meta))
-    base, permutations = split_model_name(model_name)
-    model = build_editor(base, model_cfg, shape, init_scale)
-    inputs = {s: model_inputs(g, template, model.input_kind) for s, g in splits.items()}
-    test = splits["test"]
-    test_flat = flatten(test.to_params(template), spec)
+    return Editing(ParamSpec.from_dict(meta["spec"]), float(fwd["omega0"]), float(fwd["output_offset"]), stats)
+
+
+def editing_extras(fitting: Fitting) -> Extras:
+    """The unedited test INRs' scores (``reference``), and :data:`N_EXAMPLES` test INRs rendered
+    as originals, targets and, at the best validation epoch, edited (``examples``)."""
+    objective, spec, device = fitting.objective, fitting.template.spec, fitting.device
+    test = fitting.data.splits["test"]
+    test_flat = flatten(test.to_params(fitting.template), spec)
     reference = objective.metrics(test_flat, test.y)  # the unedited INRs against the dilated images
     examples: dict[str, list] = {}
     shown = torch.linspace(0, len(test) - 1, N_EXAMPLES).round().long()  # splits are sorted by digit: spread out
 
     def render(flat: torch.Tensor) -> list:
-        rendered = render_sirens(flat.cpu(), spec, objective.omega0, objective.offset, stats=stats)
+        rendered = render_sirens(flat.cpu(), spec, objective.omega0, objective.offset, stats=objective.stats)
         return rendered.round(decimals=4).tolist()
 
-    def on_best(m: torch.nn.Module) -> None:
+    def on_best(m: nn.Module) -> None:
         with torch.no_grad():
-            examples["edited"] = render(m(inputs["test"].batch(shown).to(device)))  # 6 examples moved, not the split
+            examples["edited"] = render(m(fitting.inputs["test"].batch(shown).to(device)))  # 6 examples moved
 
-    t0 = time.time()
-    res = fit_model(
-        model,
-        inputs["train"],
-        inputs["val"],
-        inputs["test"],
-        settings,
-        seed,
-        objective,
-        on_epoch=ctx.reporter(f"edit {model_name} seed {seed}", "mse", settings.epochs),
-        augment=augmenter(model_augment(augment, model_cfg), model.input_kind, spec, permutations),
-        on_best=on_best,
-        device=device,
-        **ctx.resumable(examples),
+    def finish(res: RunResult) -> dict:
+        examples["original"] = render(test_flat[shown])
+        examples["target"] = test.y[shown].round(decimals=4).tolist()
+        n_train = len(fitting.data.splits["train"])
+        return {"reference": reference, "examples": examples, "n_train": n_train, "n_test": len(test)}
+
+    return Extras(state=examples, on_best=on_best, finish=finish)
+
+
+def _one_image(objective: Editing) -> int:
+    """One rendered image per INR (the editor's output is parameters; this sizes no head)."""
+    return 1
+
+
+EDITING = JobKind(objective=editing_objective, n_out=_one_image, editor=True, extras=editing_extras, label="edit ")
+
+
+def _edit_data(section: Any, paths: dict[str, Path]) -> GraphData:
+    return load_edit_data(paths["graphs"], paths["zoo"], section.n_train)
+
+
+TASKS = {
+    "edit": Task(
+        kind=EDITING,
+        section="edit",
+        paths={"graphs": "data/graphs", "zoo": "data/zoo", "out": "data/edit"},
+        load=_edit_data,
+        extra=("init_scale",),
     )
-    examples["original"] = render(test_flat[shown])
-    examples["target"] = test.y[shown].round(decimals=4).tolist()
-    out = result_dict(res, model_name, seed, model_cfg, time.time() - t0)
-    out["card"] = model_card(model_name, model_cfg, shape, meta, objective, init_scale)
-    out.update(best_val_metric=res.best_val, **{f"test_{k}": v for k, v in res.test.items()})
-    out.update(reference=reference, examples=examples, n_train=len(splits["train"]), n_test=len(test), **where)
-    return out
+}

@@ -241,10 +241,16 @@ CNN_FORMATS = {"small_cnn_zoo": ("homogeneous", read_small_cnn_zoo), "wild_park"
 def import_cnn_zoo(fmt: str, src: Path, out: Path, val_fraction: float, test_fraction: float, seed: int) -> dict:
     """A published CNN zoo (:data:`CNN_FORMATS`: the Small CNN Zoo's final checkpoints, or
     Wild-Park-style checkpoints) in ``src`` stored as a CNN zoo of its family in ``out``
-    (:func:`write_imported_cnn_zoo`). Returns the zoo's summary."""
+    (:func:`write_imported_cnn_zoo`); a checkpoint without a test accuracy (the target) is
+    refused before anything is written. Returns the zoo's summary."""
     family, reader = CNN_FORMATS[fmt]
+    zoo = reader(src)
+    missing = [(name, i) for name, c in zoo.items() for i, r in enumerate(c.rows) if "test_accuracy" not in r]
+    if missing:
+        name, i = missing[0]
+        raise CorruptFileError(
+            f"{src}: {len(missing)} checkpoint(s) without a test_accuracy, the target (first: {name}, row {i + 1})"
+        )
     recipe = {"format": fmt, "source": str(src), "val_fraction": val_fraction, "test_fraction": test_fraction}
-    summary = write_imported_cnn_zoo(
-        out, reader(src), family, recipe | {"seed": seed}, val_fraction, test_fraction, seed
-    )
+    summary = write_imported_cnn_zoo(out, zoo, family, recipe | {"seed": seed}, val_fraction, test_fraction, seed)
     return summary | {"what": f"{fmt} CNN checkpoints ({family})"}
