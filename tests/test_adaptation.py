@@ -64,6 +64,38 @@ def test_the_target_domain_is_seeded_and_differs_from_the_source():
     assert pool_digits(images, 4).shape == (20, 49)
 
 
+def test_the_corruption_is_element_wise_the_same_bytes_for_any_threads_or_batch():
+    """The blur and the rotation grid are element-wise arithmetic (no convolution or matrix
+    library, whose kernels may depend on memory alignment or load): a net's corrupted digits do
+    not depend on the thread count or on which other images share the batch, and they match the
+    library operations up to rounding."""
+    from torch.nn import functional as F
+
+    from pipeline.zoo.adapt_zoo import _gaussian_blur, _rotation_grid
+
+    images = torch.rand(33, 28, 28)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = corrupt_digits(images, Corruption(), 5)
+        blur_one = _gaussian_blur(images, 1.0)
+        torch.set_num_threads(2)
+        assert torch.equal(corrupt_digits(images, Corruption(), 5), one)
+        assert torch.equal(_gaussian_blur(images, 1.0), blur_one)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(_gaussian_blur(images[7:], 1.0), blur_one[7:])  # another offset in memory
+    k = torch.exp(-(torch.arange(-3.0, 4.0) ** 2) / 2)
+    k = k / k.sum()
+    conv = F.conv2d(F.conv2d(images[:, None], k.view(1, 1, 1, -1), padding=(0, 3)), k.view(1, 1, -1, 1), padding=(3, 0))
+    torch.testing.assert_close(blur_one, conv[:, 0], atol=1e-6, rtol=0)
+    angle = torch.rand(33) * 6
+    theta = torch.zeros(33, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
+    expected = F.affine_grid(theta, [33, 1, 28, 28], align_corners=False)
+    torch.testing.assert_close(_rotation_grid(angle.cos(), angle.sin(), 28, 28), expected, atol=1e-6, rtol=0)
+
+
 def test_banks_hold_each_pairs_digits_half_and_half(banks):
     from pipeline.data import load_images
 

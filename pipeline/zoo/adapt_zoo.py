@@ -77,15 +77,33 @@ class Corruption:
 
 
 def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur, ``(N, H, W)`` -> ``(N, H, W)`` (zero padding, radius ``3 sigma``)."""
+    """Separable Gaussian blur, ``(N, H, W)`` -> ``(N, H, W)`` (zero padding, radius ``3 sigma``).
+
+    Written as weighted sums of shifted copies, in a fixed order: element-wise arithmetic gives the
+    same bytes in every process, where a convolution library may pick its kernel by the buffers'
+    memory alignment or the machine's load."""
     r = max(1, math.ceil(3 * sigma))
     t = torch.arange(-r, r + 1, dtype=images.dtype)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
-    x = images.unsqueeze(1)
-    x = F.conv2d(x, k.view(1, 1, 1, -1), padding=(0, r))
-    x = F.conv2d(x, k.view(1, 1, -1, 1), padding=(r, 0))
-    return x.squeeze(1)
+    h, w = images.shape[-2:]
+    x = F.pad(images, (r, r))
+    x = sum(k[j] * x[..., j : j + w] for j in range(2 * r + 1))
+    x = F.pad(x, (0, 0, r, r))
+    return sum(k[j] * x[..., j : j + h, :] for j in range(2 * r + 1))
+
+
+def _rotation_grid(cos: Tensor, sin: Tensor, h: int, w: int) -> Tensor:
+    """The sampling grid of :func:`torch.nn.functional.grid_sample` that rotates each image by its
+    angle, ``(N, H, W, 2)`` (pixel centres, ``align_corners=False``), as element-wise products
+    (not the batched matrix product of ``affine_grid``, whose library kernel may depend on memory
+    alignment: the same bytes in every process)."""
+    xs = (2 * torch.arange(w, dtype=cos.dtype) + 1) / w - 1
+    ys = (2 * torch.arange(h, dtype=cos.dtype) + 1) / h - 1
+    c, s_ = cos[:, None, None], sin[:, None, None]
+    gx = c * xs[None, None, :] - s_ * ys[None, :, None]
+    gy = s_ * xs[None, None, :] + c * ys[None, :, None]
+    return torch.stack([gx, gy], dim=-1)
 
 
 def corrupt_digits(images: Tensor, c: Corruption, seed: int) -> Tensor:
@@ -95,9 +113,7 @@ def corrupt_digits(images: Tensor, c: Corruption, seed: int) -> Tensor:
     n = images.shape[0]
     angle = torch.deg2rad(c.rotation + c.jitter * (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1))
     cos, sin = angle.cos().float(), angle.sin().float()
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-    grid = F.affine_grid(theta, [n, 1, *images.shape[1:]], align_corners=False)
+    grid = _rotation_grid(cos, sin, *images.shape[1:])
     x = F.grid_sample(images.unsqueeze(1).float(), grid, align_corners=False).squeeze(1)
     if c.flip:
         x = x.flip(-1)
