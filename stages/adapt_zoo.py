@@ -17,7 +17,8 @@ from stages.zoo_driver import run_zoo
 def run(params: Params, out: Path) -> dict:
     """Plan, fit the missing shards, write ``manifest.csv`` and ``zoo.json``; return a summary."""
     environment = fit_environment("stages.adapt_zoo")
-    plan = adapt_zoo.zoo_plan(params.adapt, params.seed, task_device(params.ray), environment)
+    banks = adapt_zoo.digit_banks(params.adapt, params.seed, environment, out)
+    plan = adapt_zoo.zoo_plan(params.adapt, params.seed, task_device(params.ray), environment, banks)
     return run_zoo(params, plan, adapt_zoo.record, out)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.io import tensors_hash
 from pipeline.models.mlp import FlatMLPEditor
 from pipeline.tasks.adaptation import Adaptation, adaptation_objective
 from pipeline.weightspace.normalize import apply_stats, fit_stats
@@ -94,6 +95,40 @@ def test_the_corruption_is_element_wise_the_same_bytes_for_any_threads_or_batch(
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
     expected = F.affine_grid(theta, [33, 1, 28, 28], align_corners=False)
     torch.testing.assert_close(_rotation_grid(angle.cos(), angle.sin(), 28, 28), expected, atol=1e-6, rtol=0)
+
+
+def test_a_zoo_folder_keeps_its_digit_banks_and_refuses_damaged_ones(tmp_path):
+    """The banks are built once per zoo folder and key: a resumed zoo reads the stored bytes
+    (whatever a new computation would give), another key retires the file (and brings it back),
+    and a damaged file or another zoo's banks are named."""
+    from types import SimpleNamespace
+
+    from pipeline.io import CorruptFileError, read_metadata, save_tensors
+    from pipeline.zoo.adapt_zoo import BANKS_FILE, digit_banks, read_banks
+
+    zoo = SimpleNamespace(digits_test=500, pool=7, images_per_digit=16)
+    adapt = SimpleNamespace(zoo=zoo, corruption=Corruption())
+    env = {"code": "c0"}
+    path = tmp_path / BANKS_FILE
+    first = digit_banks(adapt, 0, env, tmp_path)
+    assert torch.equal(read_banks(path)["x_target_train"], first["x_target_train"])
+    # a stored file of the same key is what a resumed zoo gets: change its bytes (keeping it
+    # self-consistent) and the next call returns them, not a fresh computation
+    nudged = dict(first) | {"x_target_train": first["x_target_train"] + 1e-6}
+    save_tensors(path, nudged, read_metadata(path) | {"sha256": tensors_hash(nudged)})
+    assert torch.equal(digit_banks(adapt, 0, env, tmp_path)["x_target_train"], nudged["x_target_train"])
+    # another key (other code): the file is retired, rebuilt, and comes back with its key
+    other = digit_banks(adapt, 0, {"code": "c1"}, tmp_path)
+    assert torch.equal(other["x_target_train"], first["x_target_train"])
+    assert len(list((tmp_path / "retired").glob(f"*/{BANKS_FILE}"))) == 1
+    assert torch.equal(digit_banks(adapt, 0, env, tmp_path)["x_target_train"], nudged["x_target_train"])
+    with pytest.raises(CorruptFileError, match="recipe"):
+        read_banks(path, expect=tensors_hash(first))  # the banks of another zoo
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=BANKS_FILE):
+        digit_banks(adapt, 0, env, tmp_path)
 
 
 def test_banks_hold_each_pairs_digits_half_and_half(banks):

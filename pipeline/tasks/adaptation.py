@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from pipeline.data import load_images
 from pipeline.graphs.neural_graph import graph_template
 from pipeline.io import fingerprint, read_json
 from pipeline.runs import GraphData, Task
@@ -39,7 +38,7 @@ from pipeline.tasks.job import Extras, Fitting, JobKind
 from pipeline.weightspace.forward import mlp_forward
 from pipeline.weightspace.normalize import Stats, invert_stats
 from pipeline.weightspace.spec import ParamSpec, flatten, unflatten
-from pipeline.zoo.adapt_zoo import Corruption, pair_banks
+from pipeline.zoo.adapt_zoo import BANKS_FILE, read_banks
 
 
 @dataclass(frozen=True)
@@ -125,20 +124,10 @@ class AdaptData(GraphData):
     banks: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
-def zoo_banks(zoo_info: dict) -> dict[str, Tensor]:
-    """The image banks a zoo was trained and scored with, rebuilt from its ``zoo.json`` recipe."""
-    r = zoo_info["recipe"]
-    images, digits = load_images("mnist_offline")
-    banks = pair_banks(
-        images,
-        digits,
-        Corruption(**r["corruption"]),
-        r["seed"],
-        r["digits_test"],
-        r["fit"]["pool"],
-        r["images_per_digit"],
-    )
-    return banks.tensors()
+def zoo_banks(zoo_dir: Path, zoo_info: dict) -> dict[str, Tensor]:
+    """The image banks a zoo was trained and scored with: its ``banks.safetensors``, checked
+    against its ``zoo.json`` recipe."""
+    return read_banks(zoo_dir / BANKS_FILE, expect=zoo_info["recipe"]["inputs"])
 
 
 def load_adapt_data(graphs_dir: Path, zoo_dir: Path, n_train: int) -> AdaptData:
@@ -150,7 +139,7 @@ def load_adapt_data(graphs_dir: Path, zoo_dir: Path, n_train: int) -> AdaptData:
     splits["train"] = subset(splits["train"], n_train, template, seed=0)
     info = read_json(zoo_dir / "zoo.json")
     derived = {"n_train": n_train, "zoo": fingerprint(info["recipe"])}
-    return AdaptData(data.meta, splits, derived, zoo_banks(info))
+    return AdaptData(data.meta, splits, derived, zoo_banks(zoo_dir, info))
 
 
 def adapt_extras(fitting: Fitting) -> Extras:

@@ -39,7 +39,16 @@ from torch.nn import functional as F
 
 from pipeline.data import load_images
 from pipeline.device import from_host
-from pipeline.io import fingerprint, tensors_hash
+from pipeline.io import (
+    CorruptFileError,
+    fingerprint,
+    load_tensors,
+    read_metadata,
+    retire,
+    save_tensors,
+    tensors_hash,
+    unretire,
+)
 from pipeline.optim import AdamSettings, adam_update
 from pipeline.weightspace.forward import mlp_forward
 from pipeline.weightspace.spec import Params, ParamSpec, flatten, mlp_spec, unflatten
@@ -79,13 +88,13 @@ class Corruption:
 def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur, ``(N, H, W)`` -> ``(N, H, W)`` (zero padding, radius ``3 sigma``).
 
-    Written as weighted sums of shifted copies, in a fixed order: element-wise arithmetic gives the
-    same bytes in every process, where a convolution library may pick its kernel by the buffers'
-    memory alignment or the machine's load."""
+    Written as weighted sums of shifted copies, in a fixed order, with weights from Python's
+    ``math``: element-wise arithmetic gives the same bytes in every process, where a convolution
+    or vector-math library may pick its kernel by the buffers' memory alignment or its threads."""
     r = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-r, r + 1, dtype=images.dtype)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
+    w8 = [math.exp(-(t * t) / (2 * sigma**2)) for t in range(-r, r + 1)]  # libm, not a vector-math library
+    total = math.fsum(w8)
+    k = [v / total for v in w8]
     h, w = images.shape[-2:]
     x = F.pad(images, (r, r))
     x = sum(k[j] * x[..., j : j + w] for j in range(2 * r + 1))
@@ -111,8 +120,10 @@ def corrupt_digits(images: Tensor, c: Corruption, seed: int) -> Tensor:
     jitter, noise) drawn from ``seed`` alone. ``(N, 28, 28)`` in ``[0, 1]`` -> same shape."""
     g = torch.Generator().manual_seed(int(seed))
     n = images.shape[0]
-    angle = torch.deg2rad(c.rotation + c.jitter * (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1))
-    cos, sin = angle.cos().float(), angle.sin().float()
+    degrees = c.rotation + c.jitter * (2 * torch.rand(n, generator=g, dtype=torch.float64) - 1)
+    angles = [math.radians(a) for a in degrees.tolist()]  # libm's cos and sin: the same bytes in every process
+    cos = torch.tensor([math.cos(a) for a in angles], dtype=torch.float64).float()
+    sin = torch.tensor([math.sin(a) for a in angles], dtype=torch.float64).float()
     grid = _rotation_grid(cos, sin, *images.shape[1:])
     x = F.grid_sample(images.unsqueeze(1).float(), grid, align_corners=False).squeeze(1)
     if c.flip:
@@ -401,16 +412,63 @@ def summarize(rows: list[dict], novel: list[int]) -> dict:
     return out
 
 
-def zoo_plan(adapt: Any, seed: int, device: str, environment: dict) -> ZooPlan:
+BANKS_FILE = "banks.safetensors"  # a zoo folder's digit banks, beside its shards
+
+
+def digit_banks(adapt: Any, seed: int, environment: dict, folder: Path) -> dict[str, Tensor]:
+    """The digit banks (:func:`pair_banks`) of the zoo in ``folder``, as its shards read them.
+
+    Built once from the offline MNIST digits and stored as ``folder/banks.safetensors``, keyed by
+    what makes them (the digits' bytes, the corruption, the split, the code and environment):
+    a zoo resumed later, or the stages that read it (:func:`read_banks`), see the bytes its first
+    shards were fitted on, whatever floating-point kernel a later process would pick. A file of
+    another key is retired to ``folder/retired/<key>/`` (brought back when that key returns),
+    never deleted."""
+    z = adapt.zoo
+    images, digits = load_images("mnist_offline")
+    zoo_seed = seed * 10 + ZOO_SEED
+    make = {
+        "digits": tensors_hash({"images": images, "digits": digits}),
+        "seed": zoo_seed,
+        "corruption": dataclasses.asdict(adapt.corruption),
+        "split": [z.digits_test, z.pool, z.images_per_digit],
+        "environment": environment,
+    }
+    key, path = fingerprint(make), folder / BANKS_FILE
+    if path.exists():
+        stored = read_metadata(path).get("key", "unkeyed")
+        if stored == key:
+            return read_banks(path)
+        retire([path], folder, stored)
+    if unretire(folder, key, [BANKS_FILE]):
+        return read_banks(path)
+    corruption = Corruption(**dataclasses.asdict(adapt.corruption))
+    banks = pair_banks(images, digits, corruption, zoo_seed, z.digits_test, z.pool, z.images_per_digit).tensors()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, banks, {"key": key, "sha256": tensors_hash(banks)})
+    return banks
+
+
+def read_banks(path: Path, expect: str | None = None) -> dict[str, Tensor]:
+    """The digit banks stored at ``path`` by :func:`digit_banks`, checked against the hash in the
+    file and ``expect`` (a zoo recipe's ``inputs``): a damaged file, or the banks of another zoo,
+    raises :class:`~pipeline.io.CorruptFileError` naming the file."""
+    banks = load_tensors(path)
+    got, stored = tensors_hash(banks), read_metadata(path).get("sha256")
+    if got != stored or (expect is not None and got != expect):
+        which = "its own hash" if got != stored else "the zoo's recipe (inputs)"
+        raise CorruptFileError(f"{path}: the digit banks do not match {which}; delete it to rebuild the zoo")
+    return banks
+
+
+def zoo_plan(adapt: Any, seed: int, device: str, environment: dict, banks: dict[str, Tensor]) -> ZooPlan:
     """The domain-adaptation zoo that ``params.yaml``'s ``adapt`` section defines: digit-pair
     classifiers of the clean digits in shards of ``adapt.zoo.shard_size``, seeds from
-    ``seed * 10 +`` :data:`ZOO_SEED`, with the digit banks every shard reads."""
+    ``seed * 10 +`` :data:`ZOO_SEED`, fitted on ``banks`` (:func:`digit_banks`)."""
     z = adapt.zoo
     zoo_seed = seed * 10 + ZOO_SEED
     corruption = Corruption(**dataclasses.asdict(adapt.corruption))
     fit = pair_fit(z)
-    images, digits = load_images("mnist_offline")
-    banks = pair_banks(images, digits, corruption, zoo_seed, z.digits_test, z.pool, z.images_per_digit).tensors()
     nets = plan_pair_zoo(z.n_nets, z.n_val, z.n_test, z.novel_pairs, zoo_seed)
     shards = [nets[i : i + z.shard_size] for i in range(0, len(nets), z.shard_size)]
     spec = pair_spec(banks["x_source_train"].shape[-1], fit.hidden)
