@@ -7,21 +7,16 @@ from pathlib import Path
 from pipeline import tracking
 from pipeline.config import Params, to_flat_dict
 from pipeline.io import read_json, write_json, write_text
-from pipeline.report import build_report
+from pipeline.report import build_report, task_sections
 from stages.common import parse
 
-INPUTS = {
+INPUTS = {  # the INR classification section's folders and files, then every task section's
     "zoo": "data/zoo",
     "graphs": "data/graphs",
     "train": "data/train",
-    "kan": "data/kan",
-    "edit": "data/edit",
     "regime": "reports/zoo_regime/regime.json",
     "reference": "reports/reference/side_by_side.json",
-    "cnn": "data/cnn",
-    "adapt": "data/adapt",
-    "l2o": "data/l2o",
-}
+} | {m.KEY: m.INPUT for m in task_sections()}
 
 
 def run(params: Params, dirs: dict[str, Path], out: Path) -> dict:

@@ -83,3 +83,17 @@ def test_the_inr_table_names_what_sizes_each_model_and_what_it_computes():
     assert "no set attention" in settings_summary(dws | {"set_heads": 0})
     gnn = {"hidden": 16, "layers": 4, "fourier_features": 16, "probe_features": 16, "positional": False}
     assert settings_summary(gnn) == "width 16, 4 layers, 16 Fourier features, 16 probes, no positional embeddings"
+
+
+def test_task_sections_are_found_by_name_and_each_names_its_stage_folder():
+    """Every module of ``pipeline/report`` with ``INPUT`` is a task section, in ``ORDER``; the
+    report stage's options come from them, each distinct, and a missing folder skips its section."""
+    from pipeline.config import Params
+    from pipeline.report import task_sections
+    from stages.report import INPUTS
+
+    sections = task_sections()
+    assert [m.KEY for m in sections] == ["edit", "kan", "cnn", "adapt", "l2o"]
+    assert len({m.KEY for m in sections}) == len(sections) and all(INPUTS[m.KEY] == m.INPUT for m in sections)
+    for m in sections:  # before its stage has run, a section is left out (None), never an error
+        assert m.section(Path("/nonexistent") / m.INPUT, Params(), Path("/nonexistent/figures")) is None

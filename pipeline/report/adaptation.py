@@ -19,6 +19,11 @@ from pipeline.report.common import (
 )
 from pipeline.report.section import Section, metrics_of
 
+KEY = "adapt"  # the report stage's option --adapt: the domain-adaptation zoo, graphs and runs
+INPUT = "data/adapt"  # its default
+ORDER = 40  # the section's place among the task sections
+
+
 NO_ADAPTATION = "none"  # the claims' key of the unadapted nets (published_results.yaml: domain_adaptation)
 
 

@@ -19,6 +19,11 @@ from pipeline.report.common import (
 )
 from pipeline.report.section import Section, metrics_of
 
+KEY = "cnn"  # the report stage's option --cnn: the CNN zoo families' folders
+INPUT = "data/cnn"  # its default
+ORDER = 30  # the section's place among the task sections
+
+
 CNN_FAMILY_TITLES = {
     "homogeneous": "Homogeneous zoo (Small CNN Zoo style: one architecture)",
     "heterogeneous": "Heterogeneous zoo (CNN Wild Park style: many architectures)",

@@ -12,6 +12,10 @@ from pipeline.models import variant_key
 from pipeline.report.common import pm, published, reference_summary, save_figure, summarize_metrics, task_claims
 from pipeline.report.section import Section, metrics_of
 
+KEY = "edit"  # the report stage's option --edit: the INR editing runs (``python -m stages.fit edit``)
+INPUT = "data/edit"  # its default
+ORDER = 10  # the section's place among the task sections
+
 
 def summarize_editing(runs: list[dict]) -> dict[str, dict]:
     """:func:`summarize_metrics` of the editing runs, with the published editing MSE."""

@@ -21,6 +21,11 @@ from pipeline.report.common import (
 )
 from pipeline.report.section import Section, metrics_of
 
+KEY = "kan"  # the report stage's option --kan: the KAN stages' folders (``inr``, ``classifier``, ``inr_forward``)
+INPUT = "data/kan"  # its default
+ORDER = 20  # the section's place among the task sections
+
+
 KAN_TASK_TITLES = {
     "inr": "(a) KAN-INR classification (digit of the image a KAN-INR encodes)",
     "classifier": "(b) Accuracy prediction of KAN classifiers (target: the classifier's test accuracy)",

@@ -13,6 +13,11 @@ from pipeline.report.common import mean_std, pm, published, published_results, s
 from pipeline.report.section import Section, metrics_of
 from pipeline.tasks.l2o import OPTIMIZER_LABELS
 
+KEY = "l2o"  # the report stage's option --l2o: the learning-to-optimize runs
+INPUT = "data/l2o"  # its default
+ORDER = 50  # the section's place among the task sections
+
+
 L2O_TASKS = ("meta_task", "test_task")
 
 
