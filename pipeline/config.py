@@ -359,8 +359,12 @@ class CnnConfig:
 
 
 @dataclass(frozen=True)
-class CorruptionConfig:
-    """The target domain of domain adaptation (:class:`pipeline.zoo.adapt_zoo.Corruption`)."""
+class Corruption:
+    """The target domain of domain adaptation (:func:`pipeline.zoo.adapt_zoo.corrupt_digits`), applied
+    to ``28 x 28`` digits in ``[0, 1]`` in this order: rotation by ``rotation`` degrees (plus a
+    uniform jitter of ``± jitter`` per image), a left-right flip if ``flip``, a Gaussian blur of std
+    ``blur`` pixels (0: none), ``contrast * x + brightness``, Gaussian noise of std ``noise``,
+    clipped to ``[0, 1]``. The section ``adapt.corruption`` and the library's argument alike."""
 
     rotation: float = setting(30.0, ge=-180, le=180)  # degrees
     jitter: float = setting(10.0, ge=0, le=180)  # +- degrees per image, uniform
@@ -409,7 +413,7 @@ class AdaptConfig(ModelSections):
     editor maps a source-domain classifier to one for the corrupted target domain."""
 
     zoo: AdaptZooConfig = field(default_factory=AdaptZooConfig)
-    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    corruption: Corruption = field(default_factory=Corruption)
     models: list[str] = setting(["mlp", "mlp_perm", "dwsnet"], unique=True, min_len=1)
     seeds: list[int] = setting([0, 1, 2], ge=0, le=MAX_SEED, min_len=1, unique=True)
     epochs: int = setting(10, gt=0)

@@ -113,14 +113,15 @@ def cpu_tag() -> str:
     return hashlib.sha1("\n".join(ident).encode()).hexdigest()[:10]
 
 
-def fit_environment(module: str) -> dict[str, str]:
-    """What a zoo shard's bytes depend on besides its recipe and inputs: the code of ``module``
-    (the zoo stage: its whole import closure, as its DVC deps), the torch version, the CPU and
-    the vector instructions torch's kernels use."""
+def fit_environment(*modules: str) -> dict[str, str]:
+    """What a zoo shard's bytes depend on besides its recipe and inputs: the code of ``modules``
+    (the zoo stage's entry point and family module, :func:`pipeline.zoo.registry.stage_modules`:
+    their whole import closures, as their DVC deps), the torch version, the CPU and the vector
+    instructions torch's kernels use."""
     import torch
 
     return {
-        "code": code_hash(module),
+        "code": "+".join(code_hash(m) for m in modules),
         "torch": torch.__version__,
         "cpu": cpu_tag(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -181,11 +181,27 @@ def write_params(path: Path, overrides: dict | None = None) -> Path:
     return path
 
 
-def run_stage(stage: str, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m stages.<stage>`` as a user would (own process, own local Ray cluster); a
-    fitting task (``"train"``, ``"cnn_train@homogeneous"``) as ``python -m stages.fit <stage>``."""
-    from pipeline.tasks.registry import entry_args
+def entry_args(stage: str) -> list[str]:
+    """What follows ``python -m`` to run DVC stage ``stage``: a zoo stage through ``stages.zoo``
+    (:mod:`pipeline.zoo.registry`), a fitting task through ``stages.fit``
+    (:mod:`pipeline.tasks.registry`), any other as ``stages.<stage>``."""
+    from pipeline.tasks import registry as tasks
+    from pipeline.zoo import registry as zoos
 
+    return [zoos.ENTRY, stage] if stage.split("@")[0] in zoos.FAMILY_MODULES else tasks.entry_args(stage)
+
+
+def stage_modules(stage: str) -> tuple[str, ...]:
+    """The modules DVC stage ``stage`` runs (its entry point first), as :func:`entry_args`."""
+    from pipeline.tasks import registry as tasks
+    from pipeline.zoo import registry as zoos
+
+    return zoos.stage_modules(stage) if stage.split("@")[0] in zoos.FAMILY_MODULES else tasks.stage_modules(stage)
+
+
+def run_stage(stage: str, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run DVC stage ``stage`` as a user would (own process, own local Ray cluster): ``python -m``
+    and :func:`entry_args` (``stages.fit cnn_train@homogeneous``, ``stages.zoo kan_zoo@inr``)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(
         [sys.executable, "-m", *entry_args(stage), *args],

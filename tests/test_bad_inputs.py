@@ -225,8 +225,9 @@ def test_the_graphs_stage_names_a_damaged_zoo_folder(tmp_path: Path, zoo_dir: Pa
     "args,message",
     [
         (["stages.fit", "train", "--params", "no/such/params.yaml"], "cannot read the params file"),
-        (["stages.kan_zoo", "--params", "{params}", "--task", "bogus", "--out", "{tmp}/o"], "unknown task 'bogus'"),
-        (["stages.cnn_zoo", "--params", "{params}", "--family", "bogus", "--out", "{tmp}/o"], "unknown family 'bogus'"),
+        (["stages.zoo", "kan_zoo@bogus", "--params", "{params}", "--out", "{tmp}/o"], "unknown variant 'bogus'"),
+        (["stages.zoo", "cnn_zoo@bogus", "--params", "{params}", "--out", "{tmp}/o"], "unknown variant 'bogus'"),
+        (["stages.zoo", "bogus_zoo", "--params", "{params}", "--out", "{tmp}/o"], "unknown zoo stage 'bogus_zoo'"),
         (["stages.predict", "--run", "no/such/run", "--zoo", ".", "--out", "{tmp}/x.csv"], "no such model file"),
     ],
 )

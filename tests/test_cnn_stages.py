@@ -37,7 +37,7 @@ def cnn_zoos(tmp_path_factory) -> dict:
             jobs[(family, workers)] = (write_params(job / "params.yaml", {"ray": {"num_cpus": workers}}), job / "zoo")
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
-            key: pool.submit(run_stage, "cnn_zoo", ["--params", str(p), "--family", key[0], "--out", str(o)], tmp)
+            key: pool.submit(run_stage, f"cnn_zoo@{key[0]}", ["--params", str(p), "--out", str(o)], tmp)
             for key, (p, o) in jobs.items()
         }
         results = {key: f.result() for key, f in futures.items()}
@@ -75,7 +75,7 @@ def test_cnn_zoo_splits_by_run_and_rerun_refits_only_the_missing_shard(cnn_zoos,
     victim = sorted((zoo / "shards").glob("shard_*.safetensors"))[-1]
     before = victim.read_bytes()
     victim.unlink()
-    res = run_stage("cnn_zoo", ["--params", str(params), "--family", "heterogeneous", "--out", str(zoo)], tmp_path)
+    res = run_stage("cnn_zoo@heterogeneous", ["--params", str(params), "--out", str(zoo)], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "fitting 1" in res.stderr
     assert victim.read_bytes() == before  # a refit of the same shard: same runs, batch and order

@@ -21,6 +21,8 @@ import yaml
 
 from pipeline.provenance import ROOT, module_file, source_files
 from pipeline.tasks import registry
+from pipeline.zoo import registry as zoos
+from tests.conftest import stage_modules
 
 # Where tasks run and where results are logged do not change results: ray.address,
 # ray.num_cpus, ray.max_retries and the mlflow section. ray.device and ray.gpus_per_task do
@@ -62,7 +64,7 @@ def test_stage_declares_every_module_it_runs(stage):
     """Every file of the modules the stage's runs are fingerprinted with (the entry point, and a
     fitting task's module, which ``stages.fit`` imports by name)."""
     module, deps, _, _ = STAGES[stage]
-    modules = registry.stage_modules(stage)
+    modules = stage_modules(stage)
     assert modules[0] == module, f"dvc.yaml runs {module} for {stage!r}; its runs say {modules[0]}"
     files = set().union(*(source_files(m) for m in modules))
     missing = sorted(str(f.relative_to(ROOT)) for f in files if not covered(f, deps))
@@ -93,6 +95,8 @@ def test_stage_declares_every_param_it_reads(stage):
     chains = params_read(module_file(module))
     if module == registry.ENTRY:  # a fitting task: its settings section
         chains.add(registry.task(stage).section)
+    if module == zoos.ENTRY:  # a zoo stage: its family's sections
+        chains.update(zoos.family(stage).sections)
     missing = set()
     for chain in chains:
         if chain.split(".")[0] in NOT_RESULT_PARAMS and chain not in ("ray.device", "ray.gpus_per_task"):
@@ -127,9 +131,10 @@ def test_a_change_to_the_fitting_code_refits_every_zoo_shard(project: Path):
     """A resume never mixes shards of other fitting code (``dvc status`` after a code change:
     ``tests/test_pipeline.py``'s end-to-end test)."""
     before = _zoo_fingerprints(project)
-    report = project / "pipeline" / "report" / "inr.py"
-    report.write_text(report.read_text() + "\n# not fitting code\n")
-    assert _zoo_fingerprints(project) == before
+    for other in ("report/inr.py", "zoo/kan_zoo.py"):  # not its fitting code: a report, another family
+        path = project / "pipeline" / other
+        path.write_text(path.read_text() + "\n# not this zoo's fitting code\n")
+        assert _zoo_fingerprints(project) == before, other
     siren = project / "pipeline" / "zoo" / "siren.py"
     siren.write_text(siren.read_text() + "\n# a change to the fitting code\n")
     after = _zoo_fingerprints(project)

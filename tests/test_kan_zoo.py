@@ -361,7 +361,7 @@ def kan_zoos(tmp_path_factory) -> dict:
             jobs[(task, workers)] = (params, job / "zoo")
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {
-            key: pool.submit(run_stage, "kan_zoo", ["--params", str(p), "--task", key[0], "--out", str(out)], tmp)
+            key: pool.submit(run_stage, f"kan_zoo@{key[0]}", ["--params", str(p), "--out", str(out)], tmp)
             for key, (p, out) in jobs.items()
         }
         results = {key: f.result() for key, f in futures.items()}
@@ -409,7 +409,7 @@ def test_kan_zoo_rerun_refits_only_the_missing_shard(kan_zoos, tmp_path: Path):
     before = victim.read_bytes()
     victim.unlink()
     stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept}
-    res = run_stage("kan_zoo", ["--params", str(params), "--task", "classifier", "--out", str(zoo)], tmp_path)
+    res = run_stage("kan_zoo@classifier", ["--params", str(params), "--out", str(zoo)], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "fitting 1" in res.stderr
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kept} == stamps

@@ -310,7 +310,7 @@ def test_an_autoscaling_cluster_is_waited_for_until_a_node_fits():
 
 
 def _popen_stage(stage: str, args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    from pipeline.tasks.registry import entry_args
+    from tests.conftest import entry_args
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
     return subprocess.Popen(
@@ -605,7 +605,7 @@ def test_a_node_without_the_project_runs_zoo_and_train_tasks_with_identical_byte
         ):
             res = run_stage(stage, args, workspace, timeout=600)
             assert res.returncode == 0, f"{stage}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
-        kan = run_stage("kan_zoo", [*p, "--task", "inr", "--out", str(workspace / "kan")], workspace, timeout=600)
+        kan = run_stage("kan_zoo@inr", [*p, "--out", str(workspace / "kan")], workspace, timeout=600)
         assert kan.returncode == 2, kan.stdout[-2000:] + kan.stderr[-3000:]
         assert "cannot fit these shards" in kan.stderr and "kan_backend 'torch'" in kan.stderr, kan.stderr[-3000:]
         assert not list((workspace / "kan" / "shards").glob("*.safetensors"))  # refused before any fitting

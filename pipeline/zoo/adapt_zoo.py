@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from pipeline.config import Corruption
 from pipeline.data import load_images
 from pipeline.device import from_host
 from pipeline.io import (
@@ -52,7 +53,7 @@ from pipeline.io import (
 from pipeline.optim import AdamSettings, adam_update
 from pipeline.weightspace.forward import mlp_forward
 from pipeline.weightspace.spec import Params, ParamSpec, flatten, mlp_spec, unflatten
-from pipeline.zoo.family import ShardResult, ZooPlan
+from pipeline.zoo.family import ShardResult, ZooFamily, ZooPlan
 from pipeline.zoo.store import read_planned_shard, shard_name, write_rows
 
 PAIRS: tuple[tuple[int, int], ...] = tuple((a, b) for a in range(10) for b in range(a + 1, 10))  # 45 digit pairs
@@ -67,22 +68,6 @@ def pair_spec(in_dim: int, hidden: list[int] | tuple[int, ...]) -> ParamSpec:
 # --------------------------------------------------------------------------------------------
 # The two domains
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Corruption:
-    """The target domain's corruption, applied to ``28 x 28`` digits in ``[0, 1]`` in this order:
-    rotation by ``rotation`` degrees (plus a uniform jitter of ``± jitter`` per image), a left-right
-    flip if ``flip``, a Gaussian blur of std ``blur`` pixels (0: none),
-    ``contrast * x + brightness``, Gaussian noise of std ``noise``, clipped to ``[0, 1]``."""
-
-    rotation: float = 30.0
-    jitter: float = 10.0
-    flip: bool = False
-    blur: float = 1.0
-    contrast: float = 0.6
-    brightness: float = 0.2
-    noise: float = 0.1
 
 
 def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
@@ -442,8 +427,7 @@ def digit_banks(adapt: Any, seed: int, environment: dict, folder: Path) -> dict[
         retire([path], folder, stored)
     if unretire(folder, key, [BANKS_FILE]):
         return read_banks(path)
-    corruption = Corruption(**dataclasses.asdict(adapt.corruption))
-    banks = pair_banks(images, digits, corruption, zoo_seed, z.digits_test, z.pool, z.images_per_digit).tensors()
+    banks = pair_banks(images, digits, adapt.corruption, zoo_seed, z.digits_test, z.pool, z.images_per_digit).tensors()
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(path, banks, {"key": key, "sha256": tensors_hash(banks)})
     return banks
@@ -467,14 +451,13 @@ def zoo_plan(adapt: Any, seed: int, device: str, environment: dict, banks: dict[
     ``seed * 10 +`` :data:`ZOO_SEED`, fitted on ``banks`` (:func:`digit_banks`)."""
     z = adapt.zoo
     zoo_seed = seed * 10 + ZOO_SEED
-    corruption = Corruption(**dataclasses.asdict(adapt.corruption))
     fit = pair_fit(z)
     nets = plan_pair_zoo(z.n_nets, z.n_val, z.n_test, z.novel_pairs, zoo_seed)
     shards = [nets[i : i + z.shard_size] for i in range(0, len(nets), z.shard_size)]
     spec = pair_spec(banks["x_source_train"].shape[-1], fit.hidden)
     recipe = {
         "seed": zoo_seed,
-        "corruption": dataclasses.asdict(corruption),
+        "corruption": dataclasses.asdict(adapt.corruption),
         "fit": dataclasses.asdict(fit),
         "digits_test": z.digits_test,
         "images_per_digit": z.images_per_digit,
@@ -512,3 +495,12 @@ def record(plan: ZooPlan, out: Path) -> tuple[dict, dict]:
     write_rows(out / "manifest.csv", rows)
     summary = summarize(rows, novel)
     return summary, {"spec": spec.to_dict(), "novel_pairs": novel, "recipe": plan.recipe, "summary": summary}
+
+
+def _stage_plan(adapt: Any, *, variant: str, seed: int, out: Path, device: str, environment: dict) -> ZooPlan:
+    """The plan of this family's stage (:class:`~pipeline.zoo.family.ZooFamily`)."""
+    banks = digit_banks(adapt, seed, environment, out)
+    return zoo_plan(adapt, seed, device, environment, banks)
+
+
+FAMILY = ZooFamily(sections=("adapt",), plan=_stage_plan, record=record, out="data/adapt/zoo")

@@ -20,7 +20,7 @@ from torch import Tensor
 from pipeline.data import load_images, split_indices
 from pipeline.io import fingerprint, tensors_hash
 from pipeline.weightspace.spec import ParamSpec, unflatten
-from pipeline.zoo.family import ShardResult, ZooPlan
+from pipeline.zoo.family import ShardResult, ZooFamily, ZooPlan
 from pipeline.zoo.siren import FitSettings, fit_sirens, siren_spec
 from pipeline.zoo.store import NetRecord, read_planned_shard, shard_name, write_manifest
 
@@ -186,3 +186,11 @@ def record(plan: ZooPlan, out: Path) -> tuple[dict, dict]:
         "summary": summary,
     }
     return summary, info
+
+
+def _stage_plan(data: Any, zoo: Any, *, variant: str, seed: int, out: Path, device: str, environment: dict) -> ZooPlan:
+    """The plan of this family's stage (:class:`~pipeline.zoo.family.ZooFamily`)."""
+    return zoo_plan(data, zoo, seed, device, environment)
+
+
+FAMILY = ZooFamily(sections=("data", "zoo"), plan=_stage_plan, record=record, out="data/zoo")

@@ -34,7 +34,7 @@ from pipeline.io import fingerprint, tensors_hash
 from pipeline.optim import AdamSettings, adam_update
 from pipeline.weightspace.spec import Params, flatten, unflatten
 from pipeline.zoo.cnn import ACTIVATIONS, CNNArch, cnn_forward, cnn_spec, init_cnns, small_cnn_zoo_arch
-from pipeline.zoo.family import ShardResult, ZooPlan
+from pipeline.zoo.family import ShardResult, ZooFamily, ZooPlan
 from pipeline.zoo.store import read_planned_shard, shard_name, write_rows
 
 CNN_FAMILIES = ("homogeneous", "heterogeneous")
@@ -507,3 +507,13 @@ def load_cnn_zoo(
         raise CorruptFileError(f"{zoo_dir / 'shards'}: the shards hold {found} of the manifest's {len(rows)} nets")
     merged = [{k: torch.cat([p[k] for p in ps]) for k in ps[0]} if ps else {} for ps in params]
     return archs, merged, out_rows, info
+
+
+def _stage_plan(cnn: Any, *, variant: str, seed: int, out: Path, device: str, environment: dict) -> ZooPlan:
+    """The plan of this family's stage (:class:`~pipeline.zoo.family.ZooFamily`)."""
+    return zoo_plan(cnn, variant, seed, device, environment)
+
+
+FAMILY = ZooFamily(
+    sections=("cnn",), plan=_stage_plan, record=record, out="data/cnn/{variant}/zoo", variants=CNN_FAMILIES
+)

@@ -1,15 +1,19 @@
-"""A zoo family's plan: what its stage fits, shard by shard, and what it records afterwards.
+"""A zoo family: how its stage plans a zoo, shard by shard, and what it records afterwards.
 
 Every zoo stage (SIREN INRs, KANs, CNN classifiers, domain-adaptation MLPs) runs the same
-driver (``stages.zoo_driver.run_zoo``): plan from the params alone, fit every shard whose file does
-not carry its fingerprint yet as a task (so a killed stage resumes, and the shards are the same
-whatever the number of workers), store each shard as it arrives, then write ``manifest.csv`` and
-``zoo.json``. A family module (``pipeline.zoo.build`` for SIREN INRs, ``kan_zoo``, ``cnn_zoo``,
-``adapt_zoo``) supplies two functions:
+entry point and driver (``python -m stages.zoo <stage>``, ``stages.zoo_driver.run_zoo``): plan
+from the params alone, fit every shard whose file does not carry its fingerprint yet as a task
+(so a killed stage resumes, and the shards are the same whatever the number of workers), store
+each shard as it arrives, then write ``manifest.csv`` and ``zoo.json``. A family module
+(``pipeline.zoo.build`` for SIREN INRs, ``kan_zoo``, ``cnn_zoo``, ``adapt_zoo``), listed by stage
+name in :mod:`pipeline.zoo.registry`, defines ``FAMILY``, a :class:`ZooFamily`:
 
-- ``zoo_plan(<its sections>, seed, device, environment) -> ZooPlan``;
+- ``plan(*sections, variant=, seed=, out=, device=, environment=) -> ZooPlan`` on the
+  ``params.yaml`` sections it names: the shards, their data, task arguments and fingerprints,
+  and the recipe;
 - ``record(plan, out) -> (summary, zoo_json)``: reads the stored shards back (checked against
-  their hashes), writes ``out/manifest.csv`` and returns the summary and the ``zoo.json`` content.
+  their hashes), writes ``out/manifest.csv`` and returns the summary and the ``zoo.json`` content;
+- ``out``: the zoo's default folder, and ``variants``: the ``@`` items of its stage.
 
 Nothing here needs Ray, DVC or MLflow.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,3 +90,29 @@ def fit_here(plan: ZooPlan, k: int) -> ShardResult:
     """Shard ``k`` fitted in this process on the CPU, exactly as its task fits it there
     (reference runs: a shard's bytes do not depend on where it is fitted)."""
     return fit_shard_task(plan.shared, plan.task, plan.threads, "cpu", *plan.shards[k])
+
+
+@dataclass(frozen=True)
+class ZooFamily:
+    """A zoo family as its stage runs it (``python -m stages.zoo <stage>[@<variant>]``).
+
+    Attributes:
+        sections: the ``params.yaml`` sections its plan reads (``("data", "zoo")``).
+        plan: ``plan(*sections, variant=, seed=, out=, device=, environment=) -> ZooPlan``;
+            ``environment``: :func:`~pipeline.provenance.fit_environment` of the stage's code,
+            ``out`` the zoo's folder (a family may keep data its shards read there: the
+            adaptation digit banks).
+        record: ``record(plan, out) -> (summary, zoo_json)``.
+        out: the zoo's default folder, ``{variant}`` filled in.
+        variants: the stage's ``@`` items (the KAN tasks, the CNN zoo kinds); empty for none.
+    """
+
+    sections: tuple[str, ...]
+    plan: Callable[..., ZooPlan]
+    record: Callable[[ZooPlan, Path], tuple[dict, dict]]
+    out: str
+    variants: tuple[str, ...] = ()
+
+    def default_out(self, variant: str) -> str:
+        """The zoo's folder for ``variant`` (``""`` without variants)."""
+        return self.out.format(variant=variant)

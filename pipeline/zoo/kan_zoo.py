@@ -28,7 +28,7 @@ from pipeline.io import tensors_hash
 from pipeline.optim import AdamSettings
 from pipeline.weightspace.spec import Params, ParamSpec
 from pipeline.zoo.build import PlannedNet, net_seed, plan_inr_zoo, shard_fingerprint, shard_plan
-from pipeline.zoo.family import ShardResult, ZooPlan
+from pipeline.zoo.family import ShardResult, ZooFamily, ZooPlan
 from pipeline.zoo.kan import init_kans, kan_backend, kan_forward, kan_spec, train_kans
 from pipeline.zoo.store import load_spec_zoo, read_planned_shard, shard_name, write_rows
 
@@ -317,3 +317,11 @@ def record(plan: ZooPlan, out: Path) -> tuple[dict, dict]:
 def load_kan_zoo(zoo_dir: str | Path, verify: bool = True) -> tuple[ParamSpec, Params, list[dict[str, str]], dict]:
     """``(spec, params, manifest rows, zoo.json)`` of a KAN zoo (:func:`~pipeline.zoo.store.load_spec_zoo`)."""
     return load_spec_zoo(zoo_dir, verify)
+
+
+def _stage_plan(kan: Any, *, variant: str, seed: int, out: Path, device: str, environment: dict) -> ZooPlan:
+    """The plan of this family's stage (:class:`~pipeline.zoo.family.ZooFamily`)."""
+    return zoo_plan(kan, variant, seed, device, environment)
+
+
+FAMILY = ZooFamily(sections=("kan",), plan=_stage_plan, record=record, out="data/kan/{variant}/zoo", variants=KAN_TASKS)
