@@ -125,10 +125,10 @@ def test_weight_space_models_read_the_homogeneous_cnn_zoo_invariantly(name):
     torch.manual_seed(0)
     model = (
         {
-            "nfn-np": lambda: nfn.NFN(spec, 1, 8, 2, "np"),
-            "nfn-hnp": lambda: nfn.NFN(spec, 1, 8, 2, "hnp"),
-            "dwsnet": lambda: dwsnet.DWSNet(spec, 1, 8, 2),
-            "statnn": lambda: statnn.StatNN(spec, 1, 32, 2),
+            "nfn-np": lambda: nfn.NFN(spec, 1, hidden=8, layers=2, mode="np"),
+            "nfn-hnp": lambda: nfn.NFN(spec, 1, hidden=8, layers=2, mode="hnp"),
+            "dwsnet": lambda: dwsnet.DWSNet(spec, 1, hidden=8, layers=2),
+            "statnn": lambda: statnn.StatNN(spec, 1, hidden=32, layers=2),
         }[name]()
         .double()
         .eval()

@@ -220,7 +220,7 @@ def test_every_update_of_an_unroll_enters_the_meta_loss():
 
     opt = _optimizers()["ff"]
     before = {k: v.clone() for k, v in opt.state_dict().items()}
-    settings = MetaSettings(outer_steps=3, unroll=1, horizon=2, n_optimizees=2, scale=0.1)
+    settings = MetaSettings(outer_steps=3, unroll=1, horizon=2, n_optimizees=2, lr=1e-3, scale=0.1, grad_clip=1.0)
     history = meta_train(opt, _task(), settings, seed=0)
     assert len(history) == 3 and all(math.isfinite(h) for h in history)
     assert any(not torch.equal(v, before[k]) for k, v in opt.state_dict().items())

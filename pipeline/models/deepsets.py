@@ -96,7 +96,7 @@ class DeepSets(nn.Module):
 
     input_kind = "flat"
 
-    def __init__(self, spec: ParamSpec, n_classes: int, hidden: int = 64, layers: int = 2, dropout: float = 0.0):
+    def __init__(self, spec: ParamSpec, n_classes: int, *, hidden: int = 64, layers: int = 2, dropout: float = 0.0):
         super().__init__()
         self.spec = spec
         self.hidden_layers = tuple(spec.hidden_layers)
@@ -139,4 +139,4 @@ REPORT_ORDER = 30  # a baseline
 
 def build(s: Settings, shape: DataShape) -> DeepSets:
     """DeepSets over the hidden neurons of ``shape.spec``."""
-    return DeepSets(shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout)
+    return DeepSets(shape.spec, shape.n_classes, hidden=s.hidden, layers=s.layers, dropout=s.dropout)

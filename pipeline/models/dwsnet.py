@@ -547,6 +547,7 @@ class DWSNet(nn.Module):
         self,
         spec: ParamSpec,
         n_classes: int,
+        *,
         hidden: int = 32,
         layers: int = 4,
         dropout: float = 0.0,
@@ -582,6 +583,7 @@ class DWSNetEditor(nn.Module):
     def __init__(
         self,
         spec: ParamSpec,
+        *,
         hidden: int = 32,
         layers: int = 4,
         init_scale: float = 1e-3,
@@ -625,10 +627,26 @@ REPORT_ORDER = 40
 def build(s: Settings, shape: DataShape) -> DWSNet:
     """The DWSNet classifier / regressor of ``shape.spec``."""
     return DWSNet(
-        shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout, s.reduction, s.norm, s.head_width, s.set_heads
+        shape.spec,
+        shape.n_classes,
+        hidden=s.hidden,
+        layers=s.layers,
+        dropout=s.dropout,
+        reduction=s.reduction,
+        norm=s.norm,
+        head_width=s.head_width,
+        set_heads=s.set_heads,
     )
 
 
 def build_editor(s: Settings, shape: DataShape, init_scale: float) -> DWSNetEditor:
     """The DWSNet weight-space editor of ``shape.spec``."""
-    return DWSNetEditor(shape.spec, s.hidden, s.layers, init_scale, s.reduction, s.norm, s.set_heads)
+    return DWSNetEditor(
+        shape.spec,
+        hidden=s.hidden,
+        layers=s.layers,
+        init_scale=init_scale,
+        reduction=s.reduction,
+        norm=s.norm,
+        set_heads=s.set_heads,
+    )

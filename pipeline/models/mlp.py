@@ -27,7 +27,7 @@ class FlatMLP(nn.Module):
 
     input_kind = "flat"
 
-    def __init__(self, in_dim: int, n_classes: int, hidden: int = 256, layers: int = 3, dropout: float = 0.0):
+    def __init__(self, in_dim: int, n_classes: int, *, hidden: int = 256, layers: int = 3, dropout: float = 0.0):
         super().__init__()
         mods: list[nn.Module] = []
         width = in_dim
@@ -56,9 +56,11 @@ class FlatMLPEditor(nn.Module):
 
     input_kind = "flat"
 
-    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 3, dropout: float = 0.0, init_scale: float = 1e-3):
+    def __init__(
+        self, in_dim: int, *, hidden: int = 256, layers: int = 3, dropout: float = 0.0, init_scale: float = 1e-3
+    ):
         super().__init__()
-        self.delta = FlatMLP(in_dim, in_dim, hidden, layers, dropout)
+        self.delta = FlatMLP(in_dim, in_dim, hidden=hidden, layers=layers, dropout=dropout)
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))
 
     def forward(self, flat: Tensor) -> Tensor:
@@ -84,9 +86,9 @@ REPORT_ORDER = 10  # a baseline
 
 def build(s: Settings, shape: DataShape) -> FlatMLP:
     """The flattened-parameter MLP for ``shape.n_params`` inputs."""
-    return FlatMLP(shape.n_params, shape.n_classes, s.hidden, s.layers, s.dropout)
+    return FlatMLP(shape.n_params, shape.n_classes, hidden=s.hidden, layers=s.layers, dropout=s.dropout)
 
 
 def build_editor(s: Settings, shape: DataShape, init_scale: float) -> FlatMLPEditor:
     """The flattened-parameter editor for ``shape.n_params`` parameters."""
-    return FlatMLPEditor(shape.n_params, s.hidden, s.layers, s.dropout, init_scale)
+    return FlatMLPEditor(shape.n_params, hidden=s.hidden, layers=s.layers, dropout=s.dropout, init_scale=init_scale)

@@ -58,22 +58,29 @@ def build(s: Settings, shape: DataShape) -> NFN:
     return NFN(
         shape.spec,
         shape.n_classes,
-        s.hidden,
-        s.layers,
-        s.mode,
-        s.fourier_features,
-        s.fourier_scale,
-        s.dropout,
-        s.io_scale,
-        s.head_pool,
-        s.head_width,
+        hidden=s.hidden,
+        layers=s.layers,
+        mode=s.mode,
+        fourier_features=s.fourier_features,
+        fourier_scale=s.fourier_scale,
+        dropout=s.dropout,
+        io_scale=s.io_scale,
+        head_pool=s.head_pool,
+        head_width=s.head_width,
     )
 
 
 def build_editor(s: Settings, shape: DataShape, init_scale: float) -> NFNEditor:
     """The NFN weight-space editor of ``shape.spec``."""
     return NFNEditor(
-        shape.spec, s.hidden, s.layers, s.mode, s.fourier_features, s.fourier_scale, init_scale, s.io_scale
+        shape.spec,
+        hidden=s.hidden,
+        layers=s.layers,
+        mode=s.mode,
+        fourier_features=s.fourier_features,
+        fourier_scale=s.fourier_scale,
+        init_scale=init_scale,
+        io_scale=s.io_scale,
     )
 
 
@@ -173,6 +180,7 @@ class NFN(nn.Module):
         self,
         spec: ParamSpec,
         n_classes: int,
+        *,
         hidden: int = 32,
         layers: int = 3,
         mode: str = "np",
@@ -212,6 +220,7 @@ class NFNEditor(nn.Module):
     def __init__(
         self,
         spec: ParamSpec,
+        *,
         hidden: int = 32,
         layers: int = 3,
         mode: str = "np",

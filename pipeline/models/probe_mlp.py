@@ -45,6 +45,7 @@ class ProbeMLP(nn.Module):
         spec: ParamSpec,
         forward_spec: ForwardSpec,
         n_classes: int,
+        *,
         n_probes: int = 16,
         hidden: int = 256,
         layers: int = 3,
@@ -56,7 +57,7 @@ class ProbeMLP(nn.Module):
         n_in, n_out = spec.layer_sizes[0], spec.layer_sizes[-1]
         g = torch.Generator().manual_seed(seed)  # the same start as NG-GNN's probe points
         self.points = nn.Parameter(torch.rand(n_probes, n_in, generator=g) * 2 - 1)
-        self.head = FlatMLP(n_probes * n_out, n_classes, hidden, layers, dropout)
+        self.head = FlatMLP(n_probes * n_out, n_classes, hidden=hidden, layers=layers, dropout=dropout)
 
     def sample(self, flat: Tensor) -> Tensor:
         """The input networks at the probe points: ``(B, P)`` -> ``(B, M, n_out)``."""
@@ -99,4 +100,12 @@ def build(s: Settings, shape: DataShape) -> ProbeMLP:
     """The probe-only MLP; needs the zoo's forward spec (an INR zoo's ``meta.json: forward``)."""
     if shape.forward_spec is None:
         raise ValueError("probe_mlp needs the zoo's forward spec (activation, normalization): an INR zoo")
-    return ProbeMLP(shape.spec, shape.forward_spec, shape.n_classes, s.probe_features, s.hidden, s.layers, s.dropout)
+    return ProbeMLP(
+        shape.spec,
+        shape.forward_spec,
+        shape.n_classes,
+        n_probes=s.probe_features,
+        hidden=s.hidden,
+        layers=s.layers,
+        dropout=s.dropout,
+    )

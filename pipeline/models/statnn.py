@@ -59,7 +59,7 @@ class StatNN(nn.Module):
 
     input_kind = "flat"
 
-    def __init__(self, spec: ParamSpec, n_classes: int, hidden: int = 256, layers: int = 3, dropout: float = 0.0):
+    def __init__(self, spec: ParamSpec, n_classes: int, *, hidden: int = 256, layers: int = 3, dropout: float = 0.0):
         super().__init__()
         self.spec = spec
         self.register_buffer("quantiles", torch.tensor(QUANTILES), persistent=False)
@@ -122,7 +122,7 @@ class GraphStatNN(nn.Module):
 
     input_kind = "graph"
 
-    def __init__(self, n_slots: int, n_classes: int, hidden: int = 256, layers: int = 3, dropout: float = 0.0):
+    def __init__(self, n_slots: int, n_classes: int, *, hidden: int = 256, layers: int = 3, dropout: float = 0.0):
         super().__init__()
         self.n_slots = n_slots
         self.register_buffer("quantiles", torch.tensor(QUANTILES), persistent=False)
@@ -195,5 +195,5 @@ def build(s: Settings, shape: DataShape) -> StatNN | GraphStatNN:
     """StatNN on the per-tensor statistics of ``shape.spec``; on a zoo of several architectures
     (no template), :class:`GraphStatNN` on per-layer statistics of the graphs."""
     if shape.template is None:
-        return GraphStatNN(shape.n_layers, shape.n_classes, s.hidden, s.layers, s.dropout)
-    return StatNN(shape.spec, shape.n_classes, s.hidden, s.layers, s.dropout)
+        return GraphStatNN(shape.n_layers, shape.n_classes, hidden=s.hidden, layers=s.layers, dropout=s.dropout)
+    return StatNN(shape.spec, shape.n_classes, hidden=s.hidden, layers=s.layers, dropout=s.dropout)

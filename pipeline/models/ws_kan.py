@@ -127,6 +127,7 @@ class WSKAN(nn.Module):
         n_pos: int,
         n_out: int,
         n_targets: int,
+        *,
         hidden: int = 64,
         layers: int = 4,
         dropout: float = 0.0,
@@ -173,5 +174,12 @@ REPORT_ORDER = 80
 def build(s: Settings, shape: DataShape) -> WSKAN:
     """WS-KAN on the zoo's KAN-graphs."""
     return WSKAN(
-        shape.node_dim, shape.edge_dim, shape.n_pos, shape.n_out, shape.n_classes, s.hidden, s.layers, s.dropout
+        shape.node_dim,
+        shape.edge_dim,
+        shape.n_pos,
+        shape.n_out,
+        shape.n_classes,
+        hidden=s.hidden,
+        layers=s.layers,
+        dropout=s.dropout,
     )

@@ -20,7 +20,7 @@ so a parameter has :data:`N_FEATURES` channels :math:`\phi`. An optimizer maps t
   state with both end nodes' states. Permuting the optimizee's hidden neurons permutes the
   updates alike (tested both ways).
 
-Optimizees are batched ReLU classifiers, MLPs (:func:`pipeline.zoo.adapt_zoo.mlp_forward`) or
+Optimizees are batched ReLU classifiers, MLPs (:func:`pipeline.weightspace.forward.mlp_forward`) or
 CNNs (:func:`pipeline.zoo.cnn.cnn_forward`, as the paper): ``B`` nets of one
 :class:`~pipeline.weightspace.spec.ParamSpec` as one flat ``(B, P)`` tensor. A CNN's edge carries
 a ``k x k`` kernel: a graph optimizer has ``K x K`` parameter slots per edge (its ``kernel``, a
@@ -255,12 +255,19 @@ class GraphOptimizer(nn.Module):
             from pipeline.models.ng_gnn import NGGNNEncoder
 
             self.encoder = NGGNNEncoder(
-                N_FEATURES, edge_dim, n_pos, 1, hidden, layers, fourier_features=0, avg_log_degree=avg_log_degree
+                N_FEATURES,
+                edge_dim,
+                n_pos,
+                1,
+                hidden=hidden,
+                layers=layers,
+                fourier_features=0,
+                avg_log_degree=avg_log_degree,
             )
         elif encoder == "ng_t":
             from pipeline.models.ng_t import NGTEncoder
 
-            self.encoder = NGTEncoder(N_FEATURES, edge_dim, n_pos, hidden, layers, heads=heads)
+            self.encoder = NGTEncoder(N_FEATURES, edge_dim, n_pos, hidden=hidden, layers=layers, heads=heads)
         else:
             raise ValueError(f"unknown encoder {encoder!r}; choose from ('ng_gnn', 'ng_t')")
         self.by_degree = encoder == "ng_gnn"
@@ -491,15 +498,16 @@ def held_out_accuracy(flat: Tensor, task: Task) -> Tensor:
 class MetaSettings:
     """Truncated meta-training: ``outer_steps`` updates of the optimizer (Adam, ``lr``), each on
     the mean training loss of ``n_optimizees`` nets over one unroll of ``unroll`` steps; a net is
-    re-initialized after ``horizon`` steps. ``scale``: the update's output scale."""
+    re-initialized after ``horizon`` steps. ``scale``: the update's output scale. The values (and
+    their defaults) come from ``params.yaml``'s ``l2o`` section (:func:`settings_from`)."""
 
-    outer_steps: int = 200
-    unroll: int = 10
-    horizon: int = 100
-    n_optimizees: int = 8
-    lr: float = 1e-3
-    scale: float = 1e-2
-    grad_clip: float = 1.0
+    outer_steps: int
+    unroll: int
+    horizon: int
+    n_optimizees: int
+    lr: float
+    scale: float
+    grad_clip: float
 
 
 def fresh_state(task: Task, seeds: list[int], device: torch.device | str = "cpu") -> tuple[OptState, list]:
@@ -634,28 +642,28 @@ def optimize(
 
 @dataclass(frozen=True)
 class FFConfig:
-    """The FF optimizer: its per-parameter MLP's width."""
+    """The FF optimizer: its per-parameter MLP's width (``l2o.ff_hidden``)."""
 
-    hidden: int = 32
+    hidden: int
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
     """A graph optimizer (NG-GNN, NG-T): the encoder's and the per-parameter MLP's width, the
-    encoder's layers and NG-T's attention heads."""
+    encoder's layers and NG-T's attention heads (``l2o.graph_hidden``, ``graph_layers``, ``heads``)."""
 
-    hidden: int = 32
-    layers: int = 2
-    heads: int = 4
+    hidden: int
+    layers: int
+    heads: int
 
 
 @dataclass(frozen=True)
 class BaselineConfig:
     """A hand-written baseline: the learning rates tried on the meta-training task and the
-    heavy-ball momentum of SGD."""
+    heavy-ball momentum of SGD (``l2o.baseline_lrs``, ``momentum``)."""
 
-    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-    momentum: float = 0.9
+    lrs: tuple[float, ...]
+    momentum: float
 
 
 LEARNED = ("ff", "ng_gnn", "ng_t")
@@ -695,8 +703,8 @@ class L2OSettings:
     task (and the baselines' learning-rate search on ``eval_nets`` other nets of the meta task)."""
 
     meta: MetaSettings
-    eval_steps: int = 200
-    eval_nets: int = 4
+    eval_steps: int
+    eval_nets: int
 
 
 EVAL_SEED_BASE = 2_000_000_000  # evaluation nets never share a seed with meta-training ones
