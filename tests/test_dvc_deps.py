@@ -139,3 +139,25 @@ def test_a_change_to_the_fitting_code_refits_every_zoo_shard(project: Path):
     siren.write_text(siren.read_text() + "\n# a change to the fitting code\n")
     after = _zoo_fingerprints(project)
     assert len(after) == len(before) and not set(after) & set(before)
+
+
+def test_every_zoo_family_is_a_dvc_stage_with_its_variants_and_folder():
+    """Each family of :mod:`pipeline.zoo.registry` is a ``dvc.yaml`` stage run by the one zoo entry
+    point, one item per variant, writing its family's default folder; its sections are
+    ``params.yaml`` sections."""
+    import dataclasses
+
+    from pipeline.config import Params
+
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    sections = {f.name for f in dataclasses.fields(Params)}
+    for name in zoos.FAMILY_MODULES:
+        family, body = zoos.family(name), spec[name].get("do", spec[name])
+        assert set(family.sections) <= sections, name
+        assert sorted(spec[name].get("foreach", [""])) == sorted(family.variants or [""]), name
+        for variant in family.variants or ("",):
+            stage = f"{name}@{variant}" if variant else name
+            cmd, outs = (str(x).replace("${item}", variant) for x in (body["cmd"], body["outs"]))
+            runs = f"python -m {zoos.ENTRY} {stage} " in cmd or (stage == "zoo" and f"python -m {zoos.ENTRY} --" in cmd)
+            assert runs, cmd  # ``zoo`` is the entry point's default stage
+            assert f"--out {family.default_out(variant)}" in cmd and family.default_out(variant) in outs, cmd
