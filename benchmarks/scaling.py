@@ -47,7 +47,7 @@ def measure(workers: int, args: argparse.Namespace) -> dict[str, float]:
         ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
         try:
             t0 = time.perf_counter()
-            zoo.run(params, root / "zoo")
+            zoo.run(params, "zoo", root / "zoo")
             zoo_s = time.perf_counter() - t0
             meta = graphs.run(params, root / "zoo", root / "graphs")
             t0 = time.perf_counter()

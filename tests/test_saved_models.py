@@ -61,7 +61,7 @@ def trained(tmp_path_factory):
         reg_graphs = _as_regression(write_tiny_graphs(tmp / "reg_graphs"))
         reg_params = dataclasses.replace(params, train=dataclasses.replace(params.train, models=["ng_gnn"]))
         reg = fit.run(reg_params, "train", graphs=reg_graphs, out=tmp / "reg_train")
-        zoo.run(params, tmp / "new_zoo")
+        zoo.run(params, "zoo", tmp / "new_zoo")
     finally:
         ray.shutdown()
     return tmp, params, results, reg

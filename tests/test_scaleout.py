@@ -238,7 +238,7 @@ def test_two_nodes_run_one_stage_with_identical_results_and_no_shared_disk(tmp_p
         with pytest.raises(ray.exceptions.RayTaskError, match="on the driver's disk"):
             ray.get(peek.remote(str(params_path)))  # the guard itself works
 
-        zoo.run(params, workspace / "zoo")
+        zoo.run(params, "zoo", workspace / "zoo")
         graphs_stage.run(params, workspace / "zoo", workspace / "graphs")
         results = fit.run(params, "train", graphs=workspace / "graphs", out=workspace / "train")
     finally:
